@@ -1,0 +1,1 @@
+"""Vantage analyzer: DuckDB over the probe's Parquet, verdicts, shutdown detection, reports."""

@@ -1,0 +1,28 @@
+"""The `vantage` command: a thin click layer. Each command group lives in its own module here
+and is registered below; commands parse options, call one library function and render."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from probe import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vantage")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Vantage: measure internet censorship and shutdowns, and analyze the results.
+
+    Volunteers run `vantage run` inside the network they watch; control operators run the same
+    probe (or `vantage control serve`) from an uncensored network; analysts run `vantage
+    analyze` and `vantage report` over the Parquet datasets. `vantage demo` shows the whole
+    pipeline against a small censored internet on loopback.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+
+
+# Registration: one line per command module (each defines one click command or group).

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (Debian packages for the labs when run as root, the
+# Python package with its test extras in ./.venv) and runs the whole suite.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real servers and tools for the labs; the network-namespace lab needs root anyway.
+DEB_PACKAGES=(
+  iproute2 nftables procps
+  dnsmasq-base nginx-light
+  openvpn wireguard-go wireguard-tools tor obfs4proxy
+  strongswan-swanctl charon-systemd strongswan-charon
+  chromium
+)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== apt-get: ${DEB_PACKAGES[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${DEB_PACKAGES[@]}" >/dev/null
+else
+  echo "== not root: skipping Debian packages; the network-namespace lab tests will be skipped"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+echo "== pip install -e .[test]"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+echo "== ruff"
+.venv/bin/ruff check probe analysis tests benchmarks
+
+echo "== pytest"
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"
