@@ -26,3 +26,5 @@ def main(verbose: int) -> None:
 
 
 # Registration: one line per command module (each defines one click command or group).
+from probe.cli import lists as _lists  # noqa: E402
+main.add_command(_lists.lists)
