@@ -43,7 +43,9 @@ def show(lists_: tuple[str, ...], categories: tuple[str, ...]) -> None:
             entries, problems = testlists.load_list(path, categories=categories or None)
         except testlists.TestListError as exc:
             raise click.ClickException(str(exc)) from exc
-        table = Table(title=f"{path}: {len(entries)} entries", title_justify="left")
+        # The path goes on its own line: a table title would wrap a long path.
+        out.print(f"{path}: {len(entries)} entries", markup=False, highlight=False, soft_wrap=True)
+        table = Table()
         table.add_column("category")
         table.add_column("description")
         table.add_column("entries", justify="right")
