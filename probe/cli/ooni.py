@@ -1,0 +1,68 @@
+"""`vantage ooni import`: turn OONI measurement files into a Vantage dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from analysis.ooni import ImportSummary, OoniImportError, import_ooni
+
+
+@click.group("ooni")
+def ooni() -> None:
+    """Interoperability with OONI: import OONI measurements to analyze them like Vantage's own."""
+
+
+@ooni.command("import")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="SRC...")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Dataset directory to write (created if missing; existing data is kept).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the summary, no progress line.")
+def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
+    """Import OONI measurements (.json, .jsonl, .jsonl.gz files or directories of them).
+
+    Files are streamed; a JSON file may hold one measurement, an array of them or one per
+    line. web_connectivity's test-helper answer becomes a `role = control` row. A malformed
+    line is reported with its file and line number and skipped; the rest imports. Importing
+    the same measurements again adds nothing (ids are derived from the measurement).
+    """
+    err = Console(stderr=True)
+    out = Console()
+
+    def progress(summary: ImportSummary) -> None:
+        if not quiet:
+            err.print(f"  {summary.measurements} measurements…", end="\r", highlight=False)
+
+    try:
+        summary = import_ooni(sources, output, on_progress=progress)
+    except OoniImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary.errors:
+        err.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
+    if summary.malformed > len(summary.errors):
+        err.print(f"... and {summary.malformed - len(summary.errors)} more skipped", highlight=False)
+    out.print(render_summary(summary, output))
+
+
+def render_summary(summary: ImportSummary, output: Path) -> Table:
+    table = Table(title=f"OONI import into {output}", title_justify="left")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("files read", str(summary.files))
+    table.add_row("measurements imported", str(summary.measurements))
+    for name, n in sorted(summary.by_test.items(), key=lambda kv: (-kv[1], kv[0])):
+        table.add_row(f"  {name}", str(n))
+    table.add_row("control rows (test helper)", str(summary.controls))
+    table.add_row("null controls", str(summary.null_controls))
+    table.add_row("base64 bodies", str(summary.base64_bodies))
+    table.add_row("bodies with odd encodings", str(summary.odd_encodings))
+    table.add_row("missing test_keys", str(summary.missing_test_keys))
+    table.add_row("already in the dataset", str(summary.already_present))
+    table.add_row("malformed (skipped)", str(summary.malformed))
+    table.add_row("Parquet files written", str(len(summary.output_files)))
+    return table
