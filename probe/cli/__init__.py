@@ -28,3 +28,5 @@ def main(verbose: int) -> None:
 # Registration: one line per command module (each defines one click command or group).
 from probe.cli import lists as _lists  # noqa: E402
 main.add_command(_lists.lists)
+from probe.cli import ooni as _ooni  # noqa: E402
+main.add_command(_ooni.ooni)
