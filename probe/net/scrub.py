@@ -1,0 +1,162 @@
+"""Scrubbing of the probe's own addresses from any text captured from the network.
+
+A page that echoes the client address, an error message or a header may carry the
+volunteer's IP; everything the net layer stores passes through ``Scrubber.scrub`` first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import re
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable, Iterable
+
+REPLACEMENT = "[scrubbed]"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Candidate tokens; each is parsed with ipaddress before it is compared, so false matches of
+# the regexes cost nothing but a failed parse. Lookarounds stop "10.0.0.1" matching inside
+# "110.0.0.12". The dashed form catches reverse-DNS names such as "ip-203-0-113-7.example".
+_V4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)")
+_V4_DASHED = re.compile(r"(?<!\d)(?<!\d-)(?:\d{1,3}-){3}\d{1,3}(?!\d|-\d)")
+_V6 = re.compile(r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?:%[\w.-]+)?(?![0-9A-Za-z:.])")
+
+_SIOCGIFADDR = 0x8915
+
+
+def _parse(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+
+
+def discover_local_addresses() -> set[IPAddress]:
+    """Addresses of this machine's interfaces (not loopback), found without sending a packet.
+
+    Linux: IPv6 from /proc/net/if_inet6, IPv4 per interface with the SIOCGIFADDR ioctl.
+    Elsewhere: what getaddrinfo(gethostname()) says. Best effort; never raises.
+    """
+    found: set[IPAddress] = set()
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as fh:
+            for line in fh:
+                hexaddr = line.split(" ", 1)[0]
+                if len(hexaddr) == 32:
+                    found.add(ipaddress.IPv6Address(bytes.fromhex(hexaddr)))
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _, name in socket.if_nameindex():
+                    try:
+                        req = struct.pack("256s", name.encode()[:15])
+                        res = fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)
+                        found.add(ipaddress.IPv4Address(res[20:24]))
+                    except OSError:
+                        continue  # interface without an IPv4 address
+        except OSError:
+            pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            addr = _parse(str(info[4][0]))
+            if addr is not None:
+                found.add(addr)
+    except (OSError, UnicodeError):
+        pass
+    return {a for a in found if not a.is_loopback and not a.is_unspecified}
+
+
+class Scrubber:
+    """Knows the probe's own addresses and replaces them with ``[scrubbed]`` in text.
+
+    Matching is by parsed address, so every textual form of an IPv6 address (compressed,
+    expanded, upper case, IPv4-mapped) is caught, and for a global IPv6 address the whole /64
+    (privacy-extension addresses rotate inside it). Thread-safe for ``add`` during a run.
+    """
+
+    def __init__(self, addresses: Iterable[str] = (), *, discover: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._addresses: frozenset[IPAddress] = frozenset()
+        self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
+        initial: set[IPAddress] = discover_local_addresses() if discover else set()
+        for a in addresses:
+            parsed = _parse(a)
+            if parsed is None:
+                raise ValueError(f"not an IP address: {a!r}")
+            initial.add(parsed)
+        self._set(initial)
+
+    def _set(self, addrs: set[IPAddress]) -> None:
+        expanded = set(addrs)
+        for a in addrs:  # the IPv4 inside an IPv4-mapped IPv6 address is the same host
+            if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+                expanded.add(a.ipv4_mapped)
+        self._addresses = frozenset(expanded)
+        self._v6_nets = frozenset(
+            ipaddress.IPv6Network((int(a) >> 64 << 64, 64))
+            for a in expanded
+            if isinstance(a, ipaddress.IPv6Address) and a.is_global
+        )
+
+    def add(self, address: str) -> None:
+        """Add an address seen for the probe at run time (e.g. what a control helper saw)."""
+        parsed = _parse(address)
+        if parsed is None:
+            return  # nothing to scrub for; a bad hint must not break a run
+        with self._lock:
+            self._set(set(self._addresses) | {parsed})
+
+    @property
+    def addresses(self) -> frozenset[IPAddress]:
+        return self._addresses
+
+    def is_own(self, addr: IPAddress) -> bool:
+        if isinstance(addr, ipaddress.IPv6Address):
+            if addr.ipv4_mapped is not None and addr.ipv4_mapped in self._addresses:
+                return True
+            if any(addr in net for net in self._v6_nets):
+                return True
+        return addr in self._addresses
+
+    def scrub(self, text: str | None) -> str | None:
+        """``text`` with every own address replaced by ``[scrubbed]`` (None stays None)."""
+        if not text or not self._addresses:
+            return text
+        return _replace(text, self.is_own)
+
+    def scrub_bytes(self, data: bytes) -> bytes:
+        """Bytes form of :meth:`scrub`, for hashing a body; decoded as latin-1 (lossless)."""
+        if not data or not self._addresses:
+            return data
+        text = data.decode("latin-1")
+        out = _replace(text, self.is_own)
+        return data if out is text else out.encode("latin-1")
+
+
+def _replace(text: str, is_own: Callable[[IPAddress], bool]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        token = m.group(0)
+        addr = _parse(token.replace("-", ".") if m.re is _V4_DASHED else token)
+        return REPLACEMENT if addr is not None and is_own(addr) else token
+
+    out = text
+    if ":" in out:
+        out = _V6.sub(sub, out)
+    if "." in out:
+        out = _V4.sub(sub, out)
+    if "-" in out:
+        out = _V4_DASHED.sub(sub, out)
+    return text if out == text else out
+
+
+def scrub_all_addresses(text: str) -> str:
+    """Replace every IP literal in ``text``: for error details, where the probe may not even
+    know its public address (NAT), so no address is kept at all."""
+    return _replace(text, lambda _a: True)
