@@ -1,0 +1,114 @@
+"""Shutdown and blocking-event detection: the public entry points over datasets or signals.
+
+``detect(con)`` runs signals -> baselines -> alert runs and CUSUM changes -> classified, merged
+events; ``write_events(paths, output)`` is what ``vantage events`` calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis import signals as sig
+from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
+from analysis.events import EVENT_SCHEMA, KINDS, Classifier, Event, events_to_table, merge_events
+
+__all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect", "detect_from_signals",
+           "find_events", "write_events", "events_to_table", "render_events"]
+
+
+@dataclass
+class Detection:
+    events: list[Event]
+    hourly: pa.Table  # per (cc, asn, hour): counts, rates, baselines, ratios, levels
+    changes: list[Change] = field(default_factory=list)
+    hour0: dt.datetime | None = None
+
+    def table(self) -> pa.Table:
+        return events_to_table(self.events)
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+
+def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
+    hours = hourly.column("hour").to_numpy().astype("datetime64[h]")
+    lo, hi = hours.min(), hours.max()
+    start = lo.astype("datetime64[us]").astype(dt.datetime).replace(tzinfo=dt.timezone.utc)
+    return start, int((hi - lo).astype(int)) + 1
+
+
+def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
+           verdicts: str | None = None) -> Detection:
+    """Events from the ``measurements`` view of ``con``.
+
+    ``verdicts`` names a registered table of ``compute_verdicts`` rows: then the change detector
+    counts verdict-blocked measurements instead of raw failures.
+    """
+    cfg = cfg or DetectorConfig()
+    sig.create_fact_views(con)
+    counts = sig.network_hour_signals(con)
+    if counts.num_rows == 0:
+        return Detection([], counts)
+    hourly = baselined_signals(con, counts, cfg)
+    classifier = Classifier(con, hourly, cfg)
+    network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
+    hour0, n_hours = _hour0(hourly)
+    failures = sig.input_hour_failures(con, verdicts=verdicts)
+    changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
+    change_events = [classifier.classify_change(c, hour0) for c in changes]
+    return Detection(merge_events(network_events, change_events, cfg), hourly, changes, hour0)
+
+
+def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:
+    """Events from aggregated hourly counts alone (benchmarks, other data sources): no vantage
+    points or controls, so classification is by the signals only."""
+    cfg = cfg or DetectorConfig()
+    hourly = baselined_signals(con, counts, cfg)
+    classifier = Classifier(None, hourly, cfg)
+    events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
+    return Detection(merge_events(events, [], cfg), hourly)
+
+
+def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None) -> Detection:
+    con = sig.open_measurements(paths)
+    try:
+        return detect(con, cfg)
+    finally:
+        con.close()
+
+
+def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None) -> Detection:
+    """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically."""
+    detection = find_events(paths, cfg)
+    out = Path(output)
+    tmp = out.with_name(f".{out.name}.tmp")
+    pq.write_table(detection.table(), tmp, compression="zstd")
+    tmp.replace(out)
+    return detection
+
+
+def render_events(events: Sequence[Event], title: str = "Events") -> object:
+    """A rich Table of events (one line each) for the terminal."""
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in ("kind", "severity", "start (UTC)", "end (UTC)", "hours", "regions", "networks", "inputs / methods",
+                "meas.", "vp", "conf.", "why"):
+        table.add_column(col, overflow="fold")
+    for e in events:
+        what = ", ".join(i.split("://", 1)[-1].rstrip("/") for i in e.inputs[:4]) + (" …" if len(e.inputs) > 4 else "")
+        if e.methods:
+            what += (" " if what else "") + "[" + ", ".join(e.methods[:2]) + "]"
+        table.add_row(e.kind, e.severity, f"{e.start:%Y-%m-%d %H:%M}", f"{e.end:%Y-%m-%d %H:%M}" if e.end else "ongoing",
+                      f"{e.duration_h:.0f}" if e.duration_h is not None else "-", ",".join(e.regions),
+                      ",".join(e.networks), what, str(e.measurements), str(e.vantage_points), f"{e.confidence:.2f}",
+                      e.reason)
+    return table

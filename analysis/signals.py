@@ -1,0 +1,154 @@
+"""Hourly shutdown signals in DuckDB SQL over the ``measurements`` view.
+
+Per measurement: did it reach its target (``ok``), which layer failed first (``method``), and
+which vantage point took it. Per (country, ASN, hour): volume, anchor and target success,
+per-layer failure counts. Per (country, ASN, input, hour): failures, for the change detector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+# Observations taken to check the path rather than the target (a DNS query sent where no
+# resolver runs must time out) say nothing about reachability.
+_CHECK_TAGS = "('injection_check')"
+
+
+def _layer(col: str) -> tuple[str, str, str]:
+    """SQL for (observations counted, any success, first failure) of one layer."""
+    obs = f"list_filter(coalesce({col}, []), lambda o: o.tag IS NULL OR o.tag NOT IN {_CHECK_TAGS})"
+    ok = f"len(list_filter({obs}, lambda o: o.failure IS NULL)) > 0"
+    first = f"list_filter({obs}, lambda o: o.failure IS NOT NULL)[1].failure"
+    return obs, ok, first
+
+
+def measurement_facts_sql(source: str = "measurements") -> str:
+    """One row per measurement: vantage identity, hour, ok, per-layer failure and method."""
+    parts = {c: _layer(c) for c in ("dns", "tcp", "tls", "http", "vpn")}
+    has = {c: f"len({parts[c][0]}) > 0" for c in parts}
+    fail = {c: f"({has[c]} AND NOT ({parts[c][1]}))" for c in parts}
+    # the deepest layer present decides whether the target was reached; HTTP by its last hop
+    # so that a redirect into a blocked host counts as not reached
+    http_obs = parts["http"][0]
+    reached = f"""CASE
+        WHEN failure IS NOT NULL THEN false
+        WHEN {has['vpn']} THEN len(list_filter({parts['vpn'][0]}, lambda o: o.handshake_ok)) > 0
+        WHEN {has['http']} THEN ({http_obs})[-1].failure IS NULL
+        WHEN {has['tls']} THEN {parts['tls'][1]}
+        WHEN {has['tcp']} THEN {parts['tcp'][1]}
+        WHEN {has['dns']} THEN {parts['dns'][1]}
+        ELSE false END"""
+    method = f"""CASE
+        WHEN failure IS NOT NULL THEN 'measurement.' || failure
+        WHEN {fail['dns']} THEN 'dns.' || {parts['dns'][2]}
+        WHEN {fail['tcp']} THEN 'tcp.' || {parts['tcp'][2]}
+        WHEN {fail['tls']} THEN 'tls.' || {parts['tls'][2]}
+        WHEN {has['http']} AND ({http_obs})[-1].failure IS NOT NULL THEN 'http.' || ({http_obs})[-1].failure
+        WHEN {fail['vpn']} THEN 'vpn.' || coalesce({parts['vpn'][2]}, 'handshake_failure')
+        END"""
+    return f"""
+    SELECT measurement_id, probe_cc AS cc, coalesce(probe_asn, 'AS0') AS asn, role, experiment, input,
+           run_id, software_version,
+           concat_ws('|', coalesce(probe_network, ''), coalesce(platform, ''), coalesce(software_version, ''))
+               AS vantage,
+           measurement_start_time,
+           date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC') AS hour,
+           experiment = 'anchors' AS is_anchor,
+           {reached} AS ok,
+           {method} AS method,
+           {has['dns']} AS dns_has, {fail['dns']} AS dns_fail,
+           {has['tcp']} AS tcp_has, {fail['tcp']} AS tcp_fail,
+           {has['tls']} AS tls_has, {fail['tls']} AS tls_fail,
+           {has['http']} AS http_has, ({has['http']} AND ({http_obs})[-1].failure IS NOT NULL) AS http_fail
+    FROM {source}
+    """
+
+
+def create_fact_views(con: duckdb.DuckDBPyConnection, source: str = "measurements") -> None:
+    """Materialize ``shutdown_facts`` (one row per measurement) so later queries reuse it."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE shutdown_facts AS {measurement_facts_sql(source)}")
+
+
+NETWORK_HOUR_SQL = """
+WITH agg AS (
+    SELECT cc, asn, hour,
+           count(*) AS volume,
+           count(DISTINCT run_id) AS runs,
+           count(DISTINCT vantage) AS vantage_points,
+           count(*) FILTER (WHERE is_anchor) AS anchor_n,
+           count(*) FILTER (WHERE is_anchor AND ok) AS anchor_ok,
+           count(*) FILTER (WHERE NOT is_anchor) AS target_n,
+           count(*) FILTER (WHERE NOT is_anchor AND ok) AS target_ok,
+           count(*) FILTER (WHERE dns_has) AS dns_n, count(*) FILTER (WHERE dns_fail) AS dns_fail,
+           count(*) FILTER (WHERE tcp_has) AS tcp_n, count(*) FILTER (WHERE tcp_fail) AS tcp_fail,
+           count(*) FILTER (WHERE tls_has) AS tls_n, count(*) FILTER (WHERE tls_fail) AS tls_fail,
+           count(*) FILTER (WHERE http_has) AS http_n, count(*) FILTER (WHERE http_fail) AS http_fail
+    FROM shutdown_facts WHERE role = 'probe'
+    GROUP BY ALL
+),
+span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg),
+nets AS (SELECT cc, asn, min(hour) AS first_hour FROM agg GROUP BY ALL),
+grid AS (
+    -- every hour from a network's first measurement to the end of the data: an hour with no
+    -- measurement at all is a volume of zero, not a missing row
+    SELECT n.cc, n.asn, g.hour
+    FROM nets n, span s, LATERAL (SELECT unnest(range(n.first_hour, s.hi + INTERVAL 1 HOUR, INTERVAL 1 HOUR)) AS hour) g
+)
+SELECT g.cc, g.asn, g.hour,
+       {counts}
+FROM grid g LEFT JOIN agg a USING (cc, asn, hour)
+ORDER BY g.cc, g.asn, g.hour
+"""
+
+COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
+                 "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
+
+
+def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Counts per (cc, asn, hour), dense in hours; rates are derived by the detector."""
+    counts = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS)
+    return con.sql(NETWORK_HOUR_SQL.format(counts=counts)).to_arrow_table()
+
+
+def input_hour_failures(con: duckdb.DuckDBPyConnection, *, verdicts: str | None = None) -> pa.Table:
+    """(cc, asn, input, hour, n, failed) for probe target measurements.
+
+    With a verdict table (``compute_verdicts`` output registered under ``verdicts``), "failed"
+    means blocked; otherwise the raw "not reached", which the event classifier then sorts into
+    blocking, outage or fault using controls and vantage points.
+    """
+    if verdicts:
+        return con.sql(f"""
+            SELECT f.cc, f.asn, f.input, f.hour, count(*) AS n,
+                   count(*) FILTER (WHERE v.status = 'blocked' OR (v.status IS NULL AND NOT f.ok)) AS failed
+            FROM shutdown_facts f LEFT JOIN {verdicts} v USING (measurement_id)
+            WHERE f.role = 'probe' AND NOT f.is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    return con.sql("""
+        SELECT cc, asn, input, hour, count(*) AS n, count(*) FILTER (WHERE NOT ok) AS failed
+        FROM shutdown_facts WHERE role = 'probe' AND NOT is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+
+
+def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection with the ``measurements`` view: the analyzer's ``open_datasets`` when it is
+    available, else a plain hive-partitioned ``read_parquet`` over each dataset root."""
+    try:
+        from analysis.db import open_datasets  # the analyzer's (skips or names corrupt files)
+    except ImportError:
+        open_datasets = None
+    if open_datasets is not None:
+        return open_datasets([Path(p) for p in paths], con=con)
+    con = con or duckdb.connect()
+    globs = []
+    for p in paths:
+        root = Path(p)
+        if not (root / "measurements").is_dir():
+            raise FileNotFoundError(f"{root}: no measurements/ directory (not a Vantage dataset)")
+        globs.append(str(root / "measurements" / "**" / "*.parquet"))
+    files = ", ".join("'" + g.replace("'", "''") + "'" for g in globs)
+    con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT * FROM read_parquet([{files}], "
+                "hive_partitioning=true, union_by_name=true)")
+    return con
