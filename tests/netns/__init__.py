@@ -1,0 +1,1 @@
+"""The network-namespace censorship lab: probe, censor router, internet and control hosts."""
