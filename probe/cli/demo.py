@@ -1,0 +1,313 @@
+"""`vantage demo`: the whole pipeline on one machine, no root: start the loopback lab, measure it
+as a censored probe and as a control, analyze, report, and compare verdicts with the lab's
+ground truth. It lives in the CLI layer because it is the one place joining probe and analysis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from probe.lab import LAB_CC, LoopbackLab
+
+DEFAULT_PARENT = Path("vantage-demo")
+# Shorter than a real run's limits: every lab server answers in milliseconds or never, and the
+# demo must finish well inside a minute (the silent site and the dropped DNS query cost these).
+DEMO_TIMEOUTS = {"dns": 2.0, "connect": 4.0, "tls": 4.0, "http": 4.0}
+PROBE_ASN = "AS64500"  # RFC 5398 documentation ASNs: the lab's censored and control networks
+CONTROL_ASN = "AS64501"
+
+
+@dataclass
+class DemoRow:
+    """One lab URL: the ground truth beside the analyzer's verdict."""
+
+    url: str
+    description: str
+    expected_status: str
+    expected_layer: str | None
+    status: str | None = None
+    layer: str | None = None
+    method: str | None = None
+    confirmed: bool | None = None
+
+    @property
+    def matches(self) -> bool:
+        # The layer is part of the truth only for blocking; ok and down have no blocking layer.
+        if self.status != self.expected_status:
+            return False
+        return self.expected_status != "blocked" or self.layer == self.expected_layer
+
+
+@dataclass
+class DemoResult:
+    output: Path
+    probe_dataset: Path
+    control_dataset: Path
+    verdicts: Path
+    report: Path | None
+    ground_truth: Path
+    rows: list[DemoRow]
+    wall_s: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def matched(self) -> int:
+        return sum(r.matches for r in self.rows)
+
+
+def default_output(now: dt.datetime | None = None) -> Path:
+    """A fresh directory per demo run: ./vantage-demo/<UTC timestamp>/."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return DEFAULT_PARENT / now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        # Old datasets in the directory would be analyzed together with the new ones.
+        raise click.ClickException(f"{output} exists and is not an empty directory; give a new --output")
+
+
+def _settings(lab: LoopbackLab, resolver: str) -> Any:
+    from probe.experiments.base import Settings, Timeouts
+
+    # Only the lab's resolver, never the system's: lab names must not leave the lab.
+    return Settings(
+        resolvers=[resolver],
+        use_system_resolver=False,
+        timeouts=Timeouts(**DEMO_TIMEOUTS),
+        ca_bundle=str(lab.ca_bundle),
+    )
+
+
+def _measure(lab: LoopbackLab, output: Path, role: str, resolver: str, asn: str, network: str) -> None:
+    from probe.experiments.base import Target, Vantage
+    from probe.runner import run_targets
+
+    targets = [Target(s.url, "LAB") for s in lab.sites]
+    vantage = Vantage(role=role, probe_cc=LAB_CC, probe_asn=asn, probe_network=network, resolver_asn=asn)
+    summary = asyncio.run(
+        run_targets(
+            targets, "web_connectivity", _settings(lab, resolver), vantage, output=output, progress=False
+        )
+    )
+    if summary.stopped:
+        raise click.ClickException(f"the {role} run stopped early ({summary.stopped})")
+
+
+def _write_ground_truth(lab: LoopbackLab, path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["input", "status", "layer", "description"])
+        for s in lab.sites:
+            out.writerow([s.url, s.status, s.layer or "", s.site.description])
+
+
+def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
+    rows = pq.read_table(path).to_pylist()
+    return {r["input"]: r for r in rows}
+
+
+def run_demo(
+    output: Path,
+    *,
+    lab: LoopbackLab | None = None,
+    step: Callable[[str], None] = lambda _msg: None,
+) -> DemoResult:
+    """Run the demo pipeline into ``output`` (a new or empty directory) and compare with the truth.
+
+    ``lab``: an already running lab to use (tests pass their fixture); otherwise one is started
+    and always stopped again. ``step`` is told what is happening, for progress output.
+    """
+    started = time.monotonic()
+    _check_output(output)
+    output.mkdir(parents=True, exist_ok=True)
+    probe_dir, control_dir = output / "probe", output / "control"
+    verdicts_path, ground_truth = output / "verdicts.parquet", output / "ground_truth.csv"
+    notes: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if lab is None:
+            step("starting the loopback lab")
+            lab = stack.enter_context(LoopbackLab())
+        _write_ground_truth(lab, ground_truth)
+        censor_before = lab.censor
+        stack.callback(lab.set_censor, censor_before)
+
+        step(f"measuring {len(lab.sites)} lab URLs as the probe (censoring resolver, censor on)")
+        lab.set_censor(True)
+        _measure(lab, probe_dir, "probe", lab.censoring_resolver, PROBE_ASN, "Vantage lab censored network")
+        step("measuring them again as the control (honest resolver, censor off)")
+        lab.set_censor(False)
+        _measure(lab, control_dir, "control", lab.honest_resolver, CONTROL_ASN, "Vantage lab control network")
+        truth_sites = lab.sites
+        fingerprints = lab.fingerprints
+        public_nets = lab.public_nets
+
+    step("analyzing")
+    try:
+        from analysis.verdicts import analyze
+    except ImportError as exc:
+        raise click.ClickException(f"the analyzer is not available in this build ({exc})") from None
+
+    analyze(
+        [probe_dir, control_dir],
+        verdicts_path,
+        public_nets=public_nets,
+        fingerprints=[fingerprints],
+    )
+    report_path: Path | None = output / "report.html"
+    try:
+        from analysis.report import write_report
+    except ImportError:
+        notes.append("report skipped: analysis.report is not available in this build")
+        report_path = None
+    if report_path is not None:
+        step("writing the report")
+        write_report(
+            [probe_dir, control_dir], report_path, public_nets=public_nets, fingerprints=[fingerprints]
+        )
+
+    verdicts = _read_verdicts(verdicts_path)
+    rows = []
+    for s in truth_sites:
+        v = verdicts.get(s.url, {})
+        rows.append(
+            DemoRow(
+                s.url,
+                s.site.description,
+                s.status,
+                s.layer,
+                v.get("status"),
+                v.get("layer"),
+                v.get("method"),
+                v.get("confirmed"),
+            )
+        )
+    return DemoResult(
+        output=output,
+        probe_dataset=probe_dir,
+        control_dataset=control_dir,
+        verdicts=verdicts_path,
+        report=report_path,
+        ground_truth=ground_truth,
+        rows=rows,
+        wall_s=time.monotonic() - started,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------ rendering and the command
+
+
+def render(result: DemoResult, console: Console) -> None:
+    table = Table(title="Verdicts on the loopback lab beside the ground truth", show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("URL", no_wrap=True)
+    table.add_column("expected")
+    table.add_column("verdict")
+    table.add_column("method")
+    for r in result.rows:
+        expected = r.expected_status + (f" / {r.expected_layer}" if r.expected_layer else "")
+        got = (r.status or "(none)") + (f" / {r.layer}" if r.layer else "")
+        method = (r.method or "") + (" (confirmed)" if r.confirmed else "")
+        mark = "[green]✓[/]" if r.matches else "[bold red]✗[/]"
+        table.add_row(mark, r.url, expected, got if r.matches else f"[bold red]{got}[/]", method)
+    console.print(table)
+    total = len(result.rows)
+    style = "bold green" if result.matched == total else "bold red"
+    console.print(f"[{style}]{result.matched}/{total} verdicts match the ground truth[/]")
+    for r in result.rows:
+        if not r.matches:
+            console.print(f"[red]mismatch[/] {r.url}: {r.description}")
+    console.print(f"probe dataset:   {result.probe_dataset}")
+    console.print(f"control dataset: {result.control_dataset}")
+    console.print(f"verdicts:        {result.verdicts}")
+    console.print(f"report:          {result.report or '(not written)'}")
+    console.print(f"ground truth:    {result.ground_truth}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"done in {result.wall_s:.1f} s")
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C does, so the lab's sockets and files are cleaned up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@click.command("demo")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="New or empty directory for the datasets, verdicts and report "
+    "[default: ./vantage-demo/<UTC timestamp>/].",
+)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the lab running after the demo (until Ctrl-C), to explore it with dig and curl.",
+)
+def demo(output: Path | None, keep: bool) -> None:
+    """Run the whole pipeline against a small censored internet on loopback (no root needed).
+
+    Starts the loopback lab (an honest and a censoring resolver, sites on 127.64.0.0/10 and an
+    on-path censor), measures every lab URL as a probe behind the censor and as a control,
+    analyzes the results, writes a report, and prints each verdict beside the lab's ground
+    truth. Exits 0 when every verdict matches, 1 otherwise. Nothing leaves this machine.
+    """
+    console = Console()
+    output = output if output is not None else default_output()
+    with _sigterm_exits(), LoopbackLab() as lab:
+        with console.status("starting") as status:
+            result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
+        render(result, console)
+        if keep:
+            _serve_until_interrupted(lab, console)
+    if result.matched != len(result.rows):
+        raise SystemExit(1)
+
+
+def _serve_until_interrupted(lab: LoopbackLab, console: Console) -> None:
+    lab.set_censor(True)
+    host, port = lab.censoring_resolver.split(":")
+    console.print(
+        f"\nThe lab keeps running (censor on). Try:\n"
+        f"  dig @{host} -p {port} dns-blockpage.lab.test\n"
+        f"  curl --cacert {lab.ca_bundle} --resolve sni-open.lab.test:{lab.https_port}:127.64.1.4 "
+        f"{lab.url('sni-open.lab.test')}\n"
+        f"honest resolver {lab.honest_resolver}; sites use ports {lab.http_port} (http) and "
+        f"{lab.https_port} (https). Ctrl-C stops it."
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
+    console.print("lab stopped")
+
+
+__all__ = ["DemoResult", "DemoRow", "default_output", "demo", "render", "run_demo"]
