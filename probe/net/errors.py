@@ -12,6 +12,8 @@ Order of the mapping (first match wins), walking an exception and its ``__cause_
     socket.gaierror                                 -> dns_nxdomain | dns_no_answer | dns_servfail
     OSError by errno (ECONNREFUSED, ECONNRESET, EPIPE, EHOSTUNREACH, ENETUNREACH, ...)
     ConnectionError subclasses without errno        -> connection_refused | connection_reset
+                                                       (a bare ConnectionResetError() is asyncio's
+                                                       "FIN during TLS handshake": eof)
     EOFError, asyncio.IncompleteReadError           -> eof
     dns.resolver.NXDOMAIN / NoAnswer, DNS parse errors -> dns_nxdomain | dns_no_answer
                                                        | dns_server_misbehaving
@@ -98,6 +100,10 @@ def _classify_one(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         if exc.errno in _ERRNO:
             return _ERRNO[exc.errno]
+        if type(exc) is ConnectionResetError and exc.errno is None and not exc.args:
+            # asyncio's sslproto signals a FIN during the TLS handshake with a bare
+            # ConnectionResetError (no errno, no message); a real RST always has ECONNRESET.
+            return "eof"
         if isinstance(exc, ConnectionRefusedError):
             return "connection_refused"
         if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
