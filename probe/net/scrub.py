@@ -77,7 +77,7 @@ class Scrubber:
     """Knows the probe's own addresses and replaces them with ``[scrubbed]`` in text.
 
     Matching is by parsed address, so every textual form of an IPv6 address (compressed,
-    expanded, upper case, IPv4-mapped) is caught, and for a global IPv6 address the whole /64
+    expanded, upper case, IPv4-mapped) is caught, and for an IPv6 address (not link-local) the whole /64
     (privacy-extension addresses rotate inside it). Thread-safe for ``add`` during a run.
     """
 
@@ -102,7 +102,10 @@ class Scrubber:
         self._v6_nets = frozenset(
             ipaddress.IPv6Network((int(a) >> 64 << 64, 64))
             for a in expanded
-            if isinstance(a, ipaddress.IPv6Address) and a.is_global
+            # all of fe80::/64 is shared by every host on a link: scrubbing it would hide
+            # nothing of ours and everything of theirs
+            if isinstance(a, ipaddress.IPv6Address) and not (a.is_link_local or a.is_loopback or a.is_multicast)
+            and a.ipv4_mapped is None
         )
 
     def add(self, address: str) -> None:
