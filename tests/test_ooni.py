@@ -250,3 +250,45 @@ def test_output_that_is_a_file_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(OoniImportError, match="not a directory"):
         import_ooni([NETEM], tmp_path / "f")
+
+
+def test_legacy_web_connectivity_format_2x(tmp_path: Path) -> None:
+    """ooniprobe 2.x (2016): no engine, header dicts, no tags, chain listed last hop first."""
+    doc = {
+        "id": "5f0bd0f4-5ae3-4d1b-8d2c-7cbbf7c1b0a3",
+        "report_id": "20161025T134851Z_AS30722_ZdzeSa4CMJ4yBwZZRIBm9H0sZSXq7kKfZ8gM8Zb9QvhvkBEQa9",
+        "test_name": "web_connectivity",
+        "test_version": "0.1.0",
+        "software_name": "ooniprobe",
+        "software_version": "2.0.0",
+        "probe_cc": "IT",
+        "probe_asn": "AS30722",
+        "probe_ip": "127.0.0.1",
+        "input": "http://example.com/",
+        "measurement_start_time": "2016-10-25 13:49:24",
+        "test_start_time": "2016-10-25 13:48:51",
+        "test_keys": {
+            "queries": [{"resolver_hostname": None, "resolver_port": None, "query_type": "A", "hostname": "example.com",
+                         "failure": None, "answers": [{"answer_type": "A", "ipv4": "93.184.216.34"}]}],
+            "tcp_connect": [{"ip": "93.184.216.34", "port": 80, "status": {"failure": None, "success": True, "blocked": False}}],
+            "requests": [
+                {"failure": None, "request": {"url": "http://www.example.com/", "method": "GET", "headers": {}},
+                 "response": {"code": 200, "body": "<html><title>Example Domain</title></html>", "headers": {"Content-Type": "text/html"}}},
+                {"failure": None, "request": {"url": "http://example.com/", "method": "GET", "headers": {}},
+                 "response": {"code": 301, "body": "", "headers": {"Location": "http://www.example.com/"}}},
+            ],
+            "control": {"dns": {"failure": None, "addrs": ["93.184.216.34"]},
+                        "tcp_connect": {"93.184.216.34:80": {"status": True, "failure": None}},
+                        "http_request": {"body_length": 42, "failure": None, "title": "Example Domain",
+                                         "headers": {"Content-Type": "text/html"}, "status_code": 200}},
+            "blocking": False,
+            "accessible": True,
+        },
+    }
+    (record, control) = convert(doc, json.dumps(doc), BodyStats()).records
+    assert record.origin_uid == doc["id"] and record.run_id == doc["report_id"]
+    assert record.measurement_start_time.isoformat() == "2016-10-25T13:49:24+00:00"
+    assert [(q.engine, q.resolver, q.answers[0].value) for q in record.dns] == [("system", "system", "93.184.216.34")]
+    assert [h.status_code for h in record.http] == [301, 200]
+    assert record.http[1].title == "Example Domain" and record.http[1].headers[0].name == "Content-Type"
+    assert control.role == "control" and control.http[0].body_length == 42 and control.tls == []
