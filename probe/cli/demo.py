@@ -284,6 +284,7 @@ def demo(output: Path | None, keep: bool) -> None:
     """
     console = Console()
     output = output if output is not None else default_output()
+    _check_output(output)  # before the lab starts: a wrong flag costs nothing
     with _sigterm_exits(), LoopbackLab() as lab:
         with console.status("starting") as status:
             result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
