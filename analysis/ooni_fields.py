@@ -385,6 +385,8 @@ def http_request(
     resp = entry.get("response") if isinstance(entry.get("response"), dict) else {}
     raw_body = resp.get("body")
     body = decode_binary(raw_body)
+    if not body and entry.get("failure"):
+        body = None  # OONI writes "" for a response that never came: no body, not an empty one
     if stats is not None and isinstance(raw_body, dict) and raw_body.get("format") == "base64":
         stats.base64_bodies += 1
     text = None
