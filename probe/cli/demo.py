@@ -47,10 +47,11 @@ class DemoRow:
 
     @property
     def matches(self) -> bool:
-        # The layer is part of the truth only for blocking; ok and down have no blocking layer.
+        # Blocked: the layer must match too. Ok: no layer at all. Down: the layer only says
+        # where the site failed for both vantage points, which the truth does not fix.
         if self.status != self.expected_status:
             return False
-        return self.expected_status != "blocked" or self.layer == self.expected_layer
+        return self.expected_status == "down" or self.layer == self.expected_layer
 
 
 @dataclass
@@ -214,15 +215,15 @@ def run_demo(
 
 
 def render(result: DemoResult, console: Console) -> None:
-    table = Table(title="Verdicts on the loopback lab beside the ground truth", show_lines=False)
+    table = Table(title="Verdicts on the loopback lab beside the ground truth")
     table.add_column("", no_wrap=True)
     table.add_column("URL", no_wrap=True)
-    table.add_column("expected")
-    table.add_column("verdict")
-    table.add_column("method")
+    table.add_column("truth", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("method", overflow="fold")
     for r in result.rows:
-        expected = r.expected_status + (f" / {r.expected_layer}" if r.expected_layer else "")
-        got = (r.status or "(none)") + (f" / {r.layer}" if r.layer else "")
+        expected = r.expected_status + (f":{r.expected_layer}" if r.expected_layer else "")
+        got = (r.status or "(none)") + (f":{r.layer}" if r.layer else "")
         method = (r.method or "") + (" (confirmed)" if r.confirmed else "")
         mark = "[green]✓[/]" if r.matches else "[bold red]✗[/]"
         table.add_row(mark, r.url, expected, got if r.matches else f"[bold red]{got}[/]", method)
