@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import hashlib
 import html
@@ -202,6 +203,31 @@ def dns_answers(answers: Any) -> list[DnsAnswer]:
     return out
 
 
+def dns_queries(q: dict[str, Any]) -> list[DnsQuery]:
+    """One OONI query as Vantage records. getaddrinfo asks for both families at once (OONI
+    writes query_type "ANY"); Vantage's own system resolver stores that as an A and an AAAA
+    record, each with its family's addresses, so imported rows compare like measured ones."""
+    query = dns_query(q)
+    if query.engine != "system" or query.query_type not in ("ANY", ""):
+        return [query]
+    out = []
+    for qtype, version in (("A", 4), ("AAAA", 6)):
+        answers = [a for a in query.answers if _ip_version(a.value) == version]
+        if version == 4:  # CNAMEs and other names stay with the first record
+            answers += [a for a in query.answers if _ip_version(a.value) is None]
+        failure = query.failure or (None if any(_ip_version(a.value) == version for a in answers) else "dns_no_answer")
+        out.append(dataclasses.replace(query, query_type=qtype, answers=answers if query.failure is None else [],
+                                       failure=failure, rcode=None))
+    return out
+
+
+def _ip_version(value: str) -> int | None:
+    try:
+        return ipaddress.ip_address(value).version
+    except ValueError:
+        return None
+
+
 def dns_query(q: dict[str, Any], default_resolver: str | None = None) -> DnsQuery:
     raw_engine = str(q.get("engine") or "").lower()
     engine = _ENGINES.get(raw_engine)
@@ -226,7 +252,7 @@ def dns_query(q: dict[str, Any], default_resolver: str | None = None) -> DnsQuer
         engine=engine,
         query_type=str(q.get("query_type") or "A"),
         hostname=str(q.get("hostname") or ""),
-        rcode=_rcode_for(failure),
+        rcode=None if engine == "system" else _rcode_for(failure),
         answers=dns_answers(q.get("answers")),
         tag=tag,
     )

@@ -22,7 +22,7 @@ from analysis.ooni_fields import (
     as_int,
     as_list,
     connect_events,
-    dns_query,
+    dns_queries,
     http_chain,
     http_headers,
     is_public_ip,
@@ -147,7 +147,7 @@ def generic(tk: dict[str, Any], stats: BodyStats, scrub: tuple[str, ...], tag: s
     obs = Observations()
     # Ping-style tests (dnsping, tlsping) hold one "query" / "tls_handshake" per ping.
     queries = as_list(tk.get("queries")) + as_list(tk.get("query"))
-    obs.dns = [dns_query(q) for q in queries if isinstance(q, dict)]
+    obs.dns = [r for q in queries if isinstance(q, dict) for r in dns_queries(q)]
     obs.tcp = [c for c in (tcp_connect(e) for e in as_list(tk.get("tcp_connect")) if isinstance(e, dict)) if c]
     if not obs.tcp:
         obs.tcp = list(connect_events(tk.get("network_events")))
@@ -318,7 +318,7 @@ def _host(url: str) -> str:
 
 
 def control_observations(control: dict[str, Any], url: str) -> Observations:
-    """The test helper's answer (df-?? control): dns, tcp_connect, tls_handshake, http_request."""
+    """The test helper's answer (ts-017 `control`): dns, tcp_connect, tls_handshake, http_request."""
     obs = Observations()
     dns = control.get("dns")
     if isinstance(dns, dict):
@@ -326,18 +326,14 @@ def control_observations(control: dict[str, Any], url: str) -> Observations:
         failure = map_failure(dns.get("failure"))
         if failure is None and not addrs:
             failure = "dns_no_answer"  # the helper reports "no addresses" as an empty success
-        answers = []
-        for a in addrs:
-            try:
-                kind = "AAAA" if ipaddress.ip_address(a).version == 6 else "A"
-            except ValueError:
-                kind = "CNAME"
-            answers.append(DnsAnswer(answer_type=kind, value=a))
-        obs.dns.append(
-            DnsQuery(t0=0.0, t=0.0, failure=failure, resolver="system", engine="system", query_type="ANY",
-                     hostname=_host(url), rcode={None: "NOERROR", "dns_no_answer": "NOERROR", "dns_nxdomain": "NXDOMAIN"}.get(failure),
-                     answers=answers if failure is None else [], tag="ooni_test_helper")
-        )
+        # The helper resolves with getaddrinfo too: one A and one AAAA record, like the probe's.
+        for qtype, version in (("A", 4), ("AAAA", 6)):
+            answers = [DnsAnswer(answer_type=qtype, value=a) for a in addrs if _version(a) == version]
+            f = failure or (None if answers else "dns_no_answer")
+            obs.dns.append(
+                DnsQuery(t0=0.0, t=0.0, failure=f, resolver="system", engine="system", query_type=qtype,
+                         hostname=_host(url), answers=answers if failure is None else [], tag="ooni_test_helper")
+            )
     for endpoint, st in (control.get("tcp_connect") or {}).items():
         if not isinstance(st, dict):
             continue
@@ -368,6 +364,13 @@ def control_observations(control: dict[str, Any], url: str) -> Observations:
                         title=http.get("title") or None, tag="ooni_test_helper")
         )
     return obs
+
+
+def _version(address: str) -> int | None:
+    try:
+        return ipaddress.ip_address(address).version
+    except ValueError:
+        return None
 
 
 def _has_control(control: Any) -> bool:
