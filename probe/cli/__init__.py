@@ -30,5 +30,9 @@ from probe.cli import lists as _lists  # noqa: E402
 main.add_command(_lists.lists)
 from probe.cli import ooni as _ooni  # noqa: E402
 main.add_command(_ooni.ooni)
+from probe.cli import control as _control  # noqa: E402
+main.add_command(_control.control)
 from probe.cli import demo as _demo  # noqa: E402
 main.add_command(_demo.demo)
+from probe.cli import run as _run  # noqa: E402
+main.add_command(_run.run)

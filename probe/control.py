@@ -1,0 +1,375 @@
+"""Control helper protocol and client: Measurement JSON, the address policy, and the calls a
+probe makes to a helper (`fetch_control`, `fetch_whoami`). The server is probe.control_server.
+
+Protocol (JSON over HTTP(S), version 1):
+
+- ``POST /v1/measure`` ``{"experiment": NAME, "input": URL, "addresses": [IP, ...],
+  "category": CODE, "control_for": ID}`` or ``{"experiment": NAME, "targets": [{...}, ...]}``
+  → ``{"measurements": [Measurement, ...]}``, one per target, in order.
+- ``GET /v1/whoami`` → ``{"probe_cc": "IR", "probe_asn": "AS1234", "probe_network": "..."}``:
+  the caller's country and network; never its address.
+- ``GET /v1/info`` → the helper's version, experiments and limits.
+- Errors: a 4xx/5xx status with ``{"error": {"code": CODE, "message": TEXT, ...}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx
+import pyarrow as pa
+
+from probe.schema import (
+    DnsQuery,
+    Measurement,
+    records_to_table,
+    row_to_record,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from probe.experiments.base import Settings, Target
+    from probe.net.scrub import Scrubber
+
+PROTOCOL_VERSION = 1
+MEASURE_PATH = "/v1/measure"
+WHOAMI_PATH = "/v1/whoami"
+INFO_PATH = "/v1/info"
+# A response holds at most a few capped body samples per target; more is a misbehaving helper.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+DEFAULT_TIMEOUT = 120.0
+_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ControlError(Exception):
+    """The control helper could not be reached or refused the request (one line, no probe IP)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or {}
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def measurement_to_json(m: Measurement) -> dict[str, Any]:
+    """A Measurement as plain JSON types (the start time as an ISO 8601 UTC string)."""
+    data = dataclasses.asdict(m)
+    data["measurement_start_time"] = m.measurement_start_time.astimezone(dt.timezone.utc).isoformat()
+    return data
+
+
+def measurement_from_json(data: Any) -> Measurement:
+    """Rebuild and check a Measurement from JSON; ValueError says what is wrong.
+
+    The record is also converted to the Arrow schema here, so a record with wrong types is
+    refused now rather than breaking the writer's next batch.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("a measurement must be a JSON object")
+    data = dict(data)
+    start = data.get("measurement_start_time")
+    if not isinstance(start, str):
+        raise ValueError("measurement_start_time must be an ISO 8601 string")
+    try:
+        when = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"bad measurement_start_time {start!r}") from exc
+    if when.tzinfo is None:
+        raise ValueError("measurement_start_time must carry a time zone")
+    data["measurement_start_time"] = when.astimezone(dt.timezone.utc)
+    try:
+        record = row_to_record(data)
+        validate(record)
+        records_to_table([record])
+    except (KeyError, TypeError, AttributeError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"not a valid measurement: {type(exc).__name__}: {exc}") from exc
+    return record
+
+
+# --------------------------------------------------------------------------- address policy
+
+
+def address_refusal(address: str) -> str | None:
+    """Why the helper must not contact ``address`` (None when it is a public address).
+
+    A control helper runs inside someone's network; without this it could be told to probe
+    that network's private hosts.
+    """
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for label, flag in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+    ):
+        if flag:
+            return label
+    if not ip.is_global:  # shared address space (100.64/10), 6to4 relays, and other special ranges
+        return "not globally routable"
+    return None
+
+
+def _ip_literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
+
+
+async def host_refusal(host: str, *, timeout: float = 4.0) -> str | None:
+    """Like address_refusal for a host name: refused if any address it resolves to is.
+
+    A name that does not resolve is not refused here: the measurement records that failure.
+    """
+    literal = _ip_literal(host)
+    if literal is not None:
+        reason = address_refusal(literal)
+        return f"{literal} is {reason}" if reason else None
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        return f"{host} is loopback"
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout)
+    except (OSError, asyncio.TimeoutError, UnicodeError):
+        return None
+    for info in infos:
+        address = str(info[4][0])
+        reason = address_refusal(address)
+        if reason:
+            return f"{host} resolves to {address}, which is {reason}"
+    return None
+
+
+def input_host(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class ControlTarget:
+    """One thing for the helper to measure, with what the probe saw of it."""
+
+    input: str
+    category: str | None = None
+    addresses: list[str] = field(default_factory=list)  # the probe's resolved addresses
+    control_for: str | None = None  # the probe measurement this control serves
+
+
+def probe_addresses(m: Measurement, limit: int = 16) -> list[str]:
+    """Distinct A/AAAA answers the probe got (injection checks excluded), first seen first."""
+    seen: list[str] = []
+    queries: Iterable[DnsQuery] = m.dns
+    for q in queries:
+        if q.tag == "injection_check":
+            continue
+        for a in q.answers:
+            ip = _ip_literal(a.value) if a.answer_type in ("A", "AAAA") else None
+            if ip is not None and ip not in seen:
+                seen.append(ip)
+    return seen[:limit]
+
+
+def _error_from_response(url: str, status: int, reason: str, body: bytes) -> ControlError:
+    code, message, details = None, reason, {}
+    try:
+        err = json.loads(body).get("error", {})
+        code = err.get("code")
+        message = str(err.get("message") or message)
+        details = {k: v for k, v in err.items() if k not in ("code", "message")}
+    except (ValueError, AttributeError):
+        pass
+    text = " ".join(f"control helper {url} answered HTTP {status} {code or ''}: {message}".split())
+    return ControlError(text, status=status, code=code, details=details)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return " ".join((str(exc) or type(exc).__name__).split())
+
+
+async def _post_json(url: str, payload: dict[str, Any], *, timeout: float, ca_bundle: str | None) -> Any:
+    limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    # trust_env=False: the probe talks to exactly the helper it was given, through no proxy
+    # it was not told about.
+    async with httpx.AsyncClient(timeout=limits, verify=ca_bundle or True, trust_env=False) as client:
+        try:
+            async with client.stream("POST", url, json=payload) as resp:
+                body = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ControlError(f"control helper {url} sent more than {MAX_RESPONSE_BYTES} bytes")
+                if resp.status_code != 200:
+                    raise _error_from_response(url, resp.status_code, resp.reason_phrase, bytes(body))
+        except httpx.HTTPError as exc:
+            raise ControlError(f"control helper {url}: {_describe(exc)}") from exc
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ControlError(f"control helper {url} sent invalid JSON") from exc
+
+
+def _endpoint(control_url: str, path: str) -> str:
+    return control_url.rstrip("/") + path
+
+
+async def request_control(
+    control_url: str,
+    experiment: str,
+    targets: Sequence[ControlTarget],
+    *,
+    run_id: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    ca_bundle: str | None = None,
+    scrubber: Scrubber | None = None,
+) -> list[Measurement]:
+    """Ask a helper to measure ``targets`` with ``experiment``; the control rows, in order.
+
+    Every returned row is checked against the data contract and marked ``role = control``,
+    linked to its probe row (``control_for``) and to the probe's run. Raises ControlError.
+    """
+    url = _endpoint(control_url, MEASURE_PATH)
+    payload: dict[str, Any] = {
+        "experiment": experiment,
+        "targets": [dataclasses.asdict(t) for t in targets],
+    }
+    if run_id is not None:
+        payload["run_id"] = run_id
+    reply = await _post_json(url, payload, timeout=timeout, ca_bundle=ca_bundle)
+    items = reply.get("measurements") if isinstance(reply, dict) else None
+    if not isinstance(items, list) or len(items) != len(targets):
+        raise ControlError(f"control helper {url} sent a reply without one measurement per target")
+    out = []
+    for target, item in zip(targets, items, strict=True):
+        try:
+            m = measurement_from_json(item)
+        except ValueError as exc:
+            raise ControlError(f"control helper {url} sent a bad measurement: {exc}") from exc
+        if m.input != target.input or m.experiment != experiment:
+            raise ControlError(f"control helper {url} measured {m.experiment} {m.input!r}, not what was asked")
+        m.role = "control"
+        m.control_for = target.control_for
+        if run_id is not None:
+            m.run_id = run_id
+        if scrubber is not None:
+            scrub_record(m, scrubber)
+        out.append(m)
+    return out
+
+
+async def fetch_control(
+    control_url: str,
+    probe: Measurement,
+    *,
+    target: Target | None = None,
+    settings: Settings | None = None,
+    timeout: float | None = None,
+    ca_bundle: str | None = None,
+) -> list[Measurement]:
+    """The control row(s) for one probe measurement: the helper measures the same input with
+    the same experiment, and the probe's resolved addresses with the URL's SNI.
+
+    Addresses the helper refuses (private answers from a lying resolver, say) are dropped
+    and the request is sent once more: they are evidence of blocking already, and need no
+    control. Raises ControlError when no control could be had.
+    """
+    request = ControlTarget(
+        input=probe.input,
+        category=target.category if target is not None else probe.input_category,
+        addresses=probe_addresses(probe),
+        control_for=probe.measurement_id,
+    )
+    if timeout is None:
+        timeout = min(DEFAULT_TIMEOUT, settings.measurement_timeout + 10) if settings is not None else DEFAULT_TIMEOUT
+    scrubber = settings.scrubber if settings is not None else None
+
+    async def ask(t: ControlTarget) -> list[Measurement]:
+        return await request_control(
+            control_url, probe.experiment, [t], run_id=probe.run_id, timeout=timeout,
+            ca_bundle=ca_bundle, scrubber=scrubber,
+        )
+
+    try:
+        return await ask(request)
+    except ControlError as exc:
+        refused = exc.details.get("addresses") if exc.code == "forbidden_address" else None
+        if not isinstance(refused, list) or not refused:
+            raise
+        request.addresses = [a for a in request.addresses if a not in refused]
+        return await ask(request)
+
+
+async def fetch_whoami(
+    control_url: str, *, timeout: float = 10.0, ca_bundle: str | None = None
+) -> dict[str, str | None]:
+    """The caller's country and network as the helper sees them (the helper never sends the
+    address back, so the probe cannot store it by mistake)."""
+    url = _endpoint(control_url, WHOAMI_PATH)
+    async with httpx.AsyncClient(timeout=timeout, verify=ca_bundle or True, trust_env=False) as client:
+        try:
+            resp = await client.get(url)
+        except httpx.HTTPError as exc:
+            raise ControlError(f"control helper {url}: {_describe(exc)}") from exc
+    if resp.status_code != 200:
+        raise _error_from_response(url, resp.status_code, resp.reason_phrase, resp.content)
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise ControlError(f"control helper {url} sent invalid JSON") from exc
+    if not isinstance(data, dict):
+        raise ControlError(f"control helper {url} sent an unexpected reply")
+    cc = data.get("probe_cc")
+    asn = data.get("probe_asn")
+    network = data.get("probe_network")
+    return {
+        "probe_cc": cc if isinstance(cc, str) and re.fullmatch(r"[A-Z]{2}", cc) else "ZZ",
+        "probe_asn": asn if isinstance(asn, str) and re.fullmatch(r"AS\d+", asn) else None,
+        "probe_network": network[:200] if isinstance(network, str) else None,
+    }
+
+
+def scrub_record(m: Measurement, scrubber: Scrubber) -> None:
+    """Replace the probe's own addresses in the free text of a record that came from elsewhere."""
+    m.failure = scrubber.scrub(m.failure)
+    for obs in [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]:
+        obs.failure = scrubber.scrub(obs.failure)
+    for h in m.http:
+        h.body_sample = scrubber.scrub(h.body_sample)
+        h.title = scrubber.scrub(h.title)
+        for header in h.headers:
+            header.value = scrubber.scrub(header.value) or ""
+    for v in m.vpn:
+        v.detail = scrubber.scrub(v.detail)
+
+
+def valid_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_ID_RE.fullmatch(value))

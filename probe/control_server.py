@@ -1,0 +1,489 @@
+"""The control helper server (`vantage control serve`): measures what probes ask with the same
+experiment code, from an uncensored network, within fixed bounds. Protocol: probe.control.
+
+HTTP/1.1 is parsed by h11, one request per connection. The caller's address is used only to
+look up its country and network for /v1/whoami; it is never logged or sent back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+import maxminddb
+
+from probe import __version__
+from probe.control import (
+    INFO_PATH,
+    MEASURE_PATH,
+    PROTOCOL_VERSION,
+    WHOAMI_PATH,
+    ControlTarget,
+    address_refusal,
+    host_refusal,
+    input_host,
+    measurement_to_json,
+    valid_id,
+)
+from probe.experiments import registry
+from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock, measure
+from probe.experiments.common import gather_all
+from probe.net import tcp, tls
+from probe.schema import Measurement, TcpConnect, new_run_id
+from probe.testlists import input_problem
+
+log = logging.getLogger(__name__)
+
+PROBE_ADDRESS_TAG = "probe_address"
+
+
+class HttpError(Exception):
+    """An error answer: status, a stable code, a one-line message and optional details."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class ControlSetupError(Exception):
+    """The server cannot start (bad database file, address in use): one line."""
+
+
+@dataclass
+class Limits:
+    max_body: int = 64 * 1024  # bytes of request body
+    max_targets: int = 10  # targets per request
+    max_addresses: int = 16  # probe addresses per target
+    max_concurrent: int = 4  # measure requests in progress; more get 503
+    max_connections: int = 64  # open connections; more are answered 503 and closed
+    request_timeout: float = 90.0  # seconds for all measurements of one request
+    read_timeout: float = 15.0  # seconds to receive a whole request
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    allow_private: bool = False  # labs only: lets the helper contact private addresses
+    geoip_db: Path | None = None
+    asn_db: Path | None = None
+    settings: Settings = field(default_factory=Settings)
+    vantage: Vantage = field(default_factory=lambda: Vantage(role="control"))
+    limits: Limits = field(default_factory=Limits)
+    ssl_context: ssl.SSLContext | None = None
+
+
+# --------------------------------------------------------------------------- country / ASN
+
+
+class GeoLookup:
+    """Country and ASN of an address from MaxMind-format databases (GeoLite2 Country/ASN and
+    compatible files; one file may hold both)."""
+
+    def __init__(self, geoip_db: Path | None, asn_db: Path | None) -> None:
+        self._readers: list[maxminddb.Reader] = []
+        try:
+            for path in (geoip_db, asn_db):
+                if path is not None:
+                    self._readers.append(maxminddb.open_database(str(path)))
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            self.close()
+            raise ControlSetupError(f"cannot open MaxMind database {path}: {exc}") from exc
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._readers)
+
+    def lookup(self, address: str) -> dict[str, str | None]:
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        cc: str | None = None
+        asn: str | None = None
+        network: str | None = None
+        for reader in self._readers:
+            try:
+                rec = reader.get(ip)
+            except ValueError:  # an IPv6 caller and an IPv4-only database
+                rec = None
+            if not isinstance(rec, dict):
+                continue
+            country = rec.get("country") or rec.get("registered_country") or {}
+            code = country.get("iso_code") if isinstance(country, dict) else None
+            code = code or rec.get("country_code")
+            if cc is None and isinstance(code, str) and len(code) == 2:
+                cc = code.upper()
+            number = rec.get("autonomous_system_number")
+            if asn is None and isinstance(number, int):
+                asn = f"AS{number}"
+                org = rec.get("autonomous_system_organization")
+                network = org if isinstance(org, str) else None
+        return {"probe_cc": cc or "ZZ", "probe_asn": asn, "probe_network": network}
+
+    def close(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        self._readers.clear()
+
+
+# --------------------------------------------------------------------------- the experiment wrapper
+
+
+class _ProbeAddressesWrapper(Experiment):
+    """Runs an experiment, then TCP (and for https, TLS with the URL's SNI) to the addresses
+    the probe resolved that the helper did not reach itself, tagged ``probe_address``.
+
+    The analyzer uses these to tell a lying resolver from a CDN or geo-DNS answer: a probe
+    answer that validates over TLS from the control is a real server of the site.
+    """
+
+    def __init__(self, inner: Experiment, addresses: Sequence[str]) -> None:
+        self.inner = inner
+        self.addresses = list(addresses)
+
+    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+        observations = await self.inner.run(target, settings)
+        parts = urlsplit(target.input)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            return observations
+        port = parts.port or (443 if scheme == "https" else 80)
+        reached = {o.ip for o in observations if isinstance(o, TcpConnect) and o.port == port}
+        extra = [a for a in self.addresses if a not in reached]
+        sni = parts.hostname if scheme == "https" else None
+        clock = current_clock()
+
+        async def endpoint(ip: str) -> list[Observation]:
+            t = settings.timeouts
+            connect = await tcp.tcp_connect(ip, port, clock=clock, timeout=t.connect, tag=PROBE_ADDRESS_TAG)
+            steps: list[Observation] = [connect]
+            if sni is not None and connect.failure is None:
+                steps.append(
+                    await tls.tls_handshake(
+                        ip, port, sni, clock=clock, timeout=t.tls, ca_bundle=settings.ca_bundle,
+                        scrubber=settings.scrubber, tag=PROBE_ADDRESS_TAG,
+                    )
+                )
+            return steps
+
+        for steps in await gather_all(endpoint(ip) for ip in extra):
+            observations.extend(steps)
+        return observations
+
+    def succeeded(self, m: Measurement) -> bool:
+        return self.inner.succeeded(m)
+
+
+def with_probe_addresses(inner: Experiment, addresses: Sequence[str]) -> Experiment:
+    # The record carries the inner experiment's name and version: a subclass per call keeps
+    # them class attributes, as Experiment declares them.
+    cls = type(f"Control{type(inner).__name__}", (_ProbeAddressesWrapper,), {"name": inner.name, "version": inner.version})
+    return cls(inner, addresses)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class MeasureRequest:
+    experiment: str
+    targets: list[ControlTarget]
+    run_id: str | None = None
+
+
+def parse_measure_request(body: bytes, limits: Limits) -> MeasureRequest:
+    """Check a /v1/measure body; HttpError(400) says what is wrong."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "bad_request", "the body must be a JSON object")
+    experiment = data.get("experiment")
+    if not isinstance(experiment, str) or experiment not in registry.EXPERIMENTS:
+        known = ", ".join(sorted(registry.EXPERIMENTS))
+        raise HttpError(400, "unknown_experiment", f"unknown experiment {experiment!r}; known: {known}")
+    if "targets" in data:
+        raw = data["targets"]
+        if not isinstance(raw, list) or not raw:
+            raise HttpError(400, "bad_request", "targets must be a non-empty list")
+    elif "input" in data:
+        raw = [{k: data[k] for k in ("input", "category", "addresses", "control_for") if k in data}]
+    else:
+        raise HttpError(400, "bad_request", "give an input (or a list of targets)")
+    if len(raw) > limits.max_targets:
+        raise HttpError(400, "too_many_targets", f"at most {limits.max_targets} targets per request, got {len(raw)}")
+    targets = [_parse_target(item, limits) for item in raw]
+    run_id = data.get("run_id")
+    if run_id is not None and not valid_id(run_id):
+        raise HttpError(400, "bad_request", "run_id may hold only letters, digits, '.', '_' and '-'")
+    return MeasureRequest(experiment=experiment, targets=targets, run_id=run_id)
+
+
+def _parse_target(item: Any, limits: Limits) -> ControlTarget:
+    if not isinstance(item, dict):
+        raise HttpError(400, "bad_request", "each target must be a JSON object")
+    url = item.get("input")
+    problem = input_problem(url) if isinstance(url, str) else "missing input"
+    if problem:
+        raise HttpError(400, "invalid_input", problem)
+    addresses = item.get("addresses") or []
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+        raise HttpError(400, "bad_request", "addresses must be a list of IP address strings")
+    if len(addresses) > limits.max_addresses:
+        raise HttpError(
+            400, "too_many_addresses", f"at most {limits.max_addresses} addresses per target, got {len(addresses)}"
+        )
+    normalised = []
+    for a in addresses:
+        try:
+            normalised.append(str(ipaddress.ip_address(a.strip("[]"))))
+        except ValueError:
+            raise HttpError(400, "bad_request", f"not an IP address: {a[:60]!r}") from None
+    category = item.get("category")
+    if category is not None and not (isinstance(category, str) and len(category) <= 16):
+        raise HttpError(400, "bad_request", "category must be a short string")
+    control_for = item.get("control_for")
+    if control_for is not None and not valid_id(control_for):
+        raise HttpError(400, "bad_request", "control_for must be a measurement id")
+    return ControlTarget(input=url, category=category, addresses=list(dict.fromkeys(normalised)), control_for=control_for)
+
+
+async def check_policy(request: MeasureRequest) -> None:
+    """Refuse targets and addresses that are not public (HttpError 403)."""
+    refused: list[str] = []
+    for t in request.targets:
+        for a in t.addresses:
+            if address_refusal(a):
+                refused.append(a)
+    if refused:
+        reasons = ", ".join(f"{a} ({address_refusal(a)})" for a in refused[:5])
+        raise HttpError(
+            403, "forbidden_address",
+            f"this helper contacts only public addresses; refused: {reasons}", addresses=refused,
+        )
+    for t in request.targets:
+        host = input_host(t.input) or ""
+        reason = await host_refusal(host)
+        if reason:
+            raise HttpError(403, "forbidden_target", f"this helper measures only public targets: {reason}", input=t.input)
+
+
+# --------------------------------------------------------------------------- the server
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            408: "Request Timeout", 413: "Content Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+class ControlServer:
+    """``await start()`` binds and returns (host, port); ``await close()`` stops everything."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.geo = GeoLookup(config.geoip_db, config.asn_db)
+        self._busy = asyncio.Semaphore(self.limits.max_concurrent)
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        try:
+            self._server = await asyncio.start_server(
+                self._accept, self.config.host, self.config.port, ssl=self.config.ssl_context,
+                limit=self.limits.max_body,
+            )
+        except OSError as exc:
+            self.geo.close()
+            raise ControlSetupError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
+            ) from exc
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "call start() first"
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        self.geo.close()
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- connections
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio runs each connection in its own task; keep them so close() can end them.
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+        await self._connection(reader, writer)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.monotonic()
+        status, payload, method, path = 500, {}, "-", "-"
+        extra_headers: list[tuple[str, str]] = []
+        try:
+            if len(self._handlers) > self.limits.max_connections:
+                raise HttpError(503, "busy", "too many connections; try again later")
+            try:
+                request, body = await asyncio.wait_for(self._read_request(reader), self.limits.read_timeout)
+            except asyncio.TimeoutError:
+                raise HttpError(408, "request_timeout", "the request did not arrive in time") from None
+            method, path = request.method.decode(), request.target.decode("ascii", "replace")
+            status, payload = 200, await self._route(method, path.split("?", 1)[0], writer, body)
+        except HttpError as exc:
+            status = exc.status
+            payload = {"error": {"code": exc.code, "message": exc.message, **exc.details}}
+            if status == 503:
+                extra_headers.append(("Retry-After", "5"))
+        except ConnectionError:
+            return
+        except Exception:
+            log.exception("control helper: error handling %s %s", method, path)
+            status, payload = 500, {"error": {"code": "internal_error", "message": "internal error"}}
+        try:
+            await self._respond(writer, status, payload, extra_headers)
+            if status == 413:
+                await self._discard_rest(reader)
+        except (ConnectionError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            # No caller address in the log, by design.
+            log.info("%s %s -> %d in %.2fs", method, path[:200], status, time.monotonic() - started)
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[h11.Request, bytes]:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpError(400, "bad_http", f"malformed HTTP request: {exc}") from None
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(64 * 1024))
+            elif isinstance(event, h11.Request):
+                request = event
+                for name, value in event.headers:
+                    if name == b"content-length" and int(value) > self.limits.max_body:
+                        raise HttpError(413, "too_large", f"the request body may be at most {self.limits.max_body} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > self.limits.max_body:
+                    raise HttpError(413, "too_large", f"the request body may be at most {self.limits.max_body} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return request, bytes(body)
+            else:  # ConnectionClosed before a full request
+                raise ConnectionResetError("client went away")
+
+    async def _discard_rest(self, reader: asyncio.StreamReader) -> None:
+        # Read (a bounded amount of) what the client is still sending, so that it sees our
+        # 413 rather than a reset in the middle of its upload.
+        deadline = time.monotonic() + 2.0
+        received = 0
+        while received < 4 * 1024 * 1024 and (left := deadline - time.monotonic()) > 0:
+            chunk = await asyncio.wait_for(reader.read(64 * 1024), left)
+            if not chunk:
+                return
+            received += len(chunk)
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, status: int, payload: dict[str, Any], extra: list[tuple[str, str]]
+    ) -> None:
+        body = json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json",
+                f"Content-Length: {len(body)}", "Connection: close", f"Server: vantage-control/{__version__}"]
+        head += [f"{k}: {v}" for k, v in extra]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        await asyncio.wait_for(writer.drain(), 30)
+
+    async def _route(self, method: str, path: str, writer: asyncio.StreamWriter, body: bytes) -> dict[str, Any]:
+        routes = {MEASURE_PATH: "POST", WHOAMI_PATH: "GET", INFO_PATH: "GET"}
+        if path not in routes:
+            raise HttpError(404, "not_found", f"no such endpoint {path[:100]!r}; see {INFO_PATH}")
+        if method != routes[path]:
+            raise HttpError(405, "method_not_allowed", f"use {routes[path]} for {path}")
+        if path == WHOAMI_PATH:
+            return self._whoami(writer)
+        if path == INFO_PATH:
+            return self._info()
+        return await self._measure(body)
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "service": "vantage-control",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "experiments": sorted(registry.EXPERIMENTS),
+            "whoami": self.geo.configured,
+            "limits": dataclasses.asdict(self.limits),
+        }
+
+    def _whoami(self, writer: asyncio.StreamWriter) -> dict[str, Any]:
+        if not self.geo.configured:
+            raise HttpError(404, "not_configured", "this helper has no country or ASN database")
+        peer = writer.get_extra_info("peername")
+        if not peer:
+            raise HttpError(500, "internal_error", "cannot tell the caller's address")
+        return self.geo.lookup(str(peer[0]))
+
+    async def _measure(self, body: bytes) -> dict[str, Any]:
+        request = parse_measure_request(body, self.limits)
+        if not self.config.allow_private:
+            await check_policy(request)
+        if self._busy.locked():
+            raise HttpError(503, "busy", f"{self.limits.max_concurrent} requests are being measured; try again later")
+        async with self._busy:
+            try:
+                records = await asyncio.wait_for(self._run(request), self.limits.request_timeout)
+            except asyncio.TimeoutError:
+                raise HttpError(
+                    504, "timeout", f"the measurements took longer than {self.limits.request_timeout:g} s"
+                ) from None
+        return {"measurements": [measurement_to_json(m) for m in records]}
+
+    async def _run(self, request: MeasureRequest) -> list[Measurement]:
+        experiment = registry.get(request.experiment)
+        run_id = request.run_id or new_run_id()
+
+        async def one(t: ControlTarget) -> Measurement:
+            exp = with_probe_addresses(experiment, t.addresses) if t.addresses else experiment
+            return await measure(
+                exp, Target(t.input, t.category), self.config.settings, self.config.vantage, run_id,
+                control_for=t.control_for,
+            )
+
+        return await gather_all(one(t) for t in request.targets)
