@@ -13,6 +13,7 @@ import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from os import PathLike
 
 import dns.flags
 import dns.message
@@ -356,7 +357,7 @@ async def resolve_doh(
     *,
     clock: Clock,
     timeout: float,
-    verify: bool | str | None = True,
+    verify: bool | str | PathLike[str] | None = True,
     address_map: dict[str, list[str]] | None = None,
     resolve: Resolve | None = None,
     scrubber: Scrubber | None = None,
@@ -379,8 +380,10 @@ async def resolve_doh(
         return _finish(q, clock, scrubber)
     if verify is False:
         ctx = unverified_context()
+    elif verify is True or verify is None:
+        ctx = verifying_context(None)
     else:
-        ctx = verifying_context(verify if isinstance(verify, str) else None)
+        ctx = verifying_context(verify)  # a CA bundle path: extra roots
 
     async def system(host: str) -> list[str]:
         return await system_addresses(host, timeout)
