@@ -10,6 +10,9 @@ contacted only when a user runs this experiment.
 
 from __future__ import annotations
 
+import csv
+from importlib import resources
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
@@ -93,6 +96,9 @@ class Anchors(Experiment):
 
         raise InputError(f"an anchor is one of {', '.join(s + '://' for s in ANCHOR_SCHEMES)}; got {target.input!r}")
 
+    def input_problem(self, input_: str) -> str | None:
+        return anchor_problem(input_)
+
     def host_key(self, target: Target) -> str:
         # Anchors are distinct servers by design; one slot each is plenty.
         return target.input.lower()
@@ -107,3 +113,61 @@ class Anchors(Experiment):
         if scheme == "dns":
             return any(q.rcode is not None for q in m.dns)
         return any(h.status_code is not None for h in m.http)
+
+
+def anchor_problem(url: str) -> str | None:
+    """Why ``url`` is not an anchor (None when it is)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"malformed anchor {url!r}: {exc}"
+    scheme = parts.scheme.lower()
+    if scheme not in ANCHOR_SCHEMES:
+        return f"an anchor is one of {', '.join(s + '://' for s in ANCHOR_SCHEMES)}; got {url!r}"
+    if scheme in ("tcp", "dns") and ip_literal(parts.hostname or "") is None:
+        return f"a {scheme} anchor needs an IP address, got {url!r}"
+    if scheme == "tcp" and port is None:
+        return f"a tcp anchor needs a port: tcp://IP:PORT, got {url!r}"
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"url has no host: {url!r}"
+    return None
+
+
+def shipped_anchors_path() -> Path:
+    """The anchors list shipped with Vantage (testlists/anchors.csv in the source tree)."""
+    return Path(str(resources.files("probe") / "data" / "anchors.csv"))
+
+
+def load_anchors(path: Path) -> tuple[list[Target], list[str]]:
+    """Anchors from a Citizen Lab CSV (``url`` and ``category_code`` columns) or one per line,
+    and the problems of the rows skipped ("FILE:LINE: reason").
+
+    Anchor inputs (dns://, tcp://) are not web or tunnel URLs, so general list loading would
+    reject them; this reader accepts exactly what the anchors experiment measures.
+    """
+    targets: list[Target] = []
+    problems: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    lines = text.splitlines()
+    first = next(csv.reader(lines[:1]), [])
+    if "url" in (c.strip().lower() for c in first):
+        rows = csv.DictReader(lines)
+        items = [
+            (rows.line_num, (row.get("url") or "").strip(), (row.get("category_code") or "").strip() or None)
+            for row in rows
+        ]
+    else:
+        items = [(n, line.strip(), None) for n, line in enumerate(lines, 1)]
+    for line, url, category in items:
+        if not url or url.startswith("#"):
+            continue
+        problem = anchor_problem(url)
+        if problem:
+            problems.append(f"{path}:{line}: {problem}")
+        else:
+            targets.append(Target(url, category))
+    return targets, problems

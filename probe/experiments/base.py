@@ -125,6 +125,15 @@ class Experiment:
     async def run(self, target: Target, settings: Settings) -> list[Observation]:
         raise NotImplementedError
 
+    def input_problem(self, input_: str) -> str | None:
+        """Why ``input_`` cannot be measured by this experiment (None when it can).
+
+        Default: a web URL or tunnel endpoint URL, as Citizen Lab lists hold them.
+        """
+        from probe.testlists import input_problem
+
+        return input_problem(input_)
+
     def host_key(self, target: Target) -> str:
         """What the runner's per-host politeness limit counts (the server's host name)."""
         from urllib.parse import urlsplit

@@ -60,6 +60,13 @@ class DnsConsistency(Experiment):
         results = await gather_all([resolvers(), injection()])
         return [*results[0], *results[1]]
 
+    def input_problem(self, input_: str) -> str | None:
+        try:
+            hostname_of(input_)
+        except InputError as exc:
+            return str(exc)
+        return None
+
     def host_key(self, target: Target) -> str:
         try:
             return hostname_of(target.input)
