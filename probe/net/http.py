@@ -254,6 +254,10 @@ async def http_get(
                     )
             except Exception as exc:
                 rec.failure = classify(exc)
+            if rec.ip is None and current.host:
+                # the address this hop tried, also when it failed before any response
+                port = current.port or (443 if current.scheme == "https" else 80)
+                rec.ip = backend.used.get((host_key(current.host), port))
             rec.t = clock.now()
             _finish_body(rec, body, sample_cap, scrubber)
             _scrub(rec, scrubber)

@@ -245,7 +245,7 @@ def test_connection_refused_and_garbage_response(lab: SimpleNamespace) -> None:
         port = _free_port()
         hops = await http_get(f"http://closed.test:{port}/", clock=Clock(), timeout=TIMEOUT,
                               address_map={"closed.test": ["127.0.0.1"]})
-        assert hops[0].failure == "connection_refused"
+        assert hops[0].failure == "connection_refused" and hops[0].ip == "127.0.0.1"
         async with lab.tcp_server(garbage) as gport:
             hops = await http_get(f"http://junk.test:{gport}/", clock=Clock(), timeout=TIMEOUT,
                                   address_map={"junk.test": ["127.0.0.1"]})
@@ -367,3 +367,29 @@ def test_records_round_trip_through_the_arrow_schema(lab: SimpleNamespace, n: in
     validate(m)
     table = records_to_table([m] * n)
     assert table.column("http").to_pylist()[0][0]["title"] == "t"
+
+
+def test_https_server_silent_after_handshake(lab: SimpleNamespace, tls_ctx, ca_bundle) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        async with lab.tcp_server(_silent, ssl_ctx=tls_ctx("quiet.test")) as port:
+            with lab.Timer() as timer:
+                hops = await http_get(f"https://quiet.test:{port}/", clock=Clock(), timeout=TIMEOUT,
+                                      address_map={"quiet.test": ["127.0.0.1"]}, ca_bundle=ca_bundle)
+        assert hops[0].failure == "generic_timeout" and hops[0].ip == "127.0.0.1"
+        assert timer.elapsed < TIMEOUT + SLACK
+
+    asyncio.run(main())
+
+
+def test_ipv6_literal_url(lab: SimpleNamespace) -> None:
+    from conftest import has_ipv6_loopback
+
+    if not has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine: IPv6 loopback is disabled")
+
+    async def main() -> None:
+        async with lab.tcp_server(_page(lab, b"v6"), host="::1") as port:
+            hops = await http_get(f"http://[::1]:{port}/", clock=Clock(), timeout=TIMEOUT, address_map={})
+        assert hops[0].failure is None and hops[0].ip == "::1" and hops[0].body_sample == "v6"
+
+    asyncio.run(main())
