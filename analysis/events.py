@@ -181,14 +181,18 @@ class Classifier:
         vantages = self.vantage_breakdown(run.cc, run.asn, start, end)
         base.vantage_points = len(vantages)
         failing = {v: d for v, d in vantages.items() if d["failing_runs"] * 2 > d["runs"]}
-        healthy = {v: d for v, d in vantages.items() if v not in failing}
-        evidence["vantage_points"] = {v: {**d, "failing": v in failing} for v, d in vantages.items()}
+        # healthy means clearly fine, not merely "not failing": in a partial shutdown every
+        # vantage point is degraded, and one that is half-failing must not pass for a control
+        healthy = {v: d for v, d in vantages.items() if v not in failing and d["failing_runs"] * 4 <= d["runs"]
+                   and d["ok"] >= 0.6 * d["measurements"]}
+        evidence["vantage_points"] = {v: {**d, "failing": v in failing, "healthy": v in healthy}
+                                      for v, d in vantages.items()}
         failing_versions = {d["version"] for d in failing.values()}
         before = self.versions_before(run.cc, run.asn, start)
         ctrl, ctrl_n = self.control_rate(None, start, end)
         evidence["controls"] = {"ok_rate": ctrl, "measurements": ctrl_n}
 
-        if failing and healthy and len(failing) == 1:
+        if failing and healthy and len(failing) == 1 and len(failing) + len(healthy) == len(vantages):
             name = next(iter(failing))
             base.kind, base.confidence = "probe_fault", 0.8
             base.reason = f"one vantage point alone ({name}); {len(healthy)} other(s) in the network fine"
@@ -225,9 +229,17 @@ class Classifier:
                 base.reason = "measurement volume dropped; anchors and targets fine where measured"
         else:
             base.reason = "signals dropped without a clear pattern"
-        if base.kind == "unclassified" and run.level < 2 and run.end_idx - run.start_idx < 2:
-            return None  # one hour of mild, unexplained dip: noise, not an event
+        if base.kind == "unclassified" and not self._rate_evidence(sl):
+            return None  # one hour of mild, unexplained dip in a rate: noise, not an event
         return base
+
+    def _rate_evidence(self, sl: slice) -> bool:
+        """A rate signal critical in some hour, or alerting in two hours or more."""
+        rate = np.zeros(sl.stop - sl.start, dtype=np.int8)
+        for s in self.cfg.alert_signals:
+            if s != "volume":
+                rate = np.maximum(rate, self._levels[f"{s}_level"][sl])
+        return bool(rate.max(initial=0) >= 2 or (rate > 0).sum() >= 2)
 
     def _silent_vantages(self, cc: str, asn: str, start: dt.datetime, now: dict[str, Any]) -> list[str]:
         rows = self._q("""SELECT DISTINCT vantage FROM shutdown_facts WHERE role = 'probe' AND cc = ? AND asn = ?
