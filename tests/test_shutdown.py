@@ -14,7 +14,14 @@ from rich.table import Table
 
 from analysis import scenario as sc
 from analysis.events import Event
-from analysis.shutdown import Detection, DetectorConfig, detect, detect_from_signals, find_events, render_events
+from analysis.shutdown import (
+    Detection,
+    DetectorConfig,
+    detect,
+    detect_from_signals,
+    find_events,
+    render_events,
+)
 
 HOUR = dt.timedelta(hours=1)
 
