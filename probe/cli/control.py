@@ -41,10 +41,10 @@ def control() -> None:
 @click.option("--allow-private", is_flag=True,
               help="Also measure loopback, private and link-local targets (labs only: lets callers reach your network).")
 @click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]|URL",
-              help="Resolver the experiments ask besides the system resolver (repeatable; DoH as https://...).")
-@click.option("--no-system-resolver", is_flag=True, help="Ask only the --resolver resolvers (labs).")
+              help="A resolver the experiments ask (IP, IP:PORT or a DoH https:// URL). Repeatable. "
+                   "When given, ONLY these resolvers are used, never the system's (as on `vantage run`).")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
-              help="CA certificates to validate targets' TLS against instead of the system store (labs).")
+              help="Extra trusted root certificates (PEM) for the targets' TLS, e.g. for a lab.")
 @click.option("--cc", "country", default="ZZ", show_default=True, metavar="CC",
               help="Country of this helper, stored on its control rows.")
 @click.option("--asn", default=None, metavar="AS1234", help="Network (ASN) of this helper, stored on its control rows.")
@@ -59,7 +59,7 @@ def control() -> None:
               help="Seconds for all measurements of one request; longer is answered 504.")
 def serve(
     listen: str, geoip_db: Path | None, asn_db: Path | None, allow_private: bool, resolvers: tuple[str, ...],
-    no_system_resolver: bool, ca_bundle: str | None, country: str, asn: str | None, certfile: str | None,
+    ca_bundle: str | None, country: str, asn: str | None, certfile: str | None,
     keyfile: str | None, max_concurrent: int, max_targets: int, request_timeout: float,
 ) -> None:
     """Run the control helper: measure what probes ask, from this (uncensored) network.
@@ -86,7 +86,7 @@ def serve(
             raise click.ClickException(f"cannot load {certfile} / {keyfile}: {exc}") from exc
     config = ServerConfig(
         host=host, port=port, allow_private=allow_private, geoip_db=geoip_db, asn_db=asn_db,
-        settings=Settings(resolvers=list(resolvers), use_system_resolver=not no_system_resolver, ca_bundle=ca_bundle),
+        settings=Settings(resolvers=list(resolvers), use_system_resolver=not resolvers, ca_bundle=ca_bundle),
         vantage=Vantage(role="control", probe_cc=country, probe_asn=asn),
         limits=Limits(max_concurrent=max_concurrent, max_targets=max_targets, request_timeout=request_timeout),
         ssl_context=context,
