@@ -198,16 +198,16 @@ async def resolve_system(
 
 class _UdpCollector(asyncio.DatagramProtocol):
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[float, bytes | None, Exception | None]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[bytes | None, Exception | None]] = asyncio.Queue()
         self.count = 0
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         self.count += 1
         if self.count <= MAX_DATAGRAMS:
-            self.queue.put_nowait((0.0, data, None))
+            self.queue.put_nowait((data, None))
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors, e.g. port unreachable
-        self.queue.put_nowait((0.0, None, exc))
+        self.queue.put_nowait((None, exc))
 
 
 async def resolve_udp(
@@ -256,7 +256,7 @@ async def resolve_udp(
             if remaining <= 0:
                 break
             try:
-                _, data, err = await asyncio.wait_for(proto.queue.get(), remaining)
+                data, err = await asyncio.wait_for(proto.queue.get(), remaining)
             except asyncio.TimeoutError:
                 break
             if err is not None:

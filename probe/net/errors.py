@@ -136,9 +136,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and len(seen) < 16 and all(cur is not s for s in seen):
-        if isinstance(cur, _GROUP) and cur.exceptions:  # type: ignore[attr-defined]
+        subs = getattr(cur, "exceptions", None) if isinstance(cur, _GROUP) else None
+        if subs:
             seen.append(cur)
-            cur = cur.exceptions[0]
+            cur = subs[0]
             continue
         seen.append(cur)
         cur = cur.__cause__ or cur.__context__

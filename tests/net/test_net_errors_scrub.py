@@ -70,6 +70,13 @@ def test_classify(exc: BaseException, failure: str) -> None:
     assert is_valid_failure(failure)
 
 
+def test_exception_group_uses_first_member() -> None:
+    group_type = getattr(__import__("builtins"), "ExceptionGroup", None)
+    if group_type is None:
+        pytest.skip("ExceptionGroup needs Python 3.11")
+    assert classify(group_type("g", [ConnectionRefusedError(), TimeoutError()])) == "connection_refused"
+
+
 def test_unknown_failure_keeps_no_address_and_is_short() -> None:
     exc = RuntimeError("bind to 198.51.100.23 and 2001:db8::77 failed: " + "x" * 300)
     failure = classify(exc)
