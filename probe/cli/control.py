@@ -12,6 +12,7 @@ import click
 from probe.control import ControlError, fetch_whoami
 from probe.control_server import ControlServer, ControlSetupError, Limits, ServerConfig
 from probe.experiments.base import Settings, Vantage
+from probe.net.scrub import Scrubber
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -86,7 +87,9 @@ def serve(
             raise click.ClickException(f"cannot load {certfile} / {keyfile}: {exc}") from exc
     config = ServerConfig(
         host=host, port=port, allow_private=allow_private, geoip_db=geoip_db, asn_db=asn_db,
-        settings=Settings(resolvers=list(resolvers), use_system_resolver=not resolvers, ca_bundle=ca_bundle),
+        # The helper's own interface addresses are scrubbed from captured text, as on a probe.
+        settings=Settings(resolvers=list(resolvers), use_system_resolver=not resolvers, ca_bundle=ca_bundle,
+                          scrubber=Scrubber()),
         vantage=Vantage(role="control", probe_cc=country, probe_asn=asn),
         limits=Limits(max_concurrent=max_concurrent, max_targets=max_targets, request_timeout=request_timeout),
         ssl_context=context,
