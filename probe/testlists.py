@@ -23,11 +23,13 @@ CITIZENLAB_COLUMNS = ("url", "category_code", "category_description", "date_adde
 WEB_SCHEMES = ("http", "https")
 # Tunnel endpoints are URLs too (DESIGN.md), so one list format serves every experiment.
 TUNNEL_SCHEMES = ("openvpn", "wireguard", "tor", "obfs4", "ikev2")
-SCHEMES = WEB_SCHEMES + TUNNEL_SCHEMES
+# The anchors experiment's heartbeat targets: dns://IP[:PORT] (a resolver) and tcp://IP:PORT.
+ANCHOR_SCHEMES = ("dns", "tcp")
+SCHEMES = WEB_SCHEMES + TUNNEL_SCHEMES + ANCHOR_SCHEMES
 
 UPSTREAM_BASE_URL = "https://raw.githubusercontent.com/citizenlab/test-lists/master/lists/"
 BASE_URL_ENV = "VANTAGE_TESTLISTS_URL"
-SHIPPED_LISTS = ("vantage",)
+SHIPPED_LISTS = ("vantage", "anchors")
 
 # RFC 1123 labels; IDNs are accepted in their Unicode form (letters of any script).
 _LABEL_RE = re.compile(r"^(?!-)[\w-]{1,63}(?<!-)$", re.UNICODE)
@@ -94,8 +96,8 @@ def input_problem(url: str) -> str | None:
     host = parts.hostname or ""
     if not host or not _valid_host(host):
         return f"malformed url {url!r}: bad or missing host"
-    if scheme in TUNNEL_SCHEMES and port is None:
-        return f"tunnel endpoint {url!r} needs an explicit port"
+    if scheme in TUNNEL_SCHEMES + ("tcp",) and port is None:
+        return f"endpoint {url!r} needs an explicit port"
     return None
 
 

@@ -108,10 +108,12 @@ def test_tunnel_inputs_are_valid() -> None:
         "ikev2://203.0.113.5:500/",
         "https://xn--80ak6aa92e.com/",
         "https://пример.рф/",
+        "dns://198.41.0.4",
+        "tcp://1.1.1.1:443",
     ]
     for url in good:
         assert testlists.input_problem(url) is None, url
-    bad = ["tor://203.0.113.5/", "https:///path", "example.org", "gopher://x.org/", "https://a..b/", "https://-a.org/"]
+    bad = ["tor://203.0.113.5/", "tcp://1.1.1.1", "https:///path", "example.org", "gopher://x.org/", "https://a..b/", "https://-a.org/"]
     for url in bad:
         assert testlists.input_problem(url) is not None, url
 
@@ -161,6 +163,8 @@ def test_shipped_list_is_valid_and_varied() -> None:
     assert len(entries) >= 30
     categories = {e.category_code for e in entries}
     assert {"NEWS", "HUMR", "POLR", "COMT", "GRP", "LGBT", "REL", "ANON", "HOST", "MMED", "FILE"} <= categories
+    anchors, problems = testlists.load_list(testlists.resolve_list("anchors"))
+    assert problems == [] and len(anchors) >= 5
     # the user-visible copy in testlists/ is the same file
     visible = Path(__file__).resolve().parents[1] / "testlists" / "vantage.csv"
     assert visible.read_bytes() == path.read_bytes()

@@ -17,9 +17,9 @@ MAX_PROBLEMS_SHOWN = 20
 def lists() -> None:
     """Target lists: Citizen Lab CSV or one URL per line.
 
-    Inputs are web URLs or tunnel endpoint URLs (openvpn://, wireguard://, tor://, obfs4://,
-    ikev2://). A list may be given as a file path, as the name of a downloaded list (`global`,
-    `ir`, ...) or as the shipped list `vantage`.
+    Inputs are web URLs, tunnel endpoint URLs (openvpn://, wireguard://, tor://, obfs4://,
+    ikev2://) or anchors (dns://, tcp://). A list may be given as a file path, as the name of a
+    downloaded list (`global`, `ir`, ...) or of a shipped one (`vantage`, `anchors`).
     """
 
 
