@@ -17,6 +17,7 @@ Order of the mapping (first match wins), walking an exception and its ``__cause_
     EOFError, asyncio.IncompleteReadError           -> eof
     dns.resolver.NXDOMAIN / NoAnswer, DNS parse errors -> dns_nxdomain | dns_no_answer
                                                        | dns_server_misbehaving
+    zlib.error, httpx.DecodingError                 -> http_invalid_response
     httpx.TooManyRedirects                          -> http_too_many_redirects
     httpx.RemoteProtocolError                       -> eof (peer closed early) | http_invalid_response
     anything else                                   -> unknown_failure:<type>: <message>
@@ -30,6 +31,7 @@ import builtins
 import errno
 import socket
 import ssl
+import zlib
 
 import dns.exception
 import dns.message
@@ -121,6 +123,8 @@ def _classify_one(exc: BaseException) -> str | None:
         return "dns_server_misbehaving"
     if isinstance(exc, (dns.name.BadLabelType, dns.message.UnknownHeaderField, dns.exception.SyntaxError)):
         return "dns_server_misbehaving"
+    if isinstance(exc, (zlib.error, httpx.DecodingError)):
+        return "http_invalid_response"  # a Content-Encoding that does not decode
     if isinstance(exc, httpx.TooManyRedirects):
         return "http_too_many_redirects"
     if isinstance(exc, httpx.RemoteProtocolError):

@@ -292,6 +292,17 @@ def test_gzip_body_is_decoded(lab: SimpleNamespace) -> None:
     asyncio.run(main())
 
 
+def test_corrupt_gzip_is_invalid_response(lab: SimpleNamespace) -> None:
+    async def main() -> None:
+        bad = gzip.compress(b"")[:10] + b"\x07" + b"\x00" * 50  # header, then a reserved block type
+        async with lab.tcp_server(_page(lab, bad, headers={"Content-Encoding": "gzip"})) as port:
+            hops = await http_get(f"http://gz.test:{port}/", clock=Clock(), timeout=TIMEOUT,
+                                  address_map={"gz.test": ["127.0.0.1"]})
+        assert hops[0].failure == "http_invalid_response" and hops[0].status_code == 200
+
+    asyncio.run(main())
+
+
 def test_https_with_ca_bundle_and_untrusted(lab: SimpleNamespace, tls_ctx, ca_bundle) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
         async with lab.tcp_server(_page(lab, b"<title>secure</title>"), ssl_ctx=tls_ctx("secure.test")) as port:
