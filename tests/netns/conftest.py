@@ -1,0 +1,62 @@
+"""Fixtures of the network-namespace lab: one lab per session (built once, torn down by the
+finalizer even when a test fails or the run is interrupted), and one pipeline run over it.
+
+Tests here need root and `ip netns`; without them they skip and say why.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+
+import pytest
+
+from .lab import VENV_BIN, LabRun, NetnsLab
+from .topology import missing_programs, netns_unusable_reason
+
+SERVER_PROGRAMS = ("ip", "nft", "ss", "sysctl", "dnsmasq", "nginx")
+
+
+@functools.cache
+def lab_skip_reason(programs: tuple[str, ...] = SERVER_PROGRAMS) -> str | None:
+    reason = netns_unusable_reason()
+    if reason:
+        return reason
+    missing = missing_programs(programs)
+    if missing:
+        return f"not installed: {', '.join(missing)} (scripts/test.sh installs them as root)"
+    return None
+
+
+def require_lab(programs: tuple[str, ...] = SERVER_PROGRAMS) -> None:
+    reason = lab_skip_reason(programs)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def netns_lab(request: pytest.FixtureRequest) -> Iterator[NetnsLab]:
+    require_lab()
+    lab = NetnsLab()
+    request.addfinalizer(lab.close)
+    lab.__enter__()
+    yield lab
+    lab.close()
+
+
+def _vantage_has(command: str) -> bool:
+    from click.testing import CliRunner
+
+    from probe.cli import main
+
+    return command in main.commands and CliRunner().invoke(main, [command, "--help"]).exit_code == 0
+
+
+@pytest.fixture(scope="session")
+def netns_lab_run(netns_lab: NetnsLab) -> LabRun:
+    """The probe and control runs and the analysis, once per session."""
+    for command in ("run", "analyze"):
+        if not _vantage_has(command):
+            pytest.skip(f"`vantage {command}` is not available in this build")
+    assert (VENV_BIN / "vantage").exists(), f"no vantage entry point in {VENV_BIN}"
+    return netns_lab.run(step=lambda msg: print(f"[netns lab] {msg}", flush=True))

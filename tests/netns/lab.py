@@ -1,0 +1,163 @@
+"""The whole lab in one object: topology, servers and censor up; `vantage run` in the probe and
+control namespaces; `vantage analyze`; verdicts scored against the scenarios' ground truth.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .scenarios import SCENARIOS, Scenario
+from .scoring import Score, Truth, score
+from .servers import LabServers
+from .topology import CONTROL_RESOLVER, LAB_NET, PUBLIC_RESOLVER, LabError, Topology
+
+VENV_BIN = Path(sys.executable).parent
+# Lab servers answer in milliseconds or never; 6 s covers the slow site (about 3 s) with
+# room to spare while keeping the dropped scenarios cheap.
+STEP_TIMEOUT = 6.0
+PROBE_ASN, CONTROL_ASN = "AS64500", "AS64501"  # RFC 5398 documentation ASNs
+LAB_CC = "ZZ"
+
+
+@dataclass
+class LabRun:
+    probe_dataset: Path
+    control_dataset: Path
+    verdicts_path: Path
+    verdicts: list[dict[str, Any]]
+    score: Score
+    seconds: dict[str, float]
+
+
+class NetnsLab:
+    """Context manager: build the lab (always torn down on exit), then ``run()`` the pipeline."""
+
+    def __init__(self, scenarios: tuple[Scenario, ...] = SCENARIOS, *, keep_workdir: bool = False,
+                 prefix: str | None = None):
+        self.scenarios = scenarios
+        self.topo = Topology(prefix=prefix, keep_workdir=keep_workdir)
+        self.servers: LabServers | None = None
+        self.build_seconds = 0.0
+
+    def __enter__(self) -> NetnsLab:
+        started = time.monotonic()
+        self.topo.__enter__()
+        try:
+            self.servers = LabServers(self.topo, self.scenarios)
+            self.servers.start_internet()
+            self.servers.start_censor()
+        except BaseException:
+            self.topo.close()
+            raise
+        self.build_seconds = time.monotonic() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.topo.close()
+
+    def close(self) -> None:
+        self.topo.close()
+
+    @property
+    def workdir(self) -> Path:
+        return self.topo.workdir
+
+    @property
+    def ca_bundle(self) -> Path:
+        assert self.servers is not None
+        return self.servers.ca.bundle
+
+    def truths(self) -> list[Truth]:
+        return [Truth(sc.name, sc.url, sc.status, sc.layer, sc.description) for sc in self.scenarios]
+
+    # ----------------------------------------------------------------- the pipeline
+
+    def write_list(self, path: Path) -> Path:
+        """The scenarios' URLs as a Citizen Lab CSV list."""
+        with open(path, "w", newline="") as fh:
+            out = csv.writer(fh)
+            out.writerow(["url", "category_code", "category_description", "date_added", "source", "notes"])
+            for sc in self.scenarios:
+                out.writerow([sc.url, "NEWS", "News Media", "2026-01-01", "netns-lab", sc.name])
+        return path
+
+    def env(self) -> dict[str, str]:
+        # The probe keeps state under the user's data directories: keep it inside the lab.
+        home = self.workdir / "home"
+        home.mkdir(exist_ok=True)
+        return {
+            "PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(home),
+            "XDG_DATA_HOME": str(home / "data"),
+            "XDG_CONFIG_HOME": str(home / "config"),
+            "XDG_CACHE_HOME": str(home / "cache"),
+            "LANG": "C.UTF-8",
+            "NO_COLOR": "1",
+        }
+
+    def vantage(self, role: str | None, args: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """Run the `vantage` command, inside a namespace when ``role`` is given, else on the host."""
+        argv = [str(VENV_BIN / "vantage"), *args]
+        if role is not None:
+            argv = self.topo.argv(role, argv)
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env())
+        except subprocess.TimeoutExpired as exc:
+            raise LabError(f"vantage {' '.join(args[:1])} timed out after {timeout}s") from exc
+        if out.returncode != 0:
+            raise LabError(f"vantage {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        return out
+
+    def measure(self, role: str, dataset: Path, *, experiment: str = "web_connectivity",
+                targets: Path | None = None, extra: list[str] | None = None) -> None:
+        resolver = PUBLIC_RESOLVER if role == "probe" else CONTROL_RESOLVER
+        asn = PROBE_ASN if role == "probe" else CONTROL_ASN
+        targets = targets or self.write_list(self.workdir / "targets.csv")
+        self.vantage(role, [
+            "run", "--experiment", experiment, "--list", str(targets), "--output", str(dataset),
+            "--resolver", resolver, "--ca-bundle", str(self.ca_bundle), "--role", role, "--cc", LAB_CC,
+            "--asn", asn, "--network", f"netns lab {role} network", "--timeout", str(STEP_TIMEOUT),
+            "--no-progress", *(extra or []),
+        ])
+
+    def analyze(self, datasets: list[Path], output: Path) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        self.vantage(None, ["analyze", *map(str, datasets), "--output", str(output), "--public-net", LAB_NET])
+        return pq.read_table(output).to_pylist()
+
+    def run(self, step: Callable[[str], None] = lambda _m: None) -> LabRun:
+        """Probe run, control run, analysis, score."""
+        out = self.workdir / "results"
+        out.mkdir(exist_ok=True)
+        probe_ds, control_ds, verdicts_path = out / "probe", out / "control", out / "verdicts.parquet"
+        seconds: dict[str, float] = {}
+        for role, ds in (("probe", probe_ds), ("control", control_ds)):
+            step(f"vantage run --role {role} in namespace {self.topo.ns[role]}")
+            t = time.monotonic()
+            self.measure(role, ds)
+            seconds[role] = time.monotonic() - t
+        step(f"vantage analyze --public-net {LAB_NET}")
+        t = time.monotonic()
+        verdicts = self.analyze([probe_ds, control_ds], verdicts_path)
+        seconds["analyze"] = time.monotonic() - t
+        probe_rows = [v for v in verdicts if v.get("role", "probe") == "probe"]
+        return LabRun(probe_ds, control_ds, verdicts_path, probe_rows, score(self.truths(), probe_rows), seconds)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
