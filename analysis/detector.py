@@ -67,14 +67,12 @@ def baselined_signals(con: duckdb.DuckDBPyConnection, signals: pa.Table, cfg: De
         value = f"{num}::DOUBLE / {den}" if num.endswith("_ok") else f"1 - {num}::DOUBLE / {den}"
         rates.append(f"CASE WHEN {den} > 0 THEN {value} END AS {name}")
     days = cfg.baseline_days
-    windows = [
-        f"median(volume) OVER (PARTITION BY cc, asn, hour(hour) ORDER BY hour RANGE BETWEEN "
-        f"INTERVAL {days} DAYS PRECEDING AND INTERVAL 1 HOUR PRECEDING) AS volume_base",
-        f"count(volume) OVER (PARTITION BY cc, asn, hour(hour) ORDER BY hour RANGE BETWEEN "
-        f"INTERVAL {days} DAYS PRECEDING AND INTERVAL 1 HOUR PRECEDING) AS volume_base_n",
-    ]
+    # Hours are dense per network (signals.network_hour_signals fills gaps with zero volume), so
+    # ROWS frames are exact and much faster than RANGE frames over timestamps.
+    same_hour = f"PARTITION BY cc, asn, hour(hour) ORDER BY hour ROWS BETWEEN {days} PRECEDING AND 1 PRECEDING"
+    windows = [f"median(volume) OVER ({same_hour}) AS volume_base", f"count(volume) OVER ({same_hour}) AS volume_base_n"]
     for name in RATE_SIGNALS:
-        frame = f"PARTITION BY cc, asn ORDER BY hour RANGE BETWEEN INTERVAL {24 * days} HOURS PRECEDING AND INTERVAL 1 HOUR PRECEDING"
+        frame = f"PARTITION BY cc, asn ORDER BY hour ROWS BETWEEN {24 * days} PRECEDING AND 1 PRECEDING"
         windows.append(f"median({name}) OVER ({frame}) AS {name}_base")
         windows.append(f"count({name}) OVER ({frame}) AS {name}_base_n")
     try:

@@ -94,6 +94,9 @@ class Classifier:
         self.cfg = cfg
         self.hours = hourly.column("hour").to_numpy()
         self._levels = {c: hourly.column(c).to_numpy() for c in hourly.column_names if c.endswith("_level")}
+        # columns as numpy once: classifying thousands of runs must not convert them each time
+        self._np = {c: hourly.column(c).to_numpy(zero_copy_only=False)
+                    for c in hourly.column_names if c not in ("cc", "asn", "hour")}
 
     # -- helpers over the facts table
     def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -163,19 +166,21 @@ class Classifier:
         anchor_drop = bool((lv["anchor_success"] > 0).any())
         target_drop = bool((lv["target_success"] > 0).any())
         rate_driven = any(bool((self._levels[f"{s}_level"][sl] > 0).any()) for s in cfg.alert_signals if s != "volume")
-        if not rate_driven and run.end_idx - run.start_idx < cfg.extra.get("volume_alone_min_hours", 3):
-            return None  # a missed run or two: not an event
+        volume_hours = int((lv["volume"] >= LEVELS.index(cfg.volume_alone)).sum())
+        if not self._rate_evidence(sl) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
+            # one mildly low hour of a rate, or a missed run or two: noise, not an event
+            return None
         evidence: dict[str, Any] = {"signals": self._signal_evidence(sl)}
         severity = LEVELS[run.level]
         base = Event("unclassified", severity, start, end, [run.cc], [run.asn], evidence=evidence)
-        vol = self.hourly.column("volume").to_numpy()[sl]
+        vol = self._np["volume"][sl]
         base.measurements = int(vol.sum())
         if self.con is None:  # signals only: no vantage points or controls to look at
             if anchor_drop and target_drop:
                 base.kind, base.reason, base.confidence = "shutdown", "anchors and targets dropped together", 0.6
             elif target_drop:
                 base.kind, base.reason, base.confidence = "service_blocking", "targets dropped, anchors did not", 0.4
-            base.vantage_points = int(self.hourly.column("vantage_points").to_numpy()[sl].max())
+            base.vantage_points = int(self._np["vantage_points"][sl].max())
             return base
 
         vantages = self.vantage_breakdown(run.cc, run.asn, start, end)
@@ -229,8 +234,6 @@ class Classifier:
                 base.reason = "measurement volume dropped; anchors and targets fine where measured"
         else:
             base.reason = "signals dropped without a clear pattern"
-        if base.kind == "unclassified" and not self._rate_evidence(sl):
-            return None  # one hour of mild, unexplained dip in a rate: noise, not an event
         return base
 
     def _rate_evidence(self, sl: slice) -> bool:
@@ -250,13 +253,12 @@ class Classifier:
         out = {}
         for name in ("volume", "anchor_success", "target_success", "dns_success", "tcp_success", "tls_success",
                      "http_success"):
-            ratio = self.hourly.column(f"{name}_ratio").to_numpy(zero_copy_only=False)[sl]
+            ratio = self._np[f"{name}_ratio"][sl]
             if np.isnan(ratio).all():
                 continue
             i = int(np.nanargmin(ratio))
-            value = self.hourly.column(name).to_numpy(zero_copy_only=False)[sl][i] if name != "volume" else \
-                self.hourly.column("volume").to_numpy()[sl][i]
-            baseline = self.hourly.column(f"{name}_base").to_numpy(zero_copy_only=False)[sl][i]
+            value = self._np[name][sl][i]
+            baseline = self._np[f"{name}_base"][sl][i]
             out[name] = {"worst_hour": _utc(self.hours[sl][i]).isoformat(), "value": _num(value),
                          "baseline": _num(baseline), "ratio": _num(ratio[i]),
                          "alert_hours": int((self._levels[f"{name}_level"][sl] > 0).sum())}

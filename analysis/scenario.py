@@ -337,8 +337,9 @@ def generate_signals(
     n_v = rng.choice(np.asarray(vantages), n_networks)
     offsets = rng.integers(-8, 9, n_networks)
     local = (hours[None, :] + offsets[:, None]) % 24
-    diurnal = np.where((local >= 8) & (local < 23), 1.0, 0.55)
-    runs = rng.binomial(np.repeat(n_v[:, None], n_h, 1), 0.98 * diurnal)
+    diurnal = np.where((local >= 8) & (local < 23), 1.0, 0.1)
+    # one always-on vantage point per network (a Raspberry Pi) plus laptops that sleep at night
+    runs = rng.binomial(1, 0.99, (n_networks, n_h)) + rng.binomial(np.repeat(n_v[:, None] - 1, n_h, 1), 0.95 * diurnal)
     fail_p = np.full((n_networks, n_h), 0.01)
     events = []
     for k in range(n_shutdowns):
