@@ -147,6 +147,14 @@ def lab() -> SimpleNamespace:
     )
 
 
+@pytest.fixture
+def ipv6_loopback() -> str:
+    """"::1", or the test is skipped (with the reason) on a machine without IPv6 loopback."""
+    if not has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine: IPv6 loopback is disabled")
+    return "::1"
+
+
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
     return trustme.CA()

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import dns.message
 import dns.rcode
 import pytest
-import trustme
 
 from probe.net import dns as netdns
 from probe.net.clock import Clock
@@ -168,12 +167,7 @@ def test_udp_port_unreachable_is_connection_refused() -> None:
     asyncio.run(main())
 
 
-def test_udp_over_ipv6_loopback(lab: SimpleNamespace) -> None:
-    from conftest import has_ipv6_loopback  # tests/net/conftest.py
-
-    if not has_ipv6_loopback():
-        pytest.skip("no ::1 on this machine: IPv6 loopback is disabled")
-
+def test_udp_over_ipv6_loopback(lab: SimpleNamespace, ipv6_loopback: str) -> None:
     async def main() -> None:
         async with lab.udp_dns(lambda q, _: [(0, lab.answer(q, ("x.test.", "AAAA", "2001:db8::5")))], host="::1") as resolver:
             q = await resolve_udp("x.test", resolver, "AAAA", clock=Clock(), timeout=TIMEOUT, late_window=0.05)
@@ -323,4 +317,3 @@ def test_failures_are_in_closed_set(lab: SimpleNamespace) -> None:
     asyncio.run(main())
 
 
-_ = trustme  # the session CA fixture comes from tests/net/conftest.py

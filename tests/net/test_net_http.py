@@ -392,12 +392,7 @@ def test_https_server_silent_after_handshake(lab: SimpleNamespace, tls_ctx, ca_b
     asyncio.run(main())
 
 
-def test_ipv6_literal_url(lab: SimpleNamespace) -> None:
-    from conftest import has_ipv6_loopback
-
-    if not has_ipv6_loopback():
-        pytest.skip("no ::1 on this machine: IPv6 loopback is disabled")
-
+def test_ipv6_literal_url(lab: SimpleNamespace, ipv6_loopback: str) -> None:
     async def main() -> None:
         async with lab.tcp_server(_page(lab, b"v6"), host="::1") as port:
             hops = await http_get(f"http://[::1]:{port}/", clock=Clock(), timeout=TIMEOUT, address_map={})

@@ -42,12 +42,7 @@ def test_tcp_connect_ok_and_refused(lab: SimpleNamespace) -> None:
     asyncio.run(main())
 
 
-def test_tcp_connect_ipv6(lab: SimpleNamespace) -> None:
-    from conftest import has_ipv6_loopback
-
-    if not has_ipv6_loopback():
-        pytest.skip("no ::1 on this machine: IPv6 loopback is disabled")
-
+def test_tcp_connect_ipv6(lab: SimpleNamespace, ipv6_loopback: str) -> None:
     async def main() -> None:
         async with lab.tcp_server(_idle, host="::1") as port:
             ok = await tcp_connect("::1", port, clock=Clock(), timeout=TIMEOUT)
