@@ -22,7 +22,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -360,7 +359,7 @@ class _Progress:
 def _stop_on_signals(stop: Callable[[str], None]) -> Any:
     """SIGINT / SIGTERM stop the run cleanly (flushing) instead of killing it mid-write."""
     loop = asyncio.get_running_loop()
-    installed: list[tuple[int, Any]] = []
+    installed: list[tuple[signal.Signals, Any]] = []
     if threading.current_thread() is threading.main_thread() and sys.platform != "win32":
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous = signal.getsignal(sig)
@@ -374,9 +373,8 @@ def _stop_on_signals(stop: Callable[[str], None]) -> Any:
     finally:
         for sig, previous in installed:
             loop.remove_signal_handler(sig)
-            handler: Callable[[int, FrameType | None], Any] | int | None = previous
-            if handler is not None:
-                signal.signal(sig, handler)
+            if previous is not None:  # None: set from C; nothing we could put back
+                signal.signal(sig, previous)
 
 
 async def run_targets(

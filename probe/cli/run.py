@@ -239,11 +239,11 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
             lists = [str(shipped_anchors_path())]
         for spec in lists:
             try:
-                got, probs = load_anchors(Path(spec))
+                got, anchor_problems = load_anchors(Path(spec))
             except InputError as exc:
                 raise click.ClickException(str(exc)) from None
             targets += got
-            problems += probs
+            problems += anchor_problems
     elif lists:
         try:
             entries, probs = load_lists([resolve_list(s) for s in lists], categories=opts["categories"] or None)
