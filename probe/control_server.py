@@ -353,7 +353,7 @@ class ControlServer:
             if len(self._handlers) > self.limits.max_connections:
                 raise HttpError(503, "busy", "too many connections; try again later")
             try:
-                request, body = await asyncio.wait_for(self._read_request(reader), self.limits.read_timeout)
+                request, body = await asyncio.wait_for(self._read_request(reader, writer), self.limits.read_timeout)
             except asyncio.TimeoutError:
                 raise HttpError(408, "request_timeout", "the request did not arrive in time") from None
             method, path = request.method.decode(), request.target.decode("ascii", "replace")
@@ -383,7 +383,9 @@ class ControlServer:
             # No caller address in the log, by design.
             log.info("%s %s -> %d in %.2fs", method, path[:200], status, time.monotonic() - started)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[h11.Request, bytes]:
+    async def _read_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[h11.Request, bytes]:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         request: h11.Request | None = None
         body = bytearray()
@@ -399,6 +401,8 @@ class ControlServer:
                 for name, value in event.headers:
                     if name == b"content-length" and int(value) > self.limits.max_body:
                         raise HttpError(413, "too_large", f"the request body may be at most {self.limits.max_body} bytes")
+                if conn.they_are_waiting_for_100_continue:  # curl does this for larger bodies
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.limits.max_body:
