@@ -312,6 +312,12 @@ class ControlServer:
             raise ControlSetupError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}"
             ) from exc
+        return self.address
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) the server is bound to (after start())."""
+        assert self._server is not None, "call start() first"
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 

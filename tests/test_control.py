@@ -67,7 +67,7 @@ def with_helper(config: ServerConfig, scenario: Callable[[str], Awaitable[T]]) -
     async def main_() -> T:
         config.host, config.port = "127.0.0.1", 0
         async with ControlServer(config) as server:
-            host, port = server._server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+            host, port = server.address
             return await scenario(f"http://{host}:{port}")
 
     return asyncio.run(main_())
