@@ -360,7 +360,8 @@ async def fetch_whoami(
 def scrub_record(m: Measurement, scrubber: Scrubber) -> None:
     """Replace the probe's own addresses in the free text of a record that came from elsewhere."""
     m.failure = scrubber.scrub(m.failure)
-    for obs in [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]:
+    observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
+    for obs in observations:
         obs.failure = scrubber.scrub(obs.failure)
     for h in m.http:
         h.body_sample = scrubber.scrub(h.body_sample)

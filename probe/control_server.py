@@ -238,7 +238,9 @@ def _parse_target(item: Any, limits: Limits) -> ControlTarget:
     if not isinstance(item, dict):
         raise HttpError(400, "bad_request", "each target must be a JSON object")
     url = item.get("input")
-    problem = input_problem(url) if isinstance(url, str) else "missing input"
+    if not isinstance(url, str):
+        raise HttpError(400, "invalid_input", "missing input")
+    problem = input_problem(url)
     if problem:
         raise HttpError(400, "invalid_input", problem)
     addresses = item.get("addresses") or []

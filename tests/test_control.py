@@ -83,6 +83,12 @@ def probe_record(url: str, answers: list[str]) -> S.Measurement:
     )
 
 
+def query(sql: str) -> list[tuple[Any, ...]]:
+    relation = duckdb.sql(sql)
+    assert relation is not None
+    return relation.fetchall()
+
+
 async def post(url: str, payload: Any = None, *, content: Any = None) -> httpx.Response:
     async with httpx.AsyncClient(trust_env=False, timeout=30) as client:
         if content is not None:
@@ -116,12 +122,12 @@ def test_helper_measures_local_site_and_probe_addresses(site: str, tmp_path: Pat
 
     # it is an ordinary row: written with the probe row and joined back in DuckDB
     write_records(tmp_path, probe.run_id, [probe, *controls])
-    rows = duckdb.sql(
+    rows = query(
         f"""SELECT p.input, c.role, c.probe_cc FROM read_parquet('{tmp_path}/measurements/**/*.parquet',
                hive_partitioning = true) p
             JOIN read_parquet('{tmp_path}/measurements/**/*.parquet', hive_partitioning = true) c
               ON c.control_for = p.measurement_id"""
-    ).fetchall()
+    )
     assert rows == [(site, "control", "DE")]
 
 
@@ -134,10 +140,10 @@ def test_runner_stores_control_rows(site: str, tmp_path: Path) -> None:
 
     summary = with_helper(ServerConfig(allow_private=True, settings=lab_settings()), scenario)
     assert summary.controls == 1
-    rows = duckdb.sql(
+    rows = query(
         f"SELECT role, control_for, measurement_id, probe_cc FROM read_parquet('{tmp_path}/measurements/**/*.parquet',"
         " hive_partitioning = true) ORDER BY role DESC"
-    ).fetchall()
+    )
     assert [r[0] for r in rows] == ["probe", "control"]
     assert rows[1][1] == rows[0][2] and rows[1][3] == "ZZ"
 
