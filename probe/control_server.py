@@ -300,6 +300,7 @@ class ControlServer:
         self.limits = config.limits
         self.geo = GeoLookup(config.geoip_db, config.asn_db)
         self._busy = asyncio.Semaphore(self.limits.max_concurrent)
+        self._in_progress = 0  # measure requests being measured now (shown by /v1/info)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -461,6 +462,7 @@ class ControlServer:
             "protocol": PROTOCOL_VERSION,
             "experiments": sorted(registry.EXPERIMENTS),
             "whoami": self.geo.configured,
+            "in_progress": self._in_progress,
             "limits": dataclasses.asdict(self.limits),
         }
 
@@ -479,12 +481,15 @@ class ControlServer:
         if self._busy.locked():
             raise HttpError(503, "busy", f"{self.limits.max_concurrent} requests are being measured; try again later")
         async with self._busy:
+            self._in_progress += 1
             try:
                 records = await asyncio.wait_for(self._run(request), self.limits.request_timeout)
             except asyncio.TimeoutError:
                 raise HttpError(
                     504, "timeout", f"the measurements took longer than {self.limits.request_timeout:g} s"
                 ) from None
+            finally:
+                self._in_progress -= 1
         return {"measurements": [measurement_to_json(m) for m in records]}
 
     async def _run(self, request: MeasureRequest) -> list[Measurement]:

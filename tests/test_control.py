@@ -314,7 +314,9 @@ def test_busy_helper_answers_503_and_slow_request_504(silent_site: str) -> None:
 
     async def scenario(url: str) -> tuple[httpx.Response, httpx.Response]:
         first = asyncio.ensure_future(post(url, {"experiment": "web_connectivity", "input": silent_site}))
-        await asyncio.sleep(0.5)  # the first request now holds the only slot
+        async with httpx.AsyncClient(trust_env=False) as client:
+            while (await client.get(url + control.INFO_PATH)).json()["in_progress"] == 0:
+                await asyncio.sleep(0.02)  # until the first request holds the only slot
         second = await post(url, {"experiment": "web_connectivity", "input": silent_site})
         return await first, second
 
