@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,6 +458,52 @@ async def run_targets(
     summary.records_written = writer.records_written
     summary.wall_s = time.monotonic() - started
     return summary
+
+
+async def run_phases(
+    phases: Sequence[tuple[str, Sequence[Target]]],
+    settings: Settings,
+    vantage: Vantage,
+    *,
+    output: Path | str,
+    run_id: str | None = None,
+    max_runtime: float | None = None,
+    control_url: str | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Several experiments one after the other in one run (e.g. the anchors, then the list),
+    sharing one time budget; one summary with a count per experiment.
+
+    ``control_url`` applies to the last phase only (the anchors need no control). A phase that
+    stops early (budget, Ctrl-C) ends the run; the inputs of phases not started count as
+    not started, and --resume runs them.
+    """
+    run_id = run_id or new_run_id()
+    deadline = time.monotonic() + max_runtime if max_runtime else None
+    total = RunSummary(run_id=run_id, experiment=phases[-1][0] if phases else "", output=Path(output))
+    for i, (name, targets) in enumerate(phases):
+        if total.stopped:
+            total.not_started = (total.not_started or 0) + len(targets)
+            continue
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            total.stopped = STOP_MAX_RUNTIME
+            total.not_started = (total.not_started or 0) + len(targets)
+            continue
+        s = await run_targets(
+            targets, name, settings, vantage, output=output, run_id=run_id, max_runtime=remaining,
+            control_url=control_url if i == len(phases) - 1 else None, **options,
+        )
+        total.counts.update(s.counts)
+        total.skipped += s.skipped
+        total.cancelled += s.cancelled
+        total.not_started = (total.not_started or 0) + (s.not_started or 0)
+        total.controls += s.controls
+        total.stopped = s.stopped
+        total.files += s.files
+        total.records_written += s.records_written
+        total.wall_s += s.wall_s
+    return total
 
 
 def _control_fetcher(

@@ -22,7 +22,7 @@ from probe.runner import (
     STOP_INTERRUPTED,
     RunSummary,
     read_manifest,
-    run_targets,
+    run_phases,
     write_manifest,
 )
 from probe.store import StoreError, run_files
@@ -30,7 +30,7 @@ from probe.store import StoreError, run_files
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
-    "timeout", "ca_bundle", "injection_target", "control",
+    "timeout", "ca_bundle", "injection_target", "control", "anchors",
 )
 _MAX_PROBLEMS_SHOWN = 20
 
@@ -118,6 +118,9 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--injection-target", callback=_injection_target, default=None, metavar="IP[:PORT]",
               help="dns_consistency: an address known to run NO resolver; any answer from it is "
                    "injected. Without it the injection check is skipped.")
+@click.option("--anchors", is_flag=True,
+              help="First measure the shipped anchors (DNS root servers, public anycast resolvers: "
+                   "real internet addresses), the heartbeat that tells a shutdown from blocking.")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID",
               help="Continue a run: measure only the inputs it has no record of yet.")
 @click.option("--control", default=None, metavar="URL",
@@ -175,9 +178,14 @@ def run(ctx: click.Context, **opts: Any) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write to {output}: {exc.strerror or exc}") from None
 
+    phases: list[tuple[str, list[Target]]] = [(experiment.name, targets)]
+    if opts["anchors"] and experiment.name != "anchors":
+        anchors = registry.get("anchors")
+        phases.insert(0, (anchors.name, _targets({**opts, "lists": (), "urls": (), "categories": ()}, anchors)))
     err = Console(stderr=True)
     err.print(
-        f"Measuring {len(targets)} input(s) with {experiment.name}; "
+        (f"Measuring {len(phases[0][1])} anchors, then " if len(phases) > 1 else "Measuring ")
+        + f"{len(targets)} input(s) with {experiment.name}; "
         + (f"resolvers: {', '.join(settings.resolvers)} only" if settings.resolvers else "resolver: the system's")
         + f"; writing to {output}",
         highlight=False,
@@ -186,9 +194,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
     )
     try:
         summary = asyncio.run(
-            run_targets(
-                targets,
-                experiment.name,
+            run_phases(
+                phases,
                 settings,
                 vantage,
                 output=output,

@@ -222,3 +222,11 @@ def test_anchor_http(farm: Farm, vantage: Vantage) -> None:
 def test_anchor_bad_input(farm: Farm, vantage: Vantage) -> None:
     m = run_one("anchors", "tcp://not-an-ip:80", lab_settings(farm), vantage)
     assert m.failure is not None and "invalid_input" in m.failure
+
+
+def test_dns_anchor_default_query_is_root_ns_and_any_reply_means_up(farm: Farm, vantage: Vantage) -> None:
+    m = run_one("anchors", f"dns://{farm.resolver}", lab_settings(farm), vantage)
+    q = m.dns[0]
+    assert (q.hostname, q.query_type, q.engine) == (".", "NS", "udp")
+    # The farm is no root server (it says NXDOMAIN for "."), but it answered: reachable.
+    assert q.rcode == "NXDOMAIN" and registry.get("anchors").succeeded(m)

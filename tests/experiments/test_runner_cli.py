@@ -186,3 +186,21 @@ def test_the_shipped_anchors_list_loads_cleanly() -> None:
     assert {t.input.split("://")[0] for t in targets} == {"dns", "tcp", "https"}
     repo_copy = Path(__file__).resolve().parents[2] / "testlists" / "anchors.csv"
     assert repo_copy.read_text() == shipped_anchors_path().read_text()
+
+
+def test_anchors_first_then_the_list_in_one_run(farm30: Farm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probe.experiments.anchors as anchors_module
+
+    ok = next(s for s in farm30.sites if s.kind == "ok")
+    port = ok.url.rsplit(":", 1)[1].strip("/")
+    lab_anchors = tmp_path / "lab-anchors.csv"
+    lab_anchors.write_text(f"tcp://{ok.ip}:{port}\ndns://{farm30.resolver}\n", encoding="utf-8")
+    # The shipped anchors are real internet addresses: the test swaps in loopback ones.
+    monkeypatch.setattr(anchors_module, "shipped_anchors_path", lambda: lab_anchors)
+    out = tmp_path / "out"
+    code, text = invoke("--anchors", "--url", ok.url, "--resolver", farm30.resolver, "--output", str(out), "--no-progress")
+    assert code == 0, text
+    assert "Measuring 2 anchors, then 1 input(s)" in text
+    got = query(out, "SELECT experiment, count(*), count(DISTINCT run_id) FROM @M GROUP BY ALL ORDER BY 1")
+    assert got == [("anchors", 2, 1), ("web_connectivity", 1, 1)]
+    assert "anchors" in text.split("run id:")[0] and "web_connectivity" in text
