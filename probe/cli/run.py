@@ -174,7 +174,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
         run_id = new_run_id()
     try:
-        write_manifest(output, run_id, {k: _jsonable(opts[k]) for k in _RESUMABLE})
+        write_manifest(output, run_id, _manifest_options(opts))
     except OSError as exc:
         raise click.ClickException(f"cannot write to {output}: {exc.strerror or exc}") from None
 
@@ -229,8 +229,13 @@ def _apply_manifest(ctx: click.Context, opts: dict[str, Any], output: Path, run_
             opts[name] = tuple(value) if isinstance(value, list) else value
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+def _manifest_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The resumable options, with file paths made absolute (a resume may run elsewhere)."""
+    out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items() if k in _RESUMABLE}
+    out["lists"] = [str(Path(s).resolve()) if Path(s).exists() else s for s in out["lists"]]
+    if out["ca_bundle"]:
+        out["ca_bundle"] = str(Path(out["ca_bundle"]).resolve())
+    return out
 
 
 def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
