@@ -1,0 +1,122 @@
+"""Static report charts as PNG bytes (matplotlib, Agg backend: no display, no browser needed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: reports are rendered on headless analyst machines and CI
+
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from analysis.events import Event  # noqa: E402
+
+_STATUS_COLORS = {"blocked": "#c0392b", "down": "#7f8c8d", "probe_failure": "#8e44ad", "no_control": "#f39c12"}
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _empty(title: str, note: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(8, 2))
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, note, ha="center", va="center", color="#555")
+    return _png(fig)
+
+
+def anomalies_over_time(daily: pa.Table) -> bytes:
+    """Lines of anomalous measurements per day and country (``daily``: day, probe_cc, status, n)."""
+    title = "Anomalies over time (measurements per day)"
+    if daily.num_rows == 0:
+        return _empty(title, "no anomalous measurements")
+    rows = daily.to_pylist()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    series: dict[tuple[str, str], dict[dt.date, int]] = {}
+    for r in rows:
+        series.setdefault((r["probe_cc"], r["status"]), {})[r["day"]] = r["n"]
+    styles = ["-", "--", ":", "-."]
+    ccs = sorted({k[0] for k in series})
+    for (cc, status), points in sorted(series.items()):
+        days = sorted(points)
+        ax.plot(days, [points[d] for d in days], styles[ccs.index(cc) % len(styles)], marker=".",
+                color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
+    ax.set_title(title)
+    ax.set_ylabel("measurements")
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    return _png(fig)
+
+
+def blocking_methods(methods: pa.Table) -> bytes:
+    """Horizontal bars: blocked measurements per method (``methods``: method, probe_cc, n)."""
+    title = "Blocking methods (blocked measurements)"
+    if methods.num_rows == 0:
+        return _empty(title, "nothing blocked")
+    rows = methods.to_pylist()
+    names = sorted({r["method"] for r in rows}, key=lambda m: -sum(r["n"] for r in rows if r["method"] == m))[:12]
+    ccs = sorted({r["probe_cc"] for r in rows})
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    left = np.zeros(len(names))
+    cmap = plt.get_cmap("tab10")
+    for i, cc in enumerate(ccs):
+        vals = np.array([sum(r["n"] for r in rows if r["method"] == m and r["probe_cc"] == cc) for m in names])
+        ax.barh(names, vals, left=left, color=cmap(i % 10), label=cc)
+        left += vals
+    ax.invert_yaxis()
+    ax.set_title(title)
+    ax.set_xlabel("measurements")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def event_timeline(hourly: pa.Table, event: Event, margin_h: int = 36) -> bytes:
+    """One event's signals per network around it: anchor and target success and volume, each
+    against its baseline, with the event shaded."""
+    lo = event.start - dt.timedelta(hours=margin_h)
+    hi = (event.end or event.start + dt.timedelta(hours=margin_h)) + dt.timedelta(hours=margin_h)
+    hours = hourly.column("hour").to_numpy().astype("datetime64[us]")
+    asn = np.asarray(hourly.column("asn").to_pylist(), dtype=object)
+    lo64, hi64 = np.datetime64(lo.replace(tzinfo=None)), np.datetime64(hi.replace(tzinfo=None))
+    nets = event.networks[:6]
+    fig, axes = plt.subplots(len(nets), 1, figsize=(9, 2.3 * len(nets) + 0.6), sharex=True, squeeze=False)
+    for ax, net in zip(axes[:, 0], nets, strict=True):
+        mask = (asn == net) & (hours >= lo64) & (hours <= hi64)
+        x = hours[mask].astype(dt.datetime)
+        for name, color in (("anchor_success", "#2c7fb8"), ("target_success", "#41ab5d")):
+            ax.plot(x, _arr(hourly, name)[mask], color=color, label=name.replace("_", " "))
+            ax.plot(x, _arr(hourly, f"{name}_base")[mask], color=color, linestyle=":", linewidth=1)
+        vol, vbase = _arr(hourly, "volume")[mask], _arr(hourly, "volume_base")[mask]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ax.plot(x, np.where(vbase > 0, vol / vbase, np.nan), color="#777", linewidth=1, label="volume / baseline")
+        ax.axvspan(event.start.replace(tzinfo=None), (event.end or hi).replace(tzinfo=None), color="#e74c3c", alpha=0.15)
+        ax.set_ylim(-0.05, 1.6)
+        ax.set_ylabel(net)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
+    axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC "
+                         f"(dotted: baselines)")
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def _arr(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
+
+
+def charts_for_events(hourly: pa.Table, events: Sequence[Event], kinds: Sequence[str] = ("shutdown",),
+                      limit: int = 12) -> list[tuple[Event, bytes]]:
+    return [(e, event_timeline(hourly, e)) for e in events if e.kind in kinds and e.networks][:limit]

@@ -1,0 +1,371 @@
+"""Publishable anomaly reports: per country and network what is blocked, how, since when, on how
+many measurements and vantage points; events (shutdowns, new blocks, outages, probe faults);
+charts as PNG (embedded as data: URIs in HTML, files next to Markdown); CSV of the verdicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from analysis import charts
+from analysis.detector import DetectorConfig
+from analysis.events import Event
+from analysis.shutdown import Detection, detect
+from analysis.signals import open_measurements
+
+
+class ReportError(Exception):
+    """The report cannot be written (the message says why, in one line)."""
+
+
+@dataclass
+class ReportData:
+    title: str
+    generated: str
+    sources: list[str]
+    verdict_source: str
+    overview: dict[str, Any]
+    blocked: list[dict[str, Any]]  # per (country, network, input)
+    detection: Detection
+    charts: dict[str, bytes] = field(default_factory=dict)
+    event_charts: list[tuple[Event, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    output: Path
+    csv: Path | None
+    events: int
+    blocked_rows: int
+    measurements: int
+
+
+# --------------------------------------------------------------------------- data
+
+
+def verdicts_for(con: duckdb.DuckDBPyConnection, *, public_nets: Sequence[str] = (), fingerprints: Any = None,
+                 control_window_h: int = 6) -> tuple[pa.Table, str]:
+    """The analyzer's verdicts when ``analysis.verdicts`` is installed, else a raw stand-in
+    (failure at the probe while a control reached the target within the window = blocked)."""
+    try:
+        from analysis.verdicts import compute_verdicts
+    except ImportError:
+        return raw_verdicts(con, control_window_h), "raw (probe failure vs control success; analysis.verdicts absent)"
+    table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints,
+                             control_window_h=control_window_h)
+    return table, "analysis.verdicts.compute_verdicts"
+
+
+def raw_verdicts(con: duckdb.DuckDBPyConnection, control_window_h: int = 6) -> pa.Table:
+    """Verdict-shaped rows from ``shutdown_facts`` (built by ``detect``), without blockpage or
+    DNS-consistency rules: what raw reachability alone can say."""
+    w = int(control_window_h)
+    return con.sql(f"""
+        WITH c AS (SELECT input, hour, bool_or(ok) AS any_ok FROM shutdown_facts WHERE role = 'control' GROUP BY ALL),
+        p AS (SELECT f.*, m.probe_asn, m.measurement_start_time AS mst FROM shutdown_facts f
+              JOIN measurements m USING (measurement_id) WHERE f.role = 'probe' AND NOT f.is_anchor),
+        j AS (SELECT p.measurement_id, bool_or(c.any_ok) AS ctrl_ok, count(c.input) AS ctrl_n
+              FROM p LEFT JOIN c ON c.input = p.input AND c.hour BETWEEN p.hour - INTERVAL {w} HOUR
+                                                            AND p.hour + INTERVAL {w} HOUR
+              GROUP BY ALL)
+        SELECT p.measurement_id, p.run_id, p.input, p.experiment, p.cc AS probe_cc, p.probe_asn,
+               p.mst AS measurement_start_time,
+               CASE WHEN p.ok THEN 'ok' WHEN p.method LIKE 'measurement.%' THEN 'probe_failure'
+                    WHEN j.ctrl_ok THEN 'blocked' WHEN j.ctrl_n > 0 THEN 'down' ELSE 'no_control' END AS status,
+               CASE WHEN p.ok THEN NULL
+                    ELSE CASE split_part(p.method, '.', 1) WHEN 'tcp' THEN 'tcp_ip' WHEN 'http' THEN 'http-failure'
+                         WHEN 'measurement' THEN NULL ELSE split_part(p.method, '.', 1) END END AS layer,
+               CASE WHEN p.ok THEN NULL ELSE p.method END AS method,
+               CASE WHEN p.ok THEN 1.0 WHEN j.ctrl_ok THEN 0.6 ELSE 0.3 END AS confidence,
+               false AS confirmed, NULL::VARCHAR AS fingerprint
+        FROM p JOIN j USING (measurement_id)
+        ORDER BY measurement_start_time""").to_arrow_table()
+
+
+_BLOCKED_SQL = """
+WITH v AS (SELECT v.*, f.vantage FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
+           -- measurements inside a shutdown or probe fault of their network say nothing about blocking
+           WHERE NOT EXISTS (SELECT 1 FROM report_quiet q WHERE q.cc = f.cc AND q.asn = f.asn
+                             AND f.hour >= q.start_h AND f.hour < q.end_h)),
+tot AS (SELECT probe_cc, probe_asn, input, count(*) AS n, count(DISTINCT vantage) AS vps,
+               min(measurement_start_time) AS first_measured,
+               arg_max(status, measurement_start_time) AS last_status
+        FROM v GROUP BY ALL),
+meth AS (SELECT probe_cc, probe_asn, input, coalesce(method, '?') AS method, count(*) AS k
+         FROM v WHERE status = 'blocked' GROUP BY ALL),
+blk AS (SELECT probe_cc, probe_asn, input, count(*) AS blocked, count(*) FILTER (WHERE confirmed) AS confirmed,
+               min(measurement_start_time) AS first_blocked, max(measurement_start_time) AS last_blocked,
+               count(DISTINCT vantage) AS blocked_vps,
+               list(DISTINCT fingerprint) FILTER (WHERE fingerprint IS NOT NULL) AS fingerprints
+        FROM v WHERE status = 'blocked' GROUP BY ALL),
+ms AS (SELECT probe_cc, probe_asn, input, string_agg(method || ' (' || k || ')', ', ' ORDER BY k DESC, method) AS methods
+       FROM meth GROUP BY ALL)
+SELECT b.probe_cc, coalesce(b.probe_asn, '?') AS probe_asn, b.input, ms.methods, b.blocked, t.n, b.confirmed,
+       b.blocked_vps, t.vps, coalesce(b.fingerprints, []) AS fingerprints,
+       epoch_us(b.first_blocked) AS first_blocked_us, epoch_us(b.last_blocked) AS last_blocked_us,
+       epoch_us(t.first_measured) AS first_measured_us, t.last_status
+FROM blk b JOIN tot t USING (probe_cc, probe_asn, input) JOIN ms USING (probe_cc, probe_asn, input)
+WHERE b.confirmed > 0 OR (b.blocked >= {min_blocked} AND b.blocked >= {min_share} * t.n)
+ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
+"""
+
+
+def _ts(us: int | None) -> dt.datetime | None:
+    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+
+
+def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] = (), title: str | None = None,
+                      public_nets: Sequence[str] = (), fingerprints: Any = None, control_window_h: int = 6,
+                      detector_config: DetectorConfig | None = None, min_blocked: int = 3,
+                      min_blocked_share: float = 0.1, max_event_charts: int = 12) -> ReportData:
+    detection = detect(con, detector_config)  # also builds shutdown_facts
+    verdicts, source = verdicts_for(con, public_nets=public_nets, fingerprints=fingerprints,
+                                    control_window_h=control_window_h)
+    con.register("report_verdicts", verdicts)
+    quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
+              "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)).replace(tzinfo=None)}
+             for e in detection.events if e.kind in ("shutdown", "probe_fault") for r in e.regions for n in e.networks]
+    con.register("report_quiet", pa.Table.from_pylist(quiet, schema=pa.schema(
+        [("cc", pa.string()), ("asn", pa.string()), ("start_h", pa.timestamp("us")), ("end_h", pa.timestamp("us"))])))
+    sql = _BLOCKED_SQL.format(min_blocked=int(min_blocked), min_share=float(min_blocked_share))
+    rows = con.sql(sql).to_arrow_table().to_pylist()
+    blocking_events = [e for e in detection.events if e.kind == "service_blocking"]
+    for r in rows:
+        r["first_blocked"], r["last_blocked"] = _ts(r.pop("first_blocked_us")), _ts(r.pop("last_blocked_us"))
+        first_measured = _ts(r.pop("first_measured_us"))
+        change = next((e for e in blocking_events if r["input"] in e.inputs and r["probe_asn"] in e.networks
+                       and r["probe_cc"] in e.regions), None)
+        if change is not None:
+            r["since"] = f"{change.start:%Y-%m-%d %H:%M} UTC (change detected)"
+        elif first_measured and r["first_blocked"] and r["first_blocked"] - first_measured < dt.timedelta(hours=24):
+            r["since"] = f"before {first_measured:%Y-%m-%d} (blocked from the first measurements)"
+        else:
+            r["since"] = f"{r['first_blocked']:%Y-%m-%d %H:%M} UTC (first blocked measurement)"
+        r["still_blocked"] = r["last_status"] == "blocked"
+    overview = con.sql("""
+        SELECT count(*) FILTER (WHERE role = 'probe') AS probe_measurements,
+               count(*) FILTER (WHERE role = 'control') AS control_measurements,
+               count(DISTINCT cc) FILTER (WHERE role = 'probe') AS countries,
+               count(DISTINCT cc || asn) FILTER (WHERE role = 'probe') AS networks,
+               count(DISTINCT cc || asn || vantage) FILTER (WHERE role = 'probe') AS vantage_points,
+               strftime(min(hour), '%Y-%m-%d %H:%M') AS first_hour, strftime(max(hour), '%Y-%m-%d %H:%M') AS last_hour
+        FROM shutdown_facts""").to_arrow_table().to_pylist()[0]
+    overview["verdicts"] = verdicts.num_rows
+    overview["blocked_verdicts"] = int(sum(1 for s in verdicts.column("status").to_pylist() if s == "blocked"))
+    daily = con.sql("""SELECT CAST(date_trunc('day', measurement_start_time AT TIME ZONE 'UTC') AS DATE) AS day,
+                              probe_cc, status, count(*) AS n
+                       FROM report_verdicts WHERE status IN ('blocked', 'down') GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    methods = con.sql("""SELECT coalesce(method, '?') AS method, probe_cc, count(*) AS n FROM report_verdicts
+                         WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
+    data = ReportData(
+        title=title or "Vantage anomaly report",
+        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        sources=[str(s) for s in sources], verdict_source=source, overview=overview, blocked=rows,
+        detection=detection,
+        charts={"Anomalies over time": charts.anomalies_over_time(daily),
+                "Blocking methods": charts.blocking_methods(methods)},
+        event_charts=charts.charts_for_events(detection.hourly, detection.events, limit=max_event_charts),
+    )
+    data.overview["_verdicts_table"] = verdicts
+    return data
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt_event_time(e: Event) -> tuple[str, str, str]:
+    end = f"{e.end:%Y-%m-%d %H:%M}" if e.end else "ongoing"
+    dur = f"{e.duration_h:.0f} h" if e.duration_h is not None else "-"
+    return f"{e.start:%Y-%m-%d %H:%M}", end, dur
+
+
+def _short(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1320px;color:#222;padding:0 1em}
+h1{margin-bottom:0}.meta{color:#666;font-size:.9em}table{border-collapse:collapse;width:100%;margin:.6em 0 1.4em;font-size:.9em}
+th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}th{background:#f4f4f4}
+.kind-shutdown{color:#b03a2e;font-weight:600}.kind-service_blocking{color:#b9770e;font-weight:600}
+.kind-site_outage{color:#566573}.kind-probe_fault{color:#7d3c98}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:.85em}.stats td{border:none;padding:.1em 1em .1em 0}code{font-size:.9em}
+"""
+
+
+def _event_rows(events: Sequence[Event]) -> list[list[str]]:
+    rows = []
+    for e in events:
+        start, end, dur = _fmt_event_time(e)
+        what = ", ".join(_short(i) for i in e.inputs[:6]) + (f" (+{len(e.inputs) - 6})" if len(e.inputs) > 6 else "")
+        rows.append([e.kind, e.severity, start, end, dur, ", ".join(e.regions), ", ".join(e.networks), what,
+                     ", ".join(e.methods[:3]), str(e.measurements), str(e.vantage_points), f"{e.confidence:.2f}",
+                     e.reason])
+    return rows
+
+
+_EVENT_HEAD = ["kind", "severity", "start (UTC)", "end (UTC)", "duration", "regions", "networks", "targets",
+               "methods", "measurements", "vantage points", "confidence", "why"]
+_BLOCK_HEAD = ["target", "how (methods)", "since", "blocked / measured", "vantage points", "confirmed",
+               "still blocked"]
+
+
+def _block_row(r: dict[str, Any]) -> list[str]:
+    conf = str(r["confirmed"]) + (f" ({', '.join(r['fingerprints'])})" if r["fingerprints"] else "")
+    return [r["input"], r["methods"] or "", r["since"], f"{r['blocked']} / {r['n']}", f"{r['blocked_vps']} of {r['vps']}",
+            conf, "yes" if r["still_blocked"] else "no"]
+
+
+def render_html(data: ReportData) -> str:
+    e = html.escape
+    ov = data.overview
+    out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(data.title)}</title>"
+           f"<style>{_CSS}</style></head><body>", f"<h1>{e(data.title)}</h1>",
+           f"<p class='meta'>Generated {e(data.generated)} from {e(', '.join(data.sources) or 'datasets')}; "
+           f"verdicts: {e(data.verdict_source)}.</p>", "<table class='stats'>"]
+    for label, key in (("Period (UTC)", None), ("Probe measurements", "probe_measurements"),
+                       ("Control measurements", "control_measurements"), ("Countries", "countries"),
+                       ("Networks", "networks"), ("Vantage points", "vantage_points"),
+                       ("Blocked verdicts", "blocked_verdicts")):
+        value = f"{ov['first_hour']} – {ov['last_hour']}" if key is None else f"{ov[key]:,}"
+        out.append(f"<tr><td>{e(label)}</td><td>{e(value)}</td></tr>")
+    out.append("</table>")
+    out.append("<h2>Charts</h2>")
+    for name, png in data.charts.items():
+        out.append(_figure(png, name))
+    events = data.detection.events
+    out.append(f"<h2>Events ({len(events)})</h2>")
+    out.append("<p>Shutdowns (anchors and targets fail together across a network while controls elsewhere "
+               "succeed), new blocking (a change in a target's failure rate, dated by CUSUM), site outages "
+               "(controls fail too) and probe faults (one vantage point or software version alone).</p>")
+    out.append(_html_table(_EVENT_HEAD, _event_rows(events), kind_col=0))
+    if data.event_charts:
+        out.append("<h3>Shutdown timelines</h3>")
+        for ev, png in data.event_charts:
+            start, end, _ = _fmt_event_time(ev)
+            out.append(_figure(png, f"{ev.kind}: {', '.join(ev.regions)} {', '.join(ev.networks)}, {start} – {end} UTC"))
+    out.append("<h2>What is blocked, per country and network</h2>")
+    if not data.blocked:
+        out.append("<p>No target was blocked in enough measurements to report.</p>")
+    for cc in sorted({r["probe_cc"] for r in data.blocked}):
+        out.append(f"<h3>{e(cc)}</h3>")
+        for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
+            rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
+            out.append(f"<h4>{e(asn)}</h4>")
+            out.append(_html_table(_BLOCK_HEAD, rows))
+    out.append("<h2>Method</h2><p>Verdicts compare each probe measurement with control measurements of the same "
+               "target from uncensored networks. Shutdown signals are per country, network and hour: measurement "
+               "volume (baseline: median of the same hour over the previous 7 days), anchor and target success "
+               "(baseline: median of the previous 168 hours); warning below 80 % of the baseline, critical below "
+               "50 %. See docs/shutdowns.md and docs/reports.md.</p></body></html>")
+    return "\n".join(out)
+
+
+def _figure(png: bytes, caption: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    cap = html.escape(caption)
+    return f"<figure><img src='{uri}' alt='{cap}'><figcaption>{cap}</figcaption></figure>"
+
+
+def _html_table(head: list[str], rows: list[list[str]], kind_col: int | None = None) -> str:
+    e = html.escape
+    out = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for row in rows:
+        cells = []
+        for i, c in enumerate(row):
+            cls = f" class='kind-{e(c)}'" if i == kind_col else ""
+            cells.append(f"<td{cls}>{e(c)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(data: ReportData, output: Path) -> str:
+    """Markdown with the charts written as PNG files in ``<name>_files/`` next to it."""
+    assets = output.with_name(output.stem + "_files")
+    assets.mkdir(parents=True, exist_ok=True)
+
+    def image(png: bytes, name: str, caption: str) -> str:
+        (assets / name).write_bytes(png)
+        return f"![{caption}]({assets.name}/{name})"
+
+    ov = data.overview
+    out = [f"# {data.title}", "", f"Generated {data.generated} from {', '.join(data.sources) or 'datasets'}; "
+           f"verdicts: {data.verdict_source}.", "",
+           f"Period {ov['first_hour']} – {ov['last_hour']} UTC; {ov['probe_measurements']:,} probe and "
+           f"{ov['control_measurements']:,} control measurements; {ov['countries']} countries, {ov['networks']} "
+           f"networks, {ov['vantage_points']} vantage points; {ov['blocked_verdicts']:,} blocked verdicts.", "",
+           "## Charts", ""]
+    for i, (name, png) in enumerate(data.charts.items()):
+        out += [image(png, f"chart{i}.png", name), ""]
+    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(data.detection.events)), ""]
+    for i, (ev, png) in enumerate(data.event_charts):
+        out += [image(png, f"event{i}.png", f"{ev.kind} {', '.join(ev.networks)} {ev.start:%Y-%m-%d %H:%M}"), ""]
+    out += ["## What is blocked, per country and network", ""]
+    if not data.blocked:
+        out.append("No target was blocked in enough measurements to report.")
+    for cc in sorted({r["probe_cc"] for r in data.blocked}):
+        out += [f"### {cc}", ""]
+        for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
+            rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
+            out += [f"#### {asn}", "", _md_table(_BLOCK_HEAD, rows), ""]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def write_report(paths: Sequence[Path | str], output: Path | str, *, csv: Path | str | None = None,
+                 public_nets: Sequence[str] = (), fingerprints: Any = None, title: str | None = None,
+                 control_window_h: int = 6, detector_config: DetectorConfig | None = None,
+                 con: duckdb.DuckDBPyConnection | None = None) -> ReportResult:
+    """Write an HTML (``.html``/``.htm``) or Markdown (``.md``) report over datasets; ``csv``
+    also exports the verdict table."""
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if suffix not in (".html", ".htm", ".md"):
+        raise ReportError(f"{out}: the report format follows the suffix: .html or .md")
+    own = con is None
+    try:
+        con = open_measurements(paths, con)
+        data = build_report_data(con, sources=[Path(p).name or str(p) for p in paths], title=title,
+                                 public_nets=public_nets, fingerprints=fingerprints,
+                                 control_window_h=control_window_h, detector_config=detector_config)
+    except (duckdb.Error, FileNotFoundError, OSError) as exc:
+        raise ReportError(f"cannot read the datasets: {str(exc).splitlines()[0]}") from exc
+    finally:
+        if own and con is not None:
+            con.close()
+    text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    verdicts: pa.Table = data.overview.pop("_verdicts_table")
+    csv_path = None
+    if csv is not None:
+        csv_path = Path(csv)
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+        pacsv.write_csv(verdicts, tmp)
+        tmp.replace(csv_path)
+    return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.num_rows)
