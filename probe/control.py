@@ -21,6 +21,7 @@ import ipaddress
 import json
 import re
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -220,7 +221,7 @@ async def _post_json(url: str, payload: dict[str, Any], *, timeout: float, ca_bu
     limits = httpx.Timeout(timeout, connect=min(timeout, 10.0))
     # trust_env=False: the probe talks to exactly the helper it was given, through no proxy
     # it was not told about.
-    async with httpx.AsyncClient(timeout=limits, verify=ca_bundle or True, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=limits, verify=_verify(ca_bundle), trust_env=False) as client:
         try:
             async with client.stream("POST", url, json=payload) as resp:
                 body = bytearray()
@@ -236,6 +237,18 @@ async def _post_json(url: str, payload: dict[str, Any], *, timeout: float, ca_bu
         return json.loads(body)
     except ValueError as exc:
         raise ControlError(f"control helper {url} sent invalid JSON") from exc
+
+
+def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """System roots, plus ``ca_bundle`` when given (a lab's or a private helper's CA)."""
+    if ca_bundle is None:
+        return True
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ControlError(f"cannot load CA bundle {ca_bundle}: {exc}") from exc
+    return context
 
 
 def _endpoint(control_url: str, path: str) -> str:
@@ -334,7 +347,7 @@ async def fetch_whoami(
     """The caller's country and network as the helper sees them (the helper never sends the
     address back, so the probe cannot store it by mistake)."""
     url = _endpoint(control_url, WHOAMI_PATH)
-    async with httpx.AsyncClient(timeout=timeout, verify=ca_bundle or True, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=timeout, verify=_verify(ca_bundle), trust_env=False) as client:
         try:
             resp = await client.get(url)
         except httpx.HTTPError as exc:

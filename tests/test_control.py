@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from probe.runner import run_targets
 from probe.store import write_records
 
 T = TypeVar("T")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = b"<html><head><title>Control lab</title></head><body>hello from the lab site</body></html>"
 
 
@@ -129,6 +131,13 @@ def test_helper_measures_local_site_and_probe_addresses(site: str, tmp_path: Pat
               ON c.control_for = p.measurement_id"""
     )
     assert rows == [(site, "control", "DE")]
+    # the example query of docs/control.md runs on such a dataset (http: no TLS rows to show)
+    con = duckdb.connect()
+    con.execute(f"CREATE VIEW measurements AS SELECT * FROM read_parquet('{tmp_path}/measurements/**/*.parquet',"
+                " hive_partitioning = true, union_by_name = true)")
+    [example] = re.findall(r"```sql\n(.*?)```", (DOCS / "control.md").read_text(encoding="utf-8"), flags=re.S)
+    assert con.sql(example).fetchall() == []  # type: ignore[union-attr]
+    con.close()
 
 
 def test_runner_stores_control_rows(site: str, tmp_path: Path) -> None:
@@ -409,3 +418,43 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     )
 
 
+
+
+# --------------------------------------------------------------------------- in the loopback lab
+
+
+def test_control_checks_probe_answers_in_the_lab(loopback_lab: Any, tmp_path: Path) -> None:
+    """The probe asks the censoring resolver, the helper the honest one. The geo-DNS answer the
+    probe got validates over TLS from the control (not censorship); the bogon does not connect."""
+    lab = loopback_lab
+    timeouts = Timeouts(dns=2, connect=3, tls=3, http=3)
+    probe_settings = Settings(resolvers=[lab.censoring_resolver], use_system_resolver=False,
+                              ca_bundle=str(lab.ca_bundle), timeouts=timeouts)
+    helper_settings = Settings(resolvers=[lab.honest_resolver], use_system_resolver=False,
+                               ca_bundle=str(lab.ca_bundle), timeouts=timeouts)
+    cdn, bogon = lab.url("cdn.lab.test", "https"), lab.url("dns-bogon.lab.test", "https")
+
+    async def scenario(url: str) -> Any:
+        return await run_targets([Target(cdn), Target(bogon)], "web_connectivity", probe_settings,
+                                 Vantage(probe_cc="IR"), output=tmp_path, progress=False, control_url=url)
+
+    summary = with_helper(ServerConfig(allow_private=True, settings=helper_settings), scenario)
+    assert summary.controls == 2
+    rows = [S.row_to_record(r) for r in duckdb.read_parquet(
+        f"{tmp_path}/measurements/**/*.parquet", hive_partitioning=True).to_arrow_table().to_pylist()]
+    probes = {m.input: m for m in rows if m.role == "probe"}
+    controls = {m.input: m for m in rows if m.role == "control"}
+    assert {c.control_for for c in controls.values()} == {m.measurement_id for m in probes.values()}
+
+    from probe.lab import plan
+
+    # geo-DNS: the probe got the other region's server; from the control it validates for the SNI
+    assert plan.CDN_ALT_IP in control.probe_addresses(probes[cdn])
+    checked = {t.ip: t for t in controls[cdn].tls if t.tag == control_server.PROBE_ADDRESS_TAG}
+    assert checked[plan.CDN_ALT_IP].cert_valid is True and checked[plan.CDN_ALT_IP].sni == "cdn.lab.test"
+    assert all(t.cert_valid for t in controls[cdn].tls if t.tag is None)  # the control's own answer
+    # bogon: the probe's answer is a closed address; the control's own answer serves the site
+    assert control.probe_addresses(probes[bogon]) == [plan.BOGON_IP]
+    tried = [t for t in controls[bogon].tcp if t.tag == control_server.PROBE_ADDRESS_TAG]
+    assert [(t.ip, t.failure) for t in tried] == [(plan.BOGON_IP, "connection_refused")]
+    assert controls[bogon].http[-1].status_code == 200
