@@ -14,6 +14,7 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable
+from typing import overload
 
 REPLACEMENT = "[scrubbed]"
 
@@ -146,6 +147,10 @@ class Scrubber:
                 return True
         return addr in self._addresses
 
+    @overload
+    def scrub(self, text: str) -> str: ...
+    @overload
+    def scrub(self, text: None) -> None: ...
     def scrub(self, text: str | None) -> str | None:
         """``text`` with every own address replaced by ``[scrubbed]`` (None stays None)."""
         if not text or not self._addresses or not self._may_contain(text):

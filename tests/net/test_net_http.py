@@ -399,3 +399,26 @@ def test_ipv6_literal_url(lab: SimpleNamespace, ipv6_loopback: str) -> None:
         assert hops[0].failure is None and hops[0].ip == "::1" and hops[0].body_sample == "v6"
 
     asyncio.run(main())
+
+
+def test_https_to_tls_garbage_and_reset(lab: SimpleNamespace) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.0 400 no tls here\r\n\r\n" + b"\xff" * 64)
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        lab.rst_close(writer)
+
+    async def main() -> None:
+        for handler, failure in ((garbage, "tls_handshake_failure"), (reset, "connection_reset")):
+            async with lab.tcp_server(handler) as port:
+                with lab.Timer() as timer:
+                    hops = await http_get(f"https://tls.test:{port}/", clock=Clock(), timeout=TIMEOUT,
+                                          address_map={"tls.test": ["127.0.0.1"]})
+            assert hops[0].failure == failure and hops[0].status_code is None
+            assert timer.elapsed < TIMEOUT + SLACK
+
+    asyncio.run(main())
