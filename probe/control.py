@@ -210,11 +210,14 @@ def _error_from_response(url: str, status: int, reason: str, body: bytes) -> Con
 
 
 def _describe(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return "cannot connect"
+    from probe.net.errors import classify  # the one place exceptions become failure strings
+
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    return " ".join((str(exc) or type(exc).__name__).split())
+    failure = classify(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({failure})"
+    return failure
 
 
 async def _post_json(url: str, payload: dict[str, Any], *, timeout: float, ca_bundle: str | None) -> Any:

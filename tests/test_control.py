@@ -414,7 +414,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     result = runner.invoke(main, ["control", "whoami", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1 and result.output == (
-        f"Error: control helper http://127.0.0.1:{port}/v1/whoami: cannot connect\n"
+        f"Error: control helper http://127.0.0.1:{port}/v1/whoami: cannot connect (connection_refused)\n"
     )
 
 
@@ -458,3 +458,27 @@ def test_control_checks_probe_answers_in_the_lab(loopback_lab: Any, tmp_path: Pa
     tried = [t for t in controls[bogon].tcp if t.tag == control_server.PROBE_ADDRESS_TAG]
     assert [(t.ip, t.failure) for t in tried] == [(plan.BOGON_IP, "connection_refused")]
     assert controls[bogon].http[-1].status_code == 200
+
+
+def test_helper_over_https_with_a_private_ca(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    geoip, asn = write_mmdbs(tmp_path)
+
+    async def scenario(url: str) -> tuple[dict[str, str | None], str]:
+        https = url.replace("http://", "https://")
+        info = await control.fetch_whoami(https, ca_bundle=str(ca_file))
+        with pytest.raises(control.ControlError) as untrusted:
+            await control.fetch_whoami(https)  # system roots only: the private CA is not trusted
+        return info, str(untrusted.value)
+
+    info, error = with_helper(ServerConfig(geoip_db=geoip, asn_db=asn, ssl_context=server_context), scenario)
+    assert info["probe_asn"] == "AS64500"
+    assert "\n" not in error and error.endswith("/v1/whoami: cannot connect (ssl_unknown_authority)"), error
