@@ -25,7 +25,7 @@ import httpx
 from probe.net._client import PinnedBackend, Resolve, make_client, unverified_context, verifying_context
 from probe.net.clock import Clock
 from probe.net.errors import classify, unknown
-from probe.net.scrub import Scrubber
+from probe.net.scrub import REPLACEMENT, Scrubber
 from probe.schema import DnsAnswer, DnsLateResponse, DnsQuery
 
 DEFAULT_LATE_WINDOW = 0.4
@@ -90,13 +90,24 @@ def _answers(msg: dns.message.Message, scrubber: Scrubber | None) -> list[DnsAns
             if len(out) >= MAX_ANSWERS:
                 return out
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                value = rdata.address  # type: ignore[attr-defined]
+                value = _own_address_scrubbed(rdata.address, scrubber)  # type: ignore[attr-defined]
             else:
                 value = rdata.to_text()[:MAX_VALUE_LEN]
                 if scrubber is not None:
                     value = scrubber.scrub(value) or ""
             out.append(DnsAnswer(answer_type=type_name, value=value, ttl=int(rrset.ttl)))
     return out
+
+
+def _own_address_scrubbed(address: str, scrubber: Scrubber | None) -> str:
+    """An answer that is the probe's own address (a "what is my IP" name) is not stored."""
+    if scrubber is not None and scrubber.addresses:
+        try:
+            if scrubber.is_own(ipaddress.ip_address(address)):
+                return REPLACEMENT
+        except ValueError:
+            pass
+    return address
 
 
 def _outcome(rcode: int, answers: list[DnsAnswer], qtype: str) -> str | None:
@@ -179,7 +190,7 @@ async def resolve_system(
     out = []
     for qtype, version in (("A", 4), ("AAAA", 6)):
         answers = [
-            DnsAnswer(answer_type=qtype, value=a, ttl=None)
+            DnsAnswer(answer_type=qtype, value=_own_address_scrubbed(a, scrubber), ttl=None)
             for a in addrs
             if ipaddress.ip_address(a).version == version
         ]

@@ -6,11 +6,12 @@ volunteer's IP; everything the net layer stores passes through ``Scrubber.scrub`
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -41,7 +42,7 @@ def discover_local_addresses() -> set[IPAddress]:
     """Addresses of this machine's interfaces (not loopback), found without sending a packet.
 
     Linux: IPv6 from /proc/net/if_inet6, IPv4 per interface with the SIOCGIFADDR ioctl.
-    Elsewhere: what getaddrinfo(gethostname()) says. Best effort; never raises.
+    Elsewhere: the output of ifconfig / ipconfig. Best effort; never raises.
     """
     found: set[IPAddress] = set()
     try:
@@ -53,6 +54,9 @@ def discover_local_addresses() -> set[IPAddress]:
     except OSError:
         pass
     if sys.platform.startswith("linux"):
+        import fcntl  # POSIX only
+
+        found |= _from_fib_trie()
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for _, name in socket.if_nameindex():
@@ -64,14 +68,62 @@ def discover_local_addresses() -> set[IPAddress]:
                         continue  # interface without an IPv4 address
         except OSError:
             pass
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None):
-            addr = _parse(str(info[4][0]))
-            if addr is not None:
-                found.add(addr)
-    except (OSError, UnicodeError):
-        pass
+    else:
+        found |= _from_interface_listing()
     return {a for a in found if not a.is_loopback and not a.is_unspecified}
+
+
+def _from_fib_trie() -> set[IPAddress]:
+    """Every local IPv4 address, secondary ones included ("/32 host LOCAL" entries)."""
+    found: set[IPAddress] = set()
+    try:
+        with open("/proc/net/fib_trie", encoding="ascii") as fh:
+            last: str | None = None
+            for line in fh:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif "/32 host LOCAL" in text and last is not None:
+                    addr = _parse(last)
+                    if addr is not None:
+                        found.add(addr)
+    except OSError:
+        pass
+    return found
+
+
+def parse_interface_listing(out: str) -> set[IPAddress]:
+    """Addresses in ``ifconfig`` (inet/inet6 lines) or ``ipconfig`` ("... Address . : X") output."""
+    found: set[IPAddress] = set()
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) > 1 and words[0] in ("inet", "inet6"):
+            candidate = words[1]
+        elif "Address" in line and ":" in line:
+            candidate = line.split(":", 1)[1].strip().split("(", 1)[0]
+        else:
+            continue
+        addr = _parse(candidate)
+        if addr is not None:
+            found.add(addr)
+    return found
+
+
+def _from_interface_listing() -> set[IPAddress]:
+    """macOS/BSD ``ifconfig`` or Windows ``ipconfig`` output, parsed once. Not
+    getaddrinfo(gethostname()): that may send a DNS query for our own name."""
+    found: set[IPAddress] = set()
+    for cmd in (["ifconfig", "-a"], ["ipconfig"]):
+        exe = shutil.which(cmd[0])
+        if exe is None:
+            continue
+        try:
+            out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True, timeout=2, check=False).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        found |= parse_interface_listing(out)
+        break
+    return found
 
 
 class Scrubber:

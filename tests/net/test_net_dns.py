@@ -63,6 +63,23 @@ def test_udp_rcodes(lab: SimpleNamespace, rcode: int, failure: str) -> None:
     asyncio.run(main())
 
 
+def test_answer_that_is_the_probe_address_is_scrubbed(lab: SimpleNamespace) -> None:
+    from probe.net.scrub import Scrubber
+
+    def script(q: dns.message.Message, _: bytes) -> list[tuple[float, bytes]]:
+        return [(0, lab.answer(q, ("myip.test.", "A", "198.51.100.23"), ("myip.test.", "A", "192.0.2.1"),
+                               ("myip.test.", "TXT", '"client 198.51.100.23"')))]
+
+    async def main() -> None:
+        scrubber = Scrubber(["198.51.100.23"], discover=False)
+        async with lab.udp_dns(script) as resolver:
+            q = await resolve_udp("myip.test", resolver, clock=Clock(), timeout=TIMEOUT, late_window=0.05,
+                                  scrubber=scrubber)
+        assert [a.value for a in q.answers] == ["[scrubbed]", "192.0.2.1", '"client [scrubbed]"']
+
+    asyncio.run(main())
+
+
 def test_aaaa_only_cname_is_no_answer_for_aaaa(lab: SimpleNamespace) -> None:
     async def main() -> None:
         async with lab.udp_dns(lambda q, _: [(0, lab.answer(q, ("v6.test.", "CNAME", "x.test.")))]) as resolver:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from probe.net.errors import classify
-from probe.net.scrub import Scrubber, discover_local_addresses, scrub_all_addresses
+from probe.net.scrub import Scrubber, discover_local_addresses, parse_interface_listing, scrub_all_addresses
 from probe.schema import is_valid_failure
 
 
@@ -133,3 +133,15 @@ def test_discovery_finds_no_loopback() -> None:
 
 def test_scrub_all_addresses() -> None:
     assert scrub_all_addresses("to 10.0.0.1:53 via fe80::1%eth0") == "to [scrubbed]:53 via [scrubbed]"
+
+
+def test_interface_listing_parser() -> None:
+    macos = "en0: flags=8863<UP>\n\tinet6 fe80::1c2b:3a%en0 prefixlen 64\n\tinet 192.168.1.5 netmask 0xffffff00\n"
+    windows = (
+        "   IPv4 Address. . . . . . . . . . . : 10.1.2.3(Preferred)\n"
+        "   IPv6 Address. . . . . . . . . . . : 2001:db8::5\n"
+        "   Physical Address. . . . . . . . . : 00-11-22-33-44-55\n"
+    )
+    assert {str(a) for a in parse_interface_listing(macos + windows)} == {
+        "fe80::1c2b:3a", "192.168.1.5", "10.1.2.3", "2001:db8::5",
+    }
