@@ -178,6 +178,26 @@ def test_endless_body_is_capped(lab: SimpleNamespace) -> None:
     asyncio.run(main())
 
 
+async def _endless_headers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    while True:
+        writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+        await writer.drain()
+
+
+def test_endless_headers_are_an_invalid_response(lab: SimpleNamespace) -> None:
+    async def main() -> None:
+        async with lab.tcp_server(_endless_headers) as port:
+            with lab.Timer() as timer:
+                hops = await http_get(f"http://hdr.test:{port}/", clock=Clock(), timeout=TIMEOUT,
+                                      address_map={"hdr.test": ["127.0.0.1"]})
+        assert hops[0].failure == "http_invalid_response" and hops[0].status_code is None
+        assert timer.elapsed < TIMEOUT + SLACK
+
+    asyncio.run(main())
+
+
 async def _trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readuntil(b"\r\n\r\n")
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
