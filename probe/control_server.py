@@ -356,8 +356,29 @@ class ControlServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = time.monotonic()
-        status, payload, method, path = 500, {}, "-", "-"
-        extra_headers: list[tuple[str, str]] = []
+        status, method, path = 0, "-", "-"
+        try:
+            status, payload, method, path, headers = await self._answer(reader, writer)
+            if status:
+                await self._respond(writer, status, payload, headers)
+                if status == 413:
+                    await self._discard_rest(reader)
+        except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):  # the caller went away
+            pass
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, ssl.SSLError):
+                pass
+        # No caller address in the log, by design.
+        log.info("%s %s -> %d in %.2fs", method, path[:200], status, time.monotonic() - started)
+
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[int, dict[str, Any], str, str, list[tuple[str, str]]]:
+        """(status, JSON payload, method, path, extra headers); status 0: no answer is due."""
+        method, path = "-", "-"
         try:
             if len(self._handlers) > self.limits.max_connections:
                 raise HttpError(503, "busy", "too many connections; try again later")
@@ -366,31 +387,16 @@ class ControlServer:
             except asyncio.TimeoutError:
                 raise HttpError(408, "request_timeout", "the request did not arrive in time") from None
             method, path = request.method.decode(), request.target.decode("ascii", "replace")
-            status, payload = 200, await self._route(method, path.split("?", 1)[0], writer, body)
+            return 200, await self._route(method, path.split("?", 1)[0], writer, body), method, path, []
         except HttpError as exc:
-            status = exc.status
             payload = {"error": {"code": exc.code, "message": exc.message, **exc.details}}
-            if status == 503:
-                extra_headers.append(("Retry-After", "5"))
-        except ConnectionError:
-            return
+            headers = [("Retry-After", "5")] if exc.status == 503 else []
+            return exc.status, payload, method, path, headers
+        except (ConnectionError, ssl.SSLError):  # the caller went away or spoke broken TLS
+            return 0, {}, method, path, []
         except Exception:
             log.exception("control helper: error handling %s %s", method, path)
-            status, payload = 500, {"error": {"code": "internal_error", "message": "internal error"}}
-        try:
-            await self._respond(writer, status, payload, extra_headers)
-            if status == 413:
-                await self._discard_rest(reader)
-        except (ConnectionError, asyncio.TimeoutError):
-            pass
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, ssl.SSLError):
-                pass
-            # No caller address in the log, by design.
-            log.info("%s %s -> %d in %.2fs", method, path[:200], status, time.monotonic() - started)
+            return 500, {"error": {"code": "internal_error", "message": "internal error"}}, method, path, []
 
     async def _read_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
