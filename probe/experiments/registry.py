@@ -5,7 +5,9 @@ from __future__ import annotations
 from probe.experiments.anchors import Anchors
 from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
+from probe.experiments.openvpn import OpenVpn
 from probe.experiments.web_connectivity import WebConnectivity
+from probe.experiments.wireguard import WireGuard
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
@@ -29,3 +31,5 @@ def get(name: str) -> Experiment:
 register(WebConnectivity())
 register(DnsConsistency())
 register(Anchors())
+register(OpenVpn())
+register(WireGuard())

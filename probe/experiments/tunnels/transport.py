@@ -1,0 +1,160 @@
+"""UDP and TCP exchanges for tunnel handshakes, logged packet by packet (time, direction, size,
+what it was) and never raising for the network: failures come back as failure strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from probe.net.clock import Clock
+from probe.net.errors import classify
+from probe.net.tcp import family_of, open_socket
+from probe.schema import TcpConnect, VpnHandshake, VpnPacket
+
+from .endpoints import Endpoint
+
+# A validator looks at one reply: ("ok" | "bad" | "ignore", what the reply was).
+Verdict = tuple[str, str]
+Validator = Callable[[bytes], Verdict]
+MAX_DATAGRAM = 65535
+
+
+@dataclass
+class PacketLog:
+    clock: Clock
+    packets: list[VpnPacket] = field(default_factory=list)
+
+    def sent(self, data: bytes, summary: str | None = None) -> None:
+        self.packets.append(VpnPacket(t=self.clock.now(), direction="sent", size=len(data), summary=summary))
+
+    def received(self, data: bytes, summary: str | None = None) -> None:
+        self.packets.append(VpnPacket(t=self.clock.now(), direction="received", size=len(data), summary=summary))
+
+
+def handshake_record(
+    ep: Endpoint, clock: Clock, t0: float, log: PacketLog, *, ok: bool, failure: str | None,
+    detail: str | None = None, protocol: str | None = None, tag: str | None = None,
+) -> VpnHandshake:
+    return VpnHandshake(
+        t0=t0, t=clock.now(), failure=None if ok else (failure or "vpn_handshake_failure"),
+        protocol=protocol or ep.protocol, endpoint=ep.address, ip=ep.ip, port=ep.port,
+        transport=ep.transport, handshake_ok=ok, packets=log.packets, detail=detail, tag=tag,
+    )
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | Exception] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.queue.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # On a connected socket an ICMP port/host unreachable arrives here.
+        self.queue.put_nowait(exc)
+
+
+@dataclass
+class Outcome:
+    """How an exchange ended: the accepted reply, or a failure string (and what was seen)."""
+
+    reply: bytes | None = None
+    failure: str | None = None
+    detail: str | None = None
+
+
+async def udp_exchange(
+    ip: str,
+    port: int,
+    payload: Callable[[int], bytes],
+    *,
+    log: PacketLog,
+    validate: Validator,
+    timeout: float,
+    retransmit: float = 1.5,
+    summary: str | None = None,
+) -> Outcome:
+    """Send ``payload(0)``, then ``payload(n)`` every ``retransmit`` seconds, until a reply the
+    validator accepts ("ok"), one it rejects ("bad": vpn_handshake_failure), an ICMP error, or
+    ``timeout`` (generic_timeout)."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, proto = await loop.create_datagram_endpoint(
+            _Datagrams, remote_addr=(ip, port), family=family_of(ip)
+        )
+    except (OSError, ValueError) as exc:
+        return Outcome(failure=classify(exc) if isinstance(exc, OSError) else "unknown_failure:invalid_address")
+    try:
+        deadline = loop.time() + timeout
+        attempt = 0
+        next_send = loop.time()
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                return Outcome(failure="generic_timeout")
+            if now >= next_send:
+                data = payload(attempt)
+                transport.sendto(data)
+                log.sent(data, summary)
+                attempt += 1
+                next_send = now + retransmit
+            try:
+                item = await asyncio.wait_for(proto.queue.get(), min(next_send, deadline) - loop.time())
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(item, Exception):
+                return Outcome(failure=classify(item))
+            verdict, what = _safe_validate(validate, item)
+            log.received(item, what)
+            if verdict == "ok":
+                return Outcome(reply=item, detail=what)
+            if verdict == "bad":
+                return Outcome(failure="vpn_handshake_failure", detail=what)
+    finally:
+        transport.close()
+
+
+def _safe_validate(validate: Validator, data: bytes) -> Verdict:
+    # A hostile or broken server must never crash the measurement.
+    try:
+        return validate(data)
+    except Exception as exc:
+        return "bad", f"unparseable reply ({type(exc).__name__})"
+
+
+async def tcp_open(
+    ip: str, port: int, *, clock: Clock, timeout: float, tag: str | None = None
+) -> tuple[TcpConnect, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
+    """TCP connect as a TcpConnect observation, and the stream when it worked."""
+    t0 = clock.now()
+    try:
+        sock = await open_socket(ip, port, timeout)
+    except ValueError:
+        return TcpConnect(t0, clock.now(), "unknown_failure:invalid_address", ip, port, tag), None, None
+    except Exception as exc:
+        return TcpConnect(t0, clock.now(), classify(exc), ip, port, tag), None, None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    return TcpConnect(t0, clock.now(), None, ip, port, tag), reader, writer
+
+
+async def close_writer(writer: asyncio.StreamWriter | None) -> None:
+    if writer is None:
+        return
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+async def guarded(step: Awaitable[Outcome], timeout: float) -> Outcome:
+    """Run a TCP conversation step within ``timeout``; network errors become failures."""
+    try:
+        return await asyncio.wait_for(step, timeout)
+    except asyncio.TimeoutError:
+        return Outcome(failure="generic_timeout")
+    except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+        return Outcome(failure=classify(exc))
