@@ -22,7 +22,7 @@ import json
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -138,10 +138,14 @@ def _ip_literal(host: str) -> str | None:
         return None
 
 
-async def host_refusal(host: str, *, timeout: float = 4.0) -> str | None:
+async def host_refusal(
+    host: str, *, timeout: float = 4.0, resolve: Callable[[str], Awaitable[list[str]]] | None = None
+) -> str | None:
     """Like address_refusal for a host name: refused if any address it resolves to is.
 
-    A name that does not resolve is not refused here: the measurement records that failure.
+    ``resolve`` should ask what the experiments will ask (the helper passes its configured
+    resolvers); by default the system resolver. A name that does not resolve is not refused
+    here: the measurement records that failure.
     """
     literal = _ip_literal(host)
     if literal is not None:
@@ -149,13 +153,17 @@ async def host_refusal(host: str, *, timeout: float = 4.0) -> str | None:
         return f"{literal} is {reason}" if reason else None
     if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
         return f"{host} is loopback"
-    loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout)
+        if resolve is not None:
+            addresses = await asyncio.wait_for(resolve(host), timeout)
+        else:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout
+            )
+            addresses = [str(info[4][0]) for info in infos]
     except (OSError, asyncio.TimeoutError, UnicodeError):
         return None
-    for info in infos:
-        address = str(info[4][0])
+    for address in addresses:
         reason = address_refusal(address)
         if reason:
             return f"{host} resolves to {address}, which is {reason}"

@@ -14,7 +14,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,9 @@ from probe.control import (
 )
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock, measure
-from probe.experiments.common import gather_all
+from probe.experiments.common import ask_resolvers, gather_all, resolved_addresses
 from probe.net import tcp, tls
+from probe.net.clock import Clock
 from probe.schema import Measurement, TcpConnect, new_run_id
 from probe.testlists import input_problem
 
@@ -265,8 +266,11 @@ def _parse_target(item: Any, limits: Limits) -> ControlTarget:
     return ControlTarget(input=url, category=category, addresses=list(dict.fromkeys(normalised)), control_for=control_for)
 
 
-async def check_policy(request: MeasureRequest) -> None:
-    """Refuse targets and addresses that are not public (HttpError 403)."""
+async def check_policy(request: MeasureRequest, settings: Settings | None = None) -> None:
+    """Refuse targets and addresses that are not public (HttpError 403).
+
+    Names are resolved as the experiments will resolve them (``settings``' resolvers).
+    """
     refused: list[str] = []
     for t in request.targets:
         for a in t.addresses:
@@ -280,9 +284,17 @@ async def check_policy(request: MeasureRequest) -> None:
         )
     for t in request.targets:
         host = input_host(t.input) or ""
-        reason = await host_refusal(host)
+        reason = await host_refusal(host, resolve=_resolver_like(settings) if settings is not None else None)
         if reason:
             raise HttpError(403, "forbidden_target", f"this helper measures only public targets: {reason}", input=t.input)
+
+
+def _resolver_like(settings: Settings) -> Callable[[str], Awaitable[list[str]]]:
+    async def resolve(host: str) -> list[str]:
+        queries = await ask_resolvers(host, settings, Clock())
+        return resolved_addresses(queries, limit=64)
+
+    return resolve
 
 
 # --------------------------------------------------------------------------- the server
@@ -483,7 +495,7 @@ class ControlServer:
     async def _measure(self, body: bytes) -> dict[str, Any]:
         request = parse_measure_request(body, self.limits)
         if not self.config.allow_private:
-            await check_policy(request)
+            await check_policy(request, self.config.settings)
         if self._busy.locked():
             raise HttpError(503, "busy", f"{self.limits.max_concurrent} requests are being measured; try again later")
         async with self._busy:

@@ -228,7 +228,7 @@ def test_client_drops_refused_addresses_and_retries(site: str, monkeypatch: pyte
     # must not cost the probe its control.
     monkeypatch.setattr(control_server, "address_refusal", lambda a: "private" if a == "127.0.0.3" else None)
 
-    async def allow_all(host: str, *, timeout: float = 4.0) -> None:
+    async def allow_all(host: str, **kw: Any) -> None:
         return None
 
     monkeypatch.setattr(control_server, "host_refusal", allow_all)
@@ -482,3 +482,19 @@ def test_helper_over_https_with_a_private_ca(tmp_path: Path) -> None:
     info, error = with_helper(ServerConfig(geoip_db=geoip, asn_db=asn, ssl_context=server_context), scenario)
     assert info["probe_asn"] == "AS64500"
     assert "\n" not in error and error.endswith("/v1/whoami: cannot connect (ssl_unknown_authority)"), error
+
+
+def test_names_resolving_to_private_addresses_are_refused(loopback_lab: Any) -> None:
+    # The helper resolves the name as its experiments would: here only with the lab's honest
+    # resolver, which answers a 127.64.x.y address.
+    helper_settings = Settings(resolvers=[loopback_lab.honest_resolver], use_system_resolver=False)
+    url = loopback_lab.url("www.lab.test", "http")
+
+    async def scenario(helper: str) -> httpx.Response:
+        return await post(helper, {"experiment": "web_connectivity", "input": url})
+
+    resp = with_helper(ServerConfig(settings=helper_settings), scenario)
+    assert resp.status_code == 403
+    error = resp.json()["error"]
+    assert error["code"] == "forbidden_target" and error["input"] == url
+    assert "www.lab.test resolves to 127.64.1.1, which is loopback" in error["message"]
