@@ -22,7 +22,7 @@ import json
 import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -31,7 +31,6 @@ import httpx
 import pyarrow as pa
 
 from probe.schema import (
-    DnsQuery,
     Measurement,
     records_to_table,
     row_to_record,
@@ -191,13 +190,13 @@ class ControlTarget:
 
 
 def probe_addresses(m: Measurement, limit: int = 16) -> list[str]:
-    """Distinct A/AAAA answers the probe got (injection checks excluded), first seen first."""
+    """Distinct A/AAAA answers the probe got, first seen first, then those of late (possibly
+    injected, possibly genuine) replies; injection checks excluded."""
     seen: list[str] = []
-    queries: Iterable[DnsQuery] = m.dns
-    for q in queries:
-        if q.tag == "injection_check":
-            continue
-        for a in q.answers:
+    queries = [q for q in m.dns if q.tag != "injection_check"]
+    answer_lists = [q.answers for q in queries] + [lr.answers for q in queries for lr in q.late_responses]
+    for answers in answer_lists:
+        for a in answers:
             ip = _ip_literal(a.value) if a.answer_type in ("A", "AAAA") else None
             if ip is not None and ip not in seen:
                 seen.append(ip)

@@ -498,3 +498,12 @@ def test_names_resolving_to_private_addresses_are_refused(loopback_lab: Any) -> 
     error = resp.json()["error"]
     assert error["code"] == "forbidden_target" and error["input"] == url
     assert "www.lab.test resolves to 127.64.1.1, which is loopback" in error["message"]
+
+
+def test_probe_addresses_include_late_replies() -> None:
+    m = probe_record("https://x.example/", ["10.10.34.35"])
+    m.dns[0].late_responses = [S.DnsLateResponse(t=0.2, rcode="NOERROR", answers=[
+        S.DnsAnswer("A", "93.184.215.14"), S.DnsAnswer("CNAME", "cdn.example"), S.DnsAnswer("A", "10.10.34.35")])]
+    m.dns.append(S.DnsQuery(t0=0, t=1, failure=None, resolver="192.0.2.53:53", engine="udp", query_type="A",
+                            hostname="x.example", answers=[S.DnsAnswer("A", "198.51.100.7")], tag="injection_check"))
+    assert control.probe_addresses(m) == ["10.10.34.35", "93.184.215.14"]
