@@ -21,7 +21,7 @@ from analysis import charts
 from analysis.detector import DetectorConfig
 from analysis.events import Event
 from analysis.shutdown import Detection, detect
-from analysis.signals import open_measurements
+from analysis.signals import DatasetError, open_measurements
 
 
 class ReportError(Exception):
@@ -351,7 +351,7 @@ def write_report(paths: Sequence[Path | str], output: Path | str, *, csv: Path |
         data = build_report_data(con, sources=[Path(p).name or str(p) for p in paths], title=title,
                                  public_nets=public_nets, fingerprints=fingerprints,
                                  control_window_h=control_window_h, detector_config=detector_config)
-    except (duckdb.Error, FileNotFoundError, OSError) as exc:
+    except (duckdb.Error, DatasetError, OSError) as exc:
         raise ReportError(f"cannot read the datasets: {str(exc).splitlines()[0]}") from exc
     finally:
         if own and con is not None:

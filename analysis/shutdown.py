@@ -95,19 +95,28 @@ def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorC
     return detection
 
 
-def render_events(events: Sequence[Event], title: str = "Events") -> object:
-    """A rich Table of events (one line each) for the terminal."""
+def render_events(events: Sequence[Event], title: str = "Events", *, compact: bool = False) -> object:
+    """A rich Table of events (one row each) for the terminal; ``compact`` for narrow ones."""
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
-    for col in ("kind", "severity", "start (UTC)", "end (UTC)", "hours", "regions", "networks", "inputs / methods",
-                "meas.", "vp", "conf.", "why"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=title, show_lines=compact, expand=compact)
+    cols = (("kind", "when (UTC)", "where", "what", "why") if compact else
+            ("kind", "severity", "start (UTC)", "end (UTC)", "hours", "regions", "networks", "inputs / methods",
+             "meas.", "vp", "conf.", "why"))
+    for col in cols:
+        # the kind and times stay whole on a narrow terminal; the rest folds
+        whole = col in ("kind", "start (UTC)", "end (UTC)", "when (UTC)")
+        table.add_column(col, overflow="fold", no_wrap=whole, ratio=None if whole else 3 if col == "why" else 1)
     for e in events:
         what = ", ".join(i.split("://", 1)[-1].rstrip("/") for i in e.inputs[:4]) + (" …" if len(e.inputs) > 4 else "")
         if e.methods:
             what += (" " if what else "") + "[" + ", ".join(e.methods[:2]) + "]"
-        table.add_row(e.kind, e.severity, f"{e.start:%Y-%m-%d %H:%M}", f"{e.end:%Y-%m-%d %H:%M}" if e.end else "ongoing",
+        end = f"{e.end:%Y-%m-%d %H:%M}" if e.end else "ongoing"
+        if compact:
+            table.add_row(e.kind, f"{e.start:%Y-%m-%d %H:%M}\n{end}", f"{', '.join(e.regions)}: {', '.join(e.networks)}",
+                          what, f"{e.severity}, {e.measurements} measurements: {e.reason}")
+            continue
+        table.add_row(e.kind, e.severity, f"{e.start:%Y-%m-%d %H:%M}", end,
                       f"{e.duration_h:.0f}" if e.duration_h is not None else "-", ",".join(e.regions),
                       ",".join(e.networks), what, str(e.measurements), str(e.vantage_points), f"{e.confidence:.2f}",
                       e.reason)

@@ -132,6 +132,14 @@ def input_hour_failures(con: duckdb.DuckDBPyConnection, *, verdicts: str | None 
         FROM shutdown_facts WHERE role = 'probe' AND NOT is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
 
 
+try:  # the analyzer's error for "no usable measurements here" (names the files)
+    from analysis.db import DatasetError
+except ImportError:  # pragma: no cover - builds without the analyzer's db module
+
+    class DatasetError(Exception):  # type: ignore[no-redef]
+        """No usable measurements in the given paths."""
+
+
 def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
     """A connection with the ``measurements`` view: the analyzer's ``open_datasets`` when it is
     available, else a plain hive-partitioned ``read_parquet`` over each dataset root."""
@@ -146,7 +154,7 @@ def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnectio
     for p in paths:
         root = Path(p)
         if not (root / "measurements").is_dir():
-            raise FileNotFoundError(f"{root}: no measurements/ directory (not a Vantage dataset)")
+            raise DatasetError(f"{root}: no measurements/ directory (not a Vantage dataset)")
         globs.append(str(root / "measurements" / "**" / "*.parquet"))
     files = ", ".join("'" + g.replace("'", "''") + "'" for g in globs)
     con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT * FROM read_parquet([{files}], "

@@ -36,3 +36,7 @@ from probe.cli import demo as _demo  # noqa: E402
 main.add_command(_demo.demo)
 from probe.cli import run as _run  # noqa: E402
 main.add_command(_run.run)
+from probe.cli import events as _events  # noqa: E402
+main.add_command(_events.events)
+from probe.cli import report as _report  # noqa: E402
+main.add_command(_report.report)

@@ -1,0 +1,193 @@
+"""`vantage report` and `vantage events`: the HTML renders in headless Chromium with its charts,
+Markdown and CSV are complete, and bad input is one clear line."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from analysis import scenario as sc
+from analysis.report import ReportError, write_report
+from probe.cli import main
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+SOCIAL = "https://social-a.example/"
+
+
+def _at(day: int, hour: int) -> dt.datetime:
+    return START + dt.timedelta(days=day, hours=hour)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    nets = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi", "laptop"), 3),
+            sc.Network("IR", "AS1002", "Example Mobile IR", ("pi",), 3),
+            sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
+    events = [
+        sc.PlantedEvent("steady_block", START, None, "IR", ("AS1001", "AS1002"), ("https://news-b.example/",),
+                        "dns.dns_nxdomain"),
+        sc.PlantedEvent("shutdown", _at(8, 9), _at(8, 15), "IR", ("AS1001", "AS1002"), label="national"),
+        sc.PlantedEvent("service_blocking", _at(9, 6), None, "IR", ("AS1001", "AS1002"), (SOCIAL,),
+                        "tls.connection_reset", label="new SNI block"),
+    ]
+    root = tmp_path_factory.mktemp("report") / "dataset"
+    scn = sc.Scenario(start=START, days=11, networks=nets, events=events, seed=5)
+    sc.write_dataset(sc.generate_measurements(scn), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def html_report(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("html")
+    result = write_report([dataset], out / "report.html", csv=out / "verdicts.csv", title="IR test report")
+    assert result.events >= 2
+    return out / "report.html", out / "verdicts.csv"
+
+
+def _data_pngs(text: str) -> list[Image.Image]:
+    images = []
+    for b64 in re.findall(r"<img[^>]*src=['\"]data:image/png;base64,([A-Za-z0-9+/=]+)['\"]", text):
+        img = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
+        img.load()  # a truncated or corrupt PNG raises here
+        images.append(img)
+    return images
+
+
+def test_html_report_content(html_report: tuple[Path, Path]) -> None:
+    path, _ = html_report
+    text = path.read_text(encoding="utf-8")
+    assert "<h1>IR test report</h1>" in text
+    pngs = _data_pngs(text)
+    # anomalies over time, blocking methods, one timeline for the shutdown
+    assert len(pngs) == 3 and all(img.format == "PNG" and img.width > 300 for img in pngs)
+    assert "Shutdown timelines" in text and "AS1001, AS1002" in text
+    # per network: what, how, since when; the new block dated by the change detector
+    block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
+    assert block is not None
+    assert "social-a.example" in block[1] and "tls.connection_reset" in block[1]
+    assert f"{_at(9, 6):%Y-%m-%d %H:%M} UTC (change detected)" in block[1]
+    assert "before 2026-10-01 (blocked from the first measurements)" in block[1]  # the steady DNS block
+    # measurements inside the shutdown are not counted as blocking of other targets
+    assert "search-a.example" not in block[1]
+
+
+def test_csv_is_the_verdict_table(html_report: tuple[Path, Path]) -> None:
+    _, csv_path = html_report
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert set(rows[0]) >= {"measurement_id", "input", "probe_cc", "probe_asn", "measurement_start_time", "status",
+                            "layer", "method", "confidence", "confirmed", "fingerprint"}
+    statuses = {r["status"] for r in rows}
+    assert {"ok", "blocked"} <= statuses
+    assert any(r["input"] == SOCIAL and r["status"] == "blocked" and r["method"] == "tls.connection_reset" for r in rows)
+
+
+def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM is not None
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'profile'}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
+
+
+def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (CI installs the Debian package): cannot render the report")
+    if os.geteuid() != 0:
+        pytest.skip("headless chromium is run as root with --no-sandbox here; not root on this machine")
+    path, _ = html_report
+    url = path.resolve().as_uri()
+    dom = _chromium(["--dump-dom", url], tmp_path)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # the DOM Chromium built (not our file) holds the charts as decodable PNGs
+    pngs = _data_pngs(dom.stdout)
+    assert len(pngs) == 3
+    assert "<h2>Events" in dom.stdout
+    shot = tmp_path / "shot.png"
+    res = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", url], tmp_path)
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    with Image.open(shot) as raw:
+        img = raw.convert("RGB")
+    assert img.size == (1280, 2400)
+    colors = img.getcolors(maxcolors=1 << 20)
+    assert colors is not None and len(colors) > 50  # text and charts, not a blank page
+    # the red of the blocked series / shading appears: the images were painted, not broken icons
+    px = np.asarray(img.resize((320, 600))).reshape(-1, 3).astype(int)
+    assert ((px[:, 0] > 150) & (px[:, 1] < 100) & (px[:, 2] < 100)).any()
+
+
+def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.md"
+    write_report([dataset], out)
+    text = out.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(links) == 3 and all(not link.startswith("/") for link in links)
+    for link in links:
+        with Image.open(tmp_path / link) as img:
+            assert img.format == "PNG"
+    assert "| https://social-a.example/ | tls.connection_reset" in text
+
+
+def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(main, ["report", str(dataset), "-o", str(tmp_path / "r.html"), "--csv", str(tmp_path / "v.csv"),
+                               "--public-net", "10.0.0.0/8"])
+    assert res.exit_code == 0, res.output
+    assert "wrote" in res.output and (tmp_path / "v.csv").exists()
+    res = runner.invoke(main, ["events", str(dataset), "-o", str(tmp_path / "e.parquet")])
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "e.parquet")
+    kinds = table.column("kind").to_pylist()
+    assert "shutdown" in kinds and "service_blocking" in kinds
+    assert "shutdown" in res.output  # the rich table was printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "{ds}", "-o", "{tmp}/r.pdf"], "the report format follows the suffix"),
+    (["report", "{ds}", "-o", "{tmp}/r.html", "--public-net", "10.0.0/33"], "is not a CIDR network"),
+    (["events", "{ds}", "-o", "{tmp}/e.csv"], "must be a .parquet file"),
+    (["events", "{ds}", "-o", "{tmp}/e.parquet", "--warning", "0.4", "--critical", "0.5"], "must be below"),
+    (["report", "{tmp}", "-o", "{tmp}/r.html"], "not a Vantage dataset"),
+])
+def test_cli_bad_input_is_one_line(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    res = CliRunner().invoke(main, [a.format(ds=dataset, tmp=tmp_path) for a in args])
+    assert res.exit_code != 0
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_corrupt_parquet_is_one_line(tmp_path: Path) -> None:
+    part = tmp_path / "ds" / "measurements" / "date=2026-10-01" / "probe_cc=IR"
+    part.mkdir(parents=True)
+    (part / "part-x-00000.parquet").write_bytes(b"not parquet at all")
+    for cmd in (["report", str(tmp_path / "ds"), "-o", str(tmp_path / "r.html")],
+                ["events", str(tmp_path / "ds"), "-o", str(tmp_path / "e.parquet")]):
+        res = CliRunner().invoke(main, cmd)
+        assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+        assert "part-x-00000.parquet" in res.output  # names the file
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "e.parquet").exists()
+
+
+def test_write_report_rejects_unknown_suffix(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReportError):
+        write_report([dataset], tmp_path / "r.txt")
+
+
+def test_commands_have_help() -> None:
+    for name in ("report", "events"):
+        res = CliRunner().invoke(main, [name, "--help"])
+        assert res.exit_code == 0 and "--output" in res.output
