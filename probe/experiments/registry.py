@@ -6,6 +6,7 @@ from probe.experiments.anchors import Anchors
 from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
 from probe.experiments.openvpn import OpenVpn
+from probe.experiments.tor import Tor
 from probe.experiments.web_connectivity import WebConnectivity
 from probe.experiments.wireguard import WireGuard
 
@@ -33,3 +34,4 @@ register(DnsConsistency())
 register(Anchors())
 register(OpenVpn())
 register(WireGuard())
+register(Tor())
