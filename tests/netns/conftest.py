@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .lab import VENV_BIN, LabRun, NetnsLab
+from .lab import VENV_BIN, LabRun, NetnsLab, cli_options
 from .topology import missing_programs, netns_unusable_reason
 
 SERVER_PROGRAMS = ("ip", "nft", "ss", "sysctl", "dnsmasq", "nginx")
@@ -44,19 +44,10 @@ def netns_lab(request: pytest.FixtureRequest) -> Iterator[NetnsLab]:
     lab.close()
 
 
-def _vantage_has(command: str) -> bool:
-    from click.testing import CliRunner
-
-    from probe.cli import main
-
-    return command in main.commands and CliRunner().invoke(main, [command, "--help"]).exit_code == 0
-
-
 @pytest.fixture(scope="session")
 def netns_lab_run(netns_lab: NetnsLab) -> LabRun:
     """The probe and control runs and the analysis, once per session."""
-    for command in ("run", "analyze"):
-        if not _vantage_has(command):
-            pytest.skip(f"`vantage {command}` is not available in this build")
+    if cli_options("run") is None:
+        pytest.skip("`vantage run` is not available in this build")
     assert (VENV_BIN / "vantage").exists(), f"no vantage entry point in {VENV_BIN}"
     return netns_lab.run(step=lambda msg: print(f"[netns lab] {msg}", flush=True))
