@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from analysis.ooni_fields import (
     BodyStats,
@@ -366,6 +366,50 @@ def control_observations(control: dict[str, Any], url: str) -> Observations:
     return obs
 
 
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _depth_entries(tk: dict[str, Any], key: str, depth: int) -> list[dict[str, Any]]:
+    tag = f"depth={depth}"
+    return [e for e in as_list(tk.get(key)) if isinstance(e, dict) and tag in (e.get("tags") or [])]
+
+
+def unrecorded_hop(tk: dict[str, Any], hops: list[HttpRequest]) -> HttpRequest | None:
+    """The redirect hop OONI 0.5 leaves out of `requests`.
+
+    webconnectivitylte records no request when the redirect target's DNS lookup, TCP connects
+    or TLS handshakes (tagged depth=N+1) all fail, so the chain seems to end in a 3xx. Vantage's
+    HTTP client records that hop with its failure; rebuilding it keeps imported rows comparable.
+    """
+    if not hops or hops[-1].failure is not None or hops[-1].status_code not in _REDIRECTS:
+        return None
+    last = hops[-1]
+    depths = [int(t[6:]) for t in (last.tag or "").split(",") if t.startswith("depth=") and t[6:].isdigit()]
+    location = next((h.value for h in last.headers if h.name.lower() == "location"), None)
+    if not depths or not location:
+        return None
+    depth = depths[0] + 1
+    failure = None
+    queries = _depth_entries(tk, "queries", depth)
+    if queries and not any(q.get("answers") for q in queries):
+        failure = next((q.get("failure") for q in queries if q.get("failure")), None)
+    if failure is None:
+        for key in ("tcp_connect", "tls_handshakes"):
+            steps = [e for e in _depth_entries(tk, key, depth) if "fetch_body=false" not in (e.get("tags") or [])]
+            fails = [(e.get("status") or {}).get("failure") if key == "tcp_connect" else e.get("failure") for e in steps]
+            if steps and all(fails):
+                failure = fails[0]
+                break
+    if failure is None:
+        return None
+    try:
+        url = urljoin(last.url, location)
+    except ValueError:
+        url = location
+    return HttpRequest(t0=last.t, t=last.t, failure=map_failure(failure), url=url,
+                       tag=f"depth={depth},ooni_unrecorded_hop")
+
+
 def _version(address: str) -> int | None:
     try:
         return ipaddress.ip_address(address).version
@@ -409,6 +453,9 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
         return Converted([probe], test_name, missing_test_keys=True)
     if test_name == "web_connectivity":
         _apply(probe, generic(tk, stats, scrub))
+        missing = unrecorded_hop(tk, probe.http)
+        if missing is not None:
+            probe.http.append(missing)
         if _has_control(tk.get("control")):
             control = base_record(doc, str(uuid.uuid5(ID_NAMESPACE, probe.measurement_id + ":control")))
             control.role = "control"

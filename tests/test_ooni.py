@@ -292,3 +292,27 @@ def test_legacy_web_connectivity_format_2x(tmp_path: Path) -> None:
     assert [h.status_code for h in record.http] == [301, 200]
     assert record.http[1].title == "Example Domain" and record.http[1].headers[0].name == "Content-Type"
     assert control.role == "control" and control.http[0].body_length == 42 and control.tls == []
+
+
+@pytest.mark.parametrize(
+    ("line", "failure", "url"),
+    [
+        (29, "connection_refused", "http://www.example.com/"),  # redirect target refuses TCP
+        (32, "connection_reset", "https://www.example.com/"),  # redirect target's TLS is reset
+        (35, "dns_nxdomain", "https://www.example.com/"),  # redirect target does not resolve
+    ],
+)
+def test_unrecorded_redirect_hop_is_rebuilt(line: int, failure: str, url: str) -> None:
+    """webconnectivitylte writes no request for a redirect hop whose DNS/TCP/TLS all failed."""
+    raw = netem_line(line)
+    (probe, _control) = convert(json.loads(raw), raw, BodyStats()).records
+    assert [h.status_code for h in probe.http] == [308, None]
+    assert (probe.http[-1].failure, probe.http[-1].url) == (failure, url)
+    assert "ooni_unrecorded_hop" in (probe.http[-1].tag or "")
+
+
+def test_complete_chains_get_no_extra_hop() -> None:
+    for line in (21, 31, 40):  # a followed chain, a recorded failed hop, no redirect
+        raw = netem_line(line)
+        probe = convert(json.loads(raw), raw, BodyStats()).records[0]
+        assert not any("ooni_unrecorded_hop" in (h.tag or "") for h in probe.http)
