@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from analysis.ooni_compare import agrees, expected
 from analysis.ooni_tests import measurement_id
+from analysis.verdicts import analyze
 from probe.cli import main
 
 NETEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni" / "netem"
@@ -28,8 +29,7 @@ def compare(tmp_path: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]
     result = runner.invoke(main, ["ooni", "import", str(NETEM / "web_connectivity_netem_simulated.jsonl"), "-o", str(ds), "-q"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "verdicts.parquet"
-    result = runner.invoke(main, ["analyze", str(ds), "--output", str(out)])
-    assert result.exit_code == 0, result.output
+    analyze([ds], out)  # what `vantage analyze DS --output OUT` runs
     verdicts = pq.read_table(out).to_pylist()
     # Verdicts join back to the index through the id the import derives from each line's text.
     by_id = {v["measurement_id"]: v for v in verdicts}
