@@ -5,6 +5,7 @@ from __future__ import annotations
 from probe.experiments.anchors import Anchors
 from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
+from probe.experiments.ikev2 import Ikev2
 from probe.experiments.openvpn import OpenVpn
 from probe.experiments.tor import Tor
 from probe.experiments.web_connectivity import WebConnectivity
@@ -35,3 +36,4 @@ register(Anchors())
 register(OpenVpn())
 register(WireGuard())
 register(Tor())
+register(Ikev2())

@@ -1,0 +1,85 @@
+"""ikev2: does an IKEv2 VPN gateway answer? Sends IKE_SA_INIT (scapy's IKEv2 layer) over UDP and
+checks the responder's IKE_SA_INIT; asked for another DH group or a cookie, it asks again once.
+
+Input: ``ikev2://IP:PORT/`` (port 500 usually; 4500 for NAT traversal is not covered).
+"""
+
+from __future__ import annotations
+
+from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.tunnels.endpoints import Endpoint, parse_endpoint
+from probe.experiments.tunnels.ikev2_wire import (
+    GROUP_CURVE25519,
+    SUPPORTED_GROUPS,
+    Reply,
+    Request,
+    WireError,
+    build_sa_init,
+    check_reply,
+)
+from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, udp_exchange
+
+RETRANSMIT_S = 2.0
+
+
+def parse_ikev2(url: str) -> Endpoint:
+    ep = parse_endpoint(url, ("ikev2",), transports=("udp",))
+    if ep.params:
+        raise InputError(f"{url!r}: ikev2:// takes no parameters")
+    return ep
+
+
+class Ikev2(Experiment):
+    name = "ikev2"
+    version = "0.1.0"
+
+    def input_problem(self, input_: str) -> str | None:
+        try:
+            parse_ikev2(input_)
+        except InputError as exc:
+            return str(exc)
+        return None
+
+    def host_key(self, target: Target) -> str:
+        try:
+            return parse_ikev2(target.input).ip
+        except InputError:
+            return target.input
+
+    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+        ep = parse_ikev2(target.input)
+        clock = current_clock()
+        log = PacketLog(clock)
+        t0 = clock.now()
+        group, cookie = GROUP_CURVE25519, None
+        outcome = None
+        for _round in range(3):  # first try, then at most one group change and one cookie
+            request = build_sa_init(group, cookie=cookie)
+            replies: list[Reply] = []
+
+            def validate(data: bytes, request: Request = request, replies: list[Reply] = replies) -> Verdict:
+                try:
+                    reply = check_reply(data, request)
+                except WireError as exc:
+                    return "bad", str(exc)
+                replies.append(reply)
+                return "ok", reply.summary
+
+            remaining = settings.timeouts.tls - (clock.now() - t0)
+            outcome = await udp_exchange(ep.ip, ep.port, lambda _n, r=request: r.message, log=log, validate=validate,
+                                         timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
+                                         summary=f"IKE_SA_INIT request (KE group {group})")
+            if outcome.reply is None or not replies:
+                break
+            reply = replies[-1]
+            if reply.ok:
+                return [handshake_record(ep, clock, t0, log, ok=True, failure=None, detail=reply.summary)]
+            if reply.retry_group is not None and reply.retry_group in SUPPORTED_GROUPS and reply.retry_group != group:
+                group = reply.retry_group
+            elif reply.cookie is not None and cookie is None:
+                cookie = reply.cookie
+            else:
+                return [handshake_record(ep, clock, t0, log, ok=False, failure="vpn_handshake_failure",
+                                         detail=f"{reply.summary} (cannot continue)")]
+        assert outcome is not None
+        return [handshake_record(ep, clock, t0, log, ok=False, failure=outcome.failure, detail=outcome.detail)]
