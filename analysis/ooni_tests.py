@@ -36,6 +36,7 @@ from analysis.ooni_fields import (
 from probe.schema import (
     UNKNOWN_FAILURE_PREFIX,
     DnsAnswer,
+    DnsLateResponse,
     DnsQuery,
     HttpRequest,
     Measurement,
@@ -154,10 +155,24 @@ def generic(tk: dict[str, Any], stats: BodyStats, scrub: tuple[str, ...], tag: s
     handshakes = as_list(tk.get("tls_handshakes")) + as_list(tk.get("tls_handshake"))
     obs.tls = [tls_handshake(e) for e in handshakes if isinstance(e, dict)]
     obs.http = http_chain(tk.get("requests"), stats, scrub)
+    # Replies that arrived after the first one (a sign of injection): webconnectivity 0.5's
+    # x_dns_duplicate_responses, dnsping's delayed_response.
+    attach_late_responses(obs.dns, as_list(tk.get("x_dns_duplicate_responses")) + as_list(tk.get("delayed_response")))
     if tag:
         for o in (*obs.dns, *obs.tcp, *obs.tls, *obs.http):
             o.tag = tag if not o.tag else f"{tag},{o.tag}"
     return obs
+
+
+def attach_late_responses(queries: list[DnsQuery], late: list[Any]) -> None:
+    for entry in late:
+        if not isinstance(entry, dict):
+            continue
+        dup = dns_queries(entry)[0]
+        for q in queries:
+            if (q.engine, q.resolver, q.hostname, q.query_type) == (dup.engine, dup.resolver, dup.hostname, dup.query_type):
+                q.late_responses.append(DnsLateResponse(t=dup.t, rcode=dup.rcode, answers=dup.answers))
+                break
 
 
 def _nested(tk: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -316,3 +316,17 @@ def test_complete_chains_get_no_extra_hop() -> None:
         raw = netem_line(line)
         probe = convert(json.loads(raw), raw, BodyStats()).records[0]
         assert not any("ooni_unrecorded_hop" in (h.tag or "") for h in probe.http)
+
+
+def test_duplicate_dns_responses_become_late_responses() -> None:
+    """webconnectivity 0.5 keeps injected duplicates in x_dns_duplicate_responses."""
+    raw_doc = json.loads(netem_line(40))
+    udp_a = next(q for q in raw_doc["test_keys"]["queries"] if q["engine"] == "udp" and q["query_type"] == "A")
+    dup = copy.deepcopy(udp_a)
+    dup["answers"] = [{"answer_type": "A", "ipv4": "10.10.34.36", "ttl": None}]
+    dup["t"] = 0.5
+    raw_doc["test_keys"]["x_dns_duplicate_responses"] = [dup]
+    probe = convert(raw_doc, json.dumps(raw_doc), BodyStats()).records[0]
+    (q,) = [q for q in probe.dns if q.engine == "udp" and q.query_type == "A"]
+    assert [a.value for a in q.late_responses[0].answers] == ["10.10.34.36"]
+    assert q.late_responses[0].t == 0.5 and [a.value for a in q.answers] == ["93.184.216.34"]
