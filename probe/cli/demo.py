@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
+import re
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import click
 import pyarrow.parquet as pq
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -60,10 +62,13 @@ class DemoResult:
     probe_dataset: Path
     control_dataset: Path
     verdicts: Path
+    database: Path
     report: Path | None
     ground_truth: Path
     rows: list[DemoRow]
     wall_s: float
+    http_port: int
+    https_port: int
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -139,6 +144,7 @@ def run_demo(
     output.mkdir(parents=True, exist_ok=True)
     probe_dir, control_dir = output / "probe", output / "control"
     verdicts_path, ground_truth = output / "verdicts.parquet", output / "ground_truth.csv"
+    db_path = output / "verdicts.duckdb"
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
         if lab is None:
@@ -155,6 +161,7 @@ def run_demo(
         lab.set_censor(False)
         _measure(lab, control_dir, "control", lab.honest_resolver, CONTROL_ASN, "Vantage lab control network")
         truth_sites = lab.sites
+        ports = (lab.http_port, lab.https_port)
         fingerprints = lab.fingerprints
         public_nets = lab.public_nets
 
@@ -167,8 +174,9 @@ def run_demo(
     analyze(
         [probe_dir, control_dir],
         verdicts_path,
+        db_path,
         public_nets=public_nets,
-        fingerprints=[fingerprints],
+        fingerprint_files=[fingerprints],
     )
     report_path: Path | None = output / "report.html"
     try:
@@ -203,10 +211,13 @@ def run_demo(
         probe_dataset=probe_dir,
         control_dataset=control_dir,
         verdicts=verdicts_path,
+        database=db_path,
         report=report_path,
         ground_truth=ground_truth,
         rows=rows,
         wall_s=time.monotonic() - started,
+        http_port=ports[0],
+        https_port=ports[1],
         notes=notes,
     )
 
@@ -215,18 +226,27 @@ def run_demo(
 
 
 def render(result: DemoResult, console: Console) -> None:
-    table = Table(title="Verdicts on the loopback lab beside the ground truth")
-    table.add_column("", no_wrap=True)
-    table.add_column("URL", no_wrap=True)
-    table.add_column("truth", no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
-    table.add_column("method", overflow="fold")
+    # One verdict column: a match shows the verdict once, a mismatch shows "got ≠ truth", so
+    # the table stays readable in an 80-column terminal.
+    table = Table(
+        title="Verdicts on the loopback lab beside the ground truth",
+        caption=f"✓: the verdict equals the ground truth (ports: http {result.http_port}, https {result.https_port})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("", no_wrap=True, min_width=1)
+    table.add_column("lab URL", no_wrap=True, min_width=30)
+    table.add_column("verdict", no_wrap=True, min_width=20)
+    table.add_column("method", overflow="fold", min_width=12)
     for r in result.rows:
         expected = r.expected_status + (f":{r.expected_layer}" if r.expected_layer else "")
         got = (r.status or "(none)") + (f":{r.layer}" if r.layer else "")
         method = (r.method or "") + (" (confirmed)" if r.confirmed else "")
-        mark = "[green]✓[/]" if r.matches else "[bold red]✗[/]"
-        table.add_row(mark, r.url, expected, got if r.matches else f"[bold red]{got}[/]", method)
+        url = re.sub(r":\d+/", "/", r.url, count=1)
+        if r.matches:
+            table.add_row("[green]✓[/]", url, got, f"[dim]{method}[/]")
+        else:
+            table.add_row("[bold red]✗[/]", url, f"[bold red]{got}[/] ≠ {expected}", f"[dim]{method}[/]")
     console.print(table)
     total = len(result.rows)
     style = "bold green" if result.matched == total else "bold red"
@@ -234,11 +254,16 @@ def render(result: DemoResult, console: Console) -> None:
     for r in result.rows:
         if not r.matches:
             console.print(f"[red]mismatch[/] {r.url}: {r.description}")
-    console.print(f"probe dataset:   {result.probe_dataset}")
-    console.print(f"control dataset: {result.control_dataset}")
-    console.print(f"verdicts:        {result.verdicts}")
-    console.print(f"report:          {result.report or '(not written)'}")
-    console.print(f"ground truth:    {result.ground_truth}")
+    paths = [
+        ("probe dataset", result.probe_dataset),
+        ("control dataset", result.control_dataset),
+        ("verdicts", result.verdicts),
+        ("DuckDB database", result.database),
+        ("report", result.report or "(not written)"),
+        ("ground truth", result.ground_truth),
+    ]
+    for label, path in paths:  # never wrapped: these lines get copied and pasted
+        console.print(f"{label + ':':17}{path}", soft_wrap=True, highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     console.print(f"done in {result.wall_s:.1f} s")

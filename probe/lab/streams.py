@@ -4,26 +4,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class _TrackedProtocol(asyncio.StreamReaderProtocol):
-    def __init__(self, reader: asyncio.StreamReader, handler: Handler, open_: set[asyncio.BaseTransport]):
+    def __init__(self, reader: asyncio.StreamReader, handler: Handler, server: TrackedServer):
         super().__init__(reader, handler)
-        self._open = open_
+        self._owner = server
         self._tracked: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tracked = transport
-        self._open.add(transport)
+        self._owner.connections.add(transport)
         super().connection_made(transport)
+        if self._owner.stopping:
+            # Accepted just before the server closed: cut it too, or its handler would wait.
+            transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._tracked is not None:
-            self._open.discard(self._tracked)
+            self._owner.connections.discard(self._tracked)
         super().connection_lost(exc)
 
 
@@ -35,18 +41,20 @@ class TrackedServer:
         self._sock = sock
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[asyncio.BaseTransport] = set()
+        self.stopping = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
 
         def factory() -> asyncio.Protocol:
-            return _TrackedProtocol(asyncio.StreamReader(), self._handler, self.connections)
+            return _TrackedProtocol(asyncio.StreamReader(), self._handler, self)
 
         self._server = await loop.create_server(factory, sock=self._sock, backlog=64)
 
     async def stop(self) -> None:
         if self._server is None:
             return
+        self.stopping = True
         self._server.close()
         for transport in list(self.connections):
             transport.abort()  # handlers waiting on these connections now see EOF or an error
@@ -64,5 +72,6 @@ async def drain_tasks(timeout: float = 5.0) -> None:
     if pending:
         _, still = await asyncio.wait(pending, timeout=timeout)
         for task in still:
+            log.warning("lab task still running at stop, cancelled: %r", task)
             task.cancel()
         await asyncio.gather(*still, return_exceptions=True)
