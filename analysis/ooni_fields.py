@@ -157,6 +157,11 @@ def parse_time(value: Any) -> dt.datetime | None:
         except (OverflowError, OSError, ValueError):
             return None
     text = str(value).strip().replace("T", " ").rstrip("Z")
+    try:  # the usual "2016-10-25 13:49:24", fast
+        when = dt.datetime.fromisoformat(text)
+        return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    except ValueError:
+        pass
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"):
         try:
             return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc)

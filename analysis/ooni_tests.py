@@ -7,6 +7,7 @@ get ``vpn`` observations; every other test keeps its generic DNS/TCP/TLS/HTTP ob
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -472,14 +473,12 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
         if missing is not None:
             probe.http.append(missing)
         if _has_control(tk.get("control")):
-            control = base_record(doc, str(uuid.uuid5(ID_NAMESPACE, probe.measurement_id + ":control")))
-            control.role = "control"
-            control.control_for = probe.measurement_id
-            control.origin_uid = probe.origin_uid
-            control.runtime_s = None
-            control.platform = None
-            control.software_version = "ooni-test-helper"
-            control.probe_asn = control.probe_network = control.resolver_asn = None
+            # Same input, run and time as the probe row; nothing of the probe's network.
+            control = dataclasses.replace(
+                probe, measurement_id=str(uuid.uuid5(ID_NAMESPACE, probe.measurement_id + ":control")),
+                role="control", control_for=probe.measurement_id, runtime_s=None, platform=None,
+                software_version="ooni-test-helper", probe_asn=None, probe_network=None, resolver_asn=None,
+            )
             _apply(control, control_observations(tk["control"], probe.input))
             return Converted([probe, control], test_name)
         return Converted([probe], test_name, null_control=True)
