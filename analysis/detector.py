@@ -43,6 +43,9 @@ class DetectorConfig:
     min_baseline_days: int = 3  # volume baselines need this many same-hour values
     min_volume_baseline: float = 5.0  # below this a volume drop says nothing
     min_rate_baseline: float = 0.2  # a signal that rarely succeeds anyway cannot drop
+    # Critical hours are kept out of the baselines for up to this long: a long shutdown stays
+    # an outage to its end; a permanent change becomes the new normal after two weeks.
+    hold_out_h: int = 14 * 24
     # A rate hour is judged on the upper end of its Wilson interval, so that 2 of 3 anchors
     # answering is not a 33 % drop: few samples need a clearer fall to alert.
     z: float = 1.64
@@ -60,28 +63,23 @@ class DetectorConfig:
 
 
 def baselined_signals(con: duckdb.DuckDBPyConnection, signals: pa.Table, cfg: DetectorConfig) -> pa.Table:
-    """Rates, baselines, ratios and the alert level of every (cc, asn, hour)."""
+    """Rates, baselines, ratios and the alert level of every (cc, asn, hour).
+
+    Rates come from SQL; baselines and levels are computed hour by hour (vectorized over
+    networks) because a baseline must not learn from the outage it is measuring: critical hours
+    are held out of every baseline for up to ``hold_out_h`` hours, so a week-long shutdown stays
+    critical to its end instead of becoming the new normal after three and a half days.
+    """
     con.register("_vantage_signal_counts", signals)
     rates = []
     for name, (num, den) in RATE_SIGNALS.items():
         value = f"{num}::DOUBLE / {den}" if num.endswith("_ok") else f"1 - {num}::DOUBLE / {den}"
         rates.append(f"CASE WHEN {den} > 0 THEN {value} END AS {name}")
-    days = cfg.baseline_days
-    # Hours are dense per network (signals.network_hour_signals fills gaps with zero volume), so
-    # ROWS frames are exact and much faster than RANGE frames over timestamps.
-    same_hour = f"PARTITION BY cc, asn, hour(hour) ORDER BY hour ROWS BETWEEN {days} PRECEDING AND 1 PRECEDING"
-    windows = [f"median(volume) OVER ({same_hour}) AS volume_base", f"count(volume) OVER ({same_hour}) AS volume_base_n"]
-    for name in RATE_SIGNALS:
-        frame = f"PARTITION BY cc, asn ORDER BY hour ROWS BETWEEN {24 * days} PRECEDING AND 1 PRECEDING"
-        windows.append(f"median({name}) OVER ({frame}) AS {name}_base")
-        windows.append(f"count({name}) OVER ({frame}) AS {name}_base_n")
     try:
-        table = con.sql(f"""
-            WITH r AS (SELECT *, {', '.join(rates)} FROM _vantage_signal_counts)
-            SELECT *, {', '.join(windows)} FROM r ORDER BY cc, asn, hour""").to_arrow_table()
+        table = con.sql(f"SELECT *, {', '.join(rates)} FROM _vantage_signal_counts ORDER BY cc, asn, hour").to_arrow_table()
     finally:
         con.unregister("_vantage_signal_counts")
-    return _add_levels(table, cfg)
+    return _levels(table, cfg)
 
 
 def _wilson_upper(k: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
@@ -97,40 +95,119 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(float)
 
 
-def _add_levels(table: pa.Table, cfg: DetectorConfig) -> pa.Table:
+def _median_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median of the non-NaN values of each row, and how many there were (NaN sorts last)."""
+    srt = np.sort(buf, axis=1)
+    n = (~np.isnan(buf)).sum(axis=1)
+    lo = np.maximum(n - 1, 0) // 2
+    hi = np.maximum(n, 1) // 2
+    rows = np.arange(buf.shape[0])
+    med = (srt[rows, lo] + srt[rows, np.minimum(hi, buf.shape[1] - 1)]) / 2
+    med = np.where(n % 2 == 1, srt[rows, lo], med)
+    return np.where(n > 0, med, np.nan), n
+
+
+def _levels(table: pa.Table, cfg: DetectorConfig) -> pa.Table:
     n_rows = table.num_rows
-    levels: dict[str, np.ndarray] = {}
-    ratios: dict[str, np.ndarray] = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vol, base = _col(table, "volume"), _col(table, "volume_base")
-        ok = (_col(table, "volume_base_n") >= cfg.min_baseline_days) & (base >= cfg.min_volume_baseline)
-        ratios["volume"] = np.where(ok, vol / base, np.nan)
-        judged = {"volume": ratios["volume"]}
-        for name, (num, den) in RATE_SIGNALS.items():
-            n = _col(table, den)
-            k = _col(table, num) if num.endswith("_ok") else n - _col(table, num)
-            base = _col(table, f"{name}_base")
-            ok = (_col(table, f"{name}_base_n") >= cfg.min_baseline_hours) & (base >= cfg.min_rate_baseline) & (n > 0)
-            ratios[name] = np.where(ok, (k / n) / base, np.nan)
-            judged[name] = np.where(ok, _wilson_upper(k, n, cfg.z) / base, np.nan)
-    for name, r in judged.items():
-        lv = np.zeros(n_rows, dtype=np.int8)
-        lv[r < cfg.warning] = 1
-        lv[r < cfg.critical] = 2
-        levels[name] = lv
-    rate_level = np.zeros(n_rows, dtype=np.int8)
-    for name in cfg.alert_signals:
-        if name != "volume":
-            rate_level = np.maximum(rate_level, levels[name])
-    level = rate_level.copy()
-    if "volume" in cfg.alert_signals:
-        vol_level = levels["volume"]
-        alone = LEVELS.index(cfg.volume_alone)
-        level = np.where(rate_level > 0, np.maximum(rate_level, vol_level), np.where(vol_level >= alone, vol_level, 0))
+    if n_rows == 0:
+        for name in SIGNALS:
+            for suffix, typ in (("_base", pa.float64()), ("_base_n", pa.int64()), ("_ratio", pa.float64()),
+                                ("_level", pa.int8())):
+                table = table.append_column(f"{name}{suffix}", pa.array([], typ))
+        return table.append_column("level", pa.array([], pa.int8()))
+    # rows are sorted by (cc, asn, hour) and dense in hours: lay them out as a network x hour grid
+    keys = np.asarray([f"{c}\x00{a}" for c, a in zip(table.column("cc").to_pylist(), table.column("asn").to_pylist(),
+                                                      strict=True)], dtype=object)
+    _, net = np.unique(keys, return_inverse=True)
+    hour = table.column("hour").to_numpy().astype("datetime64[h]")
+    h0 = hour.min()
+    t_idx = (hour - h0).astype(np.int64)
+    n_net, n_h = int(net.max()) + 1, int(t_idx.max()) + 1
+    grid = np.full((n_net, n_h), -1, dtype=np.int64)
+    grid[net, t_idx] = np.arange(n_rows)
+    hod0 = int((h0 - h0.astype("datetime64[D]")).astype(np.int64))
+
+    def on_grid(values: np.ndarray) -> np.ndarray:
+        g = np.full((n_net, n_h), np.nan)
+        g[net, t_idx] = values
+        return g
+
+    vol = on_grid(_col(table, "volume"))
+    rate_k, rate_n = {}, {}
+    for name, (num, den) in RATE_SIGNALS.items():
+        n = _col(table, den)
+        k = _col(table, num) if num.endswith("_ok") else n - _col(table, num)
+        rate_k[name], rate_n[name] = on_grid(k), on_grid(n)
+    days, window = cfg.baseline_days, 24 * cfg.baseline_days
+    out = {f"{s}_{x}": np.full((n_net, n_h), np.nan) for s in SIGNALS for x in ("base", "base_n", "ratio", "level")}
+    level_out = np.zeros((n_net, n_h), dtype=np.int8)
+    vbuf = np.full((n_net, 24, days), np.nan)
+    vptr = np.zeros((n_net, 24), dtype=np.int64)
+    rbuf = {s: np.full((n_net, window), np.nan) for s in RATE_SIGNALS}
+    rptr = {s: np.zeros(n_net, dtype=np.int64) for s in RATE_SIGNALS}
+    streak = np.zeros(n_net, dtype=np.int64)
+    nets = np.arange(n_net)
+    alone = LEVELS.index(cfg.volume_alone)
+    for t in range(n_h):
+        hod = (hod0 + t) % 24
+        levels: dict[str, np.ndarray] = {}
+        base, base_n = _median_rows(vbuf[:, hod, :])
+        v = vol[:, t]
+        ok = (base_n >= cfg.min_baseline_days) & (base >= cfg.min_volume_baseline) & ~np.isnan(v)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(ok, v / base, np.nan)
+        out["volume_base"][:, t], out["volume_base_n"][:, t], out["volume_ratio"][:, t] = base, base_n, ratio
+        levels["volume"] = _grade(ratio, cfg)
+        values = {}
+        for name in RATE_SIGNALS:
+            k, n = rate_k[name][:, t], rate_n[name][:, t]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values[name] = np.where(n > 0, k / n, np.nan)
+            base, base_n = _median_rows(rbuf[name])
+            ok = (base_n >= cfg.min_baseline_hours) & (base >= cfg.min_rate_baseline) & (n > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[f"{name}_ratio"][:, t] = np.where(ok, values[name] / base, np.nan)
+                judged = np.where(ok, _wilson_upper(k, n, cfg.z) / base, np.nan)
+            out[f"{name}_base"][:, t], out[f"{name}_base_n"][:, t] = base, base_n
+            levels[name] = _grade(judged, cfg)
+        rate_level = np.zeros(n_net, dtype=np.int8)
+        for name in cfg.alert_signals:
+            if name != "volume":
+                rate_level = np.maximum(rate_level, levels[name])
+        level = rate_level
+        if "volume" in cfg.alert_signals:
+            vl = levels["volume"]
+            level = np.where(rate_level > 0, np.maximum(rate_level, vl), np.where(vl >= alone, vl, 0)).astype(np.int8)
+        level_out[:, t] = level
+        for name, lv in levels.items():
+            out[f"{name}_level"][:, t] = lv
+        # learn from this hour unless it is critical (held out for at most hold_out_h in a row)
+        streak = np.where(level >= 2, streak + 1, 0)
+        learn = ~((level >= 2) & (streak <= cfg.hold_out_h))
+        sel = learn & ~np.isnan(v)
+        vbuf[nets[sel], hod, vptr[sel, hod] % days] = v[sel]
+        vptr[sel, hod] += 1
+        for name in RATE_SIGNALS:
+            sel = learn & ~np.isnan(values[name])
+            rbuf[name][nets[sel], rptr[name][sel] % window] = values[name][sel]
+            rptr[name][sel] += 1
+    rows_net, rows_t = net, t_idx
     for name in SIGNALS:
-        table = table.append_column(f"{name}_ratio", pa.array(ratios[name], pa.float64(), from_pandas=True))
-        table = table.append_column(f"{name}_level", pa.array(levels[name]))
-    return table.append_column("level", pa.array(level.astype(np.int8)))
+        table = table.append_column(f"{name}_base", pa.array(out[f"{name}_base"][rows_net, rows_t], pa.float64(),
+                                                             from_pandas=True))
+        table = table.append_column(f"{name}_base_n", pa.array(out[f"{name}_base_n"][rows_net, rows_t].astype(np.int64)))
+        table = table.append_column(f"{name}_ratio", pa.array(out[f"{name}_ratio"][rows_net, rows_t], pa.float64(),
+                                                              from_pandas=True))
+        table = table.append_column(f"{name}_level", pa.array(out[f"{name}_level"][rows_net, rows_t].astype(np.int8)))
+    return table.append_column("level", pa.array(level_out[rows_net, rows_t]))
+
+
+def _grade(ratio: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    lv = np.zeros(len(ratio), dtype=np.int8)
+    with np.errstate(invalid="ignore"):
+        lv[ratio < cfg.warning] = 1
+        lv[ratio < cfg.critical] = 2
+    return lv
 
 
 @dataclass

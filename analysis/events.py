@@ -170,7 +170,7 @@ class Classifier:
         if not self._rate_evidence(sl) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
             # one mildly low hour of a rate, or a missed run or two: noise, not an event
             return None
-        evidence: dict[str, Any] = {"signals": self._signal_evidence(sl)}
+        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "signals": self._signal_evidence(sl)}
         severity = LEVELS[run.level]
         base = Event("unclassified", severity, start, end, [run.cc], [run.asn], evidence=evidence)
         vol = self._np["volume"][sl]
@@ -295,6 +295,20 @@ class Classifier:
                          + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
                          + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
         return ev
+
+
+def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]:
+    """When each network of a (merged) network event started and ended: a national event's
+    networks need not go dark in the same hour."""
+    per = e.evidence.get("per_network")
+    if not per:
+        return {n: (e.start, e.end) for n in e.networks}
+    out = {}
+    for key, ev in per.items():
+        span = ev.get("span")
+        for n in key.split(","):
+            out[n] = (dt.datetime.fromisoformat(span[0]), dt.datetime.fromisoformat(span[1])) if span else (e.start, e.end)
+    return out
 
 
 def _num(x: Any) -> float | None:

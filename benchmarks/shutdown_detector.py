@@ -21,6 +21,7 @@ import duckdb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import scenario as sc  # noqa: E402
+from analysis.events import network_spans  # noqa: E402
 from analysis.shutdown import detect, detect_from_signals  # noqa: E402
 
 HOUR = dt.timedelta(hours=1)
@@ -49,8 +50,9 @@ def main() -> None:
     t_detect = time.perf_counter() - t0
     found = 0
     for p in sig.events:
-        if any(e.kind == "shutdown" and p.asns[0] in e.networks and abs(e.start - p.start) <= HOUR
-               and e.end is not None and p.end is not None and abs(e.end - p.end) <= HOUR for e in detection.events):
+        spans = [network_spans(e).get(p.asns[0]) for e in detection.events if e.kind == "shutdown"]
+        if any(sp and abs(sp[0] - p.start) <= HOUR and sp[1] is not None and p.end is not None
+               and abs(sp[1] - p.end) <= HOUR for sp in spans):
             found += 1
     others = [e for e in detection.events if not any(p.asns[0] in e.networks and e.overlaps(p.start, p.end)
                                                      for p in sig.events)]

@@ -160,3 +160,17 @@ def test_cusum_dates_start_and_end_of_a_block() -> None:
     assert (changes["new"].start_h, changes["new"].end_h) == (150, 300)
     assert changes["ongoing"].start_h == 250 and changes["ongoing"].end_h is None
     assert changes["new"].failed == changes["new"].n == 450
+
+
+def test_a_long_shutdown_does_not_become_the_baseline() -> None:
+    # Five dark days: a plain 168-hour median would call the outage normal after 3.5 days.
+    n = 15 * 24
+    anchors = np.ones(n)
+    anchors[8 * 24 : 13 * 24] = 0.0
+    con = duckdb.connect()
+    out = baselined_signals(con, _counts(np.full(n, 30.0), anchors), DetectorConfig())
+    assert [(r.start_idx, r.end_idx) for r in alert_runs(out)] == [(8 * 24, 13 * 24)]
+    # ... but a permanent change is learned once the hold-out is over
+    short = baselined_signals(con, _counts(np.full(n, 30.0), anchors), DetectorConfig(hold_out_h=24))
+    assert alert_runs(short)[0].end_idx < 13 * 24
+    con.close()
