@@ -115,7 +115,8 @@ SELECT b.probe_cc, coalesce(b.probe_asn, '?') AS probe_asn, b.input, ms.methods,
        epoch_us(b.first_blocked) AS first_blocked_us, epoch_us(b.last_blocked) AS last_blocked_us,
        epoch_us(t.first_measured) AS first_measured_us, t.last_status
 FROM blk b JOIN tot t USING (probe_cc, probe_asn, input) JOIN ms USING (probe_cc, probe_asn, input)
-WHERE b.confirmed > 0 OR (b.blocked >= {min_blocked} AND b.blocked >= {min_share} * t.n)
+-- confirmed, or blocked often enough not to be noise, or blocked in most of few measurements
+WHERE b.confirmed > 0 OR (b.blocked >= {min_blocked} AND b.blocked >= {min_share} * t.n) OR b.blocked * 2 > t.n
 ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
 """
 
@@ -148,7 +149,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
         if change is not None:
             r["since"] = f"{change.start:%Y-%m-%d %H:%M} UTC (change detected)"
         elif first_measured and r["first_blocked"] and r["first_blocked"] - first_measured < dt.timedelta(hours=24):
-            r["since"] = f"before {first_measured:%Y-%m-%d} (blocked from the first measurements)"
+            r["since"] = f"at least {first_measured:%Y-%m-%d %H:%M} UTC (blocked from the first measurements)"
         else:
             r["since"] = f"{r['first_blocked']:%Y-%m-%d %H:%M} UTC (first blocked measurement)"
         r["still_blocked"] = r["last_status"] == "blocked"
