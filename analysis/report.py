@@ -115,8 +115,8 @@ SELECT b.probe_cc, coalesce(b.probe_asn, '?') AS probe_asn, b.input, ms.methods,
        epoch_us(b.first_blocked) AS first_blocked_us, epoch_us(b.last_blocked) AS last_blocked_us,
        epoch_us(t.first_measured) AS first_measured_us, t.last_status
 FROM blk b JOIN tot t USING (probe_cc, probe_asn, input) JOIN ms USING (probe_cc, probe_asn, input)
--- confirmed, or blocked often enough not to be noise, or blocked in most of few measurements
-WHERE b.confirmed > 0 OR (b.blocked >= {min_blocked} AND b.blocked >= {min_share} * t.n) OR b.blocked * 2 > t.n
+-- candidates; build_report_data keeps those blocked often enough not to be noise
+WHERE b.confirmed > 0 OR b.blocked >= {min_blocked} OR b.blocked * 2 > t.n
 ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
 """
 
@@ -138,16 +138,23 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
              for e in detection.events if e.kind in ("shutdown", "probe_fault") for r in e.regions for n in e.networks]
     con.register("report_quiet", pa.Table.from_pylist(quiet, schema=pa.schema(
         [("cc", pa.string()), ("asn", pa.string()), ("start_h", pa.timestamp("us")), ("end_h", pa.timestamp("us"))])))
-    sql = _BLOCKED_SQL.format(min_blocked=int(min_blocked), min_share=float(min_blocked_share))
-    rows = con.sql(sql).to_arrow_table().to_pylist()
+    rows = con.sql(_BLOCKED_SQL.format(min_blocked=int(min_blocked))).to_arrow_table().to_pylist()
     blocking_events = [e for e in detection.events if e.kind == "service_blocking"]
+
+    def change_for(r: dict[str, Any]) -> Event | None:
+        return next((e for e in blocking_events if r["input"] in e.inputs and r["probe_asn"] in e.networks
+                     and r["probe_cc"] in e.regions), None)
+
+    # a block that came and went is reported even when short next to the whole period
+    rows = [r for r in rows if r["confirmed"] or r["blocked"] * 2 > r["n"] or r["blocked"] >= min_blocked_share * r["n"]
+            or change_for(r) is not None]
     for r in rows:
         r["first_blocked"], r["last_blocked"] = _ts(r.pop("first_blocked_us")), _ts(r.pop("last_blocked_us"))
         first_measured = _ts(r.pop("first_measured_us"))
-        change = next((e for e in blocking_events if r["input"] in e.inputs and r["probe_asn"] in e.networks
-                       and r["probe_cc"] in e.regions), None)
+        change = change_for(r)
         if change is not None:
-            r["since"] = f"{change.start:%Y-%m-%d %H:%M} UTC (change detected)"
+            r["since"] = f"{change.start:%Y-%m-%d %H:%M} UTC (change detected)" + (
+                f", until {change.end:%Y-%m-%d %H:%M} UTC" if change.end else "")
         elif first_measured and r["first_blocked"] and r["first_blocked"] - first_measured < dt.timedelta(hours=24):
             r["since"] = f"at least {first_measured:%Y-%m-%d %H:%M} UTC (blocked from the first measurements)"
         else:
@@ -200,7 +207,7 @@ h1{margin-bottom:0}.meta{color:#666;font-size:.9em}table{border-collapse:collaps
 th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}th{background:#f4f4f4}
 .kind-shutdown{color:#b03a2e;font-weight:600}.kind-service_blocking{color:#b9770e;font-weight:600}
 .kind-site_outage{color:#566573}.kind-probe_fault{color:#7d3c98}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
-figcaption{color:#555;font-size:.85em}.stats td{border:none;padding:.1em 1em .1em 0}code{font-size:.9em}
+figcaption{color:#555;font-size:.85em}.wide{overflow-x:auto}.stats td{border:none;padding:.1em 1em .1em 0}code{font-size:.9em}
 """
 
 
@@ -280,14 +287,14 @@ def _figure(png: bytes, caption: str) -> str:
 
 def _html_table(head: list[str], rows: list[list[str]], kind_col: int | None = None) -> str:
     e = html.escape
-    out = ["<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    out = ["<div class='wide'><table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for row in rows:
         cells = []
         for i, c in enumerate(row):
             cls = f" class='kind-{e(c)}'" if i == kind_col else ""
             cells.append(f"<td{cls}>{e(c)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
