@@ -46,6 +46,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         sc.PlantedEvent("shutdown", _at(8, 9), _at(8, 15), "IR", ("AS1001", "AS1002"), label="national"),
         sc.PlantedEvent("service_blocking", _at(9, 6), None, "IR", ("AS1001", "AS1002"), (SOCIAL,),
                         "tls.connection_reset", label="new SNI block"),
+        sc.PlantedEvent("service_blocking", _at(9, 20), _at(10, 8), "IR", ("AS1002",), ("https://news-a.example/",),
+                        "dns.dns_nxdomain", label="a block lifted after 12 hours"),
     ]
     root = tmp_path_factory.mktemp("report") / "dataset"
     scn = sc.Scenario(start=START, days=11, networks=nets, events=events, seed=5)
@@ -84,6 +86,9 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     assert "social-a.example" in block[1] and TLS_RESET.search(block[1])
     assert f"{_at(9, 6):%Y-%m-%d %H:%M} UTC (change detected)" in block[1]
     assert re.search(r"at least 2026-10-01 00:\d\d UTC \(blocked from the first measurements\)", block[1])  # steady
+    lifted = re.search(r"<h4>AS1002</h4>(.*?)</table>", text, re.S)
+    assert lifted is not None and "news-a.example" in lifted[1]
+    assert f"{_at(9, 20):%Y-%m-%d %H:%M} UTC (change detected), until {_at(10, 8):%Y-%m-%d %H:%M} UTC" in lifted[1]
     # measurements inside the shutdown are not counted as blocking of other targets
     assert "search-a.example" not in block[1]
 
