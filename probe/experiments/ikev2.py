@@ -17,7 +17,7 @@ from probe.experiments.tunnels.ikev2_wire import (
     build_sa_init,
     check_reply,
 )
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, udp_exchange
+from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
 
 RETRANSMIT_S = 2.0
 
@@ -48,13 +48,19 @@ class Ikev2(Experiment):
 
     async def run(self, target: Target, settings: Settings) -> list[Observation]:
         ep = parse_ikev2(target.input)
+        await preload("scapy.contrib.ikev2")
         clock = current_clock()
         log = PacketLog(clock)
         t0 = clock.now()
         group, cookie = GROUP_CURVE25519, None
+        previous: Request | None = None
         outcome = None
-        for _round in range(3):  # first try, then at most one group change and one cookie
-            request = build_sa_init(group, cookie=cookie)
+        for _round in range(4):  # first try, then at most one group change and a cookie for each
+            if cookie is not None and previous is not None and previous.group == group:
+                request = build_sa_init(group, cookie=cookie, spi=previous.spi, ke=previous.ke, nonce=previous.nonce)
+            else:
+                request = build_sa_init(group, cookie=cookie)
+            previous = request
             replies: list[Reply] = []
 
             def validate(data: bytes, request: Request = request, replies: list[Reply] = replies) -> Verdict:
@@ -76,7 +82,7 @@ class Ikev2(Experiment):
                 return [handshake_record(ep, clock, t0, log, ok=True, failure=None, detail=reply.summary)]
             if reply.retry_group is not None and reply.retry_group in SUPPORTED_GROUPS and reply.retry_group != group:
                 group = reply.retry_group
-            elif reply.cookie is not None and cookie is None:
+            elif reply.cookie is not None and reply.cookie != cookie:
                 cookie = reply.cookie
             else:
                 return [handshake_record(ep, clock, t0, log, ok=False, failure="vpn_handshake_failure",

@@ -97,7 +97,7 @@ class OpenVpn(Experiment):
                                      failure=outcome.failure, detail=outcome.detail)]
 
         connect, reader, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                                 tag="openvpn")
+                                                 tag="openvpn", log=log)
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]
@@ -121,7 +121,7 @@ class OpenVpn(Experiment):
                 return Outcome(failure="vpn_handshake_failure", detail=what)
 
             outcome = await guarded(converse(), settings.timeouts.tls)
-            if outcome.failure == "eof" and not log.packets[1:]:
+            if outcome.failure == "eof" and not log.packets[3:]:
                 outcome.detail = outcome.detail or "the server closed the connection without answering"
         finally:
             await close_writer(writer)

@@ -132,7 +132,7 @@ class Tor(Experiment):
         log = PacketLog(clock)
         t0 = clock.now()
         connect, reader, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                                 tag="tor")
+                                                 tag="tor", log=log)
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]
@@ -150,10 +150,11 @@ class Tor(Experiment):
     async def _tcp_only(self, ep: Endpoint, settings: Settings) -> list[Observation]:
         clock = current_clock()
         t0 = clock.now()
+        log = PacketLog(clock)
         connect, _, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                            tag="obfs4")
+                                            tag="obfs4", log=log)
         await close_writer(writer)
-        rec = handshake_record(ep, clock, t0, PacketLog(clock), ok=False, failure=connect.failure,
+        rec = handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                detail="obfs4proxy is not installed: TCP reachability only", tag="tcp_only")
         rec.failure = connect.failure  # TCP worked: no failure, but no handshake either
         return [connect, rec]
@@ -166,7 +167,7 @@ class Tor(Experiment):
         # obfs4proxy reports every dial error as "general failure": a direct TCP connect first
         # says whether the bridge's port is reachable at all (refused, reset, silent).
         connect, _, probe_writer = await tcp_open(ep.ip, ep.port, clock=clock,
-                                                  timeout=settings.timeouts.connect, tag="obfs4")
+                                                  timeout=settings.timeouts.connect, tag="obfs4", log=log)
         await close_writer(probe_writer)
         if connect.failure is not None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, udp_exchange
+from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
 from probe.experiments.tunnels.wireguard_wire import WireError, build_initiation, check_reply
 
-# wireguard-go retries after 5 s (REKEY_TIMEOUT); a quicker retry only burns an initiation.
-RETRANSMIT_S = 2.0
+# wireguard-go retries after 5 s (REKEY_TIMEOUT) plus jitter; servers accept at most one
+# initiation per peer every 20 ms and only with a newer timestamp, so a retry helps when
+# several clients share a key.
+RETRANSMIT_S = 1.5
 
 
 def parse_wireguard(url: str) -> tuple[Endpoint, bytes, bytes, bytes | None]:
@@ -46,6 +48,7 @@ class WireGuard(Experiment):
 
     async def run(self, target: Target, settings: Settings) -> list[Observation]:
         ep, server_public, client_private, psk = parse_wireguard(target.input)
+        await preload("scapy.contrib.wireguard")
         clock = current_clock()
         log = PacketLog(clock)
         inits = []

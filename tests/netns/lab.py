@@ -91,18 +91,7 @@ class NetnsLab:
         return path
 
     def env(self) -> dict[str, str]:
-        # The probe keeps state under the user's data directories: keep it inside the lab.
-        home = self.workdir / "home"
-        home.mkdir(exist_ok=True)
-        return {
-            "PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": str(home),
-            "XDG_DATA_HOME": str(home / "data"),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "LANG": "C.UTF-8",
-            "NO_COLOR": "1",
-        }
+        return lab_env(self.workdir)
 
     def vantage(self, role: str | None, args: list[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run the `vantage` command, inside a namespace when ``role`` is given, else on the host."""
@@ -131,22 +120,7 @@ class NetnsLab:
 
     def analyze(self, datasets: list[Path], output: Path, step: Callable[[str], None] = lambda _m: None,
                 ) -> list[dict[str, Any]]:
-        """`vantage analyze --public-net 10.77.0.0/16` with the lab's blockpage fingerprints
-        (the library's analyze() when this build has no such command yet)."""
-        import pyarrow.parquet as pq
-
-        options = cli_options("analyze")
-        if options is None:
-            from analysis.verdicts import analyze
-
-            step("`vantage analyze` is not registered in this build: calling analysis.verdicts.analyze()")
-            analyze(datasets, output, public_nets=[LAB_NET], fingerprint_files=[FINGERPRINTS])
-        else:
-            args = ["analyze", *map(str, datasets), "--output", str(output), "--public-net", LAB_NET]
-            if "--fingerprints" in options:
-                args += ["--fingerprints", str(FINGERPRINTS)]
-            self.vantage(None, args)
-        return pq.read_table(output).to_pylist()
+        return analyze_datasets(datasets, output, step)
 
     def run(self, step: Callable[[str], None] = lambda _m: None) -> LabRun:
         """Probe run, control run, analysis, score."""
@@ -165,6 +139,45 @@ class NetnsLab:
         seconds["analyze"] = time.monotonic() - t
         probe_rows = [v for v in verdicts if v.get("role", "probe") == "probe"]
         return LabRun(probe_ds, control_ds, verdicts_path, probe_rows, score(self.truths(), probe_rows), seconds)
+
+
+def lab_env(workdir: Path) -> dict[str, str]:
+    """The environment of `vantage` in the lab: the probe keeps state under the user's data
+    directories, so they live inside the lab's work directory."""
+    home = workdir / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+    }
+
+
+def analyze_datasets(datasets: list[Path], output: Path, step: Callable[[str], None] = lambda _m: None,
+                     ) -> list[dict[str, Any]]:
+    """`vantage analyze --public-net 10.77.0.0/16` with the lab's blockpage fingerprints
+    (the library's analyze() when this build has no such command yet)."""
+    import pyarrow.parquet as pq
+
+    options = cli_options("analyze")
+    if options is None:
+        from analysis.verdicts import analyze
+
+        step("`vantage analyze` is not registered in this build: calling analysis.verdicts.analyze()")
+        analyze(datasets, output, public_nets=[LAB_NET], fingerprint_files=[FINGERPRINTS])
+    else:
+        args = [str(VENV_BIN / "vantage"), "analyze", *map(str, datasets), "--output", str(output),
+                "--public-net", LAB_NET]
+        if "--fingerprints" in options:
+            args += ["--fingerprints", str(FINGERPRINTS)]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=lab_env(output.parent))
+        if out.returncode != 0:
+            raise LabError(f"vantage analyze failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return pq.read_table(output).to_pylist()
 
 
 def cli_options(command: str) -> set[str] | None:

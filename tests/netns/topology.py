@@ -18,7 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +117,7 @@ class Topology:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"{self.prefix}-lab-"))
         self.keep_workdir = keep_workdir
         self.processes: dict[str, LabProcess] = {}
+        self.cleanups: list[Callable[[], None]] = []  # run at close, after the processes stop
         self._created: list[str] = []
         self._closed = False
 
@@ -192,6 +193,10 @@ class Topology:
         for proc in reversed(list(self.processes.values())):
             _terminate(proc.popen)
         self.processes.clear()
+        for cleanup in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+        self.cleanups.clear()
         for name in reversed(self._created):
             # Anything still inside a lab namespace was started by the lab (a daemonized child).
             out = subprocess.run([IP, "netns", "pids", name], capture_output=True, text=True)

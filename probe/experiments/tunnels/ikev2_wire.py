@@ -50,9 +50,14 @@ class Request:
     message: bytes
     spi: bytes
     group: int
+    ke: bytes
+    nonce: bytes
 
 
-def build_sa_init(group: int = GROUP_CURVE25519, *, spi: bytes | None = None, cookie: bytes | None = None) -> Request:
+def build_sa_init(group: int = GROUP_CURVE25519, *, spi: bytes | None = None, cookie: bytes | None = None,
+                  ke: bytes | None = None, nonce: bytes | None = None) -> Request:
+    """An IKE_SA_INIT request. Answering a COOKIE, pass the first request's SPI, KE and nonce:
+    the responder computes the cookie over them (RFC 7296 section 2.6)."""
     from scapy.contrib.ikev2 import (  # slow import: only when used
         IKEv2,
         IKEv2_KE,
@@ -64,6 +69,8 @@ def build_sa_init(group: int = GROUP_CURVE25519, *, spi: bytes | None = None, co
     )
 
     spi = spi or os.urandom(8)
+    ke = ke or key_exchange(group)
+    nonce = nonce or os.urandom(32)
     # Common road-warrior proposals: AES-CBC 128/256 and AES-GCM with SHA-256/SHA-1, both groups.
     transforms = (
         IKEv2_Transform(transform_type="Encryption", transform_id="AES-CBC", length=12, key_length=128)
@@ -76,11 +83,11 @@ def build_sa_init(group: int = GROUP_CURVE25519, *, spi: bytes | None = None, co
         / IKEv2_Transform(transform_type="GroupDesc", transform_id=GROUP_MODP2048)
     )
     proposal = IKEv2_Proposal(proposal=1, proto="IKE", trans_nb=8, trans=transforms)
-    payloads = IKEv2_SA(prop=proposal) / IKEv2_KE(group=group, ke=key_exchange(group)) / IKEv2_Nonce(nonce=os.urandom(32))
+    payloads = IKEv2_SA(prop=proposal) / IKEv2_KE(group=group, ke=ke) / IKEv2_Nonce(nonce=nonce)
     if cookie is not None:
         payloads = IKEv2_Notify(type=NOTIFY_COOKIE, notify=cookie) / payloads
     pkt = IKEv2(init_SPI=spi, resp_SPI=b"\0" * 8, exch_type=IKE_SA_INIT, flags="Initiator", id=0) / payloads
-    return Request(bytes(pkt), spi, group)
+    return Request(bytes(pkt), spi, group, ke, nonce)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ async def udp_exchange(
     except (OSError, ValueError) as exc:
         return Outcome(failure=classify(exc) if isinstance(exc, OSError) else "unknown_failure:invalid_address")
     try:
+        data = payload(0)  # before the clock starts: building it may be slow (first use of scapy)
         deadline = loop.time() + timeout
         attempt = 0
         next_send = loop.time()
@@ -97,11 +99,12 @@ async def udp_exchange(
             if now >= deadline:
                 return Outcome(failure="generic_timeout")
             if now >= next_send:
-                data = payload(attempt)
+                data = data if attempt == 0 else payload(attempt)
                 transport.sendto(data)
                 log.sent(data, summary)
                 attempt += 1
-                next_send = now + retransmit
+                # Jitter, as real clients do: concurrent clients must not retry in lockstep.
+                next_send = now + retransmit * random.uniform(0.75, 1.25)
             try:
                 item = await asyncio.wait_for(proto.queue.get(), min(next_send, deadline) - loop.time())
             except asyncio.TimeoutError:
@@ -126,17 +129,38 @@ def _safe_validate(validate: Validator, data: bytes) -> Verdict:
         return "bad", f"unparseable reply ({type(exc).__name__})"
 
 
+_preloaded: dict[str, bool] = {}
+
+
+async def preload(module: str) -> None:
+    """Import a slow module (scapy's protocol layers: seconds on a Raspberry Pi) in a thread,
+    once, so the event loop keeps timing the measurements that run meanwhile."""
+    if not _preloaded.get(module):
+        import importlib
+
+        await asyncio.to_thread(importlib.import_module, module)
+        _preloaded[module] = True
+
+
 async def tcp_open(
-    ip: str, port: int, *, clock: Clock, timeout: float, tag: str | None = None
+    ip: str, port: int, *, clock: Clock, timeout: float, tag: str | None = None, log: PacketLog | None = None
 ) -> tuple[TcpConnect, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
-    """TCP connect as a TcpConnect observation, and the stream when it worked."""
+    """TCP connect as a TcpConnect observation, and the stream when it worked.
+
+    With ``log``, the TCP handshake is logged too (SYN sent, SYN-ACK received), so the record
+    shows that the server answered the first packet even when the tunnel handshake then stalls.
+    """
     t0 = clock.now()
+    if log is not None:
+        log.sent(b"", "TCP SYN")
     try:
         sock = await open_socket(ip, port, timeout)
     except ValueError:
         return TcpConnect(t0, clock.now(), "unknown_failure:invalid_address", ip, port, tag), None, None
     except Exception as exc:
         return TcpConnect(t0, clock.now(), classify(exc), ip, port, tag), None, None
+    if log is not None:
+        log.received(b"", "TCP SYN-ACK (connected)")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader, writer = await asyncio.open_connection(sock=sock)
     return TcpConnect(t0, clock.now(), None, ip, port, tag), reader, writer
