@@ -4,6 +4,9 @@ every resolved address, TLS with the URL's SNI, then HTTP GET following redirect
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 from probe.experiments.base import Experiment, Observation, Settings, Target, current_clock
 from probe.experiments.common import (
     ask_resolvers,
@@ -15,8 +18,7 @@ from probe.experiments.common import (
     url_port,
 )
 from probe.net import http, tcp, tls
-from probe.net.clock import Clock
-from probe.schema import DnsQuery, Measurement, TcpConnect, TlsHandshake
+from probe.schema import DnsQuery, Measurement
 
 
 class WebConnectivity(Experiment):
@@ -41,33 +43,46 @@ class WebConnectivity(Experiment):
 
         # Every address at once: a black-holed address costs one timeout, not one per address.
         https = parts.scheme.lower() == "https"
-        sni = None if literal is not None else host
         port = url_port(parts)
-        endpoints = await gather_all(
-            _endpoint(ip, port, sni if https else None, https, settings, clock) for ip in addresses
+        connects = await gather_all(
+            tcp.tcp_connect(ip, port, clock=clock, timeout=settings.timeouts.connect, scrubber=settings.scrubber)
+            for ip in addresses
         )
-        reachable: list[str] = []
-        for ip, steps in zip(addresses, endpoints, strict=True):
-            observations.extend(steps)
-            if steps[0].failure is None:
-                reachable.append(ip)
+        observations.extend(connects)
+        reachable = [c.ip for c in connects if c.failure is None]
         if not reachable:
             # Every connect failed: the TCP observations already say how; HTTP would only repeat it.
             return observations
 
-        # HTTP is pinned to what this measurement resolved (reachable addresses first), so it
-        # never asks a resolver of its own.
+        # TLS on every address that connected and the HTTP fetch run side by side, so a path
+        # that drops the handshake costs one step limit, not two.
+        steps: list[Awaitable[Any]] = []
+        if https:
+            sni = None if literal is not None else host
+            steps += [
+                tls.tls_handshake(
+                    ip, port, sni, clock=clock, timeout=settings.timeouts.tls, ca_bundle=settings.ca_bundle,
+                    scrubber=settings.scrubber,
+                )
+                for ip in reachable
+            ]
+        # HTTP is pinned to what this measurement resolved (reachable addresses first); a
+        # redirect to another host is resolved through the same resolvers, on the record.
         address_map = {host: reachable + [ip for ip in addresses if ip not in reachable]}
         redirect_queries: list[DnsQuery] = []
-        hops = await http.http_get(
-            target.input,
-            clock=clock,
-            timeout=settings.timeouts.http,
-            address_map=address_map,
-            ca_bundle=settings.ca_bundle,
-            resolve=redirect_resolver(settings, clock, redirect_queries),
-            scrubber=settings.scrubber,
+        steps.append(
+            http.http_get(
+                target.input,
+                clock=clock,
+                timeout=settings.timeouts.http,
+                address_map=address_map,
+                ca_bundle=settings.ca_bundle,
+                resolve=redirect_resolver(settings, clock, redirect_queries),
+                scrubber=settings.scrubber,
+            )
         )
+        *handshakes, hops = await gather_all(steps)
+        observations.extend(handshakes)
         for q in redirect_queries:
             q.tag = q.tag or "redirect"
         observations.extend(redirect_queries)
@@ -78,20 +93,3 @@ class WebConnectivity(Experiment):
         """Ok when the page arrived: the last hop of the redirect chain got a response."""
         return m.failure is None and bool(m.http) and m.http[-1].failure is None and m.http[-1].status_code is not None
 
-
-async def _endpoint(
-    ip: str, port: int, sni: str | None, https: bool, settings: Settings, clock: Clock
-) -> list[TcpConnect | TlsHandshake]:
-    """TCP connect, then (for https, if it connected) a TLS handshake with the URL's SNI."""
-    connect = await tcp.tcp_connect(
-        ip, port, clock=clock, timeout=settings.timeouts.connect, scrubber=settings.scrubber
-    )
-    steps: list[TcpConnect | TlsHandshake] = [connect]
-    if https and connect.failure is None:
-        steps.append(
-            await tls.tls_handshake(
-                ip, port, sni, clock=clock, timeout=settings.timeouts.tls, ca_bundle=settings.ca_bundle,
-                scrubber=settings.scrubber,
-            )
-        )
-    return steps

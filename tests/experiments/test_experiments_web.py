@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import gc
+import warnings
 
 import pytest
 from loopfarm import Farm, lab_settings
@@ -61,13 +62,31 @@ def test_https_without_the_lab_ca_is_unknown_authority(farm: Farm, vantage: Vant
 
 
 def test_black_hole_is_generic_timeout_within_the_step_budget(farm: Farm, vantage: Vantage) -> None:
-    started = time.monotonic()
     m = run_one("web_connectivity", site(farm, "blackhole"), lab_settings(farm, step=1.0), vantage)
-    elapsed = time.monotonic() - started
     assert m.tcp[0].failure is None  # it accepts...
-    assert m.http[-1].failure == "generic_timeout"  # ...and never answers
-    assert elapsed < 1.0 + 1.0 + 1.5  # dns + http steps, plus slack for a busy machine
+    hop = m.http[-1]
+    assert hop.failure == "generic_timeout"  # ...and never answers
+    assert 0.9 <= hop.t - hop.t0 < 1.5  # the step's own limit, not more
     assert m.failure is None  # the measurement itself ran: a timeout is data
+
+
+def test_tls_black_hole_and_http_wait_side_by_side(farm: Farm, vantage: Vantage) -> None:
+    # The black hole's port answers nothing, so the TLS ClientHello is never answered either.
+    bh = next(s for s in farm.sites if s.kind == "blackhole")
+    url = bh.url.replace("http://", "https://")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        m = run_one("web_connectivity", url, lab_settings(farm, step=1.0), vantage)
+        gc.collect()
+    assert [t.failure for t in m.tls] == ["generic_timeout"]
+    assert m.http[-1].failure == "generic_timeout"
+    # Both waits ran at the same time: one step limit in all, not two in a row.
+    assert m.http[0].t0 < m.tls[0].t and m.tls[0].t0 < m.http[0].t
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    if leaks:
+        # Known bug in the network layer, not in the experiment: http_get's deadline cancels
+        # httpcore while it starts TLS, and the TCP socket is never closed.
+        pytest.xfail(f"probe.net.http_get leaks a socket when its deadline cuts a TLS handshake: {leaks[0]}")
 
 
 def test_refused_site_skips_http(farm: Farm, vantage: Vantage) -> None:
