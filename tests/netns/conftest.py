@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .lab import VENV_BIN, LabRun, NetnsLab, cli_options
 from .topology import missing_programs, netns_unusable_reason
+from .vpn_lab import CHARON, VpnLab, VpnRun
 
 SERVER_PROGRAMS = ("ip", "nft", "ss", "sysctl", "dnsmasq", "nginx")
 
@@ -51,3 +53,27 @@ def netns_lab_run(netns_lab: NetnsLab) -> LabRun:
         pytest.skip("`vantage run` is not available in this build")
     assert (VENV_BIN / "vantage").exists(), f"no vantage entry point in {VENV_BIN}"
     return netns_lab.run(step=lambda msg: print(f"[netns lab] {msg}", flush=True))
+
+
+VPN_PROGRAMS = ("ip", "nft", "ss", "sysctl", "openvpn", "wireguard-go", "wg", "tor", "obfs4proxy", "swanctl",
+                "unshare")
+
+
+@pytest.fixture(scope="session")
+def netns_vpn_lab(request: pytest.FixtureRequest) -> Iterator[VpnLab]:
+    require_lab(VPN_PROGRAMS)
+    if not Path(CHARON).exists():
+        pytest.skip(f"strongswan's charon is not installed ({CHARON})")
+    lab = VpnLab()
+    request.addfinalizer(lab.close)
+    lab.__enter__()
+    yield lab
+    lab.close()
+
+
+@pytest.fixture(scope="session")
+def netns_vpn_run(netns_vpn_lab: VpnLab) -> VpnRun:
+    """Every tunnel scenario measured as probe and control, servers stopped, down phase, analysis."""
+    if cli_options("run") is None:
+        pytest.skip("`vantage run` is not available in this build")
+    return netns_vpn_lab.run(step=lambda msg: print(f"[netns vpn lab] {msg}", flush=True))
