@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
-from probe.schema import Measurement, new_run_id
+from probe.schema import ROLES, Measurement, new_run_id
 from probe.store import DatasetWriter, StoreError, measured_inputs, run_files
 
 log = logging.getLogger(__name__)
@@ -401,6 +402,10 @@ async def run_targets(
     """
     if concurrency < 1 or per_host < 1:
         raise ValueError("concurrency and per_host must be at least 1")
+    if vantage.role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {vantage.role!r}")
+    if not re.fullmatch(r"[A-Z]{2}", vantage.probe_cc):
+        raise ValueError(f"probe_cc must be two upper-case letters, got {vantage.probe_cc!r}")
     experiment = registry.get(experiment_name)
     started = time.monotonic()
     output = Path(output)

@@ -46,7 +46,8 @@ class Site:
 
 
 def answer(wire: bytes, names: dict[str, str]) -> bytes | None:
-    """An honest, authoritative answer for the farm's names; NXDOMAIN for anything else."""
+    """An honest, authoritative answer for the farm's names; NXDOMAIN for anything else.
+    A name's value may hold several space-separated addresses."""
     try:
         query = dns.message.from_wire(wire)
     except Exception:
@@ -62,7 +63,8 @@ def answer(wire: bytes, names: dict[str, str]) -> bytes | None:
     if ip is None:
         reply.set_rcode(dns.rcode.NXDOMAIN)
     elif q.rdtype == dns.rdatatype.A:
-        reply.answer.append(dns.rrset.from_text(q.name, 60, dns.rdataclass.IN, dns.rdatatype.A, ip))
+        # "ip1 ip2 ...": a name with several addresses (a hostile resolver can send hundreds).
+        reply.answer.append(dns.rrset.from_text_list(q.name, 60, dns.rdataclass.IN, dns.rdatatype.A, ip.split()))
     return reply.to_wire()  # AAAA: NOERROR, no answer (the farm is IPv4 only)
 
 

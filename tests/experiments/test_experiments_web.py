@@ -249,3 +249,17 @@ def test_dns_anchor_default_query_is_root_ns_and_any_reply_means_up(farm: Farm, 
     assert (q.hostname, q.query_type, q.engine) == (".", "NS", "udp")
     # The farm is no root server (it says NXDOMAIN for "."), but it answered: reachable.
     assert q.rcode == "NXDOMAIN" and registry.get("anchors").succeeded(m)
+
+
+def test_a_flood_of_addresses_is_capped(farm: Farm, vantage: Vantage) -> None:
+    from probe.experiments.common import MAX_ADDRESSES
+
+    block = farm.resolver.split(".")[1]
+    # 60 addresses where nothing listens: a resolver trying to turn one URL into a scan.
+    farm.names["many.farm.test"] = " ".join(f"127.{block}.9.{i}" for i in range(1, 61))
+    port = site(farm, "ok").rsplit(":", 1)[1].strip("/")
+    m = run_one("web_connectivity", f"http://many.farm.test:{port}/", lab_settings(farm), vantage)
+    a = next(q for q in m.dns if q.query_type == "A")
+    assert len(a.answers) == 60  # all on record...
+    assert len(m.tcp) == MAX_ADDRESSES  # ...but only the first few contacted
+    assert {c.failure for c in m.tcp} == {"connection_refused"} and m.http == []

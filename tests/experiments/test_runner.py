@@ -197,3 +197,29 @@ def test_a_bad_run_id_is_a_store_error(vantage: Vantage, output: Path) -> None:
 
     with pytest.raises(StoreError):
         run([Target("http://x.test/")], Settings(), vantage, output, run_id="../etc")
+
+
+def test_a_runner_bug_stops_the_run_but_keeps_what_was_measured(vantage: Vantage, output: Path) -> None:
+    class Fragile(_Sleepy):
+        name = "fragile_test"
+
+        def succeeded(self, m):  # type: ignore[no-untyped-def]
+            if m.input.endswith("/2"):
+                raise RuntimeError("bug in succeeded()")
+            return True
+
+    exp = Fragile(delay=0.01)
+    registry.register(exp)
+    try:
+        with pytest.raises(RuntimeError, match="bug in succeeded"):
+            run([Target(f"http://h.test/{i}") for i in range(10)], Settings(), vantage, output,
+                experiment=exp.name, concurrency=1)
+    finally:
+        del registry.EXPERIMENTS[exp.name]
+    assert sorted(r[0] for r in rows(output)) == ["http://h.test/0", "http://h.test/1"]
+
+
+def test_a_bad_vantage_is_refused_before_anything_runs(vantage: Vantage, output: Path) -> None:
+    with pytest.raises(ValueError, match="probe_cc"):
+        run([Target("http://x.test/")], Settings(), Vantage(probe_cc="Iran"), output)
+    assert not output.exists() or not list(iter_dataset_files(output))
