@@ -49,7 +49,7 @@ def anomalies_over_time(daily: pa.Table) -> bytes:
     ccs = sorted({k[0] for k in series})
     for (cc, status), points in sorted(series.items()):
         days = sorted(points)
-        ax.plot(days, [points[d] for d in days], styles[ccs.index(cc) % len(styles)], marker=".",
+        ax.plot(np.asarray(days, dtype="datetime64[D]"), [points[d] for d in days], styles[ccs.index(cc) % len(styles)], marker=".",
                 color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
     ax.set_title(title)
     ax.set_ylabel("measurements")

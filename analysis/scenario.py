@@ -193,7 +193,8 @@ def _template(exp: str, url: str, category: str | None, outcome: int) -> S.Measu
 
 
 def _templates(scn: Scenario) -> tuple[pa.Table, dict[tuple[str, int], int]]:
-    records, index = [], {}
+    records: list[S.Measurement] = []
+    index: dict[tuple[str, int], int] = {}
     inputs = [("anchors", a, None) for a in scn.anchors] + [("web_connectivity", u, c) for u, c in scn.targets]
     for exp, url, cat in inputs:
         for outcome in range(len(OUTCOMES)):

@@ -146,8 +146,8 @@ def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnectio
     try:
         from analysis.db import open_datasets  # the analyzer's (skips or names corrupt files)
     except ImportError:
-        open_datasets = None
-    if open_datasets is not None:
+        pass
+    else:
         return open_datasets([Path(p) for p in paths], con=con)
     con = con or duckdb.connect()
     globs = []

@@ -64,7 +64,7 @@ def html_report(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 
 def _data_pngs(text: str) -> list[Image.Image]:
-    images = []
+    images: list[Image.Image] = []
     for b64 in re.findall(r"<img[^>]*src=['\"]data:image/png;base64,([A-Za-z0-9+/=]+)['\"]", text):
         img = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
         img.load()  # a truncated or corrupt PNG raises here

@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -16,7 +17,7 @@ from probe import schema as S
 
 
 @pytest.fixture(scope="module")
-def small() -> tuple[sc.Scenario, object]:
+def small() -> tuple[sc.Scenario, pa.Table]:
     start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
     nets = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi", "laptop", "laptop"), 3),
             sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
@@ -28,7 +29,7 @@ def small() -> tuple[sc.Scenario, object]:
     return scn, sc.generate_measurements(scn)
 
 
-def test_table_is_the_probe_schema(small: tuple[sc.Scenario, object]) -> None:
+def test_table_is_the_probe_schema(small: tuple[sc.Scenario, pa.Table]) -> None:
     _, table = small
     assert table.schema.names == S.FULL_SCHEMA.names
     files_part = table.drop_columns(["date", "probe_cc"]).cast(S.MEASUREMENT_SCHEMA)
@@ -39,7 +40,7 @@ def test_table_is_the_probe_schema(small: tuple[sc.Scenario, object]) -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_dataset_round_trips_through_parquet(small: tuple[sc.Scenario, object], tmp_path: Path) -> None:
+def test_dataset_round_trips_through_parquet(small: tuple[sc.Scenario, pa.Table], tmp_path: Path) -> None:
     _, table = small
     paths = sc.write_dataset(table, tmp_path)
     assert {p.parent.name for p in paths} == {"probe_cc=IR", "probe_cc=NL"}
@@ -48,7 +49,7 @@ def test_dataset_round_trips_through_parquet(small: tuple[sc.Scenario, object], 
     con.close()
 
 
-def test_planted_events_and_diurnal_volume(small: tuple[sc.Scenario, object]) -> None:
+def test_planted_events_and_diurnal_volume(small: tuple[sc.Scenario, pa.Table]) -> None:
     scn, table = small
     con = duckdb.connect()
     con.register("m", table)
@@ -73,7 +74,7 @@ def test_planted_events_and_diurnal_volume(small: tuple[sc.Scenario, object]) ->
     con.close()
 
 
-def test_noise_is_present_but_small(small: tuple[sc.Scenario, object]) -> None:
+def test_noise_is_present_but_small(small: tuple[sc.Scenario, pa.Table]) -> None:
     _, table = small
     control = table.filter(pc.equal(table["role"], "control"))
     failed = sum(1 for t in control.column("tcp").to_pylist() if t and t[0]["failure"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -56,7 +57,7 @@ CASES = {
 
 
 @pytest.fixture()
-def con() -> duckdb.DuckDBPyConnection:
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
     c = duckdb.connect()
     table = S.records_to_table([c_[0] for c_ in CASES.values()]).append_column("probe_cc", pa.array(["IR"] * len(CASES)))
     c.register("measurements", table)
