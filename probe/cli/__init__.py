@@ -40,3 +40,5 @@ from probe.cli import events as _events  # noqa: E402
 main.add_command(_events.events)
 from probe.cli import report as _report  # noqa: E402
 main.add_command(_report.report)
+from probe.cli import analyze as _analyze  # noqa: E402
+main.add_command(_analyze.analyze)

@@ -1,0 +1,317 @@
+"""Per-measurement verdicts: each probe measurement judged against its control (ok, blocked at
+which layer and how, down, probe failure, no control), computed in DuckDB over whole tables."""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis import rules
+from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control")
+LAYERS = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "vpn")
+
+VERDICT_SCHEMA = pa.schema(
+    [
+        pa.field("measurement_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("input", pa.string()),
+        pa.field("experiment", pa.string()),
+        pa.field("probe_cc", pa.string()),
+        pa.field("probe_asn", pa.string()),
+        pa.field("measurement_start_time", pa.timestamp("us", tz="UTC")),
+        pa.field("status", pa.string()),
+        pa.field("layer", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("confidence", pa.float64()),
+        pa.field("confirmed", pa.bool_()),
+        pa.field("fingerprint", pa.string()),
+    ]
+)
+
+# Addresses no public DNS answer should point to (IANA special-purpose registries): a resolver
+# that answers with one of them for a public name is lying. --public-net removes networks.
+BOGON_NETS = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "::ffff:0:0/96", "100::/64", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+)  # fmt: skip
+
+
+class VerdictError(Exception):
+    """Verdicts cannot be computed (bad option value); the message says which."""
+
+
+class BogonChecker:
+    """Is an address in a bogon network that is not declared public? Range lookups by bisect."""
+
+    def __init__(self, public_nets: Sequence[str] = ()) -> None:
+        try:
+            public = [ipaddress.ip_network(n, strict=False) for n in public_nets]
+        except ValueError as exc:
+            raise VerdictError(f"--public-net: {exc}") from None
+        self._ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for text in BOGON_NETS:
+            net = ipaddress.ip_network(text)
+            pieces = [net]
+            for pub in public:
+                if pub.version != net.version:
+                    continue
+                nxt = []
+                for piece in pieces:
+                    if pub.supernet_of(piece):  # type: ignore[arg-type]
+                        continue
+                    if piece.supernet_of(pub):  # type: ignore[arg-type]
+                        nxt.extend(piece.address_exclude(pub))  # type: ignore[arg-type]
+                    else:
+                        nxt.append(piece)
+                pieces = nxt
+            for piece in pieces:
+                self._ranges[net.version].append((int(piece.network_address), int(piece.broadcast_address)))
+        self._starts = {v: [] for v in (4, 6)}  # type: dict[int, list[int]]
+        for v in (4, 6):
+            self._ranges[v].sort()
+            self._starts[v] = [a for a, _ in self._ranges[v]]
+
+    def __call__(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            return self(addr.ipv4_mapped) or self._in(6, int(addr))
+        return self._in(addr.version, int(addr))
+
+    def _in(self, version: int, value: int) -> bool:
+        i = bisect.bisect_right(self._starts[version], value) - 1
+        return i >= 0 and self._ranges[version][i][1] >= value
+
+
+def host_of(url: str | None) -> str | None:
+    """The host a URL (or tunnel endpoint URL) names, lower case, IDNA-encoded as the TLS SNI
+    and DNS records carry it."""
+    if not url:
+        return None
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        return host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return host.lower()
+
+
+def _net_of(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    # The /24 (IPv4) or /48 (IPv6) an address lives in: the geo-DNS guard when no ASN is known.
+    if addr.version == 4:
+        return str(ipaddress.ip_network(f"{addr}/24", strict=False))
+    return str(ipaddress.ip_network(f"{addr}/48", strict=False))
+
+
+IPINFO_SCHEMA = pa.schema(
+    [("v", pa.string()), ("bogon", pa.bool_()), ("net", pa.string()), ("asn", pa.string()),
+     ("fp", pa.string()), ("conf", pa.float64())]
+)  # fmt: skip
+
+
+def classify_values(
+    values: Iterable[str],
+    *,
+    bogon: BogonChecker,
+    dns_fingerprints: dict[str, Fingerprint],
+    asn_lookup: Callable[[str], str | None] | None = None,
+) -> pa.Table:
+    """One row per distinct DNS answer value: bogon?, network, ASN, DNS fingerprint."""
+    cols: dict[str, list] = {name: [] for name in IPINFO_SCHEMA.names}
+    for v in values:
+        fp = dns_fingerprints.get(v.rstrip("."))
+        try:
+            addr = ipaddress.ip_address(v)
+        except ValueError:
+            addr = None
+        cols["v"].append(v)
+        cols["bogon"].append(bogon(addr) if addr is not None else False)
+        cols["net"].append(_net_of(addr) if addr is not None else None)
+        cols["asn"].append(asn_lookup(v) if (asn_lookup is not None and addr is not None) else None)
+        cols["fp"].append(fp.name if fp else None)
+        cols["conf"].append(fp.confidence if fp else None)
+    return pa.table(cols, schema=IPINFO_SCHEMA)
+
+
+def maxmind_asn_lookup(path: Path | str) -> Callable[[str], str | None]:
+    """ASN of an address from a MaxMind-format ASN database (GeoLite2-ASN, IPinfo, DB-IP)."""
+    import maxminddb
+
+    try:
+        reader = maxminddb.open_database(str(path))
+    except (OSError, ValueError) as exc:
+        raise VerdictError(f"{path}: not a MaxMind ASN database ({exc})") from None
+
+    def lookup(ip: str) -> str | None:
+        rec = reader.get(ip)
+        if isinstance(rec, dict):
+            n = rec.get("autonomous_system_number") or rec.get("asn")
+            if isinstance(n, int):
+                return f"AS{n}"
+            if isinstance(n, str) and n:
+                return n if n.upper().startswith("AS") else f"AS{n}"
+        return None
+
+    return lookup
+
+
+def _as_fingerprint_set(fingerprints: FingerprintSet | Iterable[Path | str] | None) -> FingerprintSet:
+    if fingerprints is None:
+        return load_fingerprints()
+    if isinstance(fingerprints, FingerprintSet):
+        return fingerprints
+    return load_fingerprints(list(fingerprints))
+
+
+def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet) -> pa.Table:
+    """Blockpage matches for the candidate probe measurements: (mid, http_fp, http_fp_conf)."""
+    schema = pa.schema([("mid", pa.string()), ("http_fp", pa.string()), ("http_fp_conf", pa.float64())])
+    out: dict[str, list] = {"mid": [], "http_fp": [], "http_fp_conf": []}
+    if not fps.http:
+        return pa.table(out, schema=schema)
+    matcher = fps.http_matcher
+    rel = con.sql("SELECT mid, fp_input FROM _vt_v WHERE fp_input IS NOT NULL")
+    batches = rel.to_arrow_table().to_batches(max_chunksize=50_000)
+    for batch in batches:
+        for mid, hops in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
+            hit: Fingerprint | None = None
+            for hop in hops or []:
+                hit = matcher.match_headers((h[0], h[1]) for h in hop["headers"] or [])
+                if hit is None and hop["body"]:
+                    hit = matcher.match_body(hop["body"])
+                if hit is not None:
+                    break
+            if hit is not None:
+                out["mid"].append(mid)
+                out["http_fp"].append(hit.name)
+                out["http_fp_conf"].append(hit.confidence)
+    return pa.table(out, schema=schema)
+
+
+def _load(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    con.register(f"{name}_arrow", table)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+    con.unregister(f"{name}_arrow")
+
+
+def compute_verdicts(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    public_nets: Sequence[str] = (),
+    fingerprints: FingerprintSet | Iterable[Path | str] | None = None,
+    control_window_h: float = 6,
+    asn_db: Path | str | None = None,
+) -> pa.Table:
+    """One verdict row per probe measurement of the ``measurements`` view (see VERDICT_SCHEMA).
+
+    ``fingerprints``: a loaded set, or extra CSV files to load next to the project's own (None:
+    the project's own only). ``asn_db``: optional MaxMind ASN database for the ASN-overlap rule.
+    """
+    if control_window_h < 0:
+        raise VerdictError("--control-window must be zero or more hours")
+    fps = _as_fingerprint_set(fingerprints)
+    bogon = BogonChecker(public_nets)
+    asn_lookup = maxmind_asn_lookup(asn_db) if asn_db else None
+    for macro in rules.MACROS:
+        con.execute(macro)
+    con.execute(rules.PAIRING.replace("$window_s", repr(float(control_window_h) * 3600.0)))
+    inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
+    hosts = pa.table({"input": inputs, "host": [host_of(i) for i in inputs]})
+    _load(con, "_vt_hosts", hosts)
+    con.execute(rules.CONTROL_FEATURES)
+    con.execute(rules.PROBE_FEATURES)
+    values = con.sql(rules.PENDING_VALUES).to_arrow_table().column(0).to_pylist()
+    ipinfo = classify_values(values, bogon=bogon, dns_fingerprints=fps.dns_lookup(), asn_lookup=asn_lookup)
+    _load(con, "_vt_ipinfo", ipinfo)
+    con.execute(rules.PENDING)
+    _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
+    table = con.sql(rules.DECISION).to_arrow_table()
+    for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
+                 "_vt_ipinfo", "_vt_httpfp"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+    return table.cast(VERDICT_SCHEMA)
+
+
+# --------------------------------------------------------------------------- whole analysis
+
+
+@dataclass
+class AnalyzeResult:
+    output: Path
+    db: Path | None
+    verdicts: pa.Table
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    fingerprint_problems: list[str] = field(default_factory=list)
+
+    def counts(self) -> list[tuple[str, str | None, int]]:
+        """(status, layer, count), most frequent first."""
+        tally: dict[tuple[str, str | None], int] = {}
+        for s, layer in zip(self.verdicts.column("status").to_pylist(), self.verdicts.column("layer").to_pylist(), strict=True):
+            tally[(s, layer)] = tally.get((s, layer), 0) + 1
+        return sorted(((s, layer, n) for (s, layer), n in tally.items()), key=lambda x: (-x[2], x[0], x[1] or ""))
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def analyze(
+    paths: Sequence[Path | str],
+    output: Path | str,
+    db: Path | str | None = None,
+    *,
+    public_nets: Sequence[str] = (),
+    fingerprint_files: Sequence[Path | str] = (),
+    control_window_h: float = 6,
+    asn_db: Path | str | None = None,
+) -> AnalyzeResult:
+    """Open the datasets, compute verdicts, write them to ``output`` (Parquet) and, with ``db``,
+    a DuckDB database holding the views, the verdicts and the aggregates."""
+    import warnings
+
+    from analysis import aggregates
+    from analysis.db import SkippedFileWarning, open_datasets, valid_files
+
+    output = Path(output)
+    fps = load_fingerprints(fingerprint_files)
+    _, skipped = valid_files(paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through AnalyzeResult
+        con = open_datasets(paths)
+    try:
+        table = compute_verdicts(con, public_nets=public_nets, fingerprints=fps,
+                                 control_window_h=control_window_h, asn_db=asn_db)
+    finally:
+        con.close()
+    _write_parquet_atomic(table, output)
+    db_path = None
+    if db is not None:
+        db_path = Path(db)
+        aggregates.write_database(db_path, paths, table)
+    return AnalyzeResult(output=output, db=db_path, verdicts=table, skipped=skipped,
+                         fingerprint_problems=list(fps.problems))
