@@ -182,6 +182,8 @@ class _Run:
             if target.input in self.done:
                 self.summary.skipped += 1
                 self.progress.advance(skipped=True)
+                if self.summary.skipped % 1000 == 0:
+                    await asyncio.sleep(0)  # a long resumed list must not starve the flush timer
                 continue
             host = self.experiment.host_key(target)
             while self.n_waiting >= self.max_waiting:
@@ -295,8 +297,8 @@ class _Run:
                 return
             try:
                 await asyncio.to_thread(self._write, batch)
-            except StoreError as exc:
-                self.store_error = exc
+            except Exception as exc:
+                self.store_error = exc if isinstance(exc, StoreError) else StoreError(f"cannot write records: {exc}")
                 self.stop("store error")
 
     def _write(self, batch: list[Measurement]) -> None:

@@ -204,3 +204,15 @@ def test_anchors_first_then_the_list_in_one_run(farm30: Farm, tmp_path: Path, mo
     got = query(out, "SELECT experiment, count(*), count(DISTINCT run_id) FROM @M GROUP BY ALL ORDER BY 1")
     assert got == [("anchors", 2, 1), ("web_connectivity", 1, 1)]
     assert "anchors" in text.split("run id:")[0] and "web_connectivity" in text
+
+
+def test_an_unwritable_dataset_is_one_clear_error(farm30: Farm, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "measurements").write_text("not a directory")  # every Parquet write must fail
+    ok = next(s for s in farm30.sites if s.kind == "ok")
+    code, text = invoke("--url", ok.url, "--resolver", farm30.resolver, "--output", str(out), "--no-progress")
+    assert code == 1, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0], text
+    assert "Traceback" not in text
