@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
+from probe.net.scrub import scrub_all_addresses
 from probe.schema import ROLES, Measurement, new_run_id
 from probe.store import DatasetWriter, StoreError, measured_inputs, run_files
 
@@ -255,7 +256,7 @@ class _Run:
             try:
                 controls = await self.control(m, target)
             except Exception as exc:  # no control is a verdict of "no_control", not a lost probe row
-                log.warning("control helper failed for %s: %s", target.input, exc)
+                log.warning("control helper failed for %s: %s", target.input, scrub_all_addresses(str(exc)))
                 return
             for c in controls:
                 self._keep(c)

@@ -251,10 +251,12 @@ async def measure(
         _clear_observations(m)
         m.failure = "generic_timeout"
     except Exception as exc:
-        if not isinstance(exc, InputError):
-            log.warning("experiment %s failed on %s", experiment.name, target.input, exc_info=True)
         _clear_observations(m)
         m.failure = _exception_failure(exc)
+        if not isinstance(exc, InputError):
+            # The failure string, not the exception: its text has every IP literal removed,
+            # so no log line can carry the probe's address.
+            log.warning("experiment %s failed on %s: %s", experiment.name, target.input, m.failure)
     finally:
         _clock.reset(token)
     m.runtime_s = round(clock.now(), 6)

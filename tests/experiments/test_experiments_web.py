@@ -135,7 +135,7 @@ def test_bad_input_is_kept_as_a_record_with_a_failure(farm: Farm, vantage: Vanta
     assert m.dns == [] and m.http == []
 
 
-def test_a_crashing_experiment_still_yields_a_record(vantage: Vantage) -> None:
+def test_a_crashing_experiment_still_yields_a_record(vantage: Vantage, caplog: pytest.LogCaptureFixture) -> None:
     class Broken(Experiment):
         name = "broken"
 
@@ -145,6 +145,7 @@ def test_a_crashing_experiment_still_yields_a_record(vantage: Vantage) -> None:
     m = asyncio.run(measure(Broken(), Target("http://x.test/"), Settings(), vantage, "r1"))
     assert m.failure is not None and m.failure.startswith("unknown_failure:RuntimeError")
     assert "192.0.2.7" not in m.failure  # failure details never carry an address
+    assert "failed on http://x.test/" in caplog.text and "192.0.2.7" not in caplog.text  # nor do logs
     validate(m)
 
 
