@@ -1,7 +1,8 @@
 """A loopback farm for the experiment and runner tests and the throughput benchmark: an honest
 dnspython resolver and many small web sites on 127.0.0.0/8, some of which misbehave.
 
-Kinds of site: ``ok`` (200 with a title), ``https`` (the same over TLS, trustme certificate),
+Kinds of site: ``ok`` (200 with a title), ``https`` (the same over TLS, trustme certificate,
+and a DNS-over-HTTPS endpoint at /dns-query),
 ``blackhole`` (accepts, reads, never answers), ``refused`` (nothing listens: RST),
 ``redirect`` (302 to the first ok site), ``echo`` (a page that echoes the client address).
 Run as a script it serves a farm until stdin closes (the benchmark does this), printing one
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import socket
 import ssl
 import sys
@@ -243,7 +245,7 @@ class Farm:
             self._writers.add(writer)
             try:
                 try:
-                    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
                     return
                 if site.kind == "blackhole":
@@ -252,6 +254,16 @@ class Farm:
                 if site.kind == "redirect" and first_ok is not None:
                     writer.write(
                         f"HTTP/1.1 302 Found\r\nLocation: {first_ok.url}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+                    )
+                elif site.kind == "https" and head.startswith(b"POST /dns-query "):
+                    # DNS over HTTPS (RFC 8484) with the farm's honest answers.
+                    m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                    wire = await reader.readexactly(int(m.group(1))) if m else b""
+                    reply = answer(wire, self.names) or b""
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/dns-message\r\n"
+                        + f"Content-Length: {len(reply)}\r\nConnection: close\r\n\r\n".encode()
+                        + reply
                     )
                 elif site.kind == "echo":
                     client = writer.get_extra_info("peername")[0]

@@ -264,3 +264,19 @@ def test_a_flood_of_addresses_is_capped(farm: Farm, vantage: Vantage) -> None:
     assert len(a.answers) == 60  # all on record...
     assert len(m.tcp) == MAX_ADDRESSES  # ...but only the first few contacted
     assert {c.failure for c in m.tcp} == {"connection_refused"} and m.http == []
+
+
+def test_dns_consistency_over_doh_finds_the_doh_server_through_our_resolver(farm: Farm, vantage: Vantage) -> None:
+    ok = next(s for s in farm.sites if s.kind == "ok")
+    doh = next(s for s in farm.sites if s.kind == "https")
+    doh_url = doh.url + "dns-query"
+    settings = lab_settings(farm, dns_tcp=False)
+    settings.resolvers.append(doh_url)
+    m = run_one("dns_consistency", ok.name, settings, vantage)
+    by_engine = {(q.engine, q.query_type): q for q in m.dns}
+    assert set(by_engine) == {("udp", "A"), ("udp", "AAAA"), ("doh", "A"), ("doh", "AAAA")}
+    q = by_engine[("doh", "A")]
+    # The system resolver is off and knows nothing of *.farm.test anyway: the DoH server's
+    # own name was found through the configured resolver, or this query would have failed.
+    assert q.resolver == doh_url and q.failure is None and [a.value for a in q.answers] == [ok.ip]
+    assert registry.get("dns_consistency").succeeded(m)
