@@ -395,3 +395,33 @@ def test_parse_errors_are_value_errors() -> None:
         openvpn_wire.parse_static_key(b"-----BEGIN OpenVPN Static key V1-----\nzz\n-----END OpenVPN Static key V1-----")
     with pytest.raises(InputError):
         parse_wireguard("wireguard://127.0.0.1:1/?public_key=a&private_key=b")
+
+
+# --------------------------------------------------------------------------- lists
+
+
+def test_the_shipped_endpoint_list_parses_for_every_experiment() -> None:
+    from pathlib import Path
+
+    from probe.testlists import load_lists
+
+    path = Path(__file__).resolve().parents[2] / "testlists" / "endpoints.csv"
+    entries, problems = load_lists([path])
+    assert not problems and len(entries) == 7
+    by_scheme = {"openvpn": OpenVpn(), "wireguard": WireGuard(), "tor": Tor(), "obfs4": Tor(), "ikev2": Ikev2()}
+    for e in entries:
+        assert by_scheme[e.url.split(":")[0]].input_problem(e.url) is None, e.url
+    assert {e.url.split(":")[0] for e in entries} == set(by_scheme)
+
+
+def test_vantage_run_names_a_malformed_endpoint_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from probe.cli import main
+
+    bad = tmp_path / "endpoints.csv"
+    bad.write_text("url,category_code\nopenvpn://203.0.113.5:1194/?transport=quic,ANON\n")
+    result = CliRunner().invoke(main, ["run", "--experiment", "openvpn", "--list", str(bad),
+                                       "--output", str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "transport must be udp or tcp" in result.output and "openvpn://203.0.113.5:1194" in result.output
