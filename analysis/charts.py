@@ -1,4 +1,5 @@
-"""Static report charts as PNG bytes (matplotlib, Agg backend: no display, no browser needed)."""
+"""Static report charts as PNG bytes (matplotlib, Agg backend: no display, no browser needed):
+anomalies over time, blocking methods, and a timeline per event."""
 
 from __future__ import annotations
 
@@ -113,10 +114,49 @@ def event_timeline(hourly: pa.Table, event: Event, margin_h: int = 36) -> bytes:
     return _png(fig)
 
 
+def blocking_timeline(failures: pa.Table, event: Event, margin_h: int = 36) -> bytes:
+    """A blocking or outage event: the hourly failed share of its targets per network, with the
+    change the detector dated shaded."""
+    lo = event.start - dt.timedelta(hours=margin_h)
+    hi = (event.end or event.start + dt.timedelta(hours=4 * margin_h)) + dt.timedelta(hours=margin_h)
+    rows = [r for r in failures.to_pylist()
+            if r["asn"] in event.networks and r["input"] in event.inputs
+            and lo.replace(tzinfo=None) <= r["hour"] <= hi.replace(tzinfo=None)]
+    nets = event.networks[:6]
+    fig, axes = plt.subplots(len(nets), 1, figsize=(9, 1.8 * len(nets) + 0.8), sharex=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, net in zip(axes[:, 0], nets, strict=True):
+        for i, inp in enumerate(event.inputs[:5]):
+            pts = sorted((r["hour"], r["failed"] / r["n"]) for r in rows if r["asn"] == net and r["input"] == inp and r["n"])
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], drawstyle="steps-post", color=cmap(i % 10),
+                        label=inp.split("://", 1)[-1].rstrip("/"))
+        ax.axvspan(event.start.replace(tzinfo=None), (event.end or hi).replace(tzinfo=None), color="#f39c12", alpha=0.15)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel(f"{net}\nfailed")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
+    axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC")
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
 def _arr(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
 
 
-def charts_for_events(hourly: pa.Table, events: Sequence[Event], kinds: Sequence[str] = ("shutdown",),
+def charts_for_events(hourly: pa.Table, events: Sequence[Event], failures: pa.Table | None = None,
                       limit: int = 12) -> list[tuple[Event, bytes]]:
-    return [(e, event_timeline(hourly, e)) for e in events if e.kind in kinds and e.networks][:limit]
+    """A timeline per event, shutdowns first: network signals for network-wide events, the
+    targets' failed share for blocking and outages."""
+    order = {"shutdown": 0, "probe_fault": 1, "service_blocking": 2, "site_outage": 3, "unclassified": 4}
+    out: list[tuple[Event, bytes]] = []
+    for e in sorted(events, key=lambda e: (order.get(e.kind, 9), e.start)):
+        if len(out) >= limit or not e.networks:
+            continue
+        if e.inputs and failures is not None:
+            out.append((e, blocking_timeline(failures, e)))
+        elif not e.inputs:
+            out.append((e, event_timeline(hourly, e)))
+    return out

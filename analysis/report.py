@@ -182,7 +182,8 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
         detection=detection,
         charts={"Anomalies over time": charts.anomalies_over_time(daily),
                 "Blocking methods": charts.blocking_methods(methods)},
-        event_charts=charts.charts_for_events(detection.hourly, detection.events, limit=max_event_charts),
+        event_charts=charts.charts_for_events(detection.hourly, detection.events, detection.input_failures,
+                                              limit=max_event_charts),
     )
     data.overview["_verdicts_table"] = verdicts
     return data
@@ -258,7 +259,7 @@ def render_html(data: ReportData) -> str:
                "(controls fail too) and probe faults (one vantage point or software version alone).</p>")
     out.append(_html_table(_EVENT_HEAD, _event_rows(events), kind_col=0))
     if data.event_charts:
-        out.append("<h3>Shutdown timelines</h3>")
+        out.append("<h3>Event timelines</h3>")
         for ev, png in data.event_charts:
             start, end, _ = _fmt_event_time(ev)
             out.append(_figure(png, f"{ev.kind}: {', '.join(ev.regions)} {', '.join(ev.networks)}, {start} – {end} UTC"))

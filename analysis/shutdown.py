@@ -30,6 +30,7 @@ class Detection:
     hourly: pa.Table  # per (cc, asn, hour): counts, rates, baselines, ratios, levels
     changes: list[Change] = field(default_factory=list)
     hour0: dt.datetime | None = None
+    input_failures: pa.Table | None = None  # per (cc, asn, input, hour): n, failed (CUSUM input)
 
     def table(self) -> pa.Table:
         return events_to_table(self.events)
@@ -64,7 +65,7 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
     failures = sig.input_hour_failures(con, verdicts=verdicts)
     changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
     change_events = [classifier.classify_change(c, hour0) for c in changes]
-    return Detection(merge_events(network_events, change_events, cfg), hourly, changes, hour0)
+    return Detection(merge_events(network_events, change_events, cfg), hourly, changes, hour0, failures)
 
 
 def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:

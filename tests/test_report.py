@@ -72,14 +72,21 @@ def _data_pngs(text: str) -> list[Image.Image]:
     return images
 
 
+def _n_events(text: str) -> int:
+    m = re.search(r"<h2>Events \((\d+)\)</h2>", text) or re.search(r"## Events \((\d+)\)", text)
+    assert m is not None
+    return int(m[1])
+
+
 def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     path, _ = html_report
     text = path.read_text(encoding="utf-8")
     assert "<h1>IR test report</h1>" in text
     pngs = _data_pngs(text)
-    # anomalies over time, blocking methods, one timeline for the shutdown
-    assert len(pngs) == 3 and all(img.format == "PNG" and img.width > 300 for img in pngs)
-    assert "Shutdown timelines" in text and "AS1001, AS1002" in text
+    # anomalies over time, blocking methods, and a timeline per event (shutdown, two blocks)
+    assert _n_events(text) == 3
+    assert len(pngs) == 2 + 3 and all(img.format == "PNG" and img.width > 300 for img in pngs)
+    assert "Event timelines" in text and "shutdown: IR AS1001, AS1002" in text
     # per network: what, how, since when; the new block dated by the change detector
     block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
     assert block is not None
@@ -123,7 +130,7 @@ def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_p
     assert dom.returncode == 0, dom.stderr[-2000:]
     # the DOM Chromium built (not our file) holds the charts as decodable PNGs
     pngs = _data_pngs(dom.stdout)
-    assert len(pngs) == 3
+    assert len(pngs) == 2 + _n_events(dom.stdout)
     assert "<h2>Events" in dom.stdout
     shot = tmp_path / "shot.png"
     res = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", url], tmp_path)
@@ -143,7 +150,7 @@ def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
     write_report([dataset], out)
     text = out.read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 3 and all(not link.startswith("/") for link in links)
+    assert len(links) == 2 + _n_events(text) and all(not link.startswith("/") for link in links)
     for link in links:
         with Image.open(tmp_path / link) as img:
             assert img.format == "PNG"
