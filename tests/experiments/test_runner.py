@@ -223,3 +223,23 @@ def test_a_bad_vantage_is_refused_before_anything_runs(vantage: Vantage, output:
     with pytest.raises(ValueError, match="probe_cc"):
         run([Target("http://x.test/")], Settings(), Vantage(probe_cc="Iran"), output)
     assert not output.exists() or not list(iter_dataset_files(output))
+
+
+def test_progress_bar_counts_ok_and_failed_on_a_terminal(
+    sleepy: _Sleepy, vantage: Vantage, output: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich: behave as on a terminal
+    monkeypatch.setattr(sleepy, "succeeded", lambda m: not m.input.endswith("/bad"))
+    targets = [Target("http://a.test/"), Target("http://b.test/bad"), Target("http://c.test/")]
+    asyncio.run(run_targets(targets, sleepy.name, Settings(), vantage, output=output, progress=True))
+    err = capsys.readouterr().err
+    assert "sleepy_test" in err and "3/3" in err and "ok 2" in err and "failed 1" in err
+
+
+def test_no_progress_bar_off_a_terminal(
+    sleepy: _Sleepy, vantage: Vantage, output: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")
+    asyncio.run(run_targets([Target("http://a.test/")], sleepy.name, Settings(), vantage, output=output, progress=True))
+    assert capsys.readouterr().err == ""
