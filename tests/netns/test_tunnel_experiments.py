@@ -51,7 +51,7 @@ def _run(experiment, url: str) -> Measurement:  # type: ignore[no-untyped-def]
         (OpenVpn(), "openvpn://198.51.100.7:1194/?key_direction=1", "need tls_auth"),
         (OpenVpn(), "openvpn://198.51.100.7:1194/?cipher=AES", "unknown parameter 'cipher'"),
         (OpenVpn(), "openvpn://198.51.100.7:1194/?transport=udp&transport=tcp", "given 2 times"),
-        (OpenVpn(), "wireguard://198.51.100.7:51820/", "expected a openvpn:// endpoint"),
+        (OpenVpn(), "wireguard://198.51.100.7:51820/", "expected an endpoint URL openvpn://..., got scheme 'wireguard'"),
         (WireGuard(), "wireguard://198.51.100.7:51820/?private_key=" + encode_key(WG_CLIENT), "missing parameter 'public_key'"),
         (WireGuard(), "wireguard://198.51.100.7:51820/?public_key=AAAA&private_key=" + encode_key(WG_CLIENT), "must be 32 bytes"),
         (WireGuard(), "wireguard://198.51.100.7:51820/?transport=tcp&public_key=x", "transport must be udp"),

@@ -51,7 +51,7 @@ def parse_endpoint(
         raise bad(f"malformed endpoint url ({exc})") from None
     scheme = parts.scheme.lower()
     if scheme not in schemes:
-        raise bad(f"expected a {' or '.join(s + '://' for s in schemes)} endpoint, got scheme {parts.scheme or '(none)'!r}")
+        raise bad(f"expected an endpoint URL {' or '.join(s + '://...' for s in schemes)}, got scheme {parts.scheme or '(none)'!r}")
     host = parts.hostname
     if not host:
         raise bad("missing address")
