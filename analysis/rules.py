@@ -47,7 +47,8 @@ MACROS = [
 ]
 
 # Probe rows and the control each is judged against: the helper's own control row
-# (control_for), else the nearest control run of the same input and experiment in the window.
+# (control_for), else the nearest control run (a row without control_for) of the same input and
+# experiment within the window.
 PAIRING = """
 CREATE OR REPLACE TEMP TABLE _vt_meta AS
   SELECT measurement_id, run_id, input, experiment, probe_cc, probe_asn, measurement_start_time AS t,
@@ -62,7 +63,8 @@ WITH prb AS (
   SELECT measurement_id AS mid, run_id, input, experiment, probe_cc, probe_asn, t
   FROM _vt_meta WHERE role = 'probe'
 ), ctl AS (
-  SELECT measurement_id AS cid, input, experiment, t FROM _vt_meta WHERE role = 'control'
+  -- Control runs only: a helper's control row measured one probe measurement's own addresses.
+  SELECT measurement_id AS cid, input, experiment, t FROM _vt_meta WHERE role = 'control' AND control_for IS NULL
 ), rest AS (
   SELECT * FROM prb WHERE mid NOT IN (SELECT mid FROM _vt_direct)
 ), before AS (
@@ -119,6 +121,8 @@ WITH f AS (
         'qtype': q.query_type, 'failure': q.failure,
         'ips': list_transform(list_filter(q.answers, lambda a: a.answer_type IN ('A', 'AAAA')), lambda a: a.value)
     }}) AS dq,
+    list_transform(list_filter(m.dns, lambda q: NOT vt_primary(q.tag) AND coalesce(q.tag, '') <> 'injection_check'),
+        lambda q: {{'query_type': q.query_type, 'failure': q.failure}}) AS redirect_dns,
     -- Every answer value (CNAMEs and redirect hops too) for the DNS fingerprints.
     flatten(list_transform(m.dns, lambda q: CASE WHEN coalesce(q.tag, '') <> 'injection_check'
                                                 THEN list_transform(q.answers, lambda a: a.value) END)) AS dvals,
@@ -154,14 +158,18 @@ WITH f AS (
   LEFT JOIN _vt_cf c ON c.cid = p.cid
   WHERE m.role = 'probe'
 ), k AS (
-  SELECT f.* EXCLUDE (dq, http_hops, tcp_fail, tls_fail, tls_valid_ips),
+  SELECT f.* EXCLUDE (dq, http_hops, tcp_fail, tls_fail, redirect_dns),
     coalesce(list_bool_or(list_transform(dq, lambda q: len(q.ips) > 0)), false) AS p_has_ips,
     list_filter(dq, lambda q: q.qtype = 'A' AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS p_dns_failure,
     list_filter(dq, lambda q: q.failure IS NOT NULL)[1].failure AS p_any_dns_failure,
-    -- Queries whose answers are neither among the control's nor validated over TLS.
+    -- Queries none of whose answers the control saw: PENDING checks networks, ASNs and TLS.
     CASE WHEN len(cips) = 0 THEN [] ELSE
-      list_transform(list_filter(dq, lambda q: len(q.ips) > 0 AND NOT list_has_any(q.ips, cips)
-                                      AND NOT list_has_any(q.ips, tls_valid_ips)), lambda q: q.ips) END AS pending,
+      list_transform(list_filter(dq, lambda q: len(q.ips) > 0 AND NOT list_has_any(q.ips, cips)),
+                     lambda q: q.ips) END AS pending,
+    len(tcp_fail) > 0 OR len(tls_fail) > 0 AS any_connect_failure,
+    -- A hop of the redirect chain whose name did not resolve (the control followed the chain).
+    list_filter(redirect_dns, lambda q: q.query_type = 'A'
+        AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS redirect_dns_failure,
     list_distinct(list_filter(dvals, lambda x: x IS NOT NULL AND NOT list_contains(cips, x))) AS odd_vals,
     -- TCP: the same endpoint connected from the control; or, for a control run that saw other
     -- addresses, a port the probe never reached but the control did. A probe without IPv6
@@ -238,7 +246,7 @@ SELECT DISTINCT v FROM (
 # DNS verdict inputs for the (few) probe rows with answers the control did not see.
 PENDING = """
 CREATE OR REPLACE TEMP TABLE _vt_dns AS
-WITH rows AS (SELECT mid, cid, pending, odd_vals FROM _vt_v WHERE len(odd_vals) > 0),
+WITH rows AS (SELECT mid, cid, pending, odd_vals, tls_valid_ips FROM _vt_v WHERE len(odd_vals) > 0),
 cinfo AS (
   SELECT c.cid, list(DISTINCT i.net) FILTER (WHERE i.net IS NOT NULL) AS c_nets,
          list(DISTINCT i.asn) FILTER (WHERE i.asn IS NOT NULL) AS c_asns,
@@ -250,8 +258,9 @@ cinfo AS (
   FROM (SELECT mid, cid, pending, unnest(range(1, len(pending) + 1)) AS qi FROM rows)
 ), per_query AS (
   SELECT q.mid, q.qi,
-         bool_or(coalesce(list_contains(ci.c_nets, i.net), false) OR coalesce(list_contains(ci.c_asns, i.asn), false)) AS consistent
-  FROM q LEFT JOIN cinfo ci ON ci.cid = q.cid LEFT JOIN _vt_ipinfo i ON i.v = q.ip
+         bool_or(coalesce(list_contains(ci.c_nets, i.net), false) OR coalesce(list_contains(ci.c_asns, i.asn), false)) AS same_network,
+         bool_or(list_contains(r.tls_valid_ips, q.ip)) AS validated
+  FROM q JOIN rows r ON r.mid = q.mid LEFT JOIN cinfo ci ON ci.cid = q.cid LEFT JOIN _vt_ipinfo i ON i.v = q.ip
   GROUP BY q.mid, q.qi
 ), vals AS (
   SELECT r.mid,
@@ -261,21 +270,32 @@ cinfo AS (
   LEFT JOIN cinfo ci ON ci.cid = r.cid LEFT JOIN _vt_ipinfo i ON i.v = r.v
   GROUP BY r.mid
 )
-SELECT vals.*, coalesce(pq.inconsistent, false) AS dns_inconsistent
-FROM vals LEFT JOIN (SELECT mid, bool_or(NOT consistent) AS inconsistent FROM per_query GROUP BY mid) pq USING (mid)
+SELECT vals.*, coalesce(pq.inconsistent, false) AS dns_inconsistent, coalesce(pq.foreign_, false) AS dns_foreign
+FROM vals LEFT JOIN (
+  SELECT mid, bool_or(NOT (same_network OR validated)) AS inconsistent, bool_or(NOT same_network) AS foreign_
+  FROM per_query GROUP BY mid) pq USING (mid)
 """
 
 # The decision tree. Each WHEN is one rule, in priority order; docs/analysis.md lists them.
+# dns_inconsistent: some resolver's answers are not the control's, not in its networks/ASNs and
+# not validated over TLS for the target; dns_foreign: the same without the TLS guard (a box
+# that passes TLS through but answers cleartext HTTP itself is still the censor's).
 DECISION = """
 WITH r AS (
 SELECT v.*, fp.http_fp, fp.http_fp_conf, coalesce(d.any_bogon, false) AS any_bogon,
-  coalesce(d.dns_inconsistent, false) AS dns_inconsistent, d.dns_fp, d.dns_fp_value, d.dns_fp_conf,
+  d.dns_fp, d.dns_fp_value, d.dns_fp_conf,
+  ghost OR coalesce(d.dns_inconsistent, false) AS dns_inconsistent,
+  ghost OR coalesce(d.dns_foreign, false) AS dns_foreign
+FROM (SELECT *, p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_failure IN ('dns_nxdomain', 'dns_no_answer'), false) AS ghost
+      FROM _vt_v) v
+LEFT JOIN _vt_httpfp fp USING (mid) LEFT JOIN _vt_dns d USING (mid)
+), s AS (
+SELECT r.*,
 CASE
   WHEN failure IS NOT NULL THEN ['probe_failure', NULL, 'probe.failure', '1.0']
-  WHEN dns_fp IS NOT NULL
-    THEN ['blocked', 'dns', 'dns.blockpage_ip', NULL]
-  WHEN fp.http_fp IS NOT NULL
-    THEN ['blocked', CASE WHEN dns_inconsistent THEN 'dns' ELSE 'http-diff' END, 'http.blockpage:' || fp.http_fp, NULL]
+  WHEN dns_fp IS NOT NULL THEN ['blocked', 'dns', 'dns.blockpage_ip', NULL]
+  WHEN http_fp IS NOT NULL
+    THEN ['blocked', CASE WHEN dns_foreign THEN 'dns' ELSE 'http-diff' END, 'http.blockpage:' || http_fp, NULL]
   WHEN vpn_n > 0 THEN CASE
     WHEN vpn_ok THEN ['ok', NULL, NULL, '0.9']
     WHEN cid IS NULL OR coalesce(c_vpn_n, 0) = 0 THEN ['no_control', NULL, NULL, '0.0']
@@ -288,35 +308,37 @@ CASE
         ELSE 'vpn.failure' END, '0.8']
     ELSE ['down', NULL, NULL, '0.7'] END
   WHEN injected THEN ['blocked', 'dns', 'dns.injected', '0.9']
-  WHEN https_ok THEN ['ok', NULL, NULL, '0.9']
-  WHEN cid IS NULL OR c_failure IS NOT NULL THEN ['no_control', NULL, NULL, '0.0']
+  -- A page that arrived over validated HTTPS needs no control.
+  WHEN cid IS NULL OR c_failure IS NOT NULL
+    THEN CASE WHEN https_ok THEN ['ok', NULL, NULL, '0.8'] ELSE ['no_control', NULL, NULL, '0.0'] END
   WHEN any_bogon THEN ['blocked', 'dns', 'dns.bogon', '0.9']
   WHEN p_dns_failure IS NOT NULL AND c_dns_ok THEN ['blocked', 'dns',
        CASE WHEN p_dns_failure = 'dns_nxdomain' THEN 'dns.nxdomain_ctrl_ok' ELSE 'dns.failure_ctrl_ok' END, '0.8']
   WHEN NOT p_has_ips AND c_dns_ok AND p_any_dns_failure IS NOT NULL THEN ['blocked', 'dns', 'dns.failure_ctrl_ok', '0.6']
   WHEN NOT p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_n, 0) > 0 THEN ['down', NULL, NULL, '0.8']
-  WHEN p_has_ips AND NOT c_dns_ok AND c_dns_failure IN ('dns_nxdomain', 'dns_no_answer')
-    THEN ['blocked', 'dns', 'dns.inconsistent', '0.6']
+  WHEN ghost THEN ['blocked', 'dns', 'dns.inconsistent', '0.6']
+  -- Answers the control does not vouch for, and something failed or differs: DNS is the cause.
+  WHEN dns_inconsistent AND (any_connect_failure OR (http_n > 0 AND NOT p_fin_ok) OR (p_fin_ok AND c_fin_ok AND http_diff))
+    THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
+  WHEN https_ok THEN ['ok', NULL, NULL, '0.9']
   WHEN p_fin_ok THEN CASE
     WHEN NOT c_fin_ok THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.5']
                                 ELSE ['ok', NULL, NULL, '0.6'] END
-    WHEN http_diff THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
+    WHEN http_diff THEN CASE WHEN dns_foreign THEN ['blocked', 'dns', 'dns.inconsistent', '0.6']
                              ELSE ['blocked', 'http-diff', diff_method, '0.6'] END
     ELSE ['ok', NULL, NULL, '0.9'] END
-  WHEN tcp_block IS NOT NULL THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
-                                      ELSE ['blocked', 'tcp_ip', 'tcp.' || vt_kind(tcp_block), '0.8'] END
-  WHEN tls_block IS NOT NULL THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
-                                      ELSE ['blocked', 'tls', 'tls.' || CASE vt_kind(tls_block)
-                                           WHEN 'reset' THEN 'reset_sni' ELSE vt_kind(tls_block) END, '0.8'] END
-  WHEN http_n > 0 AND fin.failure IS NOT NULL AND c_fin_ok
-    THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
-              ELSE ['blocked', 'http-failure', 'http.failure', '0.7'] END
+  WHEN tcp_block IS NOT NULL THEN ['blocked', 'tcp_ip', 'tcp.' || vt_kind(tcp_block), '0.8']
+  WHEN tls_block IS NOT NULL THEN ['blocked', 'tls', 'tls.' || CASE vt_kind(tls_block)
+                                      WHEN 'reset' THEN 'reset_sni' ELSE vt_kind(tls_block) END, '0.8']
+  WHEN redirect_dns_failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'dns',
+       CASE WHEN redirect_dns_failure = 'dns_nxdomain' THEN 'dns.nxdomain_ctrl_ok' ELSE 'dns.failure_ctrl_ok' END, '0.7']
+  WHEN http_n > 0 AND fin.failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'http-failure', 'http.failure', '0.7']
   WHEN tcp_both_fail OR tls_both_fail OR (http_n > 0 AND fin.failure IS NOT NULL)
        OR (c_http_n > 0 AND NOT c_fin_ok) THEN ['down', NULL, NULL, '0.8']
   WHEN dns_inconsistent AND http_n = 0 THEN ['blocked', 'dns', 'dns.inconsistent', '0.5']
   ELSE ['ok', NULL, NULL, '0.7']
 END AS d
-FROM _vt_v v LEFT JOIN _vt_httpfp fp USING (mid) LEFT JOIN _vt_dns d USING (mid)
+FROM r
 )
 SELECT mid AS measurement_id, run_id, input, experiment, probe_cc, probe_asn, t AS measurement_start_time,
        d[1] AS status, d[2] AS layer, d[3] AS method,
@@ -325,6 +347,6 @@ SELECT mid AS measurement_id, run_id, input, experiment, probe_cc, probe_asn, t 
        coalesce(d[3] = 'dns.blockpage_ip' OR starts_with(d[3], 'http.blockpage:'), false) AS confirmed,
        CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp
             WHEN starts_with(coalesce(d[3], ''), 'http.blockpage:') THEN http_fp END AS fingerprint
-FROM r
+FROM s
 ORDER BY measurement_start_time, measurement_id
 """
