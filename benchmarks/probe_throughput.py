@@ -34,6 +34,7 @@ class Result:
     wall_s: float
     run_s: float | None  # the runner's own figure (without interpreter start-up)
     peak_rss_mb: float
+    cpu_s: float  # user + system CPU of the `vantage run` process
     rows: int
     fetched: int  # rows whose page arrived (HTTP 200)
     exit_code: int
@@ -65,6 +66,7 @@ def vantage_run(args: list[str], output: Path) -> Result:
         con.close()
     return Result(
         urls=0, wall_s=wall, run_s=float(m.group(1)) if m else None, peak_rss_mb=usage.ru_maxrss / 1024,
+        cpu_s=usage.ru_utime + usage.ru_stime,
         rows=rows, fetched=fetched, exit_code=proc.returncode,
     )
 
@@ -126,7 +128,7 @@ def report(label: str, r: Result) -> None:
     print(f"  URLs measured: {r.rows} of {r.urls}, pages fetched: {r.fetched} (exit code {r.exit_code})")
     print(f"  wall time: {r.wall_s:.1f} s for the process, {run_s:.1f} s in the runner")
     print(f"  throughput: {r.urls / run_s:.1f} URLs/s")
-    print(f"  peak RSS of `vantage run`: {r.peak_rss_mb:.0f} MB")
+    print(f"  peak RSS of `vantage run`: {r.peak_rss_mb:.0f} MB; CPU time {r.cpu_s:.1f} s")
 
 
 if __name__ == "__main__":
