@@ -19,13 +19,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from netns.conftest import lab_skip_reason  # noqa: E402
 from netns.lab import NetnsLab  # noqa: E402
-from netns.scenarios import SCENARIOS  # noqa: E402
+from netns.scenarios import SCENARIOS, Scenario, addresses  # noqa: E402
 from netns.scoring import render  # noqa: E402
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     # SystemExit unwinds through the lab's context manager, which tears it down.
     raise SystemExit(128 + signum)
+
+
+def _run(scenarios: tuple[Scenario, ...], args: argparse.Namespace) -> int:
+    with NetnsLab(scenarios, keep_workdir=args.keep) as lab:
+        print(f"lab up in {lab.build_seconds:.1f}s: namespaces {', '.join(lab.topo.ns.values())}; "
+              f"work directory {lab.workdir}", flush=True)
+        rc = 0
+        if not args.no_run:
+            result = lab.run(step=lambda m: print(f"-- {m}", flush=True))
+            print()
+            print(render(result.score))
+            print("runtime: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+            s = result.score
+            rc = 0 if (s.precision >= 0.95 and s.recall >= 0.95 and not s.wrong_layer and not s.false_blocks) else 1
+        if args.hold:
+            sc = scenarios[0]
+            ip = addresses(scenarios)[sc.name][0]
+            print("\nthe lab is up; try e.g.\n"
+                  f"  ip netns exec {lab.topo.ns['probe']} curl -s --cacert {lab.ca_bundle} "
+                  f"--resolve {sc.host}:{sc.port}:{ip} {sc.url}\n"
+                  f"  ip netns exec {lab.topo.ns['probe']} getent hosts {sc.host}\n"
+                  "press Enter to tear it down", flush=True)
+            try:
+                input()
+            except EOFError:
+                pass
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,27 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _exit_on_signal)
 
     started = time.monotonic()
-    with NetnsLab(scenarios, keep_workdir=args.keep) as lab:
-        print(f"lab up in {lab.build_seconds:.1f}s: namespaces {', '.join(lab.topo.ns.values())}; "
-              f"work directory {lab.workdir}", flush=True)
-        rc = 0
-        if not args.no_run:
-            result = lab.run(step=lambda m: print(f"-- {m}", flush=True))
-            print()
-            print(render(result.score))
-            print("runtime: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
-            s = result.score
-            rc = 0 if (s.precision >= 0.95 and s.recall >= 0.95 and not s.wrong_layer and not s.false_blocks) else 1
-        if args.hold:
-            print("\nthe lab is up; try e.g.\n"
-                  f"  ip netns exec {lab.topo.ns['probe']} curl -s --cacert {lab.ca_bundle} "
-                  f"--resolve plain.lab.test:443:10.77.3.10 https://plain.lab.test/\n"
-                  "press Enter to tear it down", flush=True)
-            try:
-                input()
-            except EOFError:
-                pass
-    print(f"lab torn down; {time.monotonic() - started:.1f}s in all", flush=True)
+    rc = 0
+    try:
+        rc = _run(scenarios, args)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        rc = 130
+    finally:
+        # The lab's context manager has already torn it down when we get here.
+        print(f"lab torn down; {time.monotonic() - started:.1f}s in all", flush=True)
     return rc
 
 

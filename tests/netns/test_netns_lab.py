@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,3 +171,28 @@ def test_end_to_end_accuracy(netns_lab_run: LabRun) -> None:
     assert result.precision >= 0.95, render(result)
     assert not result.wrong_layer, [(r.truth.name, r.status, r.layer, r.method) for r in result.wrong_layer]
     assert not result.false_blocks, [(r.truth.name, r.method) for r in result.false_blocks]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_run_lab_tears_down_when_interrupted(sig: int) -> None:
+    require_lab()
+    script = Path(__file__).resolve().parent / "run_lab.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--no-run", "--hold"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("lab up"), first
+        names = first.split("namespaces ")[1].split(";")[0].split(", ")
+        listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+        assert all(n in listed for n in names)
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "lab torn down" in rest, rest
+    listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(n in listed for n in names), listed
+    assert not any(Path("/etc/netns", n).exists() for n in names)
