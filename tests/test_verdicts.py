@@ -461,3 +461,32 @@ def test_bogon_checker() -> None:
     assert b(ipaddress.ip_address("::ffff:192.168.1.1")) and b(ipaddress.ip_address("fe80::1"))
     assert not b(ipaddress.ip_address("127.0.0.1")) and not b(ipaddress.ip_address(SITE_IP))
     assert not b(ipaddress.ip_address("2606:4700::1111"))
+
+
+# --------------------------------------------------------------------------- resolver paths
+
+
+def test_lying_system_resolver_beats_https_success_via_honest_resolver(tmp_path: Path) -> None:
+    # The system resolver answers a bogon; the page still arrives over HTTPS through the
+    # configured resolver's (honest) answer. Users of the system resolver are blocked.
+    p = web(url="https://site.example/", ips=[SITE_IP])
+    p.dns.insert(0, DnsQuery(t0=0.0, t=0.01, failure=None, resolver="system", engine="system", query_type="A",
+                             hostname="site.example", rcode="NOERROR", answers=[DnsAnswer("A", "127.0.0.1")]))
+    p.dns[1].engine, p.dns[1].resolver = "udp", "8.8.8.8:53"
+    expect(judge(tmp_path, p, control_of(p)), "blocked", "dns", "dns.bogon")
+
+
+def test_redirect_target_that_does_not_resolve(tmp_path: Path) -> None:
+    p = web(http_failure="unknown_failure:dns_lookup")
+    p.dns.append(DnsQuery(t0=0.5, t=0.6, failure="dns_nxdomain", resolver="system", engine="system", query_type="A",
+                          hostname="next.example", rcode="NXDOMAIN", tag="redirect"))
+    expect(judge(tmp_path, p, control_of(p)), "blocked", "dns", "dns.nxdomain_ctrl_ok")
+
+
+def test_tls_passthrough_box_serving_a_blockpage_is_dns(tmp_path: Path) -> None:
+    # The lying answer is a proxy: TLS to it validates (it relays), cleartext HTTP gets a blockpage.
+    p = web(url="http://site.example/", ips=["130.192.182.17"], body=BLOCKPAGE, title="Blocked")
+    p.tls.append(TlsHandshake(t0=0.2, t=0.3, failure=None, ip="130.192.182.17", port=443, sni="site.example",
+                              cert_valid=True))
+    v = judge(tmp_path, p, control_of(p))
+    expect(v, "blocked", "dns", "http.blockpage:vantage.lab_blockpage")
