@@ -330,3 +330,21 @@ def test_duplicate_dns_responses_become_late_responses() -> None:
     (q,) = [q for q in probe.dns if q.engine == "udp" and q.query_type == "A"]
     assert [a.value for a in q.late_responses[0].answers] == ["10.10.34.36"]
     assert q.late_responses[0].t == 0.5 and [a.value for a in q.answers] == ["93.184.216.34"]
+
+
+def test_truncated_gzip_and_bad_bytes_keep_what_can_be_read(tmp_path: Path) -> None:
+    good = [netem_line(40), netem_line(41)]
+    blob = gzip.compress(("\n".join(good) + "\n").encode() * 50)
+    (tmp_path / "cut.jsonl.gz").write_bytes(blob[: len(blob) // 2])
+    # A stray Latin-1 byte inside a JSON string: decoded with replacement, the line still imports.
+    (tmp_path / "latin1.jsonl").write_bytes(good[0].replace("Default Web Page", "Caf\xe9").encode("latin-1") + b"\n")
+    s = import_ooni([tmp_path], tmp_path / "ds")
+    assert s.measurements > 2  # the half before the damage
+    assert s.malformed == 1 and "cut.jsonl.gz" in s.errors[0] and "unreadable" in s.errors[0]
+
+
+def test_directory_without_ooni_files_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    result = CliRunner().invoke(main, ["ooni", "import", str(tmp_path), "-o", str(tmp_path / "ds")])
+    assert result.exit_code == 1 and result.output.startswith("Error: no OONI measurement files")
+    assert len(result.output.strip().splitlines()) == 1
