@@ -330,7 +330,9 @@ def _serve_until_interrupted(lab: LoopbackLab, console: Console) -> None:
         f"  curl --cacert {lab.ca_bundle} --resolve sni-open.lab.test:{lab.https_port}:127.64.1.4 "
         f"{lab.url('sni-open.lab.test')}\n"
         f"honest resolver {lab.honest_resolver}; sites use ports {lab.http_port} (http) and "
-        f"{lab.https_port} (https). Ctrl-C stops it."
+        f"{lab.https_port} (https). Ctrl-C stops it.",
+        soft_wrap=True,
+        highlight=False,
     )
     with contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
