@@ -80,10 +80,12 @@ def test_max_runtime_stops_and_resume_measures_only_the_rest(farm50: Farm, vanta
     settings = lab_settings(farm50, step=3.0)
     first = run(targets, settings, vantage, output, concurrency=1, max_runtime=1.8)
     assert first.stopped == "max_runtime"
-    assert first.cancelled == 1  # the one in flight: not written, so resume measures it
+    # The one in flight (none if the budget fell between two measurements): not written, so
+    # resume measures it.
+    assert first.cancelled in (0, 1)
     done_first = first.counts["web_connectivity"].measured
     assert 1 <= done_first < 50
-    assert first.not_started == 50 - done_first - 1
+    assert first.not_started == 50 - done_first - first.cancelled
     assert len(rows(output)) == done_first  # flushed on the way out
 
     second = run(targets, settings, vantage, output, run_id=first.run_id, concurrency=20)
