@@ -82,14 +82,16 @@ def _iter_open(path: Path, fh: io.TextIOBase) -> Iterator[RawDocument]:
     if not first:
         return
     head = first.lstrip()
-    if head.startswith("["):
+    name = path.name.lower()
+    lines_only = name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz"))
+    if head.startswith("[") and not lines_only:
         yield from _iter_stream(path, fh, first, lineno, array=True)
         return
     try:
         doc = json.loads(first)
     except json.JSONDecodeError:
         doc = None
-    if doc is None and head.startswith("{"):
+    if doc is None and head.startswith("{") and not lines_only:
         # A pretty-printed object (or several): the first line is not a whole value.
         yield from _iter_stream(path, fh, first, lineno, array=False)
         return

@@ -46,11 +46,13 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
         err.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
     if summary.malformed > len(summary.errors):
         err.print(f"... and {summary.malformed - len(summary.errors)} more skipped", highlight=False)
-    out.print(render_summary(summary, output))
+    # The path goes on its own line: a table title would wrap a long path.
+    out.print(f"OONI import into {output}", markup=False, highlight=False, soft_wrap=True)
+    out.print(render_summary(summary))
 
 
-def render_summary(summary: ImportSummary, output: Path) -> Table:
-    table = Table(title=f"OONI import into {output}", title_justify="left")
+def render_summary(summary: ImportSummary) -> Table:
+    table = Table()
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_row("files read", str(summary.files))
