@@ -147,7 +147,10 @@ def test_ctrl_c_flushes_what_was_measured(farm30: Farm, tmp_path: Path) -> None:
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
         # Two slots and 30 s timeouts: the black holes soon hold both slots, and nothing
         # would be written before the 30 s flush timer. Ctrl-C must write what is done.
-        time.sleep(4.0)
+        assert proc.stderr is not None
+        first_line = proc.stderr.readline()  # printed just before measuring starts
+        assert first_line.startswith("Measuring"), first_line
+        time.sleep(2.5)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=20)
