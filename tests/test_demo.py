@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import ipaddress
 import threading
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from click.testing import CliRunner
 from probe.cli import main
 from probe.cli.demo import run_demo
 from probe.lab import SITES, LoopbackLab
+from probe.schema import row_to_record
+from probe.store import iter_dataset_files
 
 pytestmark = pytest.mark.slow  # two runs over the lab plus the analysis: ~10 s
 
@@ -37,6 +40,19 @@ def test_demo_pipeline_matches_ground_truth_for_every_lab_url(
     assert loopback_lab.url("http-redirect.lab.test", "http") in confirmed
     # The lab was handed back as it was found.
     assert loopback_lab.censor
+    # Nothing left loopback: every resolver asked and every address met is the lab's.
+    for dataset, resolver in (
+        (result.probe_dataset, loopback_lab.censoring_resolver),
+        (result.control_dataset, loopback_lab.honest_resolver),
+    ):
+        records = [
+            row_to_record(r) for f in iter_dataset_files(dataset) for r in pq.read_table(f).to_pylist()
+        ]
+        assert len(records) == len(SITES)
+        assert {q.resolver for m in records for q in m.dns} == {resolver}
+        addresses = {a.value for m in records for q in m.dns for a in q.answers}
+        addresses |= {c.ip for m in records for c in m.tcp} | {h.ip for m in records for h in m.http if h.ip}
+        assert addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses), addresses
 
 
 def test_demo_command_prints_the_match_and_cleans_up(tmp_path: Path) -> None:
