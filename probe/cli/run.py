@@ -140,6 +140,10 @@ def run(ctx: click.Context, **opts: Any) -> None:
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
+    if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
+        raise click.ClickException(
+            "nothing to measure: give --list LIST (e.g. --list vantage, the shipped list) or --url URL"
+        )
     targets = _targets(opts, experiment)
     if not targets:
         raise click.ClickException("nothing to measure: the lists and --url gave no usable input")
