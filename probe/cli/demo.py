@@ -29,7 +29,7 @@ from probe.lab import LAB_CC, LoopbackLab
 DEFAULT_PARENT = Path("vantage-demo")
 # Shorter than a real run's limits: every lab server answers in milliseconds or never, and the
 # demo must finish well inside a minute (the silent site and the dropped DNS query cost these).
-DEMO_TIMEOUTS = {"dns": 2.0, "connect": 4.0, "tls": 4.0, "http": 4.0}
+DEMO_TIMEOUTS = {"dns": 2.0, "connect": 5.0, "tls": 5.0, "http": 5.0}
 PROBE_ASN = "AS64500"  # RFC 5398 documentation ASNs: the lab's censored and control networks
 CONTROL_ASN = "AS64501"
 
