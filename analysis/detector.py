@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 # Rates the detector compares with their baselines; layer rates are success (1 - failure)
 # rates so that every signal alerts when it *drops*.
@@ -268,15 +269,44 @@ def cusum_changes(table: pa.Table, hour0: np.datetime64, n_hours: int, cfg: Dete
     """
     if table.num_rows == 0:
         return []
-    keys = [f"{c}\x00{a}\x00{i}" for c, a, i in zip(table.column("cc").to_pylist(), table.column("asn").to_pylist(),
-                                                     table.column("input").to_pylist(), strict=True)]
-    uniq, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+    # series keys as integer codes from each column's dictionary (no per-row Python strings)
+    code = np.zeros(table.num_rows, dtype=np.int64)
+    dicts = []
+    for name in ("cc", "asn", "input"):
+        enc = pc.dictionary_encode(table.column(name)).combine_chunks()
+        dicts.append(enc.dictionary.to_pylist())
+        code = code * len(dicts[-1]) + enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes, inverse = np.unique(code, return_inverse=True)
+    del code
+    n_asn, n_inp = len(dicts[1]), len(dicts[2])
+    uniq = np.asarray([f"{dicts[0][c // (n_asn * n_inp)]}\x00{dicts[1][(c // n_inp) % n_asn]}\x00{dicts[2][c % n_inp]}"
+                       for c in codes.tolist()], dtype=object)
     hours = ((table.column("hour").to_numpy().astype("datetime64[h]") - hour0.astype("datetime64[h]"))
              .astype(np.int64))
-    n = np.zeros((len(uniq), n_hours))
-    f = np.zeros((len(uniq), n_hours))
-    np.add.at(n, (inverse, hours), table.column("n").to_numpy().astype(float))
-    np.add.at(f, (inverse, hours), table.column("failed").to_numpy().astype(float))
+    counts = table.column("n").to_numpy().astype(float)
+    fails = table.column("failed").to_numpy().astype(float)
+    # series x hours arrays, a chunk of series at a time: a year of a thousand-URL list over
+    # hundreds of networks must not need gigabytes
+    order = np.argsort(inverse, kind="stable")
+    inverse, hours, counts, fails = inverse[order], hours[order], counts[order], fails[order]
+    chunk = max(1, _CUSUM_CELLS // max(n_hours, 1))
+    changes: list[Change] = []
+    for lo in range(0, len(uniq), chunk):
+        hi = min(lo + chunk, len(uniq))
+        a, b = np.searchsorted(inverse, [lo, hi])
+        n = np.zeros((hi - lo, n_hours))
+        f = np.zeros((hi - lo, n_hours))
+        np.add.at(n, (inverse[a:b] - lo, hours[a:b]), counts[a:b])
+        np.add.at(f, (inverse[a:b] - lo, hours[a:b]), fails[a:b])
+        changes.extend(_cusum_chunk(uniq[lo:hi], n, f, cfg))
+    return changes
+
+
+_CUSUM_CELLS = 4_000_000  # series x hours per chunk (4 float arrays of 32 MB)
+
+
+def _cusum_chunk(uniq: np.ndarray, n: np.ndarray, f: np.ndarray, cfg: DetectorConfig) -> list[Change]:
+    n_hours = n.shape[1]
     window = 24 * cfg.baseline_days
     cn = np.concatenate([np.zeros((len(uniq), 1)), np.cumsum(n, axis=1)], axis=1)
     cf = np.concatenate([np.zeros((len(uniq), 1)), np.cumsum(f, axis=1)], axis=1)

@@ -375,3 +375,46 @@ def generate_signals(
     for name in SIGNAL_COUNT_COLUMNS:
         cols[name] = pa.array(counts[name].reshape(-1).astype(np.int64))
     return SignalScenario(pa.table(cols), events)
+
+
+def generate_input_failures(
+    n_networks: int = 200, days: int = 30, n_inputs: int = 30, *, seed: int = 13, n_blocks: int = 50,
+    start: dt.datetime | None = None,
+) -> SignalScenario:
+    """Hourly (cc, asn, input, hour, n, failed) rows, the change detector's input: 1-3
+    measurements per target and hour, 1 % noise, ``n_blocks`` planted blocks after day 8 (half
+    lifted again, half still in place at the end)."""
+    rng = np.random.default_rng(seed)
+    start = start or dt.datetime(2026, 10, 1, tzinfo=UTC)
+    n_h = days * 24
+    n_series = n_networks * n_inputs
+    n = rng.integers(1, 4, (n_series, n_h))
+    p = np.full((n_series, n_h), 0.01)
+    events = []
+    for k in range(n_blocks):
+        si = int(rng.integers(0, n_series))
+        h0 = int(rng.integers(8 * 24, n_h - 24))
+        h1 = int(rng.integers(h0 + 6, n_h)) if k % 2 else n_h
+        p[si, h0:h1] = 1.0
+        net, inp = divmod(si, n_inputs)
+        events.append(PlantedEvent("service_blocking", start + h0 * HOUR, None if h1 == n_h else start + h1 * HOUR,
+                                   "ZZ", (f"AS{10000 + net}",), (f"https://site-{inp}.example/",),
+                                   label=f"bench block {k}"))
+    failed = rng.binomial(n, p)
+    hour_us = (int(start.timestamp()) + np.arange(n_h) * 3600) * 1_000_000
+    nets = np.repeat(np.arange(n_networks), n_inputs)
+    inps = np.tile(np.arange(n_inputs), n_networks)
+    asn_names = np.asarray([f"AS{10000 + i}" for i in range(n_networks)], dtype=object)
+    inp_names = np.asarray([f"https://site-{i}.example/" for i in range(n_inputs)], dtype=object)
+    table = pa.table({
+        "cc": pa.DictionaryArray.from_arrays(np.zeros(n_series * n_h, dtype=np.int32), pa.array(["ZZ"])).cast(pa.string()),
+        # built as dictionary arrays and cast in C++: no Python string per row
+        "asn": pa.DictionaryArray.from_arrays(np.repeat(nets, n_h).astype(np.int32),
+                                              pa.array(asn_names.tolist())).cast(pa.string()),
+        "input": pa.DictionaryArray.from_arrays(np.repeat(inps, n_h).astype(np.int32),
+                                                pa.array(inp_names.tolist())).cast(pa.string()),
+        "hour": pa.array(np.tile(hour_us, n_series)).cast(pa.timestamp("us")),
+        "n": pa.array(n.reshape(-1).astype(np.int64)),
+        "failed": pa.array(failed.reshape(-1).astype(np.int64)),
+    })
+    return SignalScenario(table, events)
