@@ -30,16 +30,21 @@ echo "== pip install -e .[test]"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test]'
 
+set +e
 echo "== ruff"
 .venv/bin/ruff check probe analysis tests benchmarks
+lint=$?
 
 echo "== pytest"
-set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then
   echo "pytest collected no tests: failing" >&2
   exit 1
+fi
+if [ "$lint" != 0 ]; then
+  echo "ruff found problems: failing" >&2
+  [ "$rc" != 0 ] || rc=1
 fi
 exit "$rc"
