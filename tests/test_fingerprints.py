@@ -107,5 +107,6 @@ def test_project_file_is_in_the_ooni_format() -> None:
     with open(PROJECT_FINGERPRINTS, newline="", encoding="utf-8") as fh:
         assert fh.readline() == HEADER
     fps = load_file(PROJECT_FINGERPRINTS)
-    assert fps.problems == [] and len(fps) >= 4
-    assert fps.http_matcher.match_body("x<!-- vantage-lab-blockpage -->y").name == "vantage.lab_blockpage"  # type: ignore[union-attr]
+    assert fps.problems == [] and len(fps) >= 1
+    page = "<h1>Access Denied</h1><p>This request cannot be served in your jurisdiction.</p>"
+    assert fps.http_matcher.match_body(page).name == "vantage.netem_blockpage"  # type: ignore[union-attr]

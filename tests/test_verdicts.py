@@ -109,7 +109,20 @@ def control_of(probe: Measurement, **kw: Any) -> Measurement:
     return web("control", control_for=probe.measurement_id, at=probe.measurement_start_time, **kw)
 
 
+# Fingerprints of the test blockpage and sinkhole (OONI blocking-fingerprints format), loaded
+# next to the project's own for every test.
+TEST_FINGERPRINTS = (
+    "name,scope,other_names,location_found,pattern_type,pattern,confidence_no_fp,expected_countries,source,exp_url,notes\n"
+    "test.blockpage,isp,,body,contains,<!-- vantage-lab-blockpage -->,10,ZZ,test,,\n"
+    "test.sinkhole,isp,,dns,full,198.18.0.66,10,ZZ,test,,\n"
+)
+
+
 def verdicts(tmp_path: Path, records: Iterable[Measurement], **kw: Any) -> dict[str, dict[str, Any]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    fp = tmp_path / "test-fingerprints.csv"
+    fp.write_text(TEST_FINGERPRINTS, encoding="utf-8")
+    kw["fingerprints"] = [fp, *kw.get("fingerprints", [])]
     root = tmp_path / "ds"
     write_records(root, "run-test", list(records))
     con = open_datasets([root])
@@ -220,7 +233,7 @@ def test_dns_fingerprint_confirms(tmp_path: Path) -> None:
     p = web(ips=["198.18.0.66"])
     v = judge(tmp_path, p, control_of(p))
     expect(v, "blocked", "dns", "dns.blockpage_ip")
-    assert v["confirmed"] is True and v["fingerprint"] == "vantage.lab_sinkhole" and v["confidence"] == 1.0
+    assert v["confirmed"] is True and v["fingerprint"] == "test.sinkhole" and v["confidence"] == 1.0
 
 
 def test_ooni_dns_fingerprint_from_extra_file(tmp_path: Path) -> None:
@@ -347,8 +360,8 @@ def test_body_difference_with_same_title_is_ok(tmp_path: Path) -> None:
 def test_blockpage_body_fingerprint(tmp_path: Path) -> None:
     p = web(body=BLOCKPAGE, title="Blocked")
     v = judge(tmp_path, p, control_of(p))
-    expect(v, "blocked", "http-diff", "http.blockpage:vantage.lab_blockpage")
-    assert v["confirmed"] is True and v["fingerprint"] == "vantage.lab_blockpage"
+    expect(v, "blocked", "http-diff", "http.blockpage:test.blockpage")
+    assert v["confirmed"] is True and v["fingerprint"] == "test.blockpage"
 
 
 def test_blockpage_header_fingerprint_from_ooni_file(tmp_path: Path) -> None:
@@ -366,7 +379,7 @@ def test_blockpage_without_control_is_still_confirmed(tmp_path: Path) -> None:
 def test_blockpage_behind_a_lying_answer_is_dns(tmp_path: Path) -> None:
     p = web(ips=["10.10.34.35"], body=BLOCKPAGE, title="Blocked")
     v = judge(tmp_path, p, control_of(p))
-    expect(v, "blocked", "dns", "http.blockpage:vantage.lab_blockpage")
+    expect(v, "blocked", "dns", "http.blockpage:test.blockpage")
 
 
 def test_same_blockpage_at_the_control_is_not_a_match(tmp_path: Path) -> None:
@@ -489,4 +502,4 @@ def test_tls_passthrough_box_serving_a_blockpage_is_dns(tmp_path: Path) -> None:
     p.tls.append(TlsHandshake(t0=0.2, t=0.3, failure=None, ip="130.192.182.17", port=443, sni="site.example",
                               cert_valid=True))
     v = judge(tmp_path, p, control_of(p))
-    expect(v, "blocked", "dns", "http.blockpage:vantage.lab_blockpage")
+    expect(v, "blocked", "dns", "http.blockpage:test.blockpage")
