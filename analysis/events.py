@@ -165,6 +165,10 @@ class Classifier:
         lv = {name: self._levels[f"{name}_level"][sl] for name in ("volume", "anchor_success", "target_success")}
         anchor_drop = bool((lv["anchor_success"] > 0).any())
         target_drop = bool((lv["target_success"] > 0).any())
+        # Datasets without anchors (OONI imports, old probes): a critical fall of every target
+        # must stand in for the anchors, with less confidence.
+        no_anchors = bool(np.isnan(self._np["anchor_success_ratio"][sl]).all())
+        dark = anchor_drop or (no_anchors and bool((lv["target_success"] >= 2).any()))
         rate_driven = any(bool((self._levels[f"{s}_level"][sl] > 0).any()) for s in cfg.alert_signals if s != "volume")
         volume_hours = int((lv["volume"] >= LEVELS.index(cfg.volume_alone)).sum())
         if not self._rate_evidence(sl) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
@@ -176,8 +180,10 @@ class Classifier:
         vol = self._np["volume"][sl]
         base.measurements = int(vol.sum())
         if self.con is None:  # signals only: no vantage points or controls to look at
-            if anchor_drop and target_drop:
+            if dark and target_drop:
                 base.kind, base.reason, base.confidence = "shutdown", "anchors and targets dropped together", 0.6
+                if no_anchors:
+                    base.reason, base.confidence = "every target dropped (no anchors measured)", 0.4
             elif target_drop:
                 base.kind, base.reason, base.confidence = "service_blocking", "targets dropped, anchors did not", 0.4
             base.vantage_points = int(self._np["vantage_points"][sl].max())
@@ -205,12 +211,15 @@ class Classifier:
             base.kind, base.confidence = "probe_fault", 0.7
             base.reason = (f"failures tied to software version {', '.join(sorted(map(str, failing_versions)))}, "
                            f"new in this network (before: {', '.join(sorted(before))})")
-        elif anchor_drop and target_drop and not healthy:
+        elif dark and target_drop and not healthy:
             if ctrl is None or ctrl >= cfg.warning:
                 base.kind = "shutdown"
                 base.confidence = 0.9 if ctrl is not None and len(failing) > 1 else 0.7 if ctrl is not None else 0.5
-                base.reason = (f"anchors and targets failed together on {len(failing)} vantage point(s); controls "
+                what = "targets failed (no anchors measured)" if no_anchors else "anchors and targets failed together"
+                base.reason = (f"{what} on {len(failing)} vantage point(s); controls "
                                + ("reached the targets" if ctrl is not None else "absent"))
+                if no_anchors:
+                    base.confidence = round(base.confidence - 0.2, 2)
             else:
                 base.kind, base.confidence = "site_outage", 0.6
                 base.reason = f"anchors and targets failed, but controls failed too (ok rate {ctrl:.0%})"

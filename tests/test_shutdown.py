@@ -170,3 +170,26 @@ def test_events_parquet_roundtrip(detected: tuple[sc.Scenario, Detection], tmp_p
     assert set(back.column("kind").to_pylist()) <= {"shutdown", "service_blocking", "site_outage", "probe_fault",
                                                       "unclassified"}
     assert back.schema.field("start").type.tz == "UTC"
+
+
+def test_shutdown_without_anchors(tmp_path: Path) -> None:
+    # OONI imports and old probes have no anchors: a critical fall of every target still
+    # dates a shutdown (with less confidence), and a blocked target alone is still blocking.
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+    shut = sc.PlantedEvent("shutdown", start + dt.timedelta(days=9, hours=3), start + dt.timedelta(days=9, hours=9),
+                           "MM", ("AS2001",), label="dark")
+    block = sc.PlantedEvent("service_blocking", start + dt.timedelta(days=10, hours=12), None, "MM", ("AS2001",),
+                            ("https://news-a.example/",), "dns.dns_nxdomain")
+    nets = [sc.Network("MM", "AS2001", "Example Telecom MM", ("pi", "pi"), 6),
+            sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
+    scn = sc.Scenario(start=start, days=12, networks=nets, events=[shut, block], anchors=(), seed=4)
+    con = duckdb.connect()
+    con.register("measurements", sc.generate_measurements(scn))
+    d = detect(con)
+    Console(width=220).print(render_events(d.events, title="No anchors"))
+    (s,) = d.of_kind("shutdown")
+    assert (s.start, s.end) == (shut.start, shut.end) and "no anchors" in s.reason and s.confidence < 0.9
+    (b,) = d.of_kind("service_blocking")
+    assert b.start == block.start and b.inputs == list(block.inputs)
+    assert len(d.events) == 2
+    con.close()
