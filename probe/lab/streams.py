@@ -17,9 +17,10 @@ class _TrackedProtocol(asyncio.StreamReaderProtocol):
     def __init__(self, reader: asyncio.StreamReader, handler: Handler, server: TrackedServer):
         super().__init__(reader, handler)
         self._owner = server
-        self._tracked: asyncio.BaseTransport | None = None
+        self._tracked: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a stream server's connections are
         self._tracked = transport
         self._owner.connections.add(transport)
         super().connection_made(transport)
@@ -40,7 +41,7 @@ class TrackedServer:
         self._handler = handler
         self._sock = sock
         self._server: asyncio.AbstractServer | None = None
-        self.connections: set[asyncio.BaseTransport] = set()
+        self.connections: set[asyncio.Transport] = set()
         self.stopping = False
 
     async def start(self) -> None:
