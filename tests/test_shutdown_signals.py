@@ -192,3 +192,39 @@ def test_cusum_in_chunks_finds_the_same(monkeypatch: pytest.MonkeyPatch) -> None
     assert [i for i, _, _ in key] == [f"in{i}" for i in range(7)]
     assert all(abs(s - (100 + 10 * i)) <= 1 for i, (_, s, _) in enumerate(key))  # a noise failure may come just before
     assert all(e is not None and abs(e - 200) <= 2 for _, _, e in key)  # noise may blur the end by an hour or two
+
+
+def test_real_anchor_records_on_loopback() -> None:
+    # Records as the anchors experiment writes them (not hand-built): an open and a closed
+    # loopback port become one reached and one failed anchor.
+    import asyncio
+    import socket
+
+    from probe.experiments.base import Settings, Target, Vantage, measure
+    from probe.experiments.registry import get
+
+    async def run() -> list[S.Measurement]:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        try:
+            settings = Settings(use_system_resolver=False)
+            vantage = Vantage(probe_cc="IR", probe_asn="AS1")
+            exp = get("anchors")
+            return [await measure(exp, Target(f"tcp://127.0.0.1:{p}"), settings, vantage, "r1") for p in (port, closed)]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    records = asyncio.run(run())
+    table = S.records_to_table(records).append_column("probe_cc", pa.array(["IR", "IR"]))
+    c = duckdb.connect()
+    c.register("measurements", table)
+    signals.create_fact_views(c)
+    rows = c.sql("SELECT is_anchor, ok, method FROM shutdown_facts ORDER BY measurement_start_time").fetchall()
+    assert rows == [(True, True, None), (True, False, "tcp.connection_refused")]
+    hours = signals.network_hour_signals(c).to_pylist()  # one hour (two if run at hh:59:59)
+    assert (sum(h["anchor_n"] for h in hours), sum(h["anchor_ok"] for h in hours)) == (2, 1)
+    c.close()
