@@ -4,7 +4,7 @@ The dataset is generated in DuckDB (no Python object per row), cast to the Vanta
 and written as a hive-partitioned dataset; then compute_verdicts runs over it and the script
 prints rows per second, wall time and peak RSS. Goal: 1,000,000 probe rows in under 30 s.
 
-    .venv/bin/python benchmarks/analyze_throughput.py [--rows N] [--keep DIR]
+    .venv/bin/python benchmarks/analyze_throughput.py [--rows N] [--keep DIR] [--generate-only]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.db import open_datasets  # noqa: E402
 from analysis.verdicts import compute_verdicts  # noqa: E402
 from probe.schema import MEASUREMENT_SCHEMA  # noqa: E402
+
+# Blockpage fingerprints: the project's own plus OONI's full lists (1,955 rows) when the shared
+# data is there, so matching costs what it costs in real use.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fingerprints"
+OONI_FINGERPRINTS = [p for p in (SHARED / "fingerprints_http.csv", SHARED / "fingerprints_dns.csv") if p.exists()]
 
 # Scenario by (i % 100): most measurements are fine, the rest exercise every rule.
 GENERATE = """
@@ -88,7 +94,7 @@ def probe_sql() -> str:
                  'body_truncated': false,
                  'body_sha256': CASE WHEN s BETWEEN 92 AND 96 THEN 'blocked' ELSE sha256(body) END,
                  'body_sample': CASE WHEN s BETWEEN 92 AND 94
-                                     THEN '<html><title>Blocked</title><body><!-- vantage-lab-blockpage --> denied</body></html>'
+                                     THEN '<html><title>Access Denied</title><body><h1>Access Denied</h1><p>This request cannot be served in your jurisdiction.</p></body></html>'
                                      WHEN s BETWEEN 95 AND 96 THEN '<html><title>Forbidden</title>forbidden</html>'
                                      ELSE body END,
                  'title': CASE WHEN s BETWEEN 92 AND 96 THEN 'Blocked' ELSE 'Site ' || site || ' welcome page' END,
@@ -148,6 +154,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=20_000, help="distinct URLs")
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--keep", type=Path, help="write the dataset here and keep it (reused when present)")
+    ap.add_argument("--generate-only", action="store_true", help="only write the dataset (with --keep)")
     args = ap.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="vantage-bench-"))
@@ -155,19 +162,27 @@ def main() -> None:
         if not (root / "measurements").is_dir():
             t = time.perf_counter()
             n = generate(root, args.rows, args.inputs, args.days)
-            print(f"generated {n:,} rows (probe + control) in {time.perf_counter() - t:.1f} s; peak RSS so far {peak_rss_mb():,.0f} MB")
+            print(f"generated {n:,} rows (probe + control) in {time.perf_counter() - t:.1f} s", flush=True)
+            if not args.generate_only:
+                # Measure in a fresh process, so peak RSS is the analysis's, not the generator's.
+                cmd = [sys.executable, __file__, "--keep", str(root), "--rows", str(args.rows)]
+                sys.exit(subprocess.call(cmd))
+        if args.generate_only:
+            return
         rss_before = peak_rss_mb()
+        print(f"dataset: {root}", flush=True)
         load_before = os.getloadavg()[0]
         cpu = time.process_time()
         t = time.perf_counter()
         con = open_datasets([root])
-        verdicts = compute_verdicts(con)
+        verdicts = compute_verdicts(con, fingerprints=OONI_FINGERPRINTS)
         elapsed = time.perf_counter() - t
         cpu = time.process_time() - cpu
         con.close()
         counts: dict[str, int] = {}
         for s in verdicts.column("status").to_pylist():
             counts[s] = counts.get(s, 0) + 1
+        print(f"fingerprints: the project's own + {', '.join(p.name for p in OONI_FINGERPRINTS) or 'none'}")
         print(f"verdicts: {verdicts.num_rows:,} probe measurements in {elapsed:.1f} s = {verdicts.num_rows / elapsed:,.0f} rows/s")
         print(f"CPU time: {cpu:.1f} s over {os.cpu_count()} cores; machine load average before: {load_before:.1f}"
               f" (other processes share these cores)")
