@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,12 @@ class DemoResult:
     control_dataset: Path
     verdicts: Path
     database: Path
-    report: Path | None
+    report: Path
     ground_truth: Path
     rows: list[DemoRow]
     wall_s: float
     http_port: int
     https_port: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def matched(self) -> int:
@@ -103,14 +102,17 @@ def _settings(lab: LoopbackLab, resolver: str) -> Any:
 def _measure(lab: LoopbackLab, output: Path, role: str, resolver: str, asn: str, network: str) -> None:
     from probe.experiments.base import Target, Vantage
     from probe.runner import run_targets
+    from probe.store import StoreError
 
     targets = [Target(s.url, "LAB") for s in lab.sites]
     vantage = Vantage(role=role, probe_cc=LAB_CC, probe_asn=asn, probe_network=network, resolver_asn=asn)
-    summary = asyncio.run(
-        run_targets(
-            targets, "web_connectivity", _settings(lab, resolver), vantage, output=output, progress=False
+    settings = _settings(lab, resolver)
+    try:
+        summary = asyncio.run(
+            run_targets(targets, "web_connectivity", settings, vantage, output=output, progress=False)
         )
-    )
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
     if summary.stopped:
         raise click.ClickException(f"the {role} run stopped early ({summary.stopped})")
 
@@ -145,7 +147,6 @@ def run_demo(
     probe_dir, control_dir = output / "probe", output / "control"
     verdicts_path, ground_truth = output / "verdicts.parquet", output / "ground_truth.csv"
     db_path = output / "verdicts.duckdb"
-    notes: list[str] = []
     with contextlib.ExitStack() as stack:
         if lab is None:
             step("starting the loopback lab")
@@ -166,29 +167,27 @@ def run_demo(
         public_nets = lab.public_nets
 
     step("analyzing")
-    try:
-        from analysis.verdicts import analyze
-    except ImportError as exc:
-        raise click.ClickException(f"the analyzer is not available in this build ({exc})") from None
+    # Imported here: the analysis half (DuckDB, matplotlib) costs nothing to other commands.
+    from analysis.db import DatasetError
+    from analysis.fingerprints import FingerprintError
+    from analysis.report import ReportError, write_report
+    from analysis.verdicts import VerdictError, analyze
 
-    analyze(
-        [probe_dir, control_dir],
-        verdicts_path,
-        db_path,
-        public_nets=public_nets,
-        fingerprint_files=[fingerprints],
-    )
-    report_path: Path | None = output / "report.html"
+    report_path = output / "report.html"
     try:
-        from analysis.report import write_report
-    except ImportError:
-        notes.append("report skipped: analysis.report is not available in this build")
-        report_path = None
-    if report_path is not None:
+        analyze(
+            [probe_dir, control_dir],
+            verdicts_path,
+            db_path,
+            public_nets=public_nets,
+            fingerprint_files=[fingerprints],
+        )
         step("writing the report")
         write_report(
             [probe_dir, control_dir], report_path, public_nets=public_nets, fingerprints=[fingerprints]
         )
+    except (DatasetError, FingerprintError, VerdictError, ReportError) as exc:
+        raise click.ClickException(f"analysis of the demo datasets failed: {exc}") from None
 
     verdicts = _read_verdicts(verdicts_path)
     rows = []
@@ -218,7 +217,6 @@ def run_demo(
         wall_s=time.monotonic() - started,
         http_port=ports[0],
         https_port=ports[1],
-        notes=notes,
     )
 
 
@@ -259,13 +257,11 @@ def render(result: DemoResult, console: Console) -> None:
         ("control dataset", result.control_dataset),
         ("verdicts", result.verdicts),
         ("DuckDB database", result.database),
-        ("report", result.report or "(not written)"),
+        ("report", result.report),
         ("ground truth", result.ground_truth),
     ]
     for label, path in paths:  # never wrapped: these lines get copied and pasted
         console.print(f"{label + ':':17}{path}", soft_wrap=True, highlight=False)
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
     console.print(f"done in {result.wall_s:.1f} s")
 
 
