@@ -20,7 +20,7 @@ import pytest
 
 from probe.lab import LoopbackLab, plan
 from probe.lab.dns_server import LabZone
-from probe.lab.web import BLOCKPAGE_MARKER, CENSOR_SERVER, site_page
+from probe.lab.web import BLOCKPAGE_MARKER, CENSOR_SERVER, blockpage, site_page
 
 SILENT_FOR = 1.0  # seconds without an answer before a test calls a lab server silent
 ANSWER_WITHIN = 10.0  # generous: a loaded 2-core CI box must not turn an answer into silence
@@ -116,6 +116,20 @@ def test_lab_fingerprints_are_ooni_format_and_match_the_censor() -> None:
     assert by_location["body"]["pattern"] == BLOCKPAGE_MARKER
     assert by_location["header.server"]["pattern"] == CENSOR_SERVER
     assert all(r["pattern_type"] in ("full", "prefix", "contains", "regexp") for r in rows)
+
+
+def test_analyzer_loads_the_lab_fingerprints_and_they_match_the_censor() -> None:
+    from analysis.fingerprints import load_file
+
+    fps = load_file(LoopbackLab.fingerprints)
+    assert fps.problems == [] and len(fps.fingerprints) == 4
+    assert fps.match_dns(plan.BLOCKPAGE_IP) is not None
+    assert fps.match_dns("127.64.1.1") is None  # an honest lab address is no blockpage
+    matcher = fps.http_matcher
+    assert matcher.match_body(blockpage("x.lab.test").decode()) is not None
+    assert matcher.match_body(site_page("www.lab.test").decode()) is None
+    assert matcher.match_headers([("Server", CENSOR_SERVER)]) is not None
+    assert matcher.match_headers([("Location", f"http://{plan.BLOCKPAGE_IP}:8080/blocked")]) is not None
 
 
 # ---------------------------------------------------------------- DNS, without sockets
