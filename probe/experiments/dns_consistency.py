@@ -26,12 +26,16 @@ OK_DNS_FAILURES = (None, "dns_no_answer")  # a name without AAAA is consistent, 
 def hostname_of(input_: str) -> str:
     """The name to resolve from a URL or a bare host name."""
     text = input_.strip()
-    host = urlsplit(text).hostname if "://" in text else text.rstrip(".").split("/", 1)[0]
+    try:
+        # A bare "host", "host:port" or "host/path" parses as a URL without a scheme.
+        host = urlsplit(text if "://" in text else "//" + text).hostname
+    except ValueError:
+        host = None
     if not host:
         raise InputError(f"no host name in {input_!r}")
     if ip_literal(host) is not None:
         raise InputError(f"{input_!r} is an IP address, not a name to resolve")
-    return host.lower()
+    return host.rstrip(".").lower()
 
 
 class DnsConsistency(Experiment):

@@ -280,3 +280,14 @@ def test_dns_consistency_over_doh_finds_the_doh_server_through_our_resolver(farm
     # own name was found through the configured resolver, or this query would have failed.
     assert q.resolver == doh_url and q.failure is None and [a.value for a in q.answers] == [ok.ip]
     assert registry.get("dns_consistency").succeeded(m)
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [("example.org", "example.org"), ("Example.ORG.", "example.org"), ("example.org:8080", "example.org"),
+     ("example.org/path", "example.org"), ("https://www.example.org/a?b", "www.example.org")],
+)
+def test_dns_consistency_takes_the_name_from_any_input_form(text: str, host: str) -> None:
+    from probe.experiments.dns_consistency import hostname_of
+
+    assert hostname_of(text) == host
