@@ -245,3 +245,21 @@ def test_no_progress_bar_off_a_terminal(
     monkeypatch.setenv("TTY_COMPATIBLE", "0")
     asyncio.run(run_targets([Target("http://a.test/")], sleepy.name, Settings(), vantage, output=output, progress=True))
     assert capsys.readouterr().err == ""
+
+
+def test_phases_share_one_budget(sleepy: _Sleepy, vantage: Vantage, output: Path) -> None:
+    from probe.runner import run_phases
+
+    sleepy.delay = 0.2
+    first = [Target(f"http://a{i}.test/") for i in range(20)]
+    second = [Target(f"http://b{i}.test/") for i in range(5)]
+    summary = asyncio.run(
+        run_phases([(sleepy.name, first), (sleepy.name + "_2", second)], Settings(), vantage, output=output,
+                   max_runtime=0.5, concurrency=1, progress=False)
+    )
+    # The budget ran out in the first phase: the second never started, and says so.
+    assert summary.stopped == "max_runtime"
+    done = summary.counts[sleepy.name].measured
+    assert 1 <= done < 20 and (sleepy.name + "_2") not in summary.counts
+    assert summary.not_started == 20 - done - summary.cancelled + 5
+    assert len(rows(output)) == done
