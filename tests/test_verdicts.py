@@ -503,3 +503,18 @@ def test_tls_passthrough_box_serving_a_blockpage_is_dns(tmp_path: Path) -> None:
                               cert_valid=True))
     v = judge(tmp_path, p, control_of(p))
     expect(v, "blocked", "dns", "http.blockpage:test.blockpage")
+
+
+def test_answer_in_the_controls_asn_is_consistent(tmp_path: Path) -> None:
+    netaddr = pytest.importorskip("netaddr", reason="netaddr (mmdb-writer's dependency) is not installed")
+    mmdb_writer = pytest.importorskip("mmdb_writer", reason="mmdb-writer (a test extra) is not installed")
+    writer = mmdb_writer.MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    writer.insert_network(netaddr.IPSet(["151.101.0.0/16"]), {"autonomous_system_number": 54113})
+    asn_db = tmp_path / "asn.mmdb"
+    writer.to_db_file(str(asn_db))
+    p = web(ips=["151.101.1.1"], status=503, body="busy", title="Busy")
+    c = control_of(p, ips=["151.101.200.5"])
+    # Another /24, no ASN known: the answer is foreign, the different page is blamed on DNS.
+    expect(judge(tmp_path / "a", p, c), "blocked", "dns", "dns.inconsistent")
+    # Same ASN as the control's answer: DNS is fine, the page itself differs.
+    expect(judge(tmp_path / "b", p, c, asn_db=asn_db), "blocked", "http-diff", "http.status_diff")
