@@ -332,7 +332,8 @@ def _wait(ready, what: str, proc: LabProcess, timeout: float = 20.0) -> None:  #
 
 # --------------------------------------------------------------------------- the pipeline
 
-STEP_TIMEOUT = 4.0  # lab servers answer in milliseconds; silence costs this much per step
+STEP_TIMEOUT = 4.0
+BATCH = Path(__file__).resolve().parent / "vantage_batch.py"  # lab servers answer in milliseconds; silence costs this much per step
 
 
 @dataclass
@@ -373,27 +374,33 @@ class VpnLab:
         self.topo.close()
 
     def measure_all(self, scenarios: list[VpnScenario], tag: str) -> list[Path]:
-        """Every experiment, as probe and as control, all at once (one `vantage run` each)."""
-        from .lab import CONTROL_ASN, LAB_CC, PROBE_ASN, VENV_BIN, lab_env
+        """Every experiment as probe and as control: one `vantage run` per experiment, the
+        probe's and the control's batches at the same time (one interpreter per vantage point)."""
+        import json
+        import sys
+
+        from .lab import CONTROL_ASN, LAB_CC, PROBE_ASN, lab_env
 
         assert self.servers is not None
         procs = []
         datasets = []
+        lists = self.servers.write_lists(scenarios, tag)
         for role, asn in (("probe", PROBE_ASN), ("control", CONTROL_ASN)):
-            for experiment, path in self.servers.write_lists(scenarios, tag).items():
+            command_lines = []
+            for experiment, path in lists.items():
                 ds = self.topo.workdir / "results" / f"{role}-{experiment}-{tag}"
                 datasets.append(ds)
-                argv = self.topo.argv(role, [
-                    str(VENV_BIN / "vantage"), "run", "--experiment", experiment, "--list", str(path),
-                    "--output", str(ds), "--role", role, "--cc", LAB_CC, "--asn", asn,
-                    "--timeout", str(STEP_TIMEOUT), "--no-progress",
+                command_lines.append([
+                    "run", "--experiment", experiment, "--list", str(path), "--output", str(ds),
+                    "--role", role, "--cc", LAB_CC, "--asn", asn, "--timeout", str(STEP_TIMEOUT), "--no-progress",
                 ])
-                procs.append((argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                     text=True, env=lab_env(self.topo.workdir))))
-        for argv, proc in procs:
-            out, err = proc.communicate(timeout=120)
+            argv = self.topo.argv(role, [sys.executable, str(BATCH), *map(json.dumps, command_lines)])
+            procs.append((role, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                 env=lab_env(self.topo.workdir))))
+        for role, proc in procs:
+            _out, err = proc.communicate(timeout=300)
             if proc.returncode != 0:
-                raise LabError(f"{' '.join(argv[4:9])} failed ({proc.returncode}):\n{err[-2000:]}")
+                raise LabError(f"the {role}'s vantage runs failed ({proc.returncode}):\n{err[-2000:]}")
         return datasets
 
     def run(self, step=lambda _m: None) -> VpnRun:  # type: ignore[no-untyped-def]
