@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import struct
+import sys
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,24 @@ def _host_of(head: bytes) -> str:
     return ""
 
 
+async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ssl.SSLContext) -> None:
+    """Upgrade a server-side stream to TLS in place (StreamWriter.start_tls on Python 3.11+)."""
+    if sys.version_info >= (3, 11):
+        await writer.start_tls(ctx, ssl_handshake_timeout=IO_TIMEOUT)
+        return
+    # Python 3.10 has only loop.start_tls: swap the new transport in where 3.11 does.
+    loop = asyncio.get_running_loop()
+    protocol = writer.transport.get_protocol()
+    transport = await loop.start_tls(
+        writer.transport, protocol, ctx, server_side=True, ssl_handshake_timeout=IO_TIMEOUT
+    )
+    assert transport is not None
+    writer._transport = transport  # type: ignore[attr-defined, unused-ignore]
+    protocol._transport = transport  # type: ignore[attr-defined, unused-ignore]
+    protocol._over_ssl = True  # type: ignore[attr-defined, unused-ignore]
+    reader._transport = transport  # type: ignore[attr-defined, unused-ignore]
+
+
 def _set_linger_zero(writer: asyncio.StreamWriter, on: bool) -> None:
     """With SO_LINGER on and a zero timeout, closing the socket sends an RST instead of a FIN."""
     sock = writer.get_extra_info("socket")
@@ -156,13 +175,19 @@ class WebListener:
                 # an RST, and disarm it once the handshake got through.
                 if action == "sni_abort":
                     _set_linger_zero(writer, True)
-                await writer.start_tls(self.tls, ssl_handshake_timeout=IO_TIMEOUT)
+                await _start_tls(reader, writer, self.tls)
                 if action == "sni_abort":
                     _set_linger_zero(writer, False)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
             writer.write(self._answer(head, action))
             await writer.drain()
-        except (OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        except (
+            OSError,
+            EOFError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            asyncio.TimeoutError,
+        ):
             pass  # clients hang up, time out and send garbage; the lab just moves on
         finally:
             if not reset:
