@@ -171,6 +171,9 @@ WITH f AS (
     list_filter(redirect_dns, lambda q: q.query_type = 'A'
         AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS redirect_dns_failure,
     list_distinct(list_filter(dvals, lambda x: x IS NOT NULL AND NOT list_contains(cips, x))) AS odd_vals,
+    -- Answers for the measured host the control did not see (a redirect hop's are not judged).
+    list_distinct(list_filter(flatten(list_transform(dq, lambda q: q.ips)),
+                              lambda x: x IS NOT NULL AND NOT list_contains(cips, x))) AS odd_ips,
     -- TCP: the same endpoint connected from the control; or, for a control run that saw other
     -- addresses, a port the probe never reached but the control did. A probe without IPv6
     -- fails every IPv6 address as unreachable: that says nothing about the site.
@@ -246,7 +249,7 @@ SELECT DISTINCT v FROM (
 # DNS verdict inputs for the (few) probe rows with answers the control did not see.
 PENDING = """
 CREATE OR REPLACE TEMP TABLE _vt_dns AS
-WITH rows AS (SELECT mid, cid, pending, odd_vals, tls_valid_ips FROM _vt_v WHERE len(odd_vals) > 0),
+WITH rows AS (SELECT mid, cid, pending, odd_vals, odd_ips, tls_valid_ips FROM _vt_v WHERE len(odd_vals) > 0),
 cinfo AS (
   SELECT c.cid, list(DISTINCT i.net) FILTER (WHERE i.net IS NOT NULL) AS c_nets,
          list(DISTINCT i.asn) FILTER (WHERE i.asn IS NOT NULL) AS c_asns,
@@ -264,9 +267,9 @@ cinfo AS (
   GROUP BY q.mid, q.qi
 ), vals AS (
   SELECT r.mid,
-         bool_or(coalesce(i.bogon, false) AND NOT coalesce(ci.c_bogon, false)) AS any_bogon,
+         bool_or(coalesce(i.bogon, false) AND list_contains(r.odd_ips, r.v) AND NOT coalesce(ci.c_bogon, false)) AS any_bogon,
          min(i.fp) AS dns_fp, arg_min(i.v, i.fp) AS dns_fp_value, arg_min(i.conf, i.fp) AS dns_fp_conf
-  FROM (SELECT mid, cid, unnest(odd_vals) AS v FROM rows) r
+  FROM (SELECT mid, cid, odd_ips, unnest(odd_vals) AS v FROM rows) r
   LEFT JOIN cinfo ci ON ci.cid = r.cid LEFT JOIN _vt_ipinfo i ON i.v = r.v
   GROUP BY r.mid
 )

@@ -518,3 +518,13 @@ def test_answer_in_the_controls_asn_is_consistent(tmp_path: Path) -> None:
     expect(judge(tmp_path / "a", p, c), "blocked", "dns", "dns.inconsistent")
     # Same ASN as the control's answer: DNS is fine, the page itself differs.
     expect(judge(tmp_path / "b", p, c, asn_db=asn_db), "blocked", "http-diff", "http.status_diff")
+
+
+def test_redirect_to_an_intranet_host_is_not_a_bogon(tmp_path: Path) -> None:
+    # The site redirects to a host with a private address everywhere: not the measured host's answer.
+    p = web(http_failure="generic_timeout")
+    p.dns.append(DnsQuery(t0=0.5, t=0.6, failure=None, resolver="system", engine="system", query_type="A",
+                          hostname="intranet.site.example", rcode="NOERROR", answers=[DnsAnswer("A", "10.0.0.8")],
+                          tag="redirect"))
+    c = control_of(p, http_failure="generic_timeout")
+    expect(judge(tmp_path, p, c), "down")
