@@ -16,8 +16,9 @@ from probe.schema import MEASUREMENT_SCHEMA
 
 log = logging.getLogger(__name__)
 
-# Columns a file must have (with these types) to be read as Vantage measurements.
-REQUIRED_COLUMNS = ("measurement_id", "run_id", "experiment", "input", "role", "measurement_start_time")
+# Columns a file must have (with these types) to be read as Vantage measurements: every
+# in-file column of the schema (the analyzer reads them all).
+REQUIRED_COLUMNS = tuple(MEASUREMENT_SCHEMA.names)
 
 
 class DatasetError(Exception):
@@ -50,7 +51,8 @@ def check_file(path: Path) -> str | None:
     names = set(schema.names)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
-        return f"not Vantage measurements (missing columns: {', '.join(missing)})"
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        return f"not Vantage measurements (missing columns: {', '.join(missing[:6])}{more})"
     for name in names & set(MEASUREMENT_SCHEMA.names):
         want = MEASUREMENT_SCHEMA.field(name).type
         got = schema.field(name).type

@@ -123,3 +123,12 @@ def test_writes_in_flight_are_ignored(tmp_path: Path) -> None:
     (part / ".hidden.parquet").write_bytes(b"half")
     con = open_datasets([root])
     assert count(con, "measurements") == 1
+
+
+def test_file_of_an_older_schema_without_some_columns_is_skipped(tmp_path: Path) -> None:
+    root = dataset(tmp_path, record(), record())
+    part = next((root / "measurements").rglob("*.parquet")).parent
+    pq.write_table(records_to_table([record()]).drop_columns(["vpn", "control_for"]), part / "old.parquet")
+    with pytest.warns(SkippedFileWarning, match=r"old.parquet.*missing columns: control_for, vpn"):
+        con = open_datasets([root])
+    assert count(con, "measurements") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import duckdb
 from rich.console import Console
 from rich.table import Table
 
@@ -55,6 +56,8 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, public_ne
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write results: {exc.strerror or exc}") from None
+    except duckdb.Error as exc:  # a dataset DuckDB cannot read after all (e.g. a file changed meanwhile)
+        raise click.ClickException(f"cannot analyze: {str(exc).splitlines()[0]}") from None
     err = Console(stderr=True)
     for path, reason in result.skipped:
         err.print(f"warning: skipped {path}: {reason}", markup=False, highlight=False, soft_wrap=True)
