@@ -70,6 +70,12 @@ def _asn(ctx: click.Context, param: click.Parameter, value: str | None) -> str |
     return f"AS{int(m.group(1))}"
 
 
+def _run_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+        raise click.BadParameter(f"a run id has only letters, digits, '.', '_' and '-', got {value!r}")
+    return value
+
+
 def _injection_target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
@@ -121,7 +127,7 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--anchors", is_flag=True,
               help="First measure the shipped anchors (DNS root servers, public anycast resolvers: "
                    "real internet addresses), the heartbeat that tells a shutdown from blocking.")
-@click.option("--resume", "resume", default=None, metavar="RUN_ID",
+@click.option("--resume", "resume", default=None, metavar="RUN_ID", callback=_run_id,
               help="Continue a run: measure only the inputs it has no record of yet.")
 @click.option("--control", default=None, metavar="URL",
               help="A control helper (`vantage control serve`) to measure each target from an "

@@ -102,6 +102,7 @@ def test_category_filter_and_url(farm30: Farm, tmp_path: Path) -> None:
         (["--experiment", "nope", "--url", "http://x.test/"], "--experiment"),
         (["--list", "/nonexistent/list.csv"], "no such list"),
         (["--resume", "20260101T000000Z-deadbeef"], "no run 20260101T000000Z-deadbeef"),
+        (["--resume", "../../etc/x"], "a run id has only"),
         ([], "nothing to measure"),
     ],
 )
