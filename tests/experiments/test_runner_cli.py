@@ -220,3 +220,49 @@ def test_an_unwritable_dataset_is_one_clear_error(farm30: Farm, tmp_path: Path) 
     errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "cannot write" in errors[0], text
     assert "Traceback" not in text
+
+
+def test_control_helper_rows_come_with_the_probe_rows(farm30: Farm, tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from loopfarm import lab_settings
+
+    from probe.control_server import ControlServer, ServerConfig
+    from probe.experiments.base import Vantage
+
+    # A control helper on loopback, in a thread of its own (the CLI runs its own event loop).
+    config = ServerConfig(
+        host="127.0.0.1", port=0, allow_private=True, settings=lab_settings(farm30),
+        vantage=Vantage(role="control", probe_cc="DE"),
+    )
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop = asyncio.Event()
+    address: list[tuple[str, int]] = []
+
+    async def serve() -> None:
+        async with ControlServer(config) as server:
+            address.append(server.address)
+            started.set()
+            await stop.wait()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10)
+        host, port = address[0]
+        ok = next(s for s in farm30.sites if s.kind == "ok")
+        out = tmp_path / "out"
+        code, text = invoke("--url", ok.url, "--resolver", farm30.resolver, "--control", f"http://{host}:{port}",
+                            "--cc", "IR", "--asn", "AS64496", "--output", str(out), "--no-progress")
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+    assert code == 0, text
+    assert "control measurements: 1" in text
+    got = query(out, "SELECT role, probe_cc, measurement_id, control_for FROM @M ORDER BY role DESC")
+    (p_role, p_cc, p_id, p_for), (c_role, c_cc, _, c_for) = got
+    assert (p_role, p_cc, p_for) == ("probe", "IR", None)
+    assert (c_role, c_cc, c_for) == ("control", "DE", p_id)
