@@ -1,5 +1,7 @@
 """openvpn: can the probe start an OpenVPN session with a server? Over UDP or TCP it sends a
-client hard reset (with the tls-auth HMAC when a key is given) and waits for the server's.
+client hard reset (with the tls-auth HMAC when a key is given) and waits for the server's, then
+opens the control channel: a TLS ClientHello in P_CONTROL_V1, answered by P_ACK_V1 or the
+server's TLS flight. (A censor that lets the first exchange through and drops the rest shows.)
 
 Input: ``openvpn://IP:PORT/?transport=udp|tcp&tls_auth=<base64url key or key file>
 &key_direction=0|1&auth=SHA1`` (all parameters optional; a server with tls-auth answers only
@@ -9,27 +11,33 @@ a client that signs with its key).
 from __future__ import annotations
 
 import os
+import ssl
 import struct
+from collections.abc import Callable
 
 from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.openvpn_wire import (
+    ControlPacket,
     TlsAuth,
     WireError,
+    check_control_reply,
     check_server_reset,
     client_hard_reset,
+    client_hello,
     tcp_frame,
 )
 from probe.experiments.tunnels.transport import (
     Outcome,
     PacketLog,
+    UdpSession,
     Verdict,
     close_writer,
     guarded,
     handshake_record,
     tcp_open,
-    udp_exchange,
 )
+from probe.net.errors import classify
 
 MAX_TCP_PACKET = 2048  # a hard reset is well under 200 bytes; more is not an OpenVPN answer
 
@@ -78,21 +86,45 @@ class OpenVpn(Experiment):
         clock = current_clock()
         log = PacketLog(clock)
         session = os.urandom(8)
-        sent_summary = "P_CONTROL_HARD_RESET_CLIENT_V2" + (" tls-auth" if tls_auth else "")
+        signed = " tls-auth" if tls_auth else ""
+        server: list[ControlPacket] = []  # the server's hard reset, once it came
 
-        def validate(data: bytes) -> Verdict:
+        def validate_reset(data: bytes) -> Verdict:
             try:
                 pkt = check_server_reset(data, session, tls_auth)
             except WireError as exc:
                 return "bad", str(exc)
+            server.append(pkt)
             return "ok", pkt.summary()
 
+        def validate_control(data: bytes) -> Verdict:
+            try:
+                pkt = check_control_reply(data, session, server[0].session_id, tls_auth)
+            except WireError as exc:
+                return "bad", str(exc)
+            if pkt is None:
+                return "ignore", "P_CONTROL_HARD_RESET_SERVER_V2 (retransmitted)"
+            return "ok", pkt.summary()
+
+        def hello(n: int) -> bytes:
+            return client_hello(session, server[0], tls_auth, tls_client_hello(), packet_id=2 + n)
+
         t0 = clock.now()
+        timeout = settings.timeouts.tls
         if ep.transport == "udp":
-            outcome = await udp_exchange(
-                ep.ip, ep.port, lambda n: client_hard_reset(session, tls_auth, packet_id=1 + n),
-                log=log, validate=validate, timeout=settings.timeouts.tls, summary=sent_summary,
-            )
+            try:
+                async with UdpSession(ep.ip, ep.port) as udp:
+                    outcome = await udp.exchange(
+                        lambda n: client_hard_reset(session, tls_auth, packet_id=1 + n), log=log,
+                        validate=validate_reset, timeout=timeout, summary="P_CONTROL_HARD_RESET_CLIENT_V2" + signed,
+                    )
+                    if outcome.reply is not None:
+                        reset = outcome.detail
+                        outcome = await udp.exchange(hello, log=log, validate=validate_control, timeout=timeout,
+                                                     summary="P_CONTROL_V1 TLS ClientHello" + signed)
+                        outcome.detail = _second_step_detail(reset, outcome)
+            except OSError as exc:
+                outcome = Outcome(failure=classify(exc))
             return [handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                      failure=outcome.failure, detail=outcome.detail)]
 
@@ -101,13 +133,13 @@ class OpenVpn(Experiment):
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]
-        try:
-            packet = tcp_frame(client_hard_reset(session, tls_auth))
 
-            async def converse() -> Outcome:
-                writer.write(packet)
-                log.sent(packet, sent_summary)
-                await writer.drain()
+        async def exchange(packet: bytes, summary: str, validate: Callable[[bytes], Verdict]) -> Outcome:
+            assert reader is not None and writer is not None
+            writer.write(tcp_frame(packet))
+            log.sent(tcp_frame(packet), summary)
+            await writer.drain()
+            while True:
                 head = await reader.readexactly(2)
                 (length,) = struct.unpack("!H", head)
                 if not 9 <= length <= MAX_TCP_PACKET:
@@ -118,12 +150,40 @@ class OpenVpn(Experiment):
                 log.received(head + body, what)
                 if verdict == "ok":
                     return Outcome(reply=body, detail=what)
-                return Outcome(failure="vpn_handshake_failure", detail=what)
+                if verdict == "bad":
+                    return Outcome(failure="vpn_handshake_failure", detail=what)
 
-            outcome = await guarded(converse(), settings.timeouts.tls)
+        try:
+            outcome = await guarded(exchange(client_hard_reset(session, tls_auth),
+                                             "P_CONTROL_HARD_RESET_CLIENT_V2" + signed, validate_reset), timeout)
             if outcome.failure == "eof" and not log.packets[3:]:
                 outcome.detail = outcome.detail or "the server closed the connection without answering"
+            if outcome.reply is not None:
+                reset = outcome.detail
+                outcome = await guarded(exchange(hello(0), "P_CONTROL_V1 TLS ClientHello" + signed,
+                                                 validate_control), timeout)
+                outcome.detail = _second_step_detail(reset, outcome)
         finally:
             await close_writer(writer)
         return [connect, handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                           failure=outcome.failure, detail=outcome.detail)]
+
+
+def _second_step_detail(reset: str | None, outcome: Outcome) -> str:
+    if outcome.reply is not None:
+        return f"{reset}; control channel answered: {outcome.detail}"
+    return f"{reset}; then no valid answer to the TLS ClientHello ({outcome.detail or outcome.failure})"
+
+
+def tls_client_hello() -> bytes:
+    """The first flight of a TLS client, as the OpenVPN client's control channel would send it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()

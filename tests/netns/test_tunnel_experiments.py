@@ -123,14 +123,24 @@ def _with_udp_server(answer: Callable[[bytes], list[bytes]], make_url: Callable[
 
 
 def _openvpn_server_reset(request: bytes, key: bytes = STATIC_KEY) -> bytes:
+    """What an OpenVPN server answers: its hard reset to ours, P_ACK_V1 to our ClientHello."""
     auth = openvpn_wire.TlsAuth.from_static_key(key, 0)  # the server's key direction
     if key == STATIC_KEY:  # the client's HMAC verifies as the server sees it
         openvpn_wire.parse_packet(request, auth)
-    op = bytes([openvpn_wire.P_CONTROL_HARD_RESET_SERVER_V2 << 3])
-    sid = b"S" * 8
-    rest = b"\x01" + struct.pack("!I", 0) + request[1:9] + struct.pack("!I", 0)
-    replay = struct.pack("!II", 1, 1_700_000_000)
-    return op + sid + auth.sign(replay + op + sid + rest) + replay + rest
+    if request[0] >> 3 == openvpn_wire.P_CONTROL_V1:
+        return openvpn_wire.build_packet(openvpn_wire.P_ACK_V1, b"S" * 8, auth, packet_id=2, acks=(1,),
+                                         remote_session=request[1:9], message_id=None)
+    return openvpn_wire.build_packet(openvpn_wire.P_CONTROL_HARD_RESET_SERVER_V2, b"S" * 8, auth, acks=(0,),
+                                     remote_session=request[1:9], message_id=0)
+
+
+def _reset_only(answer_control: Callable[[bytes], list[bytes]]) -> Callable[[bytes], list[bytes]]:
+    def answer(request: bytes) -> list[bytes]:
+        if request[0] >> 3 == openvpn_wire.P_CONTROL_V1:
+            return answer_control(request)
+        return [_openvpn_server_reset(request)]
+
+    return answer
 
 
 def _openvpn_url(port: int) -> str:
@@ -145,8 +155,10 @@ def _openvpn_url(port: int) -> str:
         (lambda req: [b"HTTP/1.1 400 Bad Request\r\n\r\n"], "vpn_handshake_failure", None),
         (lambda req: [_openvpn_server_reset(req)[:12]], "vpn_handshake_failure", "truncated"),
         (lambda req: [], "generic_timeout", None),
+        (_reset_only(lambda req: []), "generic_timeout", "then no valid answer to the TLS ClientHello"),
+        (_reset_only(lambda req: [b"\x20garbage-garbage-garbage"]), "vpn_handshake_failure", "then no valid answer"),
     ],
-    ids=["server-reset", "wrong-key", "garbage", "truncated", "silent"],
+    ids=["server-reset", "wrong-key", "garbage", "truncated", "silent", "silent-after-reset", "garbage-after-reset"],
 )
 def test_openvpn_udp_answers(answer, failure: str | None, detail: str | None) -> None:  # type: ignore[no-untyped-def]
     m, seen = _with_udp_server(answer, _openvpn_url, OpenVpn())
@@ -155,6 +167,9 @@ def test_openvpn_udp_answers(answer, failure: str | None, detail: str | None) ->
     assert detail is None or detail in (rec.detail or ""), rec.detail
     assert seen and seen[0][0] >> 3 == openvpn_wire.P_CONTROL_HARD_RESET_CLIENT_V2
     assert rec.packets[0].direction == "sent" and rec.packets[0].summary == "P_CONTROL_HARD_RESET_CLIENT_V2 tls-auth"
+    if failure is None:
+        assert [p.summary for p in rec.packets if p.direction == "sent"][-1] == "P_CONTROL_V1 TLS ClientHello tls-auth"
+        assert "control channel answered: P_ACK_V1" in (rec.detail or "")
 
 
 def _wg_respond(init_msg: bytes, server_private: bytes, *, psk: bytes = b"\0" * 32) -> bytes:
@@ -350,10 +365,14 @@ def test_tor_to_a_server_that_is_not_tls() -> None:
 )
 def test_openvpn_tcp_answers(reply, failure: str | None, detail: str | None) -> None:  # type: ignore[no-untyped-def]
     async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readexactly(2)
-        req = head + await reader.readexactly(struct.unpack("!H", head)[0])
-        writer.write(reply(req))
-        await writer.drain()
+        while True:
+            head = await reader.readexactly(2)
+            req = head + await reader.readexactly(struct.unpack("!H", head)[0])
+            out = reply(req)
+            writer.write(out)
+            await writer.drain()
+            if len(out) < 2 or struct.unpack("!H", out[:2])[0] != len(out) - 2:
+                return  # garbage, truncated or nothing: then close
 
     m = _with_tcp_server(server, lambda p: f"openvpn://127.0.0.1:{p}/?transport=tcp&tls_auth={KEY}&key_direction=1",
                          OpenVpn())

@@ -43,6 +43,11 @@ SIGNATURES = {
     "ikev2": "@th,208,8 0x22",  # IKE header exchange type 34 (IKE_SA_INIT)
 }
 MODES = ("ok", "drop", "reset", "dpi", "down")
+# Protocols whose DPI scenario lets the first packet of each direction pass and drops the rest
+# of the flow (conntrack marks flows that start with the signature); the others drop the
+# packets that carry the signature.
+FLOW_DPI = ("openvpn-udp",)
+FLOW_MARK = "0x77"
 CHARON = "/usr/lib/ipsec/charon"
 
 
@@ -93,9 +98,13 @@ class VpnScenario:
             if self.transport == "udp" or self.protocol == "obfs4":
                 return "vpn.refused"
             return "vpn.reset"
-        # dpi: over TCP the server answered the SYN and nothing after it; over UDP the first
-        # packet is the signature, and dropping it looks like any other silence.
-        return "vpn.no_answer_after_first" if self.transport == "tcp" else "vpn.timeout"
+        # dpi: over TCP the server answered the SYN and nothing after it; OpenVPN over UDP gets
+        # its first exchange through (the censor drops the rest of a flow that began with the
+        # signature). For WireGuard and IKEv2 the signature is the first packet, and dropping it
+        # looks like any other silence.
+        if self.transport == "tcp" or self.protocol in FLOW_DPI:
+            return "vpn.no_answer_after_first"
+        return "vpn.timeout"
 
 
 def _scenarios() -> tuple[VpnScenario, ...]:
@@ -296,7 +305,8 @@ secrets { ike-lab { secret = "vantage-lab-secret" } }
 
 
 def vpn_censor_ruleset(scenarios: tuple[VpnScenario, ...] = VPN_SCENARIOS) -> str:
-    rules = []
+    rules: list[str] = []
+    tracked: list[str] = []
     for sc in scenarios:
         match = f'iifname "eth0" ip daddr {sc.address} {sc.transport} dport {sc.port}'
         if sc.mode == "drop":
@@ -307,13 +317,21 @@ def vpn_censor_ruleset(scenarios: tuple[VpnScenario, ...] = VPN_SCENARIOS) -> st
             rules.append(f"{match} tcp flags & (syn | ack) == syn reject with tcp reset")
         elif sc.mode == "reset":
             rules.append(f"{match} {SIGNATURES[sc.protocol]} reject with tcp reset")
+        elif sc.mode == "dpi" and sc.protocol in FLOW_DPI:
+            tracked.append(f"{match} {SIGNATURES[sc.protocol]} ct mark set {FLOW_MARK}")
+            tracked.append(f"ip daddr {sc.address} ct mark {FLOW_MARK} ct original packets > 1 drop")
+            tracked.append(f"ip saddr {sc.address} ct mark {FLOW_MARK} ct reply packets > 1 drop")
         elif sc.mode == "dpi":
             rules.append(f"{match} {SIGNATURES[sc.protocol]} drop")
     body = "\n    ".join(rules)
+    flows = "\n    ".join(tracked)
     return f"""
 table inet vpncensor {{
   chain prerouting_filter {{ type filter hook prerouting priority raw; policy accept;
     {body}
+  }}
+  chain forward_filter {{ type filter hook forward priority filter; policy accept;
+    {flows}
   }}
 }}
 """
@@ -361,6 +379,8 @@ class VpnLab:
         try:
             self.servers = VpnServers(self.topo, self.scenarios)
             self.servers.start()
+            # Per-flow packet counters for the flow-tracking DPI ("ct original packets").
+            self.topo.exec("censor", ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"])
             self.topo.nft("censor", vpn_censor_ruleset(self.scenarios))
         except BaseException:
             self.topo.close()

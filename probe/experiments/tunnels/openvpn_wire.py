@@ -119,16 +119,56 @@ class ControlPacket:
         return " ".join(parts)
 
 
-def client_hard_reset(session_id: bytes, tls_auth: TlsAuth | None, *, packet_id: int = 1,
-                      net_time: int | None = None, message_id: int = 0) -> bytes:
-    """A P_CONTROL_HARD_RESET_CLIENT_V2 (UDP framing)."""
-    op = bytes([P_CONTROL_HARD_RESET_CLIENT_V2 << 3])
-    rest = b"\x00" + struct.pack("!I", message_id)  # no acks yet, then our message id
+def build_packet(opcode: int, session_id: bytes, tls_auth: TlsAuth | None, *, packet_id: int = 1,
+                 acks: tuple[int, ...] = (), remote_session: bytes | None = None,
+                 message_id: int | None = 0, payload: bytes = b"", net_time: int | None = None) -> bytes:
+    """A control-channel packet (UDP framing), signed when tls-auth is configured."""
+    op = bytes([opcode << 3])
+    rest = bytes([len(acks)]) + b"".join(struct.pack("!I", a) for a in acks)
+    if acks:
+        assert remote_session is not None
+        rest += remote_session
+    if message_id is not None:
+        rest += struct.pack("!I", message_id)
+    rest += payload
     if tls_auth is None:
         return op + session_id + rest
     replay = struct.pack("!II", packet_id, int(time.time()) if net_time is None else net_time)
     mac = tls_auth.sign(replay + op + session_id + rest)
     return op + session_id + mac + replay + rest
+
+
+def client_hard_reset(session_id: bytes, tls_auth: TlsAuth | None, *, packet_id: int = 1,
+                      net_time: int | None = None, message_id: int = 0) -> bytes:
+    """A P_CONTROL_HARD_RESET_CLIENT_V2 (UDP framing)."""
+    return build_packet(P_CONTROL_HARD_RESET_CLIENT_V2, session_id, tls_auth, packet_id=packet_id,
+                        message_id=message_id, net_time=net_time)
+
+
+def client_hello(session_id: bytes, server: ControlPacket, tls_auth: TlsAuth | None, hello: bytes, *,
+                 packet_id: int = 2) -> bytes:
+    """P_CONTROL_V1 carrying a TLS ClientHello, acknowledging the server's hard reset."""
+    return build_packet(P_CONTROL_V1, session_id, tls_auth, packet_id=packet_id,
+                        acks=(server.message_id or 0,), remote_session=server.session_id,
+                        message_id=1, payload=hello)
+
+
+def check_control_reply(data: bytes, our_session: bytes, server_session: bytes,
+                        tls_auth: TlsAuth | None) -> ControlPacket | None:
+    """The server's answer on the control channel (P_ACK_V1 of our ClientHello, or P_CONTROL_V1
+    carrying TLS); None for a retransmitted hard reset; WireError for anything else."""
+    pkt = parse_packet(data, tls_auth)
+    if pkt.opcode == P_CONTROL_HARD_RESET_SERVER_V2 and pkt.session_id == server_session:
+        return None
+    if pkt.opcode not in (P_ACK_V1, P_CONTROL_V1):
+        raise WireError(f"expected P_ACK_V1 or P_CONTROL_V1, got {pkt.name}")
+    if pkt.session_id != server_session:
+        raise WireError("the answer comes from another server session")
+    if pkt.remote_session_id is not None and pkt.remote_session_id != our_session:
+        raise WireError("the answer acknowledges another session")
+    if pkt.opcode == P_CONTROL_V1 and pkt.payload[:1] != b"\x16":
+        raise WireError("P_CONTROL_V1 without a TLS handshake record")
+    return pkt
 
 
 def parse_packet(data: bytes, tls_auth: TlsAuth | None, *, recv: bool = True) -> ControlPacket:

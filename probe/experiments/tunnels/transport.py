@@ -68,6 +68,70 @@ class Outcome:
     detail: str | None = None
 
 
+class UdpSession:
+    """A connected UDP socket for a conversation of several exchanges (same source port)."""
+
+    def __init__(self, ip: str, port: int):
+        self.ip, self.port = ip, port
+        self.transport: asyncio.DatagramTransport | None = None
+        self.proto: _Datagrams | None = None
+
+    async def __aenter__(self) -> UdpSession:
+        loop = asyncio.get_running_loop()
+        self.transport, self.proto = await loop.create_datagram_endpoint(
+            _Datagrams, remote_addr=(self.ip, self.port), family=family_of(self.ip)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(
+        self,
+        payload: Callable[[int], bytes],
+        *,
+        log: PacketLog,
+        validate: Validator,
+        timeout: float,
+        retransmit: float = 1.5,
+        summary: str | None = None,
+    ) -> Outcome:
+        """Send ``payload(0)``, then ``payload(n)`` about every ``retransmit`` seconds (with
+        jitter), until a reply the validator accepts ("ok"), one it rejects ("bad":
+        vpn_handshake_failure), an ICMP error, or ``timeout`` (generic_timeout). Replies it
+        calls "ignore" (a retransmission of an earlier answer) are logged and waited past."""
+        assert self.transport is not None and self.proto is not None
+        loop = asyncio.get_running_loop()
+        data = payload(0)  # before the clock starts: building it may be slow (first use of scapy)
+        deadline = loop.time() + timeout
+        attempt = 0
+        next_send = loop.time()
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                return Outcome(failure="generic_timeout")
+            if now >= next_send:
+                data = data if attempt == 0 else payload(attempt)
+                self.transport.sendto(data)
+                log.sent(data, summary)
+                attempt += 1
+                # Jitter, as real clients do: concurrent clients must not retry in lockstep.
+                next_send = now + retransmit * random.uniform(0.75, 1.25)
+            try:
+                item = await asyncio.wait_for(self.proto.queue.get(), min(next_send, deadline) - loop.time())
+            except asyncio.TimeoutError:
+                continue
+            if isinstance(item, Exception):
+                return Outcome(failure=classify(item))
+            verdict, what = _safe_validate(validate, item)
+            log.received(item, what)
+            if verdict == "ok":
+                return Outcome(reply=item, detail=what)
+            if verdict == "bad":
+                return Outcome(failure="vpn_handshake_failure", detail=what)
+
+
 async def udp_exchange(
     ip: str,
     port: int,
@@ -79,46 +143,15 @@ async def udp_exchange(
     retransmit: float = 1.5,
     summary: str | None = None,
 ) -> Outcome:
-    """Send ``payload(0)``, then ``payload(n)`` every ``retransmit`` seconds, until a reply the
-    validator accepts ("ok"), one it rejects ("bad": vpn_handshake_failure), an ICMP error, or
-    ``timeout`` (generic_timeout)."""
-    loop = asyncio.get_running_loop()
+    """One request/answer exchange over a fresh UDP socket (see ``UdpSession.exchange``)."""
     try:
-        transport, proto = await loop.create_datagram_endpoint(
-            _Datagrams, remote_addr=(ip, port), family=family_of(ip)
-        )
-    except (OSError, ValueError) as exc:
-        return Outcome(failure=classify(exc) if isinstance(exc, OSError) else "unknown_failure:invalid_address")
-    try:
-        data = payload(0)  # before the clock starts: building it may be slow (first use of scapy)
-        deadline = loop.time() + timeout
-        attempt = 0
-        next_send = loop.time()
-        while True:
-            now = loop.time()
-            if now >= deadline:
-                return Outcome(failure="generic_timeout")
-            if now >= next_send:
-                data = data if attempt == 0 else payload(attempt)
-                transport.sendto(data)
-                log.sent(data, summary)
-                attempt += 1
-                # Jitter, as real clients do: concurrent clients must not retry in lockstep.
-                next_send = now + retransmit * random.uniform(0.75, 1.25)
-            try:
-                item = await asyncio.wait_for(proto.queue.get(), min(next_send, deadline) - loop.time())
-            except asyncio.TimeoutError:
-                continue
-            if isinstance(item, Exception):
-                return Outcome(failure=classify(item))
-            verdict, what = _safe_validate(validate, item)
-            log.received(item, what)
-            if verdict == "ok":
-                return Outcome(reply=item, detail=what)
-            if verdict == "bad":
-                return Outcome(failure="vpn_handshake_failure", detail=what)
-    finally:
-        transport.close()
+        async with UdpSession(ip, port) as session:
+            return await session.exchange(payload, log=log, validate=validate, timeout=timeout,
+                                          retransmit=retransmit, summary=summary)
+    except OSError as exc:
+        return Outcome(failure=classify(exc))
+    except ValueError:
+        return Outcome(failure="unknown_failure:invalid_address")
 
 
 def _safe_validate(validate: Validator, data: bytes) -> Verdict:
