@@ -67,8 +67,8 @@ class Event:
         return None if self.end is None else (self.end - self.start) / HOUR
 
     def overlaps(self, start: dt.datetime, end: dt.datetime | None, gap_h: int = 0) -> bool:
-        far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
-        return start <= (self.end or far) + gap_h * HOUR and self.start <= (end or far) + gap_h * HOUR
+        gap = gap_h * HOUR
+        return (self.end is None or start <= self.end + gap) and (end is None or self.start <= end + gap)
 
 
 def _utc(value: Any) -> dt.datetime:
@@ -312,11 +312,18 @@ def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]
     per = e.evidence.get("per_network")
     if not per:
         return {n: (e.start, e.end) for n in e.networks}
-    out = {}
+    out: dict[str, tuple[dt.datetime, dt.datetime | None]] = {}
+    far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
     for key, ev in per.items():
         span = ev.get("span")
-        for n in key.split(","):
-            out[n] = (dt.datetime.fromisoformat(span[0]), dt.datetime.fromisoformat(span[1])) if span else (e.start, e.end)
+        start, end = (dt.datetime.fromisoformat(span[0]), dt.datetime.fromisoformat(span[1]) if span[1] else None) \
+            if span else (e.start, e.end)
+        for n in key.split("#")[0].split(","):
+            if n in out:  # the same network twice (a fault seen in pieces): their union
+                s0, e0 = out[n]
+                end = None if (e0 or far) == far or (end or far) == far else max(e0 or far, end or far)
+                start = min(s0, start)
+            out[n] = (start, end)
     return out
 
 
@@ -338,7 +345,11 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
     merged: list[Event] = []
     for ev in sorted(network_events, key=lambda e: (e.regions[0], e.kind, e.start)):
         for m in merged:
-            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, gap) and (
+            # a faulty laptop is silent at night: the same vantage point failing again the next
+            # day is the same fault
+            same_fault = ev.kind == "probe_fault" and m.networks == ev.networks and bool(
+                _failing_vantages(m) & _failing_vantages(ev))
+            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, 24 if same_fault else gap) and (
                     ev.kind != "probe_fault" or m.networks == ev.networks):
                 _absorb(m, ev)
                 break
@@ -347,6 +358,14 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
     # 2. input changes inside a shutdown or probe fault of their network are explained by it
     kept: list[Event] = []
     for ch in change_events:
+        # a target failing at one vantage point only, while that vantage point's fault is an
+        # event already: the same fault, seen earlier through one target
+        fault = next((m for m in merged if ch.kind == "probe_fault" and m.kind == "probe_fault"
+                      and m.networks == ch.networks and m.overlaps(ch.start, ch.end, 24)), None)
+        if fault is not None:
+            _absorb(fault, ch)
+            fault.inputs = []  # the vantage point failed everything, not these targets
+            continue
         # when it starts near or inside them (a block that began before the anomaly stays)
         host = next((m for m in merged if m.kind in ("shutdown", "probe_fault") and ch.networks[0] in m.networks
                      and m.overlaps(ch.start, ch.start, gap_h=gap) and m.overlaps(ch.start, ch.end)), None)
@@ -385,10 +404,19 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
     return final
 
 
+def _failing_vantages(e: Event) -> set[str]:
+    evidences = list(e.evidence.get("per_network", {}).values()) or [e.evidence]
+    return {v for ev in evidences for v, d in ev.get("vantage_points", {}).items() if d.get("failing")}
+
+
 def _absorb(into: Event, ev: Event) -> None:
     if "per_network" not in into.evidence:
         into.evidence = {"per_network": {",".join(into.networks): into.evidence}}
-    into.evidence["per_network"][",".join(ev.networks)] = ev.evidence
+    per, key = into.evidence["per_network"], ",".join(ev.networks)
+    name, n = key, 1
+    while name in per:  # the same network again (a fault seen in pieces): keep both
+        name, n = f"{key}#{n}", n + 1
+    per[name] = {**ev.evidence, "span": [ev.start.isoformat(), ev.end.isoformat() if ev.end else None]}
     far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
     into.start = min(into.start, ev.start)
     end = max(into.end or far, ev.end or far)

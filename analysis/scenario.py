@@ -418,3 +418,72 @@ def generate_input_failures(
         "failed": pa.array(failed.reshape(-1).astype(np.int64)),
     })
     return SignalScenario(table, events)
+
+
+def random_scenario(seed: int, days: int = 28) -> Scenario:
+    """A scenario with random networks and randomly placed, non-overlapping events: shutdowns
+    (full or partial, national or one network), new blocks, a site outage and a probe fault,
+    all after the first 8 days (the baselines need a week)."""
+    rng = np.random.default_rng(seed)
+    start = dt.datetime(2026, 10, 1, tzinfo=UTC)
+    ccs = ["IR", "MM", "ET", "RU", "CN", "BY"][: int(rng.integers(2, 5))]
+    nets: list[Network] = []
+    for ci, cc in enumerate(ccs):
+        for k in range(int(rng.integers(1, 4))):
+            kinds = tuple(["pi"] + [str(rng.choice(["pi", "laptop"])) for _ in range(int(rng.integers(0, 3)))])
+            nets.append(Network(cc, f"AS{1000 * (ci + 1) + k}", f"Net {cc} {k}", kinds, int(rng.integers(-5, 9))))
+    nets.append(Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control"))
+    targets = [u for u, _ in DEFAULT_TARGETS]
+    busy: dict[str, list[tuple[int, int]]] = {}  # per network: hours taken (events must not overlap)
+    events: list[PlantedEvent] = []
+
+    def free(asns: list[str], h0: int, h1: int) -> bool:
+        return all(h1 + 24 <= a or b + 24 <= h0 for n in asns for a, b in busy.get(n, []))
+
+    def take(asns: list[str], h0: int, h1: int) -> None:
+        for n in asns:
+            busy.setdefault(n, []).append((h0, h1))
+
+    probe_nets = [n for n in nets if n.role == "probe"]
+    plans = ["shutdown"] * 4 + ["service_blocking"] * 2 + ["site_outage", "probe_fault"]
+    for i, kind in enumerate(plans):
+        for _ in range(50):
+            h0 = int(rng.integers(8 * 24, days * 24 - 30))
+            length = int(rng.integers(3, 12)) if kind != "probe_fault" else int(rng.integers(12, 48))
+            h1 = h0 + length
+            net = probe_nets[int(rng.integers(0, len(probe_nets)))]
+            if kind == "shutdown":
+                national = bool(rng.random() < 0.5)
+                asns = [n.asn for n in probe_nets if n.cc == net.cc] if national else [net.asn]
+                if not free(asns, h0, h1):
+                    continue
+                fail = 1.0 if i % 2 == 0 else 0.85
+                events.append(PlantedEvent("shutdown", start + h0 * HOUR, start + h1 * HOUR, net.cc, tuple(asns),
+                                           fail_prob=fail, label=f"shutdown {'national' if national else 'one-ASN'} "
+                                                                 f"{'full' if fail == 1 else 'partial'} {net.cc}"))
+            elif kind == "service_blocking":
+                asns = [n.asn for n in probe_nets if n.cc == net.cc]
+                h1 = h0 + int(rng.integers(24, 96))
+                if not free(asns, h0, min(h1, days * 24)):
+                    continue
+                inputs = tuple(str(x) for x in rng.choice(targets, int(rng.integers(1, 3)), replace=False))
+                method = str(rng.choice(list(BLOCK_OUTCOMES)))
+                events.append(PlantedEvent("service_blocking", start + h0 * HOUR,
+                                           None if h1 >= days * 24 else start + h1 * HOUR, net.cc, tuple(asns), inputs,
+                                           method, label=f"block {net.cc} {method}"))
+            elif kind == "site_outage":
+                if not free([n.asn for n in probe_nets], h0, h1):
+                    continue
+                asns = [n.asn for n in probe_nets]
+                events.append(PlantedEvent("site_outage", start + h0 * HOUR, start + h1 * HOUR, None, (),
+                                           (str(rng.choice(targets)),), "tcp.connection_refused", label="site outage"))
+            else:
+                if len(net.vantages) < 2 or not free([net.asn], h0, h1):
+                    continue
+                asns = [net.asn]
+                events.append(PlantedEvent("probe_fault", start + h0 * HOUR, start + h1 * HOUR, net.cc, (net.asn,),
+                                           vantage=int(rng.integers(0, len(net.vantages))), software_version="9.9.9rc1",
+                                           label=f"probe fault {net.asn}"))
+            take(asns, h0, min(h1, days * 24))
+            break
+    return Scenario(start=start, days=days, networks=nets, events=events, seed=seed)
