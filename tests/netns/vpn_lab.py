@@ -22,6 +22,7 @@ from .topology import IP, LabError, LabProcess, Topology, which
 
 VPN_NET_PREFIX = "10.77.6."
 TUNNEL_POOL = "10.77.9."  # openvpn's tun pools and the wireguard peer address
+TOR_DIR_AUTHORITY = VPN_NET_PREFIX + "250"
 OPENVPN_PORT, WIREGUARD_PORT, TOR_PORT, OBFS4_PORT, IKE_PORT = 1194, 51820, 9001, 9443, 500
 
 # protocol -> (experiment, transport, port)
@@ -153,6 +154,8 @@ class VpnServers:
     def start(self) -> None:
         for sc in self.scenarios:
             self.topo.add_address("internet", f"{sc.address}/32")
+        # tor's only directory authority: an assigned lab address where nothing listens.
+        self.topo.add_address("internet", f"{TOR_DIR_AUTHORITY}/32")
         self._openvpn()
         self._wireguard()
         self._tor()
@@ -214,7 +217,7 @@ BridgeRelay 1
 ExitRelay 0
 Nickname vantagelab
 ContactInfo lab@lab.test
-DirAuthority lab orport={TOR_PORT} no-v2 v3ident={"0" * 40} {VPN_NET_PREFIX}250:80 {"0" * 40}
+DirAuthority lab orport={TOR_PORT} no-v2 v3ident={"0" * 40} {TOR_DIR_AUTHORITY}:80 {"0" * 40}
 ServerTransportPlugin obfs4 exec {which("obfs4proxy")}
 ServerTransportListenAddr obfs4 0.0.0.0:{OBFS4_PORT}
 ExtORPort auto
