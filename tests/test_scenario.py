@@ -88,3 +88,18 @@ def test_signals_for_the_benchmark() -> None:
         rows = sig.table.filter(pc.equal(sig.table["asn"], p.asns[0])).to_pylist()
         dark = [r for r in rows if p.active(r["hour"].replace(tzinfo=dt.timezone.utc))]
         assert dark and all(r["anchor_ok"] == 0 for r in dark)
+
+
+def test_random_scenarios_keep_events_apart() -> None:
+    for seed in (1, 2, 3):
+        scn = sc.random_scenario(seed)
+        assert {p.kind for p in scn.planted} >= {"shutdown", "service_blocking", "site_outage"}
+        by_net: dict[str, list[sc.PlantedEvent]] = {}
+        for p in scn.planted:
+            assert p.start >= scn.start + dt.timedelta(days=8)  # after a week of baseline
+            for a in p.asns:
+                by_net.setdefault(a, []).append(p)
+        for events in by_net.values():  # no two events of one network overlap
+            events.sort(key=lambda p: p.start)
+            for a, b in zip(events, events[1:], strict=False):
+                assert a.end is not None and a.end <= b.start

@@ -193,3 +193,20 @@ def test_shutdown_without_anchors(tmp_path: Path) -> None:
     assert b.start == block.start and b.inputs == list(block.inputs)
     assert len(d.events) == 2
     con.close()
+
+
+def test_random_topology_shutdowns() -> None:
+    # Another topology and random placement (benchmarks/shutdown_accuracy.py runs many more).
+    scn = sc.random_scenario(102)
+    con = duckdb.connect()
+    con.register("measurements", sc.generate_measurements(scn))
+    d = detect(con)
+    con.close()
+    planted = [p for p in scn.planted if p.kind == "shutdown"]
+    assert planted
+    for p in planted:
+        spans = [network_spans(e) for e in d.of_kind("shutdown")]
+        assert any(all(a in sp and _close(sp[a][0], p.start) and _close(sp[a][1], p.end) for a in p.asns)
+                   for sp in spans), p.label
+    for e in d.of_kind("shutdown"):
+        assert any(e.overlaps(p.start, p.end) and set(p.asns) & set(e.networks) for p in planted), e
