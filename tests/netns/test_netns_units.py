@@ -98,3 +98,21 @@ def test_scenarios_are_consistent() -> None:
         assert sc.status in ("ok", "blocked", "down")
         assert (sc.layer is not None) == (sc.status == "blocked"), sc.name
         assert (sc.technique is not None) == (sc.status == "blocked"), sc.name
+
+
+def test_without_root_the_lab_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from . import topology
+
+    monkeypatch.setattr(topology.os, "geteuid", lambda: 1000)
+    reason = topology.netns_unusable_reason()
+    assert reason is not None and "needs root" in reason
+    assert topology.missing_programs(["ip", "vantage-no-such-program"]) == ["vantage-no-such-program"]
+
+
+def test_censor_rulesets_are_scenario_specific() -> None:
+    from .vpn_lab import VPN_SCENARIOS, vpn_censor_ruleset
+
+    text = vpn_censor_ruleset()
+    for sc in VPN_SCENARIOS:
+        assert (f"ip daddr {sc.address} " in text) == (sc.mode in ("drop", "reset", "dpi")), sc.name
+    assert "ct original packets > 1 drop" in text  # OpenVPN/UDP: the flow-tracking DPI
