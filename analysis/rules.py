@@ -126,19 +126,20 @@ WITH f AS (
     -- Every answer value (CNAMEs and redirect hops too) for the DNS fingerprints.
     flatten(list_transform(m.dns, lambda q: CASE WHEN coalesce(q.tag, '') <> 'injection_check'
                                                 THEN list_transform(q.answers, lambda a: a.value) END)) AS dvals,
-    coalesce(list_bool_or(list_transform(m.dns, lambda q:
+    CASE WHEN list_bool_or(list_transform(m.dns, lambda q: len(q.late_responses) > 0 OR q.tag = 'injection_check'))
+    THEN coalesce(list_bool_or(list_transform(m.dns, lambda q:
         (coalesce(q.tag, '') = 'injection_check' AND (q.rcode IS NOT NULL OR len(q.answers) > 0))
         OR (len(q.late_responses) > 0 AND coalesce(list_bool_or(list_transform(q.late_responses, lambda lr:
              list_sort(list_transform(lr.answers, lambda a: a.value)) <> list_sort(list_transform(q.answers, lambda a: a.value))
-        )), false)))), false) AS injected,
+        )), false)))), false) ELSE false END AS injected,
     list_transform(list_filter(m.tcp, lambda x: x.failure IS NOT NULL), lambda x:
         {{'ip': x.ip, 'port': x.port, 'ep': x.ip || ':' || x.port, 'failure': x.failure}}) AS tcp_fail,
     list_distinct(list_transform(list_filter(m.tcp, lambda x: x.failure IS NULL), lambda x: x.port)) AS tcp_ok_ports,
-    list_transform(list_filter(m.tls, lambda x: x.failure IS NOT NULL), lambda x:
-        {{'ep': x.ip || ':' || x.port, 'sni': lower(x.sni), 'failure': x.failure}}) AS tls_fail,
-    len(list_filter(m.tls, lambda x: x.failure IS NULL)) AS tls_ok_n,
-    list_transform(list_filter(m.tls, lambda x: x.failure IS NULL AND coalesce(x.cert_valid, true) AND lower(x.sni) = h.host),
-        lambda x: x.ip) AS tls_valid_ips,
+    CASE WHEN len(m.tls) > 0 THEN list_transform(list_filter(m.tls, lambda x: x.failure IS NOT NULL), lambda x:
+        {{'ep': x.ip || ':' || x.port, 'sni': lower(x.sni), 'failure': x.failure}}) ELSE [] END AS tls_fail,
+    CASE WHEN len(m.tls) > 0 THEN len(list_filter(m.tls, lambda x: x.failure IS NULL)) ELSE 0 END AS tls_ok_n,
+    CASE WHEN len(m.tls) > 0 THEN list_transform(list_filter(m.tls, lambda x: x.failure IS NULL
+        AND coalesce(x.cert_valid, true) AND lower(x.sni) = h.host), lambda x: x.ip) ELSE [] END AS tls_valid_ips,
     len(m.http) AS http_n,
     -- The last hop of the redirect chain, without its body (extracting the hop itself would
     -- copy the body sample: the lambda projects the fields first).
@@ -148,10 +149,14 @@ WITH f AS (
         'headers': x.headers}})[-1] AS fin,
     m.http AS http_hops,
     len(m.vpn) AS vpn_n,
-    coalesce(list_bool_or(list_transform(m.vpn, lambda v: coalesce(v.handshake_ok, false))), false) AS vpn_ok,
-    list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false))[1].failure AS vpn_failure,
-    coalesce(list_max(list_transform(list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false)),
-        lambda v: len(list_filter(v.packets, lambda k: k.direction = 'received')))), 0) AS vpn_received
+    -- CASE evaluates its branch only for the rows that need it (most rows have no tunnel).
+    CASE WHEN len(m.vpn) > 0 THEN
+      coalesce(list_bool_or(list_transform(m.vpn, lambda v: coalesce(v.handshake_ok, false))), false) END AS vpn_ok,
+    CASE WHEN len(m.vpn) > 0 THEN
+      list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false))[1].failure END AS vpn_failure,
+    CASE WHEN len(m.vpn) > 0 THEN
+      coalesce(list_max(list_transform(list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false)),
+        lambda v: len(list_filter(v.packets, lambda k: k.direction = 'received')))), 0) END AS vpn_received
   FROM measurements m
   JOIN _vt_pair p ON p.mid = m.measurement_id
   JOIN _vt_hosts h ON h.input = m.input
