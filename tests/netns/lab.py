@@ -18,7 +18,15 @@ from typing import Any
 from .scenarios import SCENARIOS, Scenario
 from .scoring import Score, Truth, score
 from .servers import LabServers
-from .topology import CONTROL_RESOLVER, LAB_NET, PUBLIC_RESOLVER, LabError, Topology
+from .topology import (
+    CDN_NODE_CONTROL_SIDE,
+    CDN_NODE_PROBE_SIDE,
+    CONTROL_RESOLVER,
+    LAB_NET,
+    PUBLIC_RESOLVER,
+    LabError,
+    Topology,
+)
 
 VENV_BIN = Path(sys.executable).parent
 FINGERPRINTS = Path(__file__).resolve().parent / "fingerprints.csv"
@@ -27,6 +35,7 @@ FINGERPRINTS = Path(__file__).resolve().parent / "fingerprints.csv"
 STEP_TIMEOUT = 6.0
 PROBE_ASN, CONTROL_ASN = "AS64500", "AS64501"  # RFC 5398 documentation ASNs
 LAB_CC = "ZZ"
+NO_RESOLVER_ADDR = "10.77.3.99"
 
 
 @dataclass
@@ -56,6 +65,8 @@ class NetnsLab:
             self.servers = LabServers(self.topo, self.scenarios)
             self.servers.start_internet()
             self.servers.start_censor()
+            # Where the dns_consistency injection check asks: a lab address with no resolver.
+            self.topo.add_address("internet", f"{NO_RESOLVER_ADDR}/32")
         except BaseException:
             self.topo.close()
             raise
@@ -123,6 +134,22 @@ class NetnsLab:
                 ) -> list[dict[str, Any]]:
         return analyze_datasets(datasets, output, step)
 
+    def run_dns_consistency(self, step: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
+        """dns_consistency over every scenario's name, with the injection check, probe and
+        control at once; verdicts with the lab's ASN database."""
+        out = self.workdir / "results-dns"
+        out.mkdir(exist_ok=True)
+        targets = self.write_list(out / "targets.csv")
+        extra = ["--injection-target", NO_RESOLVER_ADDR]
+        step(f"vantage run --experiment dns_consistency --injection-target {NO_RESOLVER_ADDR}, probe and control")
+        with ThreadPoolExecutor(2) as pool:
+            jobs = [pool.submit(self.measure, role, out / role, experiment="dns_consistency", targets=targets,
+                                extra=extra) for role in ("probe", "control")]
+            for job in jobs:
+                job.result()
+        return analyze_datasets([out / "probe", out / "control"], out / "verdicts.parquet", step,
+                                asn_db=write_asn_db(out / "lab-asn.mmdb"))
+
     def run(self, step: Callable[[str], None] = lambda _m: None) -> LabRun:
         """Probe run, control run, analysis, score."""
         out = self.workdir / "results"
@@ -164,10 +191,28 @@ def lab_env(workdir: Path) -> dict[str, str]:
     }
 
 
+def write_asn_db(path: Path) -> Path:
+    """The lab's address registry as a MaxMind-format ASN database: the geo-DNS site's two
+    nodes belong to one CDN network, as real CDN nodes do (the analyzer's ASN-overlap rule)."""
+    import mmdb_writer
+    import netaddr
+
+    writer = mmdb_writer.MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    for nets, asn, org in (
+        ([f"{CDN_NODE_PROBE_SIDE}/32", f"{CDN_NODE_CONTROL_SIDE}/32"], 64510, "Lab CDN"),
+        (["10.77.3.0/24"], 64496, "Lab Hosting"),
+        (["10.77.8.0/24"], 64500, "Lab ISP (censored network)"),
+    ):
+        writer.insert_network(netaddr.IPSet(nets), {"autonomous_system_number": asn,
+                                                    "autonomous_system_organization": org})
+    writer.to_db_file(str(path))
+    return path
+
+
 def analyze_datasets(datasets: list[Path], output: Path, step: Callable[[str], None] = lambda _m: None,
-                     ) -> list[dict[str, Any]]:
-    """`vantage analyze --public-net 10.77.0.0/16` with the lab's blockpage fingerprints
-    (the library's analyze() when this build has no such command yet)."""
+                     *, asn_db: Path | None = None) -> list[dict[str, Any]]:
+    """`vantage analyze --public-net 10.77.0.0/16` with the lab's blockpage fingerprints (and
+    its ASN database when given); the library's analyze() when this build has no such command."""
     import pyarrow.parquet as pq
 
     options = cli_options("analyze")
@@ -175,12 +220,14 @@ def analyze_datasets(datasets: list[Path], output: Path, step: Callable[[str], N
         from analysis.verdicts import analyze
 
         step("`vantage analyze` is not registered in this build: calling analysis.verdicts.analyze()")
-        analyze(datasets, output, public_nets=[LAB_NET], fingerprint_files=[FINGERPRINTS])
+        analyze(datasets, output, public_nets=[LAB_NET], fingerprint_files=[FINGERPRINTS], asn_db=asn_db)
     else:
         args = [str(VENV_BIN / "vantage"), "analyze", *map(str, datasets), "--output", str(output),
                 "--public-net", LAB_NET]
         if "--fingerprints" in options:
             args += ["--fingerprints", str(FINGERPRINTS)]
+        if asn_db is not None and "--asn-db" in options:
+            args += ["--asn-db", str(asn_db)]
         out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=lab_env(output.parent))
         if out.returncode != 0:
             raise LabError(f"vantage analyze failed ({out.returncode}):\n{out.stderr[-3000:]}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import require_lab
-from .lab import LabRun, NetnsLab, pid_alive
+from .lab import LabRun, NetnsLab, cli_options, pid_alive
 from .scenarios import (
     DNS_INJECT,
     DNS_LIE,
@@ -31,7 +31,7 @@ from .scenarios import (
     TCP_RESET,
     addresses,
 )
-from .scoring import render
+from .scoring import Truth, render, score
 from .servers import BLOCKPAGE_TITLE
 from .topology import (
     CDN_NODE_CONTROL_SIDE,
@@ -196,3 +196,23 @@ def test_run_lab_tears_down_when_interrupted(sig: int) -> None:
     listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed for n in names), listed
     assert not any(Path("/etc/netns", n).exists() for n in names)
+
+
+def test_dns_consistency_with_the_injection_check(netns_lab: NetnsLab) -> None:
+    """DNS alone: the lies and the injection are blocked/dns; everything the censor does past
+    DNS is invisible here (ok); the geo-DNS site is consistent through the lab's ASN data."""
+    if cli_options("run") is None:
+        pytest.skip("`vantage run` is not available in this build")
+    verdicts = netns_lab.run_dns_consistency(step=lambda m: print(f"[netns lab] {m}", flush=True))
+    truths = [
+        Truth(sc.name, sc.url, *(("blocked", "dns") if sc.technique in (DNS_LIE, DNS_INJECT)
+                                 else ("down", None) if not sc.in_dns else ("ok", None)))
+        for sc in SCENARIOS
+    ]
+    result = score(truths, verdicts)
+    print()
+    print(render(result))
+    by_input = {v["input"]: v for v in verdicts}
+    assert by_input[next(sc.url for sc in SCENARIOS if sc.technique == DNS_INJECT)]["method"] == "dns.injected"
+    assert result.recall == 1.0 and result.precision == 1.0 and not result.wrong_layer, render(result)
+    assert result.status_agreement == len(SCENARIOS), render(result)
