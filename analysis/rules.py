@@ -51,8 +51,7 @@ MACROS = [
 # experiment within the window.
 PAIRING = """
 CREATE OR REPLACE TEMP TABLE _vt_meta AS
-  SELECT measurement_id, run_id, input, experiment, probe_cc, probe_asn, measurement_start_time AS t,
-         role, control_for FROM measurements;
+  SELECT measurement_id, input, experiment, measurement_start_time AS t, role, control_for FROM measurements;
 CREATE OR REPLACE TEMP TABLE _vt_direct AS
   SELECT c.control_for AS mid, arg_min(c.measurement_id, abs(epoch(c.t) - epoch(p.t))) AS cid
   FROM _vt_meta c JOIN _vt_meta p ON p.measurement_id = c.control_for AND p.role = 'probe'
@@ -60,8 +59,7 @@ CREATE OR REPLACE TEMP TABLE _vt_direct AS
   GROUP BY c.control_for;
 CREATE OR REPLACE TEMP TABLE _vt_pair AS
 WITH prb AS (
-  SELECT measurement_id AS mid, run_id, input, experiment, probe_cc, probe_asn, t
-  FROM _vt_meta WHERE role = 'probe'
+  SELECT measurement_id AS mid, input, experiment, t FROM _vt_meta WHERE role = 'probe'
 ), ctl AS (
   -- Control runs only: a helper's control row measured one probe measurement's own addresses.
   SELECT measurement_id AS cid, input, experiment, t FROM _vt_meta WHERE role = 'control' AND control_for IS NULL
@@ -114,7 +112,7 @@ PROBE_FEATURES = f"""
 CREATE OR REPLACE TEMP TABLE _vt_v AS
 WITH f AS (
   SELECT
-    p.mid, p.run_id, p.input, p.experiment, p.probe_cc, p.probe_asn, p.t, p.cid, h.host,
+    p.mid, m.run_id, p.input, p.experiment, m.probe_cc, m.probe_asn, p.t, p.cid, h.host,
     m.failure, c.* EXCLUDE (cid),
     coalesce(c.c_ips, []) AS cips,
     list_transform(list_filter(m.dns, lambda q: vt_primary(q.tag)), lambda q: {{
