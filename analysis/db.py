@@ -83,8 +83,12 @@ def valid_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[tuple[Pat
     """(good files, [(skipped file, reason)]) over every given dataset path."""
     good: list[Path] = []
     skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
     for p in paths:
         for f in find_parquet_files(Path(p)):
+            if f.resolve() in seen:  # the same dataset given twice counts once
+                continue
+            seen.add(f.resolve())
             reason = check_file(f)
             if reason is None:
                 good.append(f)

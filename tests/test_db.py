@@ -132,3 +132,9 @@ def test_file_of_an_older_schema_without_some_columns_is_skipped(tmp_path: Path)
     with pytest.warns(SkippedFileWarning, match=r"old.parquet.*missing columns: control_for, vpn"):
         con = open_datasets([root])
     assert count(con, "measurements") == 2
+
+
+def test_the_same_dataset_twice_counts_once(tmp_path: Path) -> None:
+    root = dataset(tmp_path, record(), record())
+    con = open_datasets([root, root, root / "measurements"])
+    assert count(con, "measurements") == 2
