@@ -58,11 +58,15 @@ def verdicts_for(con: duckdb.DuckDBPyConnection, *, public_nets: Sequence[str] =
     """The analyzer's verdicts when ``analysis.verdicts`` is installed, else a raw stand-in
     (failure at the probe while a control reached the target within the window = blocked)."""
     try:
-        from analysis.verdicts import compute_verdicts
+        from analysis.fingerprints import FingerprintError
+        from analysis.verdicts import VerdictError, compute_verdicts
     except ImportError:
         return raw_verdicts(con, control_window_h), "raw (probe failure vs control success; analysis.verdicts absent)"
-    table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints,
-                             control_window_h=control_window_h)
+    try:
+        table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints,
+                                 control_window_h=control_window_h)
+    except (VerdictError, FingerprintError) as exc:  # bad --public-net or fingerprint file: the user's to fix
+        raise ReportError(str(exc).splitlines()[0]) from None
     return table, "analysis.verdicts.compute_verdicts"
 
 

@@ -197,6 +197,16 @@ def test_cli_bad_input_is_one_line(dataset: Path, tmp_path: Path, args: list[str
     assert len(res.output.strip().splitlines()) == 1
 
 
+def test_bad_fingerprint_file_is_one_line(dataset: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "fp.csv"
+    bad.write_text("url,category_code\nhttps://x.example/,NEWS\n")  # a test list, not fingerprints
+    res = CliRunner().invoke(main, ["report", str(dataset), "-o", str(tmp_path / "r.html"), "--fingerprints", str(bad)])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
+    assert "fp.csv" in res.output and "missing columns" in res.output
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_corrupt_parquet_is_one_line(tmp_path: Path) -> None:
     part = tmp_path / "ds" / "measurements" / "date=2026-10-01" / "probe_cc=IR"
     part.mkdir(parents=True)
