@@ -37,6 +37,7 @@ from .topology import (
     LAB_NET,
     PUBLIC_RESOLVER,
     LabError,
+    LabProcess,
     Topology,
     which,
 )
@@ -224,7 +225,7 @@ table inet sitefirewall {{
         proc = self.topo.spawn("censor", "dpi", [
             sys.executable, str(HERE / "dpi_inline.py"), "--tun", DPI_TUN, "--rules", str(rules_path),
         ])
-        _wait_log(proc.log, "dpi ready", proc_alive=proc.alive, name=proc.name)
+        _wait_log(proc, "dpi ready")
         # Marked packets (the probe's web traffic, see censor_ruleset) take the DPI detour.
         self.topo.exec("censor", [IP, "link", "set", DPI_TUN, "up"])
         self.topo.exec("censor", [IP, "route", "add", LAB_NET, "dev", DPI_TUN, "table", DPI_TABLE])
@@ -236,7 +237,7 @@ table inet sitefirewall {{
             proc = self.topo.spawn("censor", "dns-injector", [
                 sys.executable, str(HERE / "dns_injector.py"), "--iface", "eth0", *args,
             ])
-            _wait_log(proc.log, "injector ready", proc_alive=proc.alive, name=proc.name)
+            _wait_log(proc, "injector ready")
 
         self.topo.nft("censor", self.censor_ruleset())
 
@@ -284,13 +285,14 @@ def _qname(host: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in host.split(".")) + b"\0"
 
 
-def _wait_log(log: Path, marker: str, *, proc_alive, name: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def _wait_log(proc: LabProcess, marker: str, timeout: float = 20.0) -> None:
+    """Wait until a lab process says it is ready (a line in its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = log.read_text(errors="replace") if log.exists() else ""
+        text = proc.log.read_text(errors="replace") if proc.log.exists() else ""
         if marker in text:
             return
-        if not proc_alive():
-            raise LabError(f"{name} exited:\n{text[-2000:]}")
+        if not proc.alive():
+            raise LabError(f"{proc.name} exited:\n{text[-2000:]}")
         time.sleep(0.1)
-    raise LabError(f"{name} not ready after {timeout}s")
+    raise LabError(f"{proc.name} not ready after {timeout}s")

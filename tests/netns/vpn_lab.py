@@ -10,6 +10,7 @@ import base64
 import csv
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -340,7 +341,7 @@ table inet vpncensor {{
 """
 
 
-def _wait(ready, what: str, proc: LabProcess, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def _wait(ready: Callable[[], bool], what: str, proc: LabProcess, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
@@ -426,7 +427,7 @@ class VpnLab:
                 raise LabError(f"the {role}'s vantage runs failed ({proc.returncode}):\n{err[-2000:]}")
         return datasets
 
-    def run(self, step=lambda _m: None) -> VpnRun:  # type: ignore[no-untyped-def]
+    def run(self, step: Callable[[str], None] = lambda _m: None) -> VpnRun:
         from .lab import analyze_datasets
 
         assert self.servers is not None
