@@ -88,8 +88,10 @@ class Classifier:
     """Classifies alert runs and changes against the ``shutdown_facts`` table (or, without it,
     from the signals alone)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
+                 verdicts: str | None = None) -> None:
         self.con = con
+        self.verdicts = verdicts  # a registered compute_verdicts table: its methods name blocks
         self.hourly = hourly
         self.cfg = cfg
         self.hours = hourly.column("hour").to_numpy()
@@ -151,10 +153,16 @@ class Classifier:
             [cc, asn, *params])]
 
     def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
-        where, params = self._window("role = 'probe' AND NOT ok AND cc = ? AND asn = ? AND list_contains(?, input)",
-                                     start, end)
-        return Counter(dict(self._q(f"SELECT method, count(*) FROM shutdown_facts WHERE {where} GROUP BY ALL",
-                                    [cc, asn, inputs, *params])))
+        if self.verdicts:
+            where, params = self._window("f.role = 'probe' AND f.cc = ? AND f.asn = ? AND list_contains(?, f.input) "
+                                         "AND (v.status = 'blocked' OR NOT f.ok)", start, end)
+            sql = (f"SELECT coalesce(v.method, f.method) AS m, count(*) FROM shutdown_facts f "
+                   f"LEFT JOIN {self.verdicts} v USING (measurement_id) WHERE {where} GROUP BY ALL")
+        else:
+            where, params = self._window("role = 'probe' AND NOT ok AND cc = ? AND asn = ? AND list_contains(?, input)",
+                                         start, end)
+            sql = f"SELECT method, count(*) FROM shutdown_facts WHERE {where} GROUP BY ALL"
+        return Counter({m: n for m, n in self._q(sql, [cc, asn, inputs, *params]) if m is not None})
 
     # -- classification
     def classify_run(self, run: AlertRun) -> Event | None:

@@ -53,15 +53,19 @@ class ReportResult:
 # --------------------------------------------------------------------------- data
 
 
+RAW_SOURCE = "raw (probe failure vs control success; analysis.verdicts absent)"
+
+
 def verdicts_for(con: duckdb.DuckDBPyConnection, *, public_nets: Sequence[str] = (), fingerprints: Any = None,
                  control_window_h: int = 6) -> tuple[pa.Table, str]:
     """The analyzer's verdicts when ``analysis.verdicts`` is installed, else a raw stand-in
-    (failure at the probe while a control reached the target within the window = blocked)."""
+    (failure at the probe while a control reached the target within the window = blocked;
+    needs ``shutdown_facts``, which ``detect`` builds)."""
     try:
         from analysis.fingerprints import FingerprintError
         from analysis.verdicts import VerdictError, compute_verdicts
     except ImportError:
-        return raw_verdicts(con, control_window_h), "raw (probe failure vs control success; analysis.verdicts absent)"
+        return raw_verdicts(con, control_window_h), RAW_SOURCE
     try:
         table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints,
                                  control_window_h=control_window_h)
@@ -133,10 +137,20 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
                       public_nets: Sequence[str] = (), fingerprints: Any = None, control_window_h: int = 6,
                       detector_config: DetectorConfig | None = None, min_blocked: int = 3,
                       min_blocked_share: float = 0.1, max_event_charts: int = 12) -> ReportData:
-    detection = detect(con, detector_config)  # also builds shutdown_facts
-    verdicts, source = verdicts_for(con, public_nets=public_nets, fingerprints=fingerprints,
-                                    control_window_h=control_window_h)
-    con.register("report_verdicts", verdicts)
+    try:
+        import analysis.verdicts  # noqa: F401
+        analyzer = True
+    except ImportError:
+        analyzer = False
+    if analyzer:  # verdicts first: the change detector then also sees blockpages served with HTTP 200
+        verdicts, source = verdicts_for(con, public_nets=public_nets, fingerprints=fingerprints,
+                                        control_window_h=control_window_h)
+        con.register("report_verdicts", verdicts)
+        detection = detect(con, detector_config, verdicts="report_verdicts")
+    else:
+        detection = detect(con, detector_config)  # builds shutdown_facts, which the raw stand-in reads
+        verdicts, source = raw_verdicts(con, control_window_h), RAW_SOURCE
+        con.register("report_verdicts", verdicts)
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)).replace(tzinfo=None)}
              for e in detection.events if e.kind in ("shutdown", "probe_fault") for r in e.regions for n in e.networks]

@@ -23,9 +23,10 @@ HOUR = dt.timedelta(hours=1)
 UTC = dt.timezone.utc
 
 # Outcomes a single measurement can have; each becomes a template row per input.
-OK, DNS_NXDOMAIN, DNS_TIMEOUT, TCP_TIMEOUT, TCP_RESET, TLS_RESET, HTTP_RESET, SITE_DOWN, OFFLINE, FAULT = range(10)
+OK, DNS_NXDOMAIN, DNS_TIMEOUT, TCP_TIMEOUT, TCP_RESET, TLS_RESET, HTTP_RESET, SITE_DOWN, OFFLINE, FAULT, BLOCKPAGE = \
+    range(11)
 OUTCOMES = ("ok", "dns_nxdomain", "dns_timeout", "tcp_timeout", "tcp_reset", "tls_reset", "http_reset",
-            "site_down", "offline", "fault")
+            "site_down", "offline", "fault", "blockpage")
 # Blocking methods a planted block may use, by name (the raw method the analyzer reports).
 BLOCK_OUTCOMES = {
     "dns.dns_nxdomain": DNS_NXDOMAIN,
@@ -33,6 +34,8 @@ BLOCK_OUTCOMES = {
     "tcp.connection_reset": TCP_RESET,
     "tls.connection_reset": TLS_RESET,
     "http.connection_reset": HTTP_RESET,
+    # an HTTP 200 with the censor's page: reachable for raw signals, blocked for verdicts
+    "http.blockpage": BLOCKPAGE,
 }
 
 DEFAULT_ANCHORS = ("dns://192.0.2.53:53/", "https://anchor-cdn-1.example/", "https://anchor-cdn-2.example/")
@@ -171,6 +174,8 @@ def _template(exp: str, url: str, category: str | None, outcome: int) -> S.Measu
         measurement_id="", run_id="", experiment=exp, experiment_version="0.1.0", input=url,
         input_category=category, measurement_start_time=dt.datetime(2026, 1, 1, tzinfo=UTC), runtime_s=0.2,
     )
+    if url.startswith("http://"):  # plain HTTP: port 80 and no TLS step
+        tcp_ok = replace(tcp_ok, port=80)
     if outcome == OK:
         m.dns, m.tcp, m.tls, m.http = [dns_ok], [tcp_ok], [tls_ok], [http_ok]
     elif outcome == DNS_NXDOMAIN:
@@ -186,9 +191,16 @@ def _template(exp: str, url: str, category: str | None, outcome: int) -> S.Measu
     elif outcome == HTTP_RESET:
         m.dns, m.tcp, m.tls = [dns_ok], [tcp_ok], [tls_ok]
         m.http = [replace(http_ok, failure="connection_reset", status_code=None, body_length=None, title=None)]
+    elif outcome == BLOCKPAGE:  # (only credible for http:// targets: HTTPS would not validate)
+        m.dns, m.tcp, m.tls = [dns_ok], [tcp_ok], [tls_ok]
+        body = "<html><title>Access denied</title>This site is blocked by order of the authorities.</html>"
+        m.http = [replace(http_ok, body_length=len(body), title="Access denied", body_sample=body,
+                          body_sha256="b1" * 32)]
     elif outcome == FAULT:
         m.failure = "unknown_failure:AttributeError in resolver setup"
         m.runtime_s = 0.0
+    if url.startswith("http://"):
+        m.tls = []
     return m
 
 

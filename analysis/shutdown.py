@@ -59,7 +59,7 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
     if counts.num_rows == 0:
         return Detection([], counts)
     hourly = baselined_signals(con, counts, cfg)
-    classifier = Classifier(con, hourly, cfg)
+    classifier = Classifier(con, hourly, cfg, verdicts)
     network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
     hour0, n_hours = _hour0(hourly)
     failures = sig.input_hour_failures(con, verdicts=verdicts)

@@ -117,14 +117,16 @@ def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
 def input_hour_failures(con: duckdb.DuckDBPyConnection, *, verdicts: str | None = None) -> pa.Table:
     """(cc, asn, input, hour, n, failed) for probe target measurements.
 
-    With a verdict table (``compute_verdicts`` output registered under ``verdicts``), "failed"
-    means blocked; otherwise the raw "not reached", which the event classifier then sorts into
-    blocking, outage or fault using controls and vantage points.
+    "Failed" is the raw "not reached", which the event classifier then sorts into blocking,
+    outage or fault using controls and vantage points; with a verdict table (``compute_verdicts``
+    output registered under ``verdicts``) a verdict of blocked counts too, so blockpages served
+    with HTTP 200 are seen.
     """
     if verdicts:
         return con.sql(f"""
             SELECT f.cc, f.asn, f.input, f.hour, count(*) AS n,
-                   count(*) FILTER (WHERE v.status = 'blocked' OR (v.status IS NULL AND NOT f.ok)) AS failed
+                   -- blocked by the verdict (blockpages look reachable) or not reached at all
+                   count(*) FILTER (WHERE v.status = 'blocked' OR NOT f.ok) AS failed
             FROM shutdown_facts f LEFT JOIN {verdicts} v USING (measurement_id)
             WHERE f.role = 'probe' AND NOT f.is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
     return con.sql("""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import importlib.util
 import io
 import os
 import re
@@ -27,6 +28,7 @@ from probe.cli import main
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
 SOCIAL = "https://social-a.example/"
+BLOCKPAGE_URL = "http://blog-b.example/"
 # The analyzer names the rule that fired (tls.reset_sni); the raw stand-in names the failure.
 TLS_RESET = re.compile(r"tls\.(reset_sni|connection_reset)")
 
@@ -48,9 +50,12 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         "tls.connection_reset", label="new SNI block"),
         sc.PlantedEvent("service_blocking", _at(9, 20), _at(10, 8), "IR", ("AS1002",), ("https://news-a.example/",),
                         "dns.dns_nxdomain", label="a block lifted after 12 hours"),
+        sc.PlantedEvent("service_blocking", _at(9, 2), None, "IR", ("AS1001",), (BLOCKPAGE_URL,), "http.blockpage",
+                        label="a blockpage: HTTP 200, only verdicts see it"),
     ]
     root = tmp_path_factory.mktemp("report") / "dataset"
-    scn = sc.Scenario(start=START, days=11, networks=nets, events=events, seed=5)
+    scn = sc.Scenario(start=START, days=11, networks=nets, events=events, seed=5,
+                      targets=(*sc.DEFAULT_TARGETS, (BLOCKPAGE_URL, "POLR")))
     sc.write_dataset(sc.generate_measurements(scn), root)
     return root
 
@@ -83,9 +88,11 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     text = path.read_text(encoding="utf-8")
     assert "<h1>IR test report</h1>" in text
     pngs = _data_pngs(text)
-    # anomalies over time, blocking methods, and a timeline per event (shutdown, two blocks)
-    assert _n_events(text) == 3
-    assert len(pngs) == 2 + 3 and all(img.format == "PNG" and img.width > 300 for img in pngs)
+    # anomalies over time, blocking methods, and a timeline per event: the shutdown, two blocks,
+    # and with the analyzer's verdicts the blockpage block
+    n = 4 if importlib.util.find_spec("analysis.verdicts") else 3
+    assert _n_events(text) == n
+    assert len(pngs) == 2 + n and all(img.format == "PNG" and img.width > 300 for img in pngs)
     assert "Event timelines" in text and "shutdown: IR AS1001, AS1002" in text
     # per network: what, how, since when; the new block dated by the change detector
     block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
@@ -98,6 +105,17 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     assert f"{_at(9, 20):%Y-%m-%d %H:%M} UTC (change detected), until {_at(10, 8):%Y-%m-%d %H:%M} UTC" in lifted[1]
     # measurements inside the shutdown are not counted as blocking of other targets
     assert "search-a.example" not in block[1]
+
+
+def test_blockpage_block_found_through_verdicts(html_report: tuple[Path, Path]) -> None:
+    pytest.importorskip("analysis.verdicts", reason="the analyzer's verdicts are what see a blockpage")
+    text = html_report[0].read_text(encoding="utf-8")
+    block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
+    assert block is not None
+    row = re.search(r"<td>http://blog-b\.example/</td><td>([^<]*)</td><td>([^<]*)</td>", block[1])
+    assert row is not None, "the blockpage block is not in the AS1001 table"
+    assert row[1].startswith("http.")  # an HTTP-level method (body, title or blockpage fingerprint)
+    assert row[2].startswith(f"{_at(9, 2):%Y-%m-%d %H:%M} UTC (change detected)")
 
 
 def test_csv_is_the_verdict_table(html_report: tuple[Path, Path]) -> None:
