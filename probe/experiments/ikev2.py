@@ -71,8 +71,11 @@ class Ikev2(Experiment):
                 replies.append(reply)
                 return "ok", reply.summary
 
+            def message(_attempt: int, request: Request = request) -> bytes:
+                return request.message  # a retransmission repeats the request exactly
+
             remaining = settings.timeouts.tls - (clock.now() - t0)
-            outcome = await udp_exchange(ep.ip, ep.port, lambda _n, r=request: r.message, log=log, validate=validate,
+            outcome = await udp_exchange(ep.ip, ep.port, message, log=log, validate=validate,
                                          timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
                                          summary=f"IKE_SA_INIT request (KE group {group})")
             if outcome.reply is None or not replies:

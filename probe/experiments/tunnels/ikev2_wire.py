@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
 
 IKE_SA_INIT = 34
 FLAG_INITIATOR, FLAG_RESPONSE = 0x08, 0x20
@@ -83,7 +87,7 @@ def build_sa_init(group: int = GROUP_CURVE25519, *, spi: bytes | None = None, co
         / IKEv2_Transform(transform_type="GroupDesc", transform_id=GROUP_MODP2048)
     )
     proposal = IKEv2_Proposal(proposal=1, proto="IKE", trans_nb=8, trans=transforms)
-    payloads = IKEv2_SA(prop=proposal) / IKEv2_KE(group=group, ke=ke) / IKEv2_Nonce(nonce=nonce)
+    payloads: Packet = IKEv2_SA(prop=proposal) / IKEv2_KE(group=group, ke=ke) / IKEv2_Nonce(nonce=nonce)
     if cookie is not None:
         payloads = IKEv2_Notify(type=NOTIFY_COOKIE, notify=cookie) / payloads
     pkt = IKEv2(init_SPI=spi, resp_SPI=b"\0" * 8, exch_type=IKE_SA_INIT, flags="Initiator", id=0) / payloads
@@ -128,9 +132,10 @@ def check_reply(data: bytes, request: Request) -> Reply:
             # An IKEv2 responder answered, but our proposals do not suit it: it is reachable.
             return Reply("IKE_SA_INIT response: NO_PROPOSAL_CHOSEN", True)
         notify = notify.payload.getlayer(IKEv2_Notify)
-    if pkt.getlayer(IKEv2_SA) is None or pkt.getlayer(IKEv2_KE) is None or pkt.getlayer(IKEv2_Nonce) is None:
+    ke = pkt.getlayer(IKEv2_KE)
+    if pkt.getlayer(IKEv2_SA) is None or ke is None or pkt.getlayer(IKEv2_Nonce) is None:
         raise WireError("IKE_SA_INIT response without SA, KE and Nonce")
     if data[8:16] == b"\0" * 8:
         raise WireError("IKE_SA_INIT response without a responder SPI")
-    group = int(pkt.getlayer(IKEv2_KE).group)
+    group = int(ke.group)
     return Reply(f"IKE_SA_INIT response: SA, KE (group {group}), Nonce", True)
