@@ -65,7 +65,8 @@ def main(argv: list[str]) -> None:
     elif argv[0] == "web":
         ca, timeout, pairs = argv[1], float(argv[2]), argv[3:]
         with ThreadPoolExecutor(len(pairs)) as pool:
-            print(json.dumps(list(pool.map(lambda p: fetch(*p.rsplit("=", 1), ca, timeout), pairs))))
+            targets = [p.rsplit("=", 1) for p in pairs]
+            print(json.dumps(list(pool.map(lambda t: fetch(t[0], t[1], ca, timeout), targets))))
     else:
         raise SystemExit(f"unknown mode {argv[0]!r}")
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def _client(lab: NetnsLab, role: str, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _result(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
+def _result(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     return json.loads(out)  # type: ignore[no-any-return]

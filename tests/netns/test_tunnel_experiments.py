@@ -229,8 +229,10 @@ def test_wireguard_answers(answer, failure: str | None, detail: str | None) -> N
 
 def _ike_response(req: bytes, *, notify: int | None = None, data: bytes = b"", spi: bytes | None = None) -> bytes:
     from scapy.contrib.ikev2 import IKEv2, IKEv2_KE, IKEv2_Nonce, IKEv2_Notify, IKEv2_SA
+    from scapy.packet import Packet
 
     sent = IKEv2(req)
+    payload: Packet
     if notify is not None:
         payload = IKEv2_Notify(type=notify, notify=data)
     else:

@@ -110,7 +110,7 @@ class VpnScenario:
 
 
 def _scenarios() -> tuple[VpnScenario, ...]:
-    out = []
+    out: list[VpnScenario] = []
     for protocol in PROTOCOLS:
         for mode in MODES:
             if mode == "dpi" and protocol not in SIGNATURES:
