@@ -51,31 +51,32 @@ MACROS = [
 # experiment within the window.
 PAIRING = """
 CREATE OR REPLACE TEMP TABLE _vt_meta AS
-  SELECT measurement_id, input, experiment, measurement_start_time AS t, role, control_for FROM measurements;
+  SELECT measurement_id, input, experiment, measurement_start_time AS t, role, control_for,
+         hash(input, experiment) AS k  -- an integer key: sorting on it is cheaper than on URLs
+  FROM measurements;
 CREATE OR REPLACE TEMP TABLE _vt_direct AS
-  SELECT c.control_for AS mid, arg_min(c.measurement_id, abs(epoch(c.t) - epoch(p.t))) AS cid
-  FROM _vt_meta c JOIN _vt_meta p ON p.measurement_id = c.control_for AND p.role = 'probe'
-  WHERE c.role = 'control' AND c.control_for IS NOT NULL
-  GROUP BY c.control_for;
+  -- The earliest helper row (measurement ids are UUIDv7: they sort by time).
+  SELECT control_for AS mid, min(measurement_id) AS cid
+  FROM _vt_meta WHERE role = 'control' AND control_for IS NOT NULL GROUP BY control_for;
 CREATE OR REPLACE TEMP TABLE _vt_pair AS
 WITH prb AS (
-  SELECT measurement_id AS mid, input, experiment, t FROM _vt_meta WHERE role = 'probe'
+  SELECT measurement_id AS mid, input, experiment, t, k FROM _vt_meta WHERE role = 'probe'
 ), ctl AS (
   -- Control runs only: a helper's control row measured one probe measurement's own addresses.
-  SELECT measurement_id AS cid, input, experiment, t FROM _vt_meta WHERE role = 'control' AND control_for IS NULL
+  SELECT measurement_id AS cid, input, experiment, t, k FROM _vt_meta WHERE role = 'control' AND control_for IS NULL
 ), rest AS (
-  SELECT * FROM prb WHERE mid NOT IN (SELECT mid FROM _vt_direct)
+  SELECT prb.* FROM prb ANTI JOIN _vt_direct d ON d.mid = prb.mid
 ), before AS (
-  SELECT r.mid, c.cid, epoch(r.t) - epoch(c.t) AS dt
-  FROM rest r ASOF JOIN ctl c ON r.input = c.input AND r.experiment = c.experiment AND r.t >= c.t
+  SELECT r.mid, c.cid, c.input = r.input AND c.experiment = r.experiment AS same, epoch(r.t) - epoch(c.t) AS dt
+  FROM rest r ASOF JOIN ctl c ON r.k = c.k AND r.t >= c.t
 ), after AS (
-  SELECT r.mid, c.cid, epoch(c.t) - epoch(r.t) AS dt
-  FROM rest r ASOF JOIN ctl c ON r.input = c.input AND r.experiment = c.experiment AND r.t <= c.t
+  SELECT r.mid, c.cid, c.input = r.input AND c.experiment = r.experiment AS same, epoch(c.t) - epoch(r.t) AS dt
+  FROM rest r ASOF JOIN ctl c ON r.k = c.k AND r.t <= c.t
 ), near AS (
   SELECT mid, arg_min(cid, dt) AS cid FROM (SELECT * FROM before UNION ALL SELECT * FROM after)
-  WHERE dt <= $window_s GROUP BY mid
+  WHERE same AND dt <= $window_s GROUP BY mid
 )
-SELECT p.*, coalesce(d.cid, n.cid) AS cid
+SELECT p.mid, p.input, p.experiment, p.t, coalesce(d.cid, n.cid) AS cid
 FROM prb p LEFT JOIN _vt_direct d USING (mid) LEFT JOIN near n USING (mid);
 CREATE OR REPLACE TEMP TABLE _vt_hosts AS SELECT DISTINCT input FROM _vt_pair;
 """
