@@ -98,6 +98,9 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         }
         self.resolve = resolve
         self.used: dict[tuple[str, int], str] = {}
+        # Every TCP stream we opened. httpcore forgets the raw stream when a deadline cancels
+        # it during start_tls, so the socket would leak; aclose() closes whatever is left.
+        self._streams: list[httpcore.AsyncNetworkStream] = []
 
     async def addresses(self, host: str) -> list[str]:
         literal = ip_literal(host)
@@ -123,9 +126,11 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         for ip in addrs:
             self.used[(host_key(host), port)] = ip
             try:
-                return await self._inner.connect_tcp(
+                stream = await self._inner.connect_tcp(
                     ip, port, timeout=timeout, local_address=local_address, socket_options=socket_options
                 )
+                self._streams.append(stream)
+                return stream
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc  # try the next pinned address, as a browser would
         assert last is not None
@@ -138,6 +143,15 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+    async def aclose(self) -> None:
+        """Close every stream this backend opened (closing one twice is harmless)."""
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            try:
+                await stream.aclose()
+            except Exception:  # already closed or reset: nothing left to release
+                pass
 
 
 def make_client(

@@ -405,6 +405,8 @@ async def resolve_doh(
             q.failure = await asyncio.wait_for(_doh_exchange(q, client, url, query, wire, qtype, scrubber), timeout)
     except Exception as exc:
         q.failure = classify(exc)
+    finally:
+        await backend.aclose()
     return _finish(q, clock, scrubber)
 
 

@@ -236,33 +236,36 @@ async def http_get(
         rec = HttpRequest(t0=clock.now(), t=clock.now(), failure=unknown("invalid_url"), url=url, tag=tag)
         _scrub(rec, scrubber)
         return [rec]
-    async with make_client(backend, verifying_context(ca_bundle), timeout, REQUEST_HEADERS) as client:
-        while current is not None:
-            rec = HttpRequest(t0=clock.now(), t=0.0, failure=None, url=str(current), tag=tag)
-            hops.append(rec)
-            body = _Body()
-            nxt: httpx.URL | None = None
-            remaining = deadline - loop.time()
-            try:
-                if current.scheme not in ("http", "https") or not current.host:
-                    rec.failure = unknown("unsupported_url")
-                elif remaining <= 0:
-                    rec.failure = "generic_timeout"
-                else:
-                    nxt = await asyncio.wait_for(
-                        _hop(client, backend, rec, body, current, body_cap, remaining), remaining
-                    )
-            except Exception as exc:
-                rec.failure = classify(exc)
-            if rec.ip is None and current.host:
-                # the address this hop tried, also when it failed before any response
-                port = current.port or (443 if current.scheme == "https" else 80)
-                rec.ip = backend.used.get((host_key(current.host), port))
-            rec.t = clock.now()
-            _finish_body(rec, body, sample_cap, scrubber)
-            _scrub(rec, scrubber)
-            if rec.failure is None and nxt is not None and len(hops) > max_redirects:
-                rec.failure = "http_too_many_redirects"
-                nxt = None
-            current = nxt if rec.failure is None else None
+    try:
+        async with make_client(backend, verifying_context(ca_bundle), timeout, REQUEST_HEADERS) as client:
+            while current is not None:
+                rec = HttpRequest(t0=clock.now(), t=0.0, failure=None, url=str(current), tag=tag)
+                hops.append(rec)
+                body = _Body()
+                nxt: httpx.URL | None = None
+                remaining = deadline - loop.time()
+                try:
+                    if current.scheme not in ("http", "https") or not current.host:
+                        rec.failure = unknown("unsupported_url")
+                    elif remaining <= 0:
+                        rec.failure = "generic_timeout"
+                    else:
+                        nxt = await asyncio.wait_for(
+                            _hop(client, backend, rec, body, current, body_cap, remaining), remaining
+                        )
+                except Exception as exc:
+                    rec.failure = classify(exc)
+                if rec.ip is None and current.host:
+                    # the address this hop tried, also when it failed before any response
+                    port = current.port or (443 if current.scheme == "https" else 80)
+                    rec.ip = backend.used.get((host_key(current.host), port))
+                rec.t = clock.now()
+                _finish_body(rec, body, sample_cap, scrubber)
+                _scrub(rec, scrubber)
+                if rec.failure is None and nxt is not None and len(hops) > max_redirects:
+                    rec.failure = "http_too_many_redirects"
+                    nxt = None
+                current = nxt if rec.failure is None else None
+    finally:
+        await backend.aclose()
     return hops
