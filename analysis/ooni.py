@@ -73,13 +73,13 @@ def import_ooni(
     on_progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Import every OONI measurement found in ``sources`` into the dataset at ``output``."""
-    sources = [Path(s) for s in sources]
+    paths = [Path(s) for s in sources]
     try:
-        files = discover(sources)
+        files = discover(paths)
     except SourceError as exc:
         raise OoniImportError(str(exc)) from exc
     if not files:
-        names = ", ".join(str(s) for s in sources)
+        names = ", ".join(str(p) for p in paths)
         raise OoniImportError(f"no OONI measurement files (.json, .jsonl, .ndjson, optionally .gz) in {names}")
     output = Path(output)
     if output.exists() and not output.is_dir():

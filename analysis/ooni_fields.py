@@ -108,6 +108,10 @@ def as_list(value: Any) -> list[Any]:
     return []
 
 
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def as_float(value: Any, default: float = 0.0) -> float:
     try:
         return float(value)
@@ -270,7 +274,7 @@ def tcp_connect(entry: dict[str, Any]) -> TcpConnect | None:
     ip = entry.get("ip")
     if ip is None:
         return None
-    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    status = as_dict(entry.get("status"))
     failure = map_failure(status.get("failure", entry.get("failure")))
     if failure is None and status.get("success") is False:
         failure = UNKNOWN_FAILURE_PREFIX + "failed_without_reason"
@@ -412,8 +416,8 @@ class BodyStats:
 def http_request(
     entry: dict[str, Any], stats: BodyStats | None = None, scrub: tuple[str, ...] = ()
 ) -> HttpRequest:
-    req = entry.get("request") if isinstance(entry.get("request"), dict) else {}
-    resp = entry.get("response") if isinstance(entry.get("response"), dict) else {}
+    req = as_dict(entry.get("request"))
+    resp = as_dict(entry.get("response"))
     raw_body = resp.get("body")
     body = decode_binary(raw_body)
     if not body and entry.get("failure"):

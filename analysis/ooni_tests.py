@@ -19,6 +19,7 @@ from urllib.parse import urljoin, urlsplit
 
 from analysis.ooni_fields import (
     BodyStats,
+    as_dict,
     as_float,
     as_int,
     as_list,
@@ -109,7 +110,7 @@ def _probe_cc(value: Any) -> str:
 
 
 def _start_time(doc: dict[str, Any]) -> dt.datetime:
-    tk = doc.get("test_keys") if isinstance(doc.get("test_keys"), dict) else {}
+    tk = as_dict(doc.get("test_keys"))
     for value in (doc.get("measurement_start_time"), doc.get("test_start_time"), tk.get("start_time"), doc.get("start_time")):
         when = parse_time(value)
         if when is not None:
@@ -120,7 +121,7 @@ def _start_time(doc: dict[str, Any]) -> dt.datetime:
 def base_record(doc: dict[str, Any], mid: str) -> Measurement:
     software = doc.get("software_name")
     version = doc.get("software_version")
-    annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else {}
+    annotations = as_dict(doc.get("annotations"))
     return Measurement(
         measurement_id=mid,
         run_id=str(doc.get("report_id") or NO_REPORT_ID),
@@ -160,7 +161,8 @@ def generic(tk: dict[str, Any], stats: BodyStats, scrub: tuple[str, ...], tag: s
     # x_dns_duplicate_responses, dnsping's delayed_response.
     attach_late_responses(obs.dns, as_list(tk.get("x_dns_duplicate_responses")) + as_list(tk.get("delayed_response")))
     if tag:
-        for o in (*obs.dns, *obs.tcp, *obs.tls, *obs.http):
+        observations: list[DnsQuery | TcpConnect | TlsHandshake | HttpRequest] = [*obs.dns, *obs.tcp, *obs.tls, *obs.http]
+        for o in observations:
             o.tag = tag if not o.tag else f"{tag},{o.tag}"
     return obs
 
