@@ -31,6 +31,9 @@ def test_every_tunnel_scenario_gets_the_right_verdict_and_method(netns_vpn_lab: 
     ]
     assert not wrong, wrong
     assert result.precision == 1.0 and result.recall == 1.0
+    # Wrong credentials: a failure string for both vantage points, never a crash.
+    badkey = {url for url, sc in by_input.items() if sc.mode == "badkey"}
+    assert badkey and all(v["status"] == "down" for v in netns_vpn_run.verdicts if v["input"] in badkey)
 
 
 def test_every_protocol_handshake_works_without_a_censor(netns_vpn_lab: VpnLab, netns_vpn_run: VpnRun) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -44,7 +45,11 @@ SIGNATURES = {
     "tor": "@ih,0,16 0x1603",  # a TLS handshake record (the ClientHello) to the OR port
     "ikev2": "@th,208,8 0x22",  # IKE header exchange type 34 (IKE_SA_INIT)
 }
-MODES = ("ok", "drop", "reset", "dpi", "down")
+MODES = ("ok", "drop", "reset", "dpi", "down", "badkey")
+# badkey: the row's credentials are wrong (a tls-auth key, a client key or an obfs4 cert the
+# server does not know). The server ignores such a client by design, for the control as for the
+# probe: a failure string, not a crash, and not censorship.
+KEYED = ("openvpn-udp", "openvpn-tcp", "wireguard", "obfs4")
 # Protocols whose DPI scenario lets the first packet of each direction pass and drops the rest
 # of the flow (conntrack marks flows that start with the signature); the others drop the
 # packets that carry the signature.
@@ -81,7 +86,7 @@ class VpnScenario:
 
     @property
     def status(self) -> str:
-        return {"ok": "ok", "down": "down"}.get(self.mode, "blocked")
+        return {"ok": "ok", "down": "down", "badkey": "down"}.get(self.mode, "blocked")
 
     @property
     def layer(self) -> str | None:
@@ -115,6 +120,8 @@ def _scenarios() -> tuple[VpnScenario, ...]:
         for mode in MODES:
             if mode == "dpi" and protocol not in SIGNATURES:
                 continue  # obfs4 is built to have no signature
+            if mode == "badkey" and protocol not in KEYED:
+                continue
             out.append(VpnScenario(protocol, mode, len(out)))
     return tuple(out)
 
@@ -148,6 +155,9 @@ class VpnServers:
         self.wg_server_private, self.wg_server_public = _x25519()
         # One client key per scenario: wireguard-go takes one initiation per peer per 20 ms.
         self.wg_clients = {sc.name: _x25519() for sc in scenarios if sc.protocol == "wireguard"}
+        # Credentials no server here knows, for the badkey scenarios.
+        self.bad_ta_key = os.urandom(256)
+        self.bad_obfs4_cert = base64.b64encode(os.urandom(52)).decode().rstrip("=")
         self.wg_if = f"wg{topo.prefix[2:]}"[:15]
         self.obfs4_cert: str | None = None
         self.names: list[str] = []
@@ -193,8 +203,9 @@ class VpnServers:
         _wait(lambda: self.topo.exec("internet", [IP, "link", "show", self.wg_if], check=False).returncode == 0,
               "wireguard-go interface", proc)
         peers = []
-        for i, (_private, public) in enumerate(self.wg_clients.values()):
-            peers += ["peer", _b64(public), "allowed-ips", f"{TUNNEL_POOL}{200 + i}/32"]
+        for i, (name, (_private, public)) in enumerate(self.wg_clients.items()):
+            if not name.endswith("-badkey"):
+                peers += ["peer", _b64(public), "allowed-ips", f"{TUNNEL_POOL}{200 + i}/32"]
         self.topo.exec("internet", [
             which("wg"), "set", self.wg_if, "private-key", str(key), "listen-port", str(WIREGUARD_PORT), *peers,
         ])
@@ -278,7 +289,7 @@ secrets { ike-lab { secret = "vantage-lab-secret" } }
     def url(self, sc: VpnScenario) -> str:
         host = f"{sc.address}:{sc.port}"
         if sc.protocol.startswith("openvpn"):
-            key = _b64url(self.ta_key.read_bytes())
+            key = _b64url(self.bad_ta_key if sc.mode == "badkey" else self.ta_key.read_bytes())
             return f"openvpn://{host}/?transport={sc.transport}&tls_auth={key}&key_direction=1"
         if sc.protocol == "wireguard":
             return (f"wireguard://{host}/?public_key={_b64url(self.wg_server_public)}"
@@ -287,7 +298,8 @@ secrets { ike-lab { secret = "vantage-lab-secret" } }
             return f"tor://{host}/"
         if sc.protocol == "obfs4":
             assert self.obfs4_cert is not None
-            return f"obfs4://{host}/?cert={quote(self.obfs4_cert, safe='')}&iat_mode=0"
+            cert = self.bad_obfs4_cert if sc.mode == "badkey" else self.obfs4_cert
+            return f"obfs4://{host}/?cert={quote(cert, safe='')}&iat_mode=0"
         return f"ikev2://{host}/"
 
     def write_lists(self, scenarios: list[VpnScenario], tag: str) -> dict[str, Path]:
@@ -372,8 +384,6 @@ class VpnLab:
 
     def __init__(self, scenarios: tuple[VpnScenario, ...] = VPN_SCENARIOS, *, prefix: str | None = None,
                  keep_workdir: bool = False):
-        import os
-
         self.scenarios = scenarios
         self.topo = Topology(prefix=prefix or f"vt{os.getpid()}v", keep_workdir=keep_workdir)
         self.servers: VpnServers | None = None
