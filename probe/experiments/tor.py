@@ -66,11 +66,11 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     log.sent(cell, f"VERSIONS {list(OUR_VERSIONS)}")
     await writer.drain()
     try:
-        theirs = await read_versions(reader)
+        theirs, cell = await read_versions(reader)
     except LinkError as exc:
-        log.received(b"", str(exc))
+        log.received(exc.data, "not a VERSIONS cell")
         return Outcome(failure="vpn_handshake_failure", detail=str(exc))
-    log.received(b"\0" * (5 + 2 * len(theirs)), f"VERSIONS {theirs}")
+    log.received(cell, f"VERSIONS {theirs}")
     common = sorted(set(theirs) & set(OUR_VERSIONS))
     if not common:
         return Outcome(failure="vpn_handshake_failure", detail=f"no common link protocol version (relay: {theirs})")

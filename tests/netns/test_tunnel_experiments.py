@@ -342,6 +342,8 @@ def test_tor_or_port_answers(tls_server_context: ssl.SSLContext, handler, failur
     assert m.tcp[0].failure is None and m.tls[0].failure is None and m.tls[0].tls_version
     if failure is None:
         assert "link protocol 5, CERTS received" in (rec.detail or "")
+    if failure == "vpn_handshake_failure":
+        assert rec.packets[-1].direction == "received" and rec.packets[-1].size == 5, rec.packets
 
 
 def test_tor_to_a_server_that_is_not_tls() -> None:

@@ -24,7 +24,11 @@ MAX_VAR_CELL = 65535
 
 
 class LinkError(ValueError):
-    """The peer's answer is not Tor's link handshake."""
+    """The peer's answer is not Tor's link handshake; ``data`` is what was read of it."""
+
+    def __init__(self, message: str, data: bytes = b""):
+        super().__init__(message)
+        self.data = data
 
 
 def versions_cell(versions: tuple[int, ...] = OUR_VERSIONS) -> bytes:
@@ -45,24 +49,30 @@ def parse_versions(header: bytes, body: bytes) -> list[int]:
     return versions
 
 
-async def read_versions(reader: asyncio.StreamReader) -> list[int]:
+async def read_versions(reader: asyncio.StreamReader) -> tuple[list[int], bytes]:
+    """The relay's VERSIONS cell: (its versions, the cell as received)."""
     header = await reader.readexactly(5)
     length = struct.unpack("!H", header[3:5])[0]
     if header[2] != CMD_VERSIONS:
-        raise LinkError(f"expected a VERSIONS cell, got {header.hex()}")
+        raise LinkError(f"expected a VERSIONS cell, got {header.hex()}", header)
     if length > 1024:
-        raise LinkError(f"implausible VERSIONS length {length}")
-    return parse_versions(header, await reader.readexactly(length))
+        raise LinkError(f"implausible VERSIONS length {length}", header)
+    body = await reader.readexactly(length)
+    try:
+        return parse_versions(header, body), header + body
+    except LinkError as exc:
+        raise LinkError(str(exc), header + body) from None
 
 
 async def read_var_cell(reader: asyncio.StreamReader, circ_id_len: int) -> tuple[int, bytes]:
-    """A variable-length cell after negotiation (link protocol 4+ uses 4-byte circuit ids)."""
+    """A variable-length cell after negotiation (link protocol 4+ uses 4-byte circuit ids):
+    (its command, the cell as received)."""
     header = await reader.readexactly(circ_id_len + 3)
     cmd = header[circ_id_len]
     if cmd < 128 and cmd != CMD_VERSIONS:
         raise LinkError(f"expected a variable-length cell, got command {cmd}")
     length = struct.unpack("!H", header[circ_id_len + 1 :])[0]
-    return cmd, await reader.readexactly(length)
+    return cmd, header + await reader.readexactly(length)
 
 
 def tor_tls_context() -> ssl.SSLContext:
