@@ -217,7 +217,24 @@ class Measurement:
         return self.measurement_start_time.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
 
     def to_row(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _plain(self)  # type: ignore[no-any-return]
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(value: Any) -> Any:
+    """Records to dicts and lists, sharing the leaf values (dataclasses.asdict deep-copies
+    every one of them, which made it most of the cost of writing a batch)."""
+    cls = type(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if not dataclasses.is_dataclass(value):
+            return value
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return {n: _plain(getattr(value, n)) for n in names}
 
 
 # --------------------------------------------------------------------------- ids
