@@ -21,6 +21,7 @@ from netns.conftest import lab_skip_reason  # noqa: E402
 from netns.lab import NetnsLab  # noqa: E402
 from netns.scenarios import SCENARIOS, Scenario, addresses  # noqa: E402
 from netns.scoring import render  # noqa: E402
+from netns.topology import reap_stale_labs  # noqa: E402
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", action="store_true", help="Keep the lab up until Enter is pressed.")
     ap.add_argument("--keep", action="store_true", help="Keep the work directory (configs, logs, datasets).")
     ap.add_argument("--list", action="store_true", help="List the scenarios and exit.")
+    ap.add_argument("--reap", action="store_true",
+                    help="Delete lab namespaces left by lab processes that no longer exist, and exit.")
     args = ap.parse_args(argv)
     if args.list:
         for sc in SCENARIOS:
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"cannot build the lab: {reason}", file=sys.stderr)
         return 2
+    if args.reap:
+        reaped = reap_stale_labs()
+        print(f"deleted {len(reaped)} stale lab namespace(s){': ' + ', '.join(reaped) if reaped else ''}")
+        return 0
     scenarios = SCENARIOS
     if args.only:
         unknown = set(args.only) - {sc.name for sc in SCENARIOS}

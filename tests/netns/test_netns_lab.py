@@ -43,6 +43,8 @@ from .topology import (
     PUBLIC_RESOLVER,
     ROLES,
     Topology,
+    reap_stale_labs,
+    stale_labs,
 )
 
 pytestmark = pytest.mark.netns
@@ -217,3 +219,20 @@ def test_dns_consistency_with_the_injection_check(netns_lab: NetnsLab) -> None:
     assert by_input[next(sc.url for sc in SCENARIOS if sc.technique == DNS_INJECT)]["method"] == "dns.injected"
     assert result.recall == 1.0 and result.precision == 1.0 and not result.wrong_layer, render(result)
     assert result.status_agreement == len(SCENARIOS), render(result)
+
+
+def test_stale_labs_of_dead_processes_are_reaped_and_live_ones_kept() -> None:
+    require_lab(("ip",))
+    dead = subprocess.Popen(["true"])  # its pid is free once it exits: a "killed" lab process
+    dead.wait()
+    stale, live = f"vt{dead.pid}z-probe", f"vt{os.getpid()}z-probe"
+    for name in (stale, live):
+        subprocess.run([IP, "netns", "add", name], check=True)
+    try:
+        assert stale in stale_labs() and live not in stale_labs()
+        assert reap_stale_labs(only=[stale, live]) == [stale]
+        listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+        assert stale not in listed and live in listed
+    finally:
+        for name in (stale, live):
+            subprocess.run([IP, "netns", "del", name], capture_output=True)

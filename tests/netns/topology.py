@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,6 +273,46 @@ class Topology:
     def pids(self) -> Iterator[int]:
         for proc in self.processes.values():
             yield proc.popen.pid
+
+
+STALE_NAME = re.compile(r"^vt(\d+)[a-z]?-(probe|censor|internet|control)$")
+
+
+def stale_labs() -> list[str]:
+    """Lab namespaces left by a lab process that no longer exists (killed with SIGKILL, or a
+    machine crash): the names say which process made them."""
+    out = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+    stale = []
+    for line in out.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = STALE_NAME.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            stale.append(name)
+    return stale
+
+
+def reap_stale_labs(only: Sequence[str] | None = None) -> list[str]:
+    """Delete stale lab namespaces (and what still runs in them), or only those of ``only``
+    that are stale; returns their names."""
+    names = [n for n in stale_labs() if only is None or n in only]
+    for name in names:
+        pids = subprocess.run([IP, "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run([IP, "netns", "del", name], capture_output=True)
+        shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+    return names
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run(
