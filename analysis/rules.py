@@ -223,7 +223,12 @@ WITH f AS (
            ELSE vt_same_words(vt_words(fin.title), vt_words(c_fin.title)) END END AS title_match
   FROM h
 )
-SELECT d.* EXCLUDE (http_hops, cips, dvals),
+-- Only what PENDING and DECISION read is kept (materialising wide nested columns is costly).
+SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_failure,
+  c_dns_n, c_dns_failure, c_http_n, c_vpn_n, c_vpn_ok, injected, tls_valid_ips, http_n,
+  fin.failure AS fin_failure, vpn_n, vpn_ok, vpn_failure, vpn_received, p_has_ips, p_dns_failure,
+  p_any_dns_failure, pending, odd_vals, odd_ips, any_connect_failure, redirect_dns_failure, tcp_block,
+  tcp_both_fail, tls_block, tls_both_fail, p_fin_ok, c_fin_ok, https_ok,
   len(cips) > 0 AS c_dns_ok,
   NOT (coalesce(status_match, false) AND (coalesce(body_match, false) OR coalesce(headers_match, false)
        OR coalesce(title_match, false))) AS http_diff,
@@ -339,8 +344,8 @@ CASE
                                       WHEN 'reset' THEN 'reset_sni' ELSE vt_kind(tls_block) END, '0.8']
   WHEN redirect_dns_failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'dns',
        CASE WHEN redirect_dns_failure = 'dns_nxdomain' THEN 'dns.nxdomain_ctrl_ok' ELSE 'dns.failure_ctrl_ok' END, '0.7']
-  WHEN http_n > 0 AND fin.failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'http-failure', 'http.failure', '0.7']
-  WHEN tcp_both_fail OR tls_both_fail OR (http_n > 0 AND fin.failure IS NOT NULL)
+  WHEN http_n > 0 AND fin_failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'http-failure', 'http.failure', '0.7']
+  WHEN tcp_both_fail OR tls_both_fail OR (http_n > 0 AND fin_failure IS NOT NULL)
        OR (c_http_n > 0 AND NOT c_fin_ok) THEN ['down', NULL, NULL, '0.8']
   WHEN dns_inconsistent AND http_n = 0 THEN ['blocked', 'dns', 'dns.inconsistent', '0.5']
   ELSE ['ok', NULL, NULL, '0.7']
