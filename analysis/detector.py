@@ -352,7 +352,11 @@ def _cusum_chunk(uniq: np.ndarray, n: np.ndarray, f: np.ndarray, cfg: DetectorCo
         s_up = np.where(ended, 0.0, s_up)
         last_zero_up = np.where(ended, t, last_zero_up)
     for i in np.flatnonzero(alarm).tolist():
-        changes.append(_change(uniq[i], int(start[i]), None, float(p0[i]), n[i], f[i]))
+        # still in alarm at the end of the data: ended if the return test is at least half way
+        # (hours of successes since the last failure), else ongoing
+        ended_late = s_down[i] >= cfg.cusum_threshold / 2
+        end = int(last_zero_down[i]) + 1 if ended_late else None
+        changes.append(_change(uniq[i], int(start[i]), end, float(p0[i]), n[i], f[i]))
     return changes
 
 

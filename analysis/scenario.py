@@ -479,7 +479,8 @@ def random_scenario(seed: int, days: int = 28) -> Scenario:
                 if not free(asns, h0, min(h1, days * 24)):
                     continue
                 inputs = tuple(str(x) for x in rng.choice(targets, int(rng.integers(1, 3)), replace=False))
-                method = str(rng.choice(list(BLOCK_OUTCOMES)))
+                # (no blockpage: these targets are https://, where a blockpage would not validate)
+                method = str(rng.choice([m for m in BLOCK_OUTCOMES if m != "http.blockpage"]))
                 events.append(PlantedEvent("service_blocking", start + h0 * HOUR,
                                            None if h1 >= days * 24 else start + h1 * HOUR, net.cc, tuple(asns), inputs,
                                            method, label=f"block {net.cc} {method}"))
