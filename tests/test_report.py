@@ -199,6 +199,13 @@ def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     kinds = table.column("kind").to_pylist()
     assert "shutdown" in kinds and "service_blocking" in kinds
     assert "shutdown" in res.output  # the rich table was printed
+    res = runner.invoke(main, ["events", str(dataset), "-o", str(tmp_path / "raw.parquet"), "--no-verdicts", "-q"])
+    assert res.exit_code == 0, res.output
+    raw_inputs = {i for row in pq.read_table(tmp_path / "raw.parquet").column("inputs").to_pylist() for i in row}
+    all_inputs = {i for row in table.column("inputs").to_pylist() for i in row}
+    assert BLOCKPAGE_URL not in raw_inputs  # a blockpage is reachable for raw signals...
+    if importlib.util.find_spec("analysis.verdicts"):
+        assert BLOCKPAGE_URL in all_inputs  # ... and blocked for the analyzer's verdicts
 
 
 @pytest.mark.parametrize("args, message", [
@@ -206,6 +213,7 @@ def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     (["report", "{ds}", "-o", "{tmp}/r.html", "--public-net", "10.0.0/33"], "is not a CIDR network"),
     (["events", "{ds}", "-o", "{tmp}/e.csv"], "must be a .parquet file"),
     (["events", "{ds}", "-o", "{tmp}/e.parquet", "--warning", "0.4", "--critical", "0.5"], "must be below"),
+    (["events", "{ds}", "-o", "{tmp}/e.parquet", "--public-net", "nonsense"], "nonsense"),
     (["report", "{tmp}", "-o", "{tmp}/r.html"], "not a Vantage dataset"),
 ])
 def test_cli_bad_input_is_one_line(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
