@@ -67,11 +67,11 @@ class BogonChecker:
         self._ranges: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
         for text in BOGON_NETS:
             net = ipaddress.ip_network(text)
-            pieces = [net]
+            pieces: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [net]
             for pub in public:
                 if pub.version != net.version:
                     continue
-                nxt = []
+                nxt: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
                 for piece in pieces:
                     if pub.supernet_of(piece):  # type: ignore[arg-type]
                         continue
@@ -82,7 +82,7 @@ class BogonChecker:
                 pieces = nxt
             for piece in pieces:
                 self._ranges[net.version].append((int(piece.network_address), int(piece.broadcast_address)))
-        self._starts = {v: [] for v in (4, 6)}  # type: dict[int, list[int]]
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
         for v in (4, 6):
             self._ranges[v].sort()
             self._starts[v] = [a for a, _ in self._ranges[v]]
