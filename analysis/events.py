@@ -374,9 +374,10 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
             _absorb(fault, ch)
             fault.inputs = []  # the vantage point failed everything, not these targets
             continue
-        # when it starts near or inside them (a block that began before the anomaly stays)
+        # when it starts or ends with them (a block that began before the anomaly and outlives it stays)
         host = next((m for m in merged if m.kind in ("shutdown", "probe_fault") and ch.networks[0] in m.networks
-                     and m.overlaps(ch.start, ch.start, gap_h=gap) and m.overlaps(ch.start, ch.end)), None)
+                     and m.overlaps(ch.start, ch.end) and (m.overlaps(ch.start, ch.start, gap_h=gap) or (
+                         ch.end is not None and m.end is not None and abs(ch.end - m.end) <= gap * HOUR))), None)
         if host is not None:
             host.evidence["explained_input_changes"] = host.evidence.get("explained_input_changes", 0) + 1
         else:
