@@ -97,9 +97,9 @@ def test_random_scenarios_keep_events_apart() -> None:
         by_net: dict[str, list[sc.PlantedEvent]] = {}
         for p in scn.planted:
             assert p.start >= scn.start + dt.timedelta(days=8)  # after a week of baseline
-            for a in p.asns:
-                by_net.setdefault(a, []).append(p)
+            for asn in p.asns:
+                by_net.setdefault(asn, []).append(p)
         for events in by_net.values():  # no two events of one network overlap
             events.sort(key=lambda p: p.start)
-            for a, b in zip(events, events[1:], strict=False):
-                assert a.end is not None and a.end <= b.start
+            for first, second in zip(events, events[1:], strict=False):
+                assert first.end is not None and first.end <= second.start
