@@ -3,6 +3,7 @@ and is registered below; commands parse options, call one library function and r
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
@@ -10,7 +11,40 @@ import click
 from probe import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Each command lives in its own module and is imported only when it runs (or when help lists
+# it), so `vantage run` on a Raspberry Pi does not pay for matplotlib or DuckDB.
+# Registration: one line per command, "name": "module:attribute".
+COMMANDS: dict[str, str] = {
+    "run": "probe.cli.run:run",
+    "lists": "probe.cli.lists:lists",
+    "demo": "probe.cli.demo:demo",
+    "control": "probe.cli.control:control",
+    "analyze": "probe.cli.analyze:analyze",
+    "report": "probe.cli.report:report",
+    "events": "probe.cli.events:events",
+    "ooni": "probe.cli.ooni:ooni",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr = spec.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        self.commands[cmd_name] = command
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vantage")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -23,22 +57,3 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
-
-
-# Registration: one line per command module (each defines one click command or group).
-from probe.cli import lists as _lists  # noqa: E402
-main.add_command(_lists.lists)
-from probe.cli import ooni as _ooni  # noqa: E402
-main.add_command(_ooni.ooni)
-from probe.cli import control as _control  # noqa: E402
-main.add_command(_control.control)
-from probe.cli import demo as _demo  # noqa: E402
-main.add_command(_demo.demo)
-from probe.cli import run as _run  # noqa: E402
-main.add_command(_run.run)
-from probe.cli import events as _events  # noqa: E402
-main.add_command(_events.events)
-from probe.cli import report as _report  # noqa: E402
-main.add_command(_report.report)
-from probe.cli import analyze as _analyze  # noqa: E402
-main.add_command(_analyze.analyze)

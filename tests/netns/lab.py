@@ -236,9 +236,11 @@ def analyze_datasets(datasets: list[Path], output: Path, step: Callable[[str], N
 
 def cli_options(command: str) -> set[str] | None:
     """The option names of a `vantage` command, or None when the build does not have it."""
+    import click
+
     from probe.cli import main
 
-    cmd = main.commands.get(command)
+    cmd = main.get_command(click.Context(main), command)
     if cmd is None:
         return None
     return {opt for param in cmd.params for opt in getattr(param, "opts", [])}
