@@ -54,7 +54,15 @@ def anomalies_over_time(daily: pa.Table) -> bytes:
                 color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
     ax.set_title(title)
     ax.set_ylabel("measurements")
+    all_days = sorted({r["day"] for r in rows})
+    # one tick per day at most; with a single day matplotlib would otherwise pad the axis to
+    # years of empty ticks
+    first, last = np.datetime64(all_days[0], "D"), np.datetime64(all_days[-1], "D")
+    ax.set_xlim(first - np.timedelta64(1, "D"), last + np.timedelta64(1, "D"))
+    span_days = int((last - first) / np.timedelta64(1, "D")) + 3
+    ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span_days // 8)))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper left")
     return _png(fig)
