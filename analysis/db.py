@@ -112,7 +112,6 @@ def open_datasets(
     good, skipped = valid_files(paths)
     for f, reason in skipped:
         msg = f"skipping {f}: {reason}"
-        log.warning(msg)
         warnings.warn(msg, SkippedFileWarning, stacklevel=2)
     if not good:
         where = ", ".join(str(p) for p in paths)
