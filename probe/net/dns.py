@@ -221,6 +221,23 @@ class _UdpCollector(asyncio.DatagramProtocol):
         self.queue.put_nowait((None, exc))
 
 
+def _start_query(
+    hostname: str, resolver: str, engine: str, qtype: str, clock: Clock, tag: str | None
+) -> tuple[DnsQuery, dns.message.Message | None, bytes]:
+    """The record and the wire query for one lookup; a name that cannot be encoded fails the
+    record at once (query None) instead of reaching the network."""
+    q = DnsQuery(
+        t0=clock.now(), t=0.0, failure=None, resolver=resolver, engine=engine,
+        query_type=qtype, hostname=hostname, tag=tag,
+    )
+    try:
+        query = _make_query(hostname, qtype)
+        return q, query, query.to_wire()
+    except Exception:
+        q.failure = unknown("invalid_hostname")
+        return q, None, b""
+
+
 async def resolve_udp(
     hostname: str,
     resolver: str,
@@ -241,15 +258,8 @@ async def resolve_udp(
     came, else ``generic_timeout``. ``resolver`` must parse (ValueError otherwise).
     """
     ip, port = parse_resolver(resolver)
-    q = DnsQuery(
-        t0=clock.now(), t=0.0, failure=None, resolver=format_resolver(ip, port), engine="udp",
-        query_type=qtype, hostname=hostname, tag=tag,
-    )
-    try:
-        query = _make_query(hostname, qtype)
-        wire = query.to_wire()
-    except Exception:
-        q.failure = unknown("invalid_hostname")
+    q, query, wire = _start_query(hostname, format_resolver(ip, port), "udp", qtype, clock, tag)
+    if query is None:
         return _finish(q, clock, scrubber)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -316,15 +326,8 @@ async def resolve_tcp(
     """One query over TCP (RFC 7766 length-prefixed). A frame that is cut short or does not
     answer the query is ``dns_server_misbehaving``; a close before any byte is ``eof``."""
     ip, port = parse_resolver(resolver)
-    q = DnsQuery(
-        t0=clock.now(), t=0.0, failure=None, resolver=format_resolver(ip, port), engine="tcp",
-        query_type=qtype, hostname=hostname, tag=tag,
-    )
-    try:
-        query = _make_query(hostname, qtype)
-        wire = query.to_wire()
-    except Exception:
-        q.failure = unknown("invalid_hostname")
+    q, query, wire = _start_query(hostname, format_resolver(ip, port), "tcp", qtype, clock, tag)
+    if query is None:
         return _finish(q, clock, scrubber)
     try:
         q.failure = await asyncio.wait_for(_tcp_exchange(q, ip, port, query, wire, qtype, scrubber), timeout)
