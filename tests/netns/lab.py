@@ -5,7 +5,6 @@ control namespaces; `vantage analyze`; verdicts scored against the scenarios' gr
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -244,13 +243,3 @@ def cli_options(command: str) -> set[str] | None:
     if cmd is None:
         return None
     return {opt for param in cmd.params for opt in getattr(param, "opts", [])}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

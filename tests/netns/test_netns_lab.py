@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from .conftest import require_lab
-from .lab import LabRun, NetnsLab, cli_options, pid_alive
+from .lab import LabRun, NetnsLab, cli_options
 from .scenarios import (
     DNS_INJECT,
     DNS_LIE,
@@ -43,6 +43,7 @@ from .topology import (
     PUBLIC_RESOLVER,
     ROLES,
     Topology,
+    pid_alive,
     reap_stale_labs,
     stale_labs,
 )

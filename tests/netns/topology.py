@@ -286,7 +286,7 @@ def stale_labs() -> list[str]:
     for line in out.splitlines():
         name = line.split()[0] if line.split() else ""
         m = STALE_NAME.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             stale.append(name)
     return stale
 
@@ -305,7 +305,7 @@ def reap_stale_labs(only: Sequence[str] | None = None) -> list[str]:
     return names
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
