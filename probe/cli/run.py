@@ -197,6 +197,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         (f"Measuring {len(phases[0][1])} anchors, then " if len(phases) > 1 else "Measuring ")
         + f"{len(targets)} input(s) with {experiment.name}; "
         + (f"resolvers: {', '.join(settings.resolvers)} only" if settings.resolvers else "resolver: the system's")
+        + (f"; control helper: {control_url}" if control_url else "")
         + f"; writing to {output}",
         highlight=False,
         markup=False,
