@@ -26,6 +26,19 @@ log = logging.getLogger(__name__)
 
 MEASUREMENTS_DIR = "measurements"
 _PART_RE = re.compile(r"^part-(?P<run_id>.+)-(?P<n>\d+)\.parquet$")
+_TMP_RE = re.compile(r"^\.part-.+\.parquet\.(?P<pid>\d+)\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, from before: this writer has nothing in flight yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StoreError(Exception):
@@ -106,10 +119,14 @@ class DatasetWriter:
         return highest + 1
 
     def _clean_stale_temporaries(self) -> None:
+        """Remove temporaries left by a writer that died; another live run (anchors on a timer
+        beside a main run) may be writing into the same dataset right now."""
         base = self.root / MEASUREMENTS_DIR
         if base.is_dir():
             for p in base.glob("date=*/probe_cc=*/.part-*.tmp"):
-                p.unlink(missing_ok=True)
+                m = _TMP_RE.match(p.name)
+                if m is None or not _pid_alive(int(m["pid"])):
+                    p.unlink(missing_ok=True)
 
     def add(self, record: Measurement) -> None:
         validate(record)

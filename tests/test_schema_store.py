@@ -182,3 +182,19 @@ def test_sigkill_mid_run_leaves_only_complete_files(tmp_path: Path) -> None:
         [str(tmp_path / "measurements" / "**" / "*.parquet")],
     ).fetchone()
     assert n == total
+
+
+def test_new_writer_removes_only_dead_writers_temporaries(tmp_path: Path) -> None:
+    part = tmp_path / "measurements" / "date=2026-11-22" / "probe_cc=IR"
+    part.mkdir(parents=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        in_flight = part / f".part-other-run-00000.parquet.{live.pid}.tmp"
+        left_over = part / f".part-crashed-00000.parquet.{int(dead.stdout)}.tmp"
+        in_flight.write_bytes(b"half a file")
+        left_over.write_bytes(b"half a file")
+        DatasetWriter(tmp_path, "new-run")
+        live.kill()
+    assert in_flight.exists()  # another live run is still writing it
+    assert not left_over.exists()
