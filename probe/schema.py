@@ -76,6 +76,10 @@ class DnsAnswer:
     answer_type: str  # "A", "AAAA", "CNAME", ...
     value: str
     ttl: int | None = None
+    # The network an address answer belongs to, when the measuring side knew it (OONI's
+    # per-answer ``asn``/``as_org_name``, or an IP-to-ASN database): "AS13335", "Cloudflare, Inc."
+    asn: str | None = None
+    as_org_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -264,7 +268,8 @@ _F = pa.field
 _OBS = [_F("t0", pa.float64()), _F("t", pa.float64()), _F("failure", pa.string())]
 
 DNS_ANSWER_TYPE = pa.struct(
-    [_F("answer_type", pa.string()), _F("value", pa.string()), _F("ttl", pa.int64())]
+    [_F("answer_type", pa.string()), _F("value", pa.string()), _F("ttl", pa.int64()),
+     _F("asn", pa.string()), _F("as_org_name", pa.string())]
 )
 DNS_QUERY_TYPE = pa.struct(
     _OBS
