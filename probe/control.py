@@ -101,72 +101,222 @@ def measurement_from_json(data: Any) -> Measurement:
 
 
 # --------------------------------------------------------------------------- address policy
+#
+# A control helper runs inside someone's network and connects where strangers tell it to;
+# without this policy it could be told to read that network's private hosts (on a cloud VM:
+# the metadata service at 169.254.169.254). The policy is the union of:
+#
+# - the ``ipaddress`` properties (is_unspecified, is_loopback, is_link_local, is_multicast,
+#   is_site_local, is_reserved, is_private, not is_global), which follow Python's copy of the
+#   registries below;
+# - every entry of the IANA special-purpose address registries that is not globally
+#   reachable (iana-ipv4-special-registry, iana-ipv6-special-registry, as of 2025), listed
+#   here because the properties of the Python we run on may predate them (3fff::/20 and
+#   5f00::/16 are from 2024); the few globally reachable entries nested in them (PCP and
+#   TURN anycast, 192.0.0.9/32 etc.) are refused too: a helper has no business with them;
+# - for IPv6, everything outside 2000::/3, the only block the IANA IPv6 address space
+#   registry allocates to global unicast, except NAT64 (64:ff9b::/96) of a public IPv4;
+# - addresses that embed an IPv4 address (IPv4-mapped, NAT64, 6to4) are judged by it too.
+
+_SPECIAL_NETWORKS: tuple[tuple[str, str], ...] = (
+    # IANA IPv4 Special-Purpose Address Registry, entries not globally reachable
+    ("0.0.0.0/8", "this network"),
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "shared address space"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "deprecated 6to4 relay anycast"),
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("240.0.0.0/4", "reserved"),
+    ("255.255.255.255/32", "limited broadcast"),
+    # IANA IPv6 Special-Purpose Address Registry, entries not globally reachable
+    ("::1/128", "loopback"),
+    ("::/128", "unspecified"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("64:ff9b:1::/48", "local-use IPv4/IPv6 translation"),
+    ("100::/64", "discard-only"),
+    ("100:0:0:1::/64", "dummy prefix"),
+    ("2001::/23", "IETF protocol assignments"),
+    ("2001::/32", "Teredo"),
+    ("2001:2::/48", "benchmarking"),
+    ("2001:10::/28", "deprecated ORCHID"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing (SRv6) SIDs"),
+    ("fc00::/7", "unique local (private)"),
+    ("fe80::/10", "link-local"),
+    # IPv6 address architecture: deprecated site-local (RFC 3879), multicast
+    ("fec0::/10", "site-local"),
+    ("ff00::/8", "multicast"),
+)
+_SPECIAL = tuple((ipaddress.ip_network(net), label) for net, label in _SPECIAL_NETWORKS)
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-def address_refusal(address: str) -> str | None:
-    """Why the helper must not contact ``address`` (None when it is a public address).
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), with its form."""
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return "6to4", ip.sixtofour
+    if ip.teredo is not None:
+        return "Teredo", ip.teredo[1]
+    return None
 
-    A control helper runs inside someone's network; without this it could be told to probe
-    that network's private hosts.
-    """
-    try:
-        ip = ipaddress.ip_address(address.strip("[]"))
-    except ValueError:
-        return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+
+def _ip_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     for label, flag in (
         ("unspecified", ip.is_unspecified),
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
         ("reserved", ip.is_reserved),
         ("private", ip.is_private),
     ):
         if flag:
             return label
-    if not ip.is_global:  # shared address space (100.64/10), 6to4 relays, and other special ranges
+    for network, label in _SPECIAL:
+        if ip.version == network.version and ip in network:
+            return label
+    if not ip.is_global:  # anything the registries of this Python know and we do not
         return "not globally routable"
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST:
+        return "outside global unicast (2000::/3)"
     return None
 
 
-def _ip_literal(host: str) -> str | None:
+def parse_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address literal, bracketed or not; None when it is not one."""
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
+        return ipaddress.ip_address(address.strip().removeprefix("[").removesuffix("]"))
     except ValueError:
         return None
 
 
+def address_refusal(address: str) -> str | None:
+    """Why the helper must not contact ``address`` (None when it is a public address).
+
+    Every connection the helper makes is checked with this, after name resolution (see
+    ``probe.net._client.address_guard``), so a name that resolves differently later (DNS
+    rebinding) or a redirect cannot reach around it.
+    """
+    ip = parse_address(address)
+    if ip is None:
+        return "not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return "scoped (link-local)"
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            form, v4 = embedded
+            inner = _ip_refusal(v4)
+            if inner is not None:
+                # Mapped addresses are the IPv4 address itself: say what it is plainly.
+                return inner if form == "IPv4-mapped" else f"{form} of {inner} {v4}"
+            if form == "IPv4-mapped" or form == "NAT64":
+                return None  # the public IPv4 address, reached through IPv6
+    return _ip_refusal(ip)
+
+
+def _numeric_ipv4(host: str) -> str | None:
+    """The IPv4 address a numeric host means to the system resolver (inet_aton's forms:
+    ``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``), or None for a name."""
+    labels = host.split(".")
+    if not labels[-1] or not re.fullmatch(r"(0x[0-9a-f]*|[0-9]+)", labels[-1]):
+        return None  # a name: its last label is not a number (WHATWG URL's rule)
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return "invalid"
+
+
+def normalise_host(host: str) -> str:
+    """Lower case, no brackets or trailing dots, IDNA-encoded (NFKC: fullwidth digits and
+    letters become ASCII, as the resolver will see them). UnicodeError when it cannot be."""
+    host = host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+    if host.isascii():
+        return host
+    return host.encode("idna").decode("ascii").lower()
+
+
+def host_form_refusal(host: str) -> str | None:
+    """Why ``host`` as written is refused without resolving it (None: resolve and check):
+    special address literals in any textual form, ``localhost`` and ``*.localhost``."""
+    literal = parse_address(host)
+    if literal is not None:
+        reason = address_refusal(str(literal))
+        return f"{literal} is {reason}" if reason else None
+    try:
+        name = normalise_host(host)
+    except UnicodeError:
+        return f"{host!r} is not a valid host name"
+    literal = parse_address(name)
+    if literal is not None:
+        reason = address_refusal(str(literal))
+        return f"{host!r} means {literal}, which is {reason}" if reason else None
+    numeric = _numeric_ipv4(name)
+    if numeric == "invalid":
+        return f"{host!r} is neither a name nor a valid address"
+    if numeric is not None:
+        reason = address_refusal(numeric)
+        return f"{host!r} means {numeric}, which is {reason}" if reason else None
+    if not name or name == "localhost" or name.endswith(".localhost"):
+        return f"{host!r} is loopback"  # RFC 6761: always the loopback interface
+    return None
+
+
 async def host_refusal(
-    host: str, *, timeout: float = 4.0, resolve: Callable[[str], Awaitable[list[str]]] | None = None
+    host: str, *, timeout: float = 4.0, resolve: Callable[[str], Awaitable[list[str]]] | None = None,
+    refusal: Callable[[str], str | None] | None = None,
 ) -> str | None:
     """Like address_refusal for a host name: refused if any address it resolves to is.
 
     ``resolve`` should ask what the experiments will ask (the helper passes its configured
     resolvers); by default the system resolver. A name that does not resolve is not refused
-    here: the measurement records that failure.
+    here: the measurement records that failure. ``refusal`` replaces address_refusal (the
+    helper's allow-list). This check only fails fast: the connection guard re-checks every
+    address actually connected to.
     """
-    literal = _ip_literal(host)
+    check = refusal or address_refusal
+    literal = parse_address(host)
     if literal is not None:
-        reason = address_refusal(literal)
+        reason = check(str(literal))
         return f"{literal} is {reason}" if reason else None
-    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
-        return f"{host} is loopback"
+    reason = host_form_refusal(host)
+    if reason:
+        return reason
+    name = normalise_host(host)
     try:
         if resolve is not None:
-            addresses = await asyncio.wait_for(resolve(host), timeout)
+            addresses = await asyncio.wait_for(resolve(name), timeout)
         else:
             infos = await asyncio.wait_for(
-                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout
+                asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM), timeout
             )
             addresses = [str(info[4][0]) for info in infos]
     except (OSError, asyncio.TimeoutError, UnicodeError):
         return None
     for address in addresses:
-        reason = address_refusal(address)
+        reason = check(address)
         if reason:
             return f"{host} resolves to {address}, which is {reason}"
     return None
+
+
+def _ip_literal(host: str) -> str | None:
+    ip = parse_address(host)
+    return None if ip is None else str(ip)
 
 
 def input_host(url: str) -> str | None:

@@ -3,6 +3,12 @@ experiment code, from an uncensored network, within fixed bounds. Protocol: prob
 
 HTTP/1.1 is parsed by h11, one request per connection. The caller's address is used only to
 look up its country and network for /v1/whoami; it is never logged or sent back.
+
+Every connection a measurement makes is checked against the address policy (the connection
+guard, ``probe.net._client.address_guard``), after name resolution and on every redirect hop;
+a refused connection is recorded as ``unknown_failure:address_refused`` and nothing behind
+it is read. Slow clients are bounded by read deadlines and by evicting the oldest
+connection still sending its request when too many are.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,12 +41,14 @@ from probe.control import (
     host_refusal,
     input_host,
     measurement_to_json,
+    parse_address,
     valid_id,
 )
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock, measure
 from probe.experiments.common import ask_resolvers, gather_all, resolved_addresses
 from probe.net import tcp, tls
+from probe.net._client import address_guard
 from probe.net.clock import Clock
 from probe.schema import Measurement, TcpConnect, new_run_id
 from probe.testlists import input_problem
@@ -70,9 +79,20 @@ class Limits:
     max_targets: int = 10  # targets per request
     max_addresses: int = 16  # probe addresses per target
     max_concurrent: int = 4  # measure requests in progress; more get 503
-    max_connections: int = 64  # open connections; more are answered 503 and closed
+    # Connections still sending their request; past this the OLDEST of them is closed to make
+    # room. Refusing the newest instead would let 64 slow clients (slowloris) lock real probes
+    # out; a real probe sends its whole request within a few round trips of connecting, so
+    # it is almost never the oldest one waiting.
+    max_pending: int = 64
+    max_connections: int = 256  # open connections of any kind; more are answered 503 and closed
     request_timeout: float = 90.0  # seconds for all measurements of one request
-    read_timeout: float = 15.0  # seconds to receive a whole request
+    # Deadlines from the moment a connection is accepted (after TLS). A probe on a slow, lossy
+    # link still sends its request line and headers in a few round trips; three lost segments
+    # cost 1 + 2 + 4 s of retransmission timeouts, so 10 s for the headers and 15 s for the
+    # whole request (body at most max_body) leave room for that and nothing for trickling.
+    header_timeout: float = 10.0  # seconds to receive the request line and headers
+    read_timeout: float = 15.0  # seconds to receive the whole request
+    max_json_depth: int = 16  # nesting of the request JSON; the protocol needs 4
 
 
 @dataclass
@@ -80,6 +100,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     allow_private: bool = False  # labs only: lets the helper contact private addresses
+    # Networks the policy lets through although special-purpose (labs and tests: a loopback
+    # "public" target, say), e.g. ["127.0.0.2/32"]; everything else special stays refused.
+    allow_nets: list[str] = field(default_factory=list)
     geoip_db: Path | None = None
     asn_db: Path | None = None
     settings: Settings = field(default_factory=Settings)
@@ -206,12 +229,30 @@ class MeasureRequest:
     run_id: str | None = None
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether the JSON text nests arrays/objects deeper than ``limit``, in linear time and
+    without recursion (json.loads recurses: deep nesting would raise RecursionError)."""
+    brackets = _JSON_NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", body))
+    depth = 0
+    for b in brackets:
+        depth += 1 if b in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def parse_measure_request(body: bytes, limits: Limits) -> MeasureRequest:
     """Check a /v1/measure body; HttpError(400) says what is wrong."""
+    if json_depth_exceeds(body, limits.max_json_depth):
+        raise HttpError(400, "too_deep", f"the JSON nests deeper than {limits.max_json_depth} levels")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, "bad_json", f"the body is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise HttpError(400, "bad_json", f"the body is not JSON: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise HttpError(400, "bad_request", "the body must be a JSON object")
     experiment = data.get("experiment")
@@ -253,10 +294,10 @@ def _parse_target(item: Any, limits: Limits) -> ControlTarget:
         )
     normalised = []
     for a in addresses:
-        try:
-            normalised.append(str(ipaddress.ip_address(a.strip("[]"))))
-        except ValueError:
-            raise HttpError(400, "bad_request", f"not an IP address: {a[:60]!r}") from None
+        ip = parse_address(a)
+        if ip is None:
+            raise HttpError(400, "bad_request", f"not an IP address: {a[:60]!r}")
+        normalised.append(str(ip))
     category = item.get("category")
     if category is not None and not (isinstance(category, str) and len(category) <= 16):
         raise HttpError(400, "bad_request", "category must be a short string")
@@ -266,25 +307,32 @@ def _parse_target(item: Any, limits: Limits) -> ControlTarget:
     return ControlTarget(input=url, category=category, addresses=list(dict.fromkeys(normalised)), control_for=control_for)
 
 
-async def check_policy(request: MeasureRequest, settings: Settings | None = None) -> None:
-    """Refuse targets and addresses that are not public (HttpError 403).
+async def check_policy(
+    request: MeasureRequest, settings: Settings | None = None, refusal: Callable[[str], str | None] | None = None
+) -> None:
+    """Refuse targets and addresses that are not public (HttpError 403), before measuring.
 
     Names are resolved as the experiments will resolve them (``settings``' resolvers).
+    ``refusal`` is the helper's policy (default: address_refusal). This fails early and
+    clearly; the connection guard still checks every address actually connected to.
     """
+    check = refusal or address_refusal
     refused: list[str] = []
     for t in request.targets:
         for a in t.addresses:
-            if address_refusal(a):
+            if check(a):
                 refused.append(a)
     if refused:
-        reasons = ", ".join(f"{a} ({address_refusal(a)})" for a in refused[:5])
+        reasons = ", ".join(f"{a} ({check(a)})" for a in refused[:5])
         raise HttpError(
             403, "forbidden_address",
             f"this helper contacts only public addresses; refused: {reasons}", addresses=refused,
         )
     for t in request.targets:
         host = input_host(t.input) or ""
-        reason = await host_refusal(host, resolve=_resolver_like(settings) if settings is not None else None)
+        reason = await host_refusal(
+            host, resolve=_resolver_like(settings) if settings is not None else None, refusal=check
+        )
         if reason:
             raise HttpError(403, "forbidden_target", f"this helper measures only public targets: {reason}", input=t.input)
 
@@ -295,6 +343,10 @@ def _resolver_like(settings: Settings) -> Callable[[str], Awaitable[list[str]]]:
         return resolved_addresses(queries, limit=64)
 
     return resolve
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 # --------------------------------------------------------------------------- the server
@@ -315,12 +367,20 @@ class ControlServer:
         self._in_progress = 0  # measure requests being measured now (shown by /v1/info)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        # Connections still receiving their request, oldest first, and how many were evicted.
+        self._pending: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self.evicted = 0
+        self._allowed = [ipaddress.ip_network(n, strict=False) for n in config.allow_nets]
+        # The helper's own configured resolvers (DoH included) are the operator's choice, not a
+        # caller's: the guard lets their literal addresses through.
+        self._resolver_addresses = _resolver_addresses(config.settings.resolvers)
 
     async def start(self) -> tuple[str, int]:
         try:
             self._server = await asyncio.start_server(
                 self._accept, self.config.host, self.config.port, ssl=self.config.ssl_context,
                 limit=self.limits.max_body,
+                ssl_handshake_timeout=self.limits.header_timeout if self.config.ssl_context else None,
             )
         except OSError as exc:
             self.geo.close()
@@ -364,7 +424,37 @@ class ControlServer:
         if task is not None:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
+            self._pending[task] = writer
+            task.add_done_callback(self._unpend)
+            while len(self._pending) > self.limits.max_pending:
+                # The oldest connection still sending its request makes room (see Limits).
+                oldest, victim = next(iter(self._pending.items()))
+                del self._pending[oldest]
+                self.evicted += 1
+                victim.transport.abort()
         await self._connection(reader, writer)
+
+    def _unpend(self, task: asyncio.Task[None]) -> None:
+        self._pending.pop(task, None)
+
+    # ----------------------------------------------------------------- the address policy
+
+    def refusal(self, address: str) -> str | None:
+        """Why this helper must not contact ``address`` (None: it may): the address policy,
+        minus the configured allow-list (``allow_nets``) and ``allow_private``."""
+        if self.config.allow_private:
+            return None
+        ip = parse_address(address)
+        if ip is not None and any(ip.version == n.version and ip in n for n in self._allowed):
+            return None
+        return address_refusal(address)
+
+    def _guard(self, address: str) -> str | None:
+        """The connection guard: the policy on every address a measurement connects to."""
+        ip = parse_address(address)
+        if ip is not None and str(ip) in self._resolver_addresses:
+            return None
+        return self.refusal(address)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = time.monotonic()
@@ -395,10 +485,12 @@ class ControlServer:
             if len(self._handlers) > self.limits.max_connections:
                 raise HttpError(503, "busy", "too many connections; try again later")
             try:
-                request, body = await asyncio.wait_for(self._read_request(reader, writer), self.limits.read_timeout)
-            except asyncio.TimeoutError:
-                raise HttpError(408, "request_timeout", "the request did not arrive in time") from None
-            method, path = request.method.decode(), request.target.decode("ascii", "replace")
+                request, body = await self._read_request(reader, writer)
+            finally:
+                task = asyncio.current_task()
+                if task is not None:
+                    self._pending.pop(task, None)
+            method, path = request.method.decode("ascii", "replace"), request.target.decode("ascii", "replace")
             return 200, await self._route(method, path.split("?", 1)[0], writer, body), method, path, []
         except HttpError as exc:
             payload = {"error": {"code": exc.code, "message": exc.message, **exc.details}}
@@ -406,8 +498,12 @@ class ControlServer:
             return exc.status, payload, method, path, headers
         except (ConnectionError, ssl.SSLError):  # the caller went away or spoke broken TLS
             return 0, {}, method, path, []
-        except Exception:
-            log.exception("control helper: error handling %s %s", method, path)
+        except Exception as exc:
+            # A bug, never bad input (that is a 4xx above): one line in the log, the traceback
+            # only at debug level, nothing of it in the answer.
+            log.error("control helper: internal error on %s %s: %s: %s", method, path[:200],
+                      type(exc).__name__, _one_line(exc))
+            log.debug("control helper: internal error", exc_info=True)
             return 500, {"error": {"code": "internal_error", "message": "internal error"}}, method, path, []
 
     async def _read_request(
@@ -416,13 +512,26 @@ class ControlServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         request: h11.Request | None = None
         body = bytearray()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise HttpError(400, "bad_http", f"malformed HTTP request: {exc}") from None
+                raise HttpError(400, "bad_http", f"malformed HTTP request: {_one_line(exc)}") from None
             if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(64 * 1024))
+                # Headers within header_timeout, the whole request within read_timeout, however
+                # slowly the bytes trickle in.
+                limit = self.limits.header_timeout if request is None else self.limits.read_timeout
+                left = started + limit - loop.time()
+                try:
+                    if left <= 0:
+                        raise asyncio.TimeoutError
+                    data = await asyncio.wait_for(reader.read(64 * 1024), left)
+                except asyncio.TimeoutError:
+                    what = "headers" if request is None else "request"
+                    raise HttpError(408, "request_timeout", f"the {what} did not arrive within {limit:g} s") from None
+                conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 request = event
                 for name, value in event.headers:
@@ -481,6 +590,9 @@ class ControlServer:
             "experiments": sorted(registry.EXPERIMENTS),
             "whoami": self.geo.configured,
             "in_progress": self._in_progress,
+            "connections": len(self._handlers),
+            "pending": len(self._pending),
+            "evicted": self.evicted,
             "limits": dataclasses.asdict(self.limits),
         }
 
@@ -495,11 +607,14 @@ class ControlServer:
     async def _measure(self, body: bytes) -> dict[str, Any]:
         request = parse_measure_request(body, self.limits)
         if not self.config.allow_private:
-            await check_policy(request, self.config.settings)
+            await check_policy(request, self.config.settings, self.refusal)
         if self._busy.locked():
             raise HttpError(503, "busy", f"{self.limits.max_concurrent} requests are being measured; try again later")
         async with self._busy:
             self._in_progress += 1
+            # Every connection of these measurements (and of the tasks they start) passes the
+            # guard; the context is copied into the task wait_for creates.
+            token = address_guard.set(None if self.config.allow_private else self._guard)
             try:
                 records = await asyncio.wait_for(self._run(request), self.limits.request_timeout)
             except asyncio.TimeoutError:
@@ -507,6 +622,7 @@ class ControlServer:
                     504, "timeout", f"the measurements took longer than {self.limits.request_timeout:g} s"
                 ) from None
             finally:
+                address_guard.reset(token)
                 self._in_progress -= 1
         return {"measurements": [measurement_to_json(m) for m in records]}
 
@@ -522,3 +638,20 @@ class ControlServer:
             )
 
         return await gather_all(one(t) for t in request.targets)
+
+
+def _resolver_addresses(resolvers: Sequence[str]) -> frozenset[str]:
+    """The address literals of configured resolvers ("IP", "IP:PORT", "[IPv6]:PORT", DoH URLs)."""
+    out = set()
+    for r in resolvers:
+        host = input_host(r) if "://" in r else r
+        if host is None:
+            continue
+        if host.startswith("[") and "]" in host:
+            host = host[1 : host.index("]")]
+        elif host.count(":") == 1:
+            host = host.split(":")[0]
+        ip = parse_address(host)
+        if ip is not None:
+            out.add(str(ip))
+    return frozenset(out)

@@ -186,7 +186,7 @@ def test_address_policy() -> None:
         "127.0.0.1": "loopback", "::1": "loopback", "10.0.0.1": "private", "192.168.1.1": "private",
         "172.16.5.4": "private", "169.254.169.254": "link-local", "fe80::1": "link-local",
         "224.0.0.1": "multicast", "0.0.0.0": "unspecified", "240.0.0.1": "reserved",
-        "::ffff:10.1.2.3": "private", "100.64.0.1": "not globally routable", "fd00::1": "private",
+        "::ffff:10.1.2.3": "private", "100.64.0.1": "shared address space", "fd00::1": "private",
     }
     for address, reason in refused.items():
         assert control.address_refusal(address) == reason, address

@@ -3,6 +3,7 @@ addresses the caller chose (HTTP and DoH never resolve names on their own)."""
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import ipaddress
 import ssl
@@ -80,6 +81,25 @@ def ip_literal(host: str) -> str | None:
         return None
 
 
+# A check of every address about to be connected to, set by a caller for its task (the control
+# helper: its address policy). Returns why the address is refused, or None. It runs on the
+# address actually connected to, after name resolution, so DNS rebinding cannot pass it.
+address_guard: contextvars.ContextVar[Callable[[str], str | None] | None] = contextvars.ContextVar(
+    "address_guard", default=None
+)
+
+
+class AddressRefused(OSError):
+    """The address guard refused a connection (failure ``unknown_failure:address_refused``)."""
+
+
+def check_address(ip: str) -> None:
+    """Raise AddressRefused when the current address guard refuses ``ip``."""
+    guard = address_guard.get()
+    if guard is not None and (reason := guard(ip)) is not None:
+        raise AddressRefused(f"address_refused ({reason})")
+
+
 class NoAddressError(httpcore.ConnectError):
     """The host has no pinned address and no resolver was given for it."""
 
@@ -125,6 +145,11 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for ip in addrs:
             self.used[(host_key(host), port)] = ip
+            try:
+                check_address(ip)
+            except AddressRefused as exc:
+                last = exc  # a refused address is skipped like an unreachable one
+                continue
             try:
                 stream = await self._inner.connect_tcp(
                     ip, port, timeout=timeout, local_address=local_address, socket_options=socket_options

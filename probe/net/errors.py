@@ -20,6 +20,7 @@ Order of the mapping (first match wins), walking an exception and its ``__cause_
     zlib.error, httpx.DecodingError                 -> http_invalid_response
     httpx.TooManyRedirects                          -> http_too_many_redirects
     httpx.RemoteProtocolError                       -> eof (peer closed early) | http_invalid_response
+    AddressRefused (a caller's address policy)      -> unknown_failure:address_refused
     anything else                                   -> unknown_failure:<type>: <message>
                                                        (every IP literal removed, 80 chars max)
 """
@@ -39,6 +40,7 @@ import dns.name
 import dns.resolver
 import httpx
 
+from probe.net._client import AddressRefused
 from probe.net.scrub import scrub_all_addresses
 from probe.schema import UNKNOWN_FAILURE_PREFIX
 
@@ -78,6 +80,8 @@ def _cert_failure(exc: ssl.SSLCertVerificationError) -> str:
 
 def _classify_one(exc: BaseException) -> str | None:
     """The failure for this exception alone, or None when it only wraps another one."""
+    if isinstance(exc, AddressRefused):  # the caller's address policy (control helper)
+        return unknown("address_refused")
     # Timeouts first: TimeoutError is an OSError subclass, httpx timeouts wrap nothing useful.
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError, httpx.TimeoutException)):
         return "generic_timeout"

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import socket
 
+from probe.net._client import check_address
 from probe.net.clock import Clock
 from probe.net.errors import classify, unknown
 from probe.net.scrub import Scrubber
@@ -19,6 +20,7 @@ def family_of(ip: str) -> socket.AddressFamily:
 
 async def open_socket(ip: str, port: int, timeout: float) -> socket.socket:
     """A connected non-blocking TCP socket, or the exception the connect raised."""
+    check_address(ip)  # the caller's address policy, if any (AddressRefused)
     sock = socket.socket(family_of(ip), socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
