@@ -371,9 +371,11 @@ class ControlServer:
         self._pending: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.evicted = 0
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in config.allow_nets]
-        # The helper's own configured resolvers (DoH included) are the operator's choice, not a
-        # caller's: the guard lets their literal addresses through.
-        self._resolver_addresses = _resolver_addresses(config.settings.resolvers)
+        # The helper's own DoH resolvers (given as address literals) are the operator's choice,
+        # not a caller's: the guard lets exactly their address and port through. (Plain
+        # resolvers are asked without the guard: DNS over UDP/TCP is not a connection the
+        # guard sees.)
+        self._doh_endpoints = _doh_endpoints(config.settings.resolvers)
 
     async def start(self) -> tuple[str, int]:
         try:
@@ -432,7 +434,10 @@ class ControlServer:
                 del self._pending[oldest]
                 self.evicted += 1
                 victim.transport.abort()
-        await self._connection(reader, writer)
+        try:
+            await self._connection(reader, writer)
+        except asyncio.CancelledError:
+            pass  # close() ends connections still open; the connection is closed already
 
     def _unpend(self, task: asyncio.Task[None]) -> None:
         self._pending.pop(task, None)
@@ -449,10 +454,10 @@ class ControlServer:
             return None
         return address_refusal(address)
 
-    def _guard(self, address: str) -> str | None:
+    def _guard(self, address: str, port: int) -> str | None:
         """The connection guard: the policy on every address a measurement connects to."""
         ip = parse_address(address)
-        if ip is not None and str(ip) in self._resolver_addresses:
+        if ip is not None and (str(ip), port) in self._doh_endpoints:
             return None
         return self.refusal(address)
 
@@ -640,18 +645,19 @@ class ControlServer:
         return await gather_all(one(t) for t in request.targets)
 
 
-def _resolver_addresses(resolvers: Sequence[str]) -> frozenset[str]:
-    """The address literals of configured resolvers ("IP", "IP:PORT", "[IPv6]:PORT", DoH URLs)."""
+
+def _doh_endpoints(resolvers: Sequence[str]) -> frozenset[tuple[str, int]]:
+    """(address, port) of the configured DoH resolvers whose URL host is an address literal."""
     out = set()
     for r in resolvers:
-        host = input_host(r) if "://" in r else r
-        if host is None:
+        if not r.lower().startswith("https://"):
             continue
-        if host.startswith("[") and "]" in host:
-            host = host[1 : host.index("]")]
-        elif host.count(":") == 1:
-            host = host.split(":")[0]
-        ip = parse_address(host)
+        try:
+            parts = urlsplit(r)
+            port = parts.port or 443
+        except ValueError:
+            continue
+        ip = parse_address(parts.hostname or "")
         if ip is not None:
-            out.add(str(ip))
+            out.add((str(ip), port))
     return frozenset(out)

@@ -81,10 +81,10 @@ def ip_literal(host: str) -> str | None:
         return None
 
 
-# A check of every address about to be connected to, set by a caller for its task (the control
-# helper: its address policy). Returns why the address is refused, or None. It runs on the
+# A check of every (address, port) about to be connected to, set by a caller for its task (the
+# control helper: its address policy). Returns why it is refused, or None. It runs on the
 # address actually connected to, after name resolution, so DNS rebinding cannot pass it.
-address_guard: contextvars.ContextVar[Callable[[str], str | None] | None] = contextvars.ContextVar(
+address_guard: contextvars.ContextVar[Callable[[str, int], str | None] | None] = contextvars.ContextVar(
     "address_guard", default=None
 )
 
@@ -93,10 +93,10 @@ class AddressRefused(OSError):
     """The address guard refused a connection (failure ``unknown_failure:address_refused``)."""
 
 
-def check_address(ip: str) -> None:
-    """Raise AddressRefused when the current address guard refuses ``ip``."""
+def check_address(ip: str, port: int) -> None:
+    """Raise AddressRefused when the current address guard refuses ``ip``:``port``."""
     guard = address_guard.get()
-    if guard is not None and (reason := guard(ip)) is not None:
+    if guard is not None and (reason := guard(ip, port)) is not None:
         raise AddressRefused(f"address_refused ({reason})")
 
 
@@ -146,7 +146,7 @@ class PinnedBackend(httpcore.AsyncNetworkBackend):
         for ip in addrs:
             self.used[(host_key(host), port)] = ip
             try:
-                check_address(ip)
+                check_address(ip, port)
             except AddressRefused as exc:
                 last = exc  # a refused address is skipped like an unreachable one
                 continue

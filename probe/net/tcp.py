@@ -20,7 +20,7 @@ def family_of(ip: str) -> socket.AddressFamily:
 
 async def open_socket(ip: str, port: int, timeout: float) -> socket.socket:
     """A connected non-blocking TCP socket, or the exception the connect raised."""
-    check_address(ip)  # the caller's address policy, if any (AddressRefused)
+    check_address(ip, port)  # the caller's address policy, if any (AddressRefused)
     sock = socket.socket(family_of(ip), socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
