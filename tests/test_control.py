@@ -408,6 +408,8 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert result.output.count("\n") == 1
     result = runner.invoke(main, ["control", "serve", "--listen", "nowhere"])
     assert result.exit_code == 2 and "expected HOST:PORT" in result.output
+    result = runner.invoke(main, ["control", "serve", "--listen", "127.0.0.1:0", "--allow-net", "10.9.0.0/33"])
+    assert result.exit_code == 2 and "not a network: '10.9.0.0/33'" in result.output
     # a helper that is not there: one line naming it
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))

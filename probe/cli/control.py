@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import ssl
 from pathlib import Path
@@ -41,6 +42,9 @@ def control() -> None:
               help="MaxMind-format ASN database (e.g. GeoLite2-ASN.mmdb) for /v1/whoami.")
 @click.option("--allow-private", is_flag=True,
               help="Also measure loopback, private and link-local targets (labs only: lets callers reach your network).")
+@click.option("--allow-net", "allow_nets", multiple=True, metavar="CIDR",
+              help="Let the helper contact this one special-purpose network (e.g. a lab's 10.9.0.0/24) while "
+                   "everything else non-public stays refused. Repeatable.")
 @click.option("--resolver", "resolvers", multiple=True, metavar="IP[:PORT]|URL",
               help="A resolver the experiments ask (IP, IP:PORT or a DoH https:// URL). Repeatable. "
                    "When given, ONLY these resolvers are used, never the system's (as on `vantage run`).")
@@ -59,7 +63,8 @@ def control() -> None:
 @click.option("--request-timeout", type=click.FloatRange(1, 3600), default=Limits.request_timeout, show_default=True,
               help="Seconds for all measurements of one request; longer is answered 504.")
 def serve(
-    listen: str, geoip_db: Path | None, asn_db: Path | None, allow_private: bool, resolvers: tuple[str, ...],
+    listen: str, geoip_db: Path | None, asn_db: Path | None, allow_private: bool, allow_nets: tuple[str, ...],
+    resolvers: tuple[str, ...],
     ca_bundle: str | None, country: str, asn: str | None, certfile: str | None,
     keyfile: str | None, max_concurrent: int, max_targets: int, request_timeout: float,
 ) -> None:
@@ -68,10 +73,17 @@ def serve(
     Probes POST a target and the addresses they resolved to /v1/measure and get back the
     measurement made here with the same experiment code; GET /v1/whoami tells a caller its
     country and ASN (from --geoip-db/--asn-db) without sending its address back. Targets and
-    addresses that are loopback, private, link-local, multicast or reserved are refused
-    unless --allow-private is given. See docs/control.md.
+    addresses in the IANA special-purpose registries (loopback, private, link-local, ...) are
+    refused, on every connection and redirect, unless --allow-private or --allow-net lets
+    them through. See docs/control.md.
     """
     host, port = parse_listen(listen)
+    for net in allow_nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"not a network: {net!r} (expected e.g. 10.9.0.0/24)",
+                                     param_hint="--allow-net") from None
     if not re.fullmatch(r"[A-Z]{2}", country):
         raise click.BadParameter("must be two upper-case letters", param_hint="--cc")
     if asn is not None and not re.fullmatch(r"AS\d+", asn):
@@ -86,7 +98,8 @@ def serve(
         except (ssl.SSLError, OSError) as exc:
             raise click.ClickException(f"cannot load {certfile} / {keyfile}: {exc}") from exc
     config = ServerConfig(
-        host=host, port=port, allow_private=allow_private, geoip_db=geoip_db, asn_db=asn_db,
+        host=host, port=port, allow_private=allow_private, allow_nets=list(allow_nets), geoip_db=geoip_db,
+        asn_db=asn_db,
         # The helper's own interface addresses are scrubbed from captured text, as on a probe.
         settings=Settings(resolvers=list(resolvers), use_system_resolver=not resolvers, ca_bundle=ca_bundle,
                           scrubber=Scrubber()),
@@ -110,6 +123,8 @@ async def _serve(config: ServerConfig) -> None:
     notes = []
     if config.allow_private:
         notes.append("private targets ALLOWED (lab mode)")
+    elif config.allow_nets:
+        notes.append(f"also allowed: {', '.join(config.allow_nets)}")
     if not server.geo.configured:
         notes.append("no --geoip-db/--asn-db: /v1/whoami disabled")
     click.echo(f"vantage control helper listening on {scheme}://{shown}:{bound_port}"
