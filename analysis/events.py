@@ -569,7 +569,10 @@ def _merge_by_country(events: list[Event], gap: int) -> list[Event]:
             # day is the same fault
             same_fault = ev.kind == "probe_fault" and m.networks == ev.networks and bool(
                 _failing_vantages(m) & _failing_vantages(ev))
-            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, 24 if same_fault else gap) and (
+            # dark runs are exact (hours measured fine lie between them): only runs that overlap
+            # in time, in different networks, are one loss
+            g = 24 if same_fault else 0 if ev.kind == "connectivity_lost" else gap
+            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, g) and (
                     ev.kind != "probe_fault" or m.networks == ev.networks):
                 _absorb(m, ev)
                 break
