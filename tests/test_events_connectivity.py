@@ -18,7 +18,14 @@ import pytest
 from rich.console import Console
 
 from analysis import scenario as sc
-from analysis.shutdown import Detection, detect, detect_events, detect_from_signals, render_events, write_events
+from analysis.shutdown import (
+    Detection,
+    detect,
+    detect_events,
+    detect_from_signals,
+    render_events,
+    write_events,
+)
 from analysis.verdicts import VERDICT_SCHEMA
 
 UTC = dt.timezone.utc
