@@ -345,7 +345,7 @@ class Classifier:
             hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
             inside = np.asarray([start <= h < end for h in hours], dtype=bool)
             get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
-                                                                    "target_ok", "vantage_points")}
+                                                                    "target_ok")}
             ev.measurements = get["volume"]
             ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
             evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
