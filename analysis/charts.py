@@ -156,9 +156,10 @@ def _arr(table: pa.Table, name: str) -> np.ndarray:
 
 def charts_for_events(hourly: pa.Table, events: Sequence[Event], failures: pa.Table | None = None,
                       limit: int = 12) -> list[tuple[Event, bytes]]:
-    """A timeline per event, shutdowns first: network signals for network-wide events, the
+    """A timeline per event, lost connectivity and shutdowns first: network signals for network-wide events, the
     targets' failed share for blocking and outages."""
-    order = {"shutdown": 0, "probe_fault": 1, "service_blocking": 2, "site_outage": 3, "unclassified": 4}
+    order = {"connectivity_lost": 0, "shutdown": 1, "probe_fault": 2, "service_blocking": 3, "site_outage": 4,
+             "unclassified": 5}
     out: list[tuple[Event, bytes]] = []
     for e in sorted(events, key=lambda e: (order.get(e.kind, 9), e.start)):
         if len(out) >= limit or not e.networks:

@@ -1,5 +1,6 @@
 """Events: alert runs and CUSUM changes classified as shutdown, service blocking, site outage or
-probe fault, merged across networks and inputs, with their evidence.
+probe fault, and runs of dark hours (connectivity lost at a vantage point, no history needed),
+merged across networks and inputs, with their evidence.
 
 Classification uses what only raw measurements can tell: which vantage points failed (a
 vantage point is its network name, platform and software version; runs tell vantage points
@@ -14,6 +15,7 @@ import json
 import statistics
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,20 +23,26 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from analysis.detector import LEVELS, AlertRun, Change, DetectorConfig
+from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
 
-KINDS = ("shutdown", "service_blocking", "site_outage", "probe_fault", "unclassified")
+KINDS = ("connectivity_lost", "shutdown", "service_blocking", "site_outage", "probe_fault", "unclassified")
+# How far an event reaches (the `scope` column): see docs/shutdowns.md.
+SCOPES = ("vantage_point", "network", "networks", "national", "international")
 HOUR = dt.timedelta(hours=1)
 
 EVENT_SCHEMA = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),
     pa.field("kind", pa.string(), nullable=False),
     pa.field("severity", pa.string(), nullable=False),
+    pa.field("rule", pa.string()),  # id of the rule that decided the kind (docs/shutdowns.md)
+    pa.field("scope", pa.string()),  # vantage_point, network, networks, national, international
+    pa.field("country", pa.string()),  # the one country of the event; null when it spans several
     pa.field("start", pa.timestamp("us", tz="UTC"), nullable=False),
     pa.field("end", pa.timestamp("us", tz="UTC")),  # exclusive; null: still going at the end of the data
     pa.field("duration_h", pa.float64()),
     pa.field("regions", pa.list_(pa.string())),
     pa.field("networks", pa.list_(pa.string())),
+    pa.field("country_networks", pa.int64()),  # networks of `country` measuring in the day before the event
     pa.field("inputs", pa.list_(pa.string())),
     pa.field("methods", pa.list_(pa.string())),
     pa.field("measurements", pa.int64()),
@@ -61,6 +69,13 @@ class Event:
     reason: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     event_id: str = ""
+    rule: str = ""
+    scope: str = ""
+    country_networks: int | None = None
+
+    @property
+    def country(self) -> str | None:
+        return self.regions[0] if len(self.regions) == 1 else None
 
     @property
     def duration_h(self) -> float | None:
@@ -176,24 +191,37 @@ class Classifier:
         # Datasets without anchors (OONI imports, old probes): a critical fall of every target
         # must stand in for the anchors, with less confidence.
         no_anchors = bool(np.isnan(self._np["anchor_success_ratio"][sl]).all())
-        dark = anchor_drop or (no_anchors and bool((lv["target_success"] >= 2).any()))
+        # Without anchors a shutdown often leaves few measurements per hour (OONI probes in a dark
+        # network measure and upload little: volume falls to a fifth), and 0 of 2 failing in an hour
+        # is not significant alone (Wilson upper bound 57 %). Every target failing hour after hour
+        # is: the run's measurements are pooled and judged like one hour.
+        pooled = self._pooled_level("target_success", sl) if no_anchors else 0
+        target_drop = target_drop or pooled >= 2
+        dark = anchor_drop or (no_anchors and (bool((lv["target_success"] >= 2).any()) or pooled >= 2))
         rate_driven = any(bool((self._levels[f"{s}_level"][sl] > 0).any()) for s in cfg.alert_signals if s != "volume")
+        rate_driven = rate_driven or pooled >= 2
         volume_hours = int((lv["volume"] >= LEVELS.index(cfg.volume_alone)).sum())
-        if not self._rate_evidence(sl) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
+        if not (self._rate_evidence(sl) or pooled >= 2) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
             # one mildly low hour of a rate, or a missed run or two: noise, not an event
             return None
         evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "signals": self._signal_evidence(sl)}
         severity = LEVELS[run.level]
         base = Event("unclassified", severity, start, end, [run.cc], [run.asn], evidence=evidence)
+        if pooled:
+            evidence["pooled_target_success"] = self._pooled_evidence("target_success", sl)
         vol = self._np["volume"][sl]
         base.measurements = int(vol.sum())
+        base.rule = "unclassified.signals"
         if self.con is None:  # signals only: no vantage points or controls to look at
             if dark and target_drop:
                 base.kind, base.reason, base.confidence = "shutdown", "anchors and targets dropped together", 0.6
+                base.rule = "shutdown.signals"
                 if no_anchors:
                     base.reason, base.confidence = "every target dropped (no anchors measured)", 0.4
+                    base.rule = "shutdown.signals_no_anchors"
             elif target_drop:
                 base.kind, base.reason, base.confidence = "service_blocking", "targets dropped, anchors did not", 0.4
+                base.rule = "service_blocking.signals"
             base.vantage_points = int(self._np["vantage_points"][sl].max())
             return base
 
@@ -213,15 +241,16 @@ class Classifier:
 
         if failing and healthy and len(failing) == 1 and len(failing) + len(healthy) == len(vantages):
             name = next(iter(failing))
-            base.kind, base.confidence = "probe_fault", 0.8
+            base.kind, base.confidence, base.rule = "probe_fault", 0.8, "probe_fault.one_vantage_point"
             base.reason = f"one vantage point alone ({name}); {len(healthy)} other(s) in the network fine"
         elif failing and failing_versions and not (failing_versions & before) and before:
-            base.kind, base.confidence = "probe_fault", 0.7
+            base.kind, base.confidence, base.rule = "probe_fault", 0.7, "probe_fault.new_version"
             base.reason = (f"failures tied to software version {', '.join(sorted(map(str, failing_versions)))}, "
                            f"new in this network (before: {', '.join(sorted(before))})")
         elif dark and target_drop and not healthy:
             if ctrl is None or ctrl >= cfg.warning:
                 base.kind = "shutdown"
+                base.rule = "shutdown.no_anchors" if no_anchors else "shutdown.anchors_and_targets"
                 base.confidence = 0.9 if ctrl is not None and len(failing) > 1 else 0.7 if ctrl is not None else 0.5
                 what = "targets failed (no anchors measured)" if no_anchors else "anchors and targets failed together"
                 base.reason = (f"{what} on {len(failing)} vantage point(s); controls "
@@ -229,7 +258,7 @@ class Classifier:
                 if no_anchors:
                     base.confidence = round(base.confidence - 0.2, 2)
             else:
-                base.kind, base.confidence = "site_outage", 0.6
+                base.kind, base.confidence, base.rule = "site_outage", 0.6, "site_outage.controls_failed"
                 base.reason = f"anchors and targets failed, but controls failed too (ok rate {ctrl:.0%})"
         elif target_drop and not anchor_drop:
             bad = self.failing_inputs(run.cc, run.asn, start, end)
@@ -238,20 +267,41 @@ class Classifier:
             ctrl_in, _ = self.control_rate(base.inputs, start, end) if base.inputs else (None, 0)
             if ctrl_in is not None and ctrl_in < cfg.critical:
                 base.kind, base.confidence, base.reason = "site_outage", 0.7, "targets failed at controls too"
+                base.rule = "site_outage.controls_failed"
             else:
-                base.kind, base.confidence = "service_blocking", 0.6
+                base.kind, base.confidence, base.rule = "service_blocking", 0.6, "service_blocking.targets_not_anchors"
                 base.reason = f"{len(base.inputs)} target(s) failed while anchors answered"
         elif not rate_driven:
             silent = self._silent_vantages(run.cc, run.asn, start, vantages)
             evidence["silent_vantage_points"] = silent
             if len(silent) == 1 and vantages:
-                base.kind, base.confidence = "probe_fault", 0.5
+                base.kind, base.confidence, base.rule = "probe_fault", 0.5, "probe_fault.silent"
                 base.reason = f"vantage point stopped reporting ({silent[0]}); others fine"
             else:
                 base.reason = "measurement volume dropped; anchors and targets fine where measured"
         else:
             base.reason = "signals dropped without a clear pattern"
         return base
+
+    def _pooled(self, name: str, sl: slice) -> tuple[int, int, float | None]:
+        """(successes, measurements, baseline) of a rate signal over the hours of a run."""
+        num, den = RATE_SIGNALS[name]
+        n = int(self._np[den][sl].sum())
+        k = int(self._np[num][sl].sum()) if num.endswith("_ok") else n - int(self._np[num][sl].sum())
+        valid = ~np.isnan(self._np[f"{name}_ratio"][sl])  # hours whose baseline could judge them
+        base = float(np.median(self._np[f"{name}_base"][sl][valid])) if valid.any() else None
+        return k, n, base
+
+    def _pooled_level(self, name: str, sl: slice) -> int:
+        k, n, base = self._pooled(name, sl)
+        if not n or base is None or base < self.cfg.min_rate_baseline:
+            return 0
+        upper = _wilson_upper(np.asarray([k], float), np.asarray([n], float), self.cfg.z)
+        return int(_grade(upper / base, self.cfg)[0])
+
+    def _pooled_evidence(self, name: str, sl: slice) -> dict[str, Any]:
+        k, n, base = self._pooled(name, sl)
+        return {"ok": k, "measurements": n, "baseline": _num(base), "level": LEVELS[self._pooled_level(name, sl)]}
 
     def _rate_evidence(self, sl: slice) -> bool:
         """A rate signal critical in some hour, or alerting in two hours or more."""
@@ -281,13 +331,87 @@ class Classifier:
                          "alert_hours": int((self._levels[f"{name}_level"][sl] > 0).sum())}
         return out
 
+    # -- connectivity lost
+    def classify_dark_run(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime, dark_hours: int,
+                          source: str) -> Event:
+        """A run of dark hours of one network, judged with no history: what failed here, and
+        whether controls and anchors elsewhere were up in the same hours."""
+        ev = Event("connectivity_lost", "critical", start, end, [cc], [asn], rule="connectivity.lost")
+        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
+                                    "source": source}
+        if self.con is None:  # hourly counts only
+            sel = ((self.hourly.column("cc").to_numpy(zero_copy_only=False) == cc)
+                   & (self.hourly.column("asn").to_numpy(zero_copy_only=False) == asn))
+            hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
+            inside = np.asarray([start <= h < end for h in hours], dtype=bool)
+            get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
+                                                                    "target_ok")}
+            ev.measurements = get["volume"]
+            ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
+            evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
+                            targets={"failed": get["target_n"] - get["target_ok"], "total": get["target_n"]})
+            ev.confidence = 0.5
+            ev.reason = (f"connectivity lost at this vantage point: {_frac(evidence['anchors'])} anchors and "
+                         f"{_frac(evidence['targets'])} target measurements failed; no controls to compare: "
+                         "shutdown or local fault")
+            ev.evidence = evidence
+            return ev
+        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
+        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(f"""
+            SELECT count(*), count(DISTINCT vantage), count(DISTINCT run_id),
+                   count(*) FILTER (WHERE is_anchor), count(*) FILTER (WHERE is_anchor AND NOT ok),
+                   count(*) FILTER (WHERE NOT is_anchor), count(*) FILTER (WHERE NOT is_anchor AND NOT ok),
+                   count(DISTINCT input) FILTER (WHERE NOT is_anchor),
+                   count(DISTINCT input) FILTER (WHERE NOT is_anchor AND ok),
+                   mode(method) FILTER (WHERE NOT ok)
+            FROM shutdown_facts WHERE {where}""", [cc, asn, *params])
+        ev.measurements, ev.vantage_points = int(n), int(vps)
+        ev.methods = [top] if top else []
+        ctrl, ctrl_n = self.control_rate(None, start, end)
+        where, params = self._window("is_anchor AND NOT (role = 'probe' AND cc = ? AND asn = ?)", start, end)
+        (elsewhere_n, elsewhere_ok), = self._q(
+            f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", [cc, asn, *params])
+        # controls elsewhere are "fine" on the same test as a shutdown's: they reached at least
+        # the warning share of the targets (a few sites are always down somewhere)
+        controls_fine = ctrl is not None and ctrl >= self.cfg.warning
+        evidence.update(
+            measurements=int(n), vantage_points=int(vps), runs=int(runs),
+            anchors={"failed": int(afail), "total": int(an)},
+            targets={"failed": int(tfail), "total": int(tn)},
+            inputs={"failed": int(inputs) - int(inputs_ok), "total": int(inputs)},
+            controls={"ok_rate": ctrl, "measurements": ctrl_n, "fine": controls_fine},
+            anchors_elsewhere={"ok_rate": elsewhere_ok / elsewhere_n if elsewhere_n else None,
+                               "measurements": int(elsewhere_n)},
+            top_failure=top)
+        where_else = "this vantage point" if vps <= 1 else f"{vps} vantage points of this network"
+        failed = (f"{_frac(evidence['anchors'])} anchors and {_frac(evidence['inputs'])} inputs failed"
+                  + (f" ({top})" if top else ""))
+        if controls_fine:
+            ev.confidence = 0.8
+            tail = (f"while controls elsewhere reached {ctrl:.0%} of the targets"
+                    + (f" and anchors elsewhere answered {elsewhere_ok / elsewhere_n:.0%}" if elsewhere_n else ""))
+        elif ctrl is None:
+            ev.confidence = 0.6
+            tail = "no controls measured in these hours to compare with"
+        else:
+            ev.confidence = 0.4
+            tail = f"but controls failed too (ok rate {ctrl:.0%}): the loss may be wider or the targets down"
+        ev.reason = f"connectivity lost at {where_else}: {failed}, {tail}: shutdown or local fault"
+        if source == "verdicts":
+            evidence["no_connectivity_verdicts"] = int(self._q(
+                f"SELECT count(*) FROM {self.verdicts} WHERE status = 'no_connectivity' AND probe_cc = ? "
+                "AND coalesce(probe_asn, 'AS0') = ? AND measurement_start_time >= ? AND measurement_start_time < ?",
+                [cc, asn, start, end])[0][0])
+        ev.evidence = evidence
+        return ev
+
     # -- changes
     def classify_change(self, ch: Change, hour0: dt.datetime) -> Event:
         start = hour0 + ch.start_h * HOUR
         end = None if ch.end_h is None else hour0 + ch.end_h * HOUR
         rate = ch.failed / ch.n if ch.n else 0.0
         ev = Event("service_blocking", "critical" if rate >= 0.5 else "warning", start, end, [ch.cc], [ch.asn],
-                   [ch.input], measurements=ch.n, confidence=0.6,
+                   [ch.input], measurements=ch.n, confidence=0.6, rule="service_blocking.change",
                    evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
         if self.con is None:
             ev.reason = "failed rate rose (CUSUM)"
@@ -302,8 +426,10 @@ class Classifier:
         failing = [v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"]]
         if ctrl is not None and ctrl < self.cfg.critical:
             ev.kind, ev.confidence, ev.reason = "site_outage", 0.8, f"controls failed too (ok rate {ctrl:.0%})"
+            ev.rule = "site_outage.change_controls_failed"
         elif len(failing) == 1 and len(vantages) > 1:
             ev.kind, ev.confidence, ev.reason = "probe_fault", 0.6, f"only {failing[0]} failed"
+            ev.rule = "probe_fault.change_one_vantage_point"
         else:
             top = methods.most_common(1)
             share = top[0][1] / sum(methods.values()) if top else 0.0
@@ -312,6 +438,90 @@ class Classifier:
                          + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
                          + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
         return ev
+
+
+# --------------------------------------------------------------------------- connectivity lost
+
+# A dark hour of a network: its anchors were measured and none answered, nearly no target was
+# reached (a probe cut off from the Internet reaches nothing; a censor leaves most of a test list
+# and every anchor reachable, so 95 % of targets failing together with every anchor is not
+# censorship), and enough measurements failed that it is not one unlucky timeout (a single
+# failed measurement in an otherwise fine hour is noise). Software faults
+# (`measurement.unknown_failure:...`) are no network failure and do not count.
+DARK_MIN_MEASUREMENTS = 3
+DARK_MAX_TARGET_OK = 0.05
+DARK_MIN_NETWORK_FAILED = 0.9  # share of the hour's measurements that failed at the network level
+
+DARK_FACTS_SQL = f"""
+SELECT cc, asn, hour, count(*) AS n
+FROM shutdown_facts WHERE role = 'probe' GROUP BY ALL
+HAVING count(*) >= {DARK_MIN_MEASUREMENTS}
+   AND count(*) FILTER (WHERE is_anchor) > 0 AND count(*) FILTER (WHERE is_anchor AND ok) = 0
+   AND count(*) FILTER (WHERE NOT is_anchor AND ok) <= {DARK_MAX_TARGET_OK} * count(*) FILTER (WHERE NOT is_anchor)
+   AND count(*) FILTER (WHERE NOT ok AND coalesce(method, '') NOT LIKE 'measurement.unknown_failure%')
+       >= {DARK_MIN_NETWORK_FAILED} * count(*)
+ORDER BY ALL
+"""
+
+
+def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of every dark hour in ``shutdown_facts`` (``--no-verdicts``)."""
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
+
+
+def dark_hours_from_verdicts(con: duckdb.DuckDBPyConnection, verdicts: str) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of the hours the verdict stage called ``no_connectivity``
+    (rule ``connectivity.lost``): the verdicts are the one judgement every command shows."""
+    cols = {r[0] for r in con.execute(f"DESCRIBE {verdicts}").fetchall()}
+    if not {"status", "probe_cc", "probe_asn", "measurement_start_time"} <= cols:
+        return []
+    rows = con.execute(f"""
+        SELECT probe_cc, coalesce(probe_asn, 'AS0'), date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC'),
+               count(*)
+        FROM {verdicts} WHERE status = 'no_connectivity' GROUP BY ALL ORDER BY ALL""").fetchall()
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rows]
+
+
+def dark_hours_from_signals(hourly: pa.Table) -> list[tuple[str, str, dt.datetime, int]]:
+    """Dark hours from hourly counts alone (no facts: ``detect_from_signals``)."""
+    c = {k: hourly.column(k).to_numpy(zero_copy_only=False) for k in
+         ("volume", "anchor_n", "anchor_ok", "target_n", "target_ok")}
+    dark = ((c["volume"] >= DARK_MIN_MEASUREMENTS) & (c["anchor_n"] > 0) & (c["anchor_ok"] == 0)
+            & (c["target_ok"] <= DARK_MAX_TARGET_OK * c["target_n"]))
+    idx = np.flatnonzero(dark)
+    if not len(idx):
+        return []
+    cc, asn, hours = (hourly.column(k).take(pa.array(idx)).to_pylist() for k in ("cc", "asn", "hour"))
+    return [(a, b, _utc(h), int(c["volume"][i])) for a, b, h, i in zip(cc, asn, hours, idx.tolist(), strict=True)]
+
+
+def connectivity_events(classifier: Classifier, dark: list[tuple[str, str, dt.datetime, int]], source: str) -> list[Event]:
+    """One ``connectivity_lost`` event per run of dark hours of a network. Dark hours separated
+    only by hours in which the network measured nothing are one run (a dark probe that measures
+    every few hours is still dark in between); an hour with measurements that were not dark ends
+    the run."""
+    if not dark:
+        return []
+    volume: dict[tuple[str, str], dict[dt.datetime, int]] = {}
+    nets = {(cc, asn) for cc, asn, _, _ in dark}
+    hourly = classifier.hourly
+    for cc, asn, h, v in zip(hourly.column("cc").to_pylist(), hourly.column("asn").to_pylist(),
+                             hourly.column("hour").to_pylist(),
+                             classifier._np["volume"].tolist(), strict=True):
+        if (cc, asn) in nets and v:
+            volume.setdefault((cc, asn), {})[_utc(h)] = int(v)
+    runs: dict[tuple[str, str], list[list[dt.datetime]]] = {}
+    for cc, asn, hour, _ in sorted(dark):
+        seen = runs.setdefault((cc, asn), [])
+        if seen:
+            last = seen[-1][-1]
+            between = [h for h in volume.get((cc, asn), {}) if last < h < hour]
+            if not between:
+                seen[-1].append(hour)
+                continue
+        seen.append([hour])
+    return [classifier.classify_dark_run(cc, asn, hours[0], hours[-1] + HOUR, len(hours), source)
+            for (cc, asn), spans in sorted(runs.items()) for hours in spans]
 
 
 def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]:
@@ -335,6 +545,10 @@ def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]
     return out
 
 
+def _frac(d: dict[str, int]) -> str:
+    return f"{d['failed']}/{d['total']}"
+
+
 def _num(x: Any) -> float | None:
     try:
         f = float(x)
@@ -346,23 +560,59 @@ def _num(x: Any) -> float | None:
 # --------------------------------------------------------------------------- merging
 
 
-def merge_events(network_events: list[Event], change_events: list[Event], cfg: DetectorConfig) -> list[Event]:
-    """Fold per-network and per-input findings into the events an analyst reads."""
-    gap = int(cfg.extra.get("merge_gap_h", 3))
-    # 1. per country: same-kind network anomalies that overlap (or nearly) become one event
+def _merge_by_country(events: list[Event], gap: int) -> list[Event]:
+    """Same-kind network anomalies of one country that overlap (or nearly) become one event."""
     merged: list[Event] = []
-    for ev in sorted(network_events, key=lambda e: (e.regions[0], e.kind, e.start)):
+    for ev in sorted(events, key=lambda e: (e.regions[0], e.kind, e.start)):
         for m in merged:
             # a faulty laptop is silent at night: the same vantage point failing again the next
             # day is the same fault
             same_fault = ev.kind == "probe_fault" and m.networks == ev.networks and bool(
                 _failing_vantages(m) & _failing_vantages(ev))
-            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, 24 if same_fault else gap) and (
+            # dark runs are exact (hours measured fine lie between them): only runs that overlap
+            # in time, in different networks, are one loss
+            g = 24 if same_fault else 0 if ev.kind == "connectivity_lost" else gap
+            if m.kind == ev.kind and m.regions == ev.regions and m.overlaps(ev.start, ev.end, g) and (
                     ev.kind != "probe_fault" or m.networks == ev.networks):
                 _absorb(m, ev)
                 break
         else:
             merged.append(ev)
+    return merged
+
+
+def merge_events(network_events: list[Event], change_events: list[Event], cfg: DetectorConfig,
+                 connectivity: Sequence[Event] = ()) -> list[Event]:
+    """Fold per-network and per-input findings into the events an analyst reads."""
+    gap = int(cfg.extra.get("merge_gap_h", 3))
+    # 0. dark hours inside a shutdown or probe fault the history found in that network are its
+    #    evidence (the history-based kind says more); the others are events of their own
+    network_events = list(network_events)
+    for c in connectivity:
+        host = next((m for m in network_events if m.kind in ("shutdown", "probe_fault")
+                     and c.networks[0] in m.networks and m.regions == c.regions and m.overlaps(c.start, c.end, gap)),
+                    None)
+        if host is None:
+            network_events.append(c)
+        else:
+            host.evidence.setdefault("connectivity_lost", []).append(
+                {"span": [c.start.isoformat(), c.end.isoformat() if c.end else None], "rule": c.rule,
+                 **{k: c.evidence[k] for k in ("dark_hours", "anchors", "targets", "inputs", "source")
+                    if k in c.evidence}})
+    # 1. per country: same-kind network anomalies that overlap (or nearly) become one event
+    merged = _merge_by_country(network_events, gap)
+    # 1b. connectivity lost in several networks of a country at once cannot be one household's
+    #     fault (separate networks share no local link): a shutdown; merged with any shutdown the
+    #     history found beside it. Several vantage points of ONE network may share a building or
+    #     an uplink (and vantage identity is inferred), so they stay connectivity_lost.
+    upgraded = False
+    for m in merged:
+        if m.kind == "connectivity_lost" and len(m.networks) > 1:
+            m.kind, m.rule, upgraded = "shutdown", "shutdown.connectivity_several_networks", True
+            m.reason = (f"connectivity lost in {len(m.networks)} networks at once (anchors and nearly every "
+                        f"target failing, no history needed): {m.reason}")
+    if upgraded:
+        merged = _merge_by_country(merged, gap)
     # 2. input changes inside a shutdown or probe fault of their network are explained by it
     kept: list[Event] = []
     for ch in change_events:
@@ -375,7 +625,8 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
             fault.inputs = []  # the vantage point failed everything, not these targets
             continue
         # when it starts or ends with them (a block that began before the anomaly and outlives it stays)
-        host = next((m for m in merged if m.kind in ("shutdown", "probe_fault") and ch.networks[0] in m.networks
+        host = next((m for m in merged if m.kind in ("shutdown", "probe_fault", "connectivity_lost")
+                     and ch.networks[0] in m.networks
                      and m.overlaps(ch.start, ch.end) and (m.overlaps(ch.start, ch.start, gap_h=gap) or (
                          ch.end is not None and m.end is not None and abs(ch.end - m.end) <= gap * HOUR))), None)
         if host is not None:
@@ -462,16 +713,51 @@ def _combine(group: list[Event]) -> Event:
         vantage_points=sum(e.vantage_points for e in group),
         confidence=round(statistics.mean(e.confidence for e in group), 2),
         reason=f"{len(group)} series changed together; " + first.reason,
+        rule=first.rule,
         evidence={"series": [{"network": e.networks[0], "region": e.regions[0], "input": e.inputs[0],
                               "start": e.start.isoformat(), "end": e.end.isoformat() if e.end else None,
                               **e.evidence} for e in group]},
     )
 
 
+def annotate_scope(events: Sequence[Event], hourly: pa.Table) -> None:
+    """Fill ``country_networks`` (networks of the event's country that measured in the day
+    before the event or during it) and ``scope``; a multi-network shutdown's reason says how
+    many of the country's networks it hit."""
+    if hourly.num_rows:
+        cc = hourly.column("cc").to_numpy(zero_copy_only=False)
+        asn = hourly.column("asn").to_numpy(zero_copy_only=False)
+        hour = hourly.column("hour").to_numpy().astype("datetime64[us]")
+        active = hourly.column("volume").to_numpy(zero_copy_only=False) > 0
+    for e in events:
+        if e.country is not None and hourly.num_rows:
+            lo = np.datetime64(_naive(e.start - dt.timedelta(days=1)), "us")
+            sel = (cc == e.country) & active & (hour >= lo)
+            if e.end is not None:
+                sel &= hour < np.datetime64(_naive(e.end), "us")
+            e.country_networks = len(set(asn[sel].tolist()) | set(e.networks))
+        if len(e.regions) > 1:
+            e.scope = "international"
+        elif e.kind == "probe_fault" or (e.kind == "connectivity_lost" and e.vantage_points <= 1):
+            e.scope = "vantage_point"
+        elif len(e.networks) <= 1:
+            e.scope = "network"
+        elif e.country_networks is not None and len(e.networks) >= e.country_networks:
+            e.scope = "national"
+        else:
+            e.scope = "networks"
+        if e.kind == "shutdown" and len(e.networks) > 1 and e.country_networks and not e.reason.startswith(
+                ("national", "regional")):
+            what = "national" if e.scope == "national" else "regional"
+            e.reason = f"{what}: {len(e.networks)} of {e.country_networks} networks of {e.country}; {e.reason}"
+
+
 def events_to_table(events: list[Event]) -> pa.Table:
     rows = [{
-        "event_id": e.event_id, "kind": e.kind, "severity": e.severity, "start": e.start, "end": e.end,
-        "duration_h": e.duration_h, "regions": e.regions, "networks": e.networks, "inputs": e.inputs,
+        "event_id": e.event_id, "kind": e.kind, "severity": e.severity, "rule": e.rule or None,
+        "scope": e.scope or None, "country": e.country, "start": e.start, "end": e.end,
+        "duration_h": e.duration_h, "regions": e.regions, "networks": e.networks,
+        "country_networks": e.country_networks, "inputs": e.inputs,
         "methods": e.methods, "measurements": e.measurements, "vantage_points": e.vantage_points,
         "confidence": e.confidence, "reason": e.reason, "evidence": json.dumps(e.evidence, default=str, sort_keys=True),
     } for e in events]

@@ -69,7 +69,9 @@ class Network:
 class PlantedEvent:
     """Ground truth. Hours [start, end) are affected; end None means still going at the end."""
 
-    kind: str  # shutdown | service_blocking | site_outage | probe_fault | steady_block
+    # shutdown | service_blocking | site_outage | probe_fault | steady_block | quiet (the volunteer
+    # stopped measuring: no measurement at all, nothing failing; not an event to find)
+    kind: str
     start: dt.datetime
     end: dt.datetime | None
     cc: str | None = None
@@ -106,7 +108,7 @@ class Scenario:
     @property
     def planted(self) -> list[PlantedEvent]:
         """The events a detector should find (steady blocks predate the data and are not events)."""
-        return [e for e in self.events if e.kind != "steady_block"]
+        return [e for e in self.events if e.kind not in ("steady_block", "quiet")]
 
     def hours(self) -> list[dt.datetime]:
         return [self.start + i * HOUR for i in range(self.days * 24)]
@@ -240,7 +242,7 @@ def generate_measurements(scn: Scenario) -> pa.Table:
             for hour in scn.hours():
                 active = [e for e in scn.events if e.active(hour) and _affects(e, net, vi)]
                 local = (hour.hour + net.utc_offset_h) % 24
-                if not _runs_at(kind, local, rng):
+                if not _runs_at(kind, local, rng) or any(e.kind == "quiet" for e in active):
                     continue
                 version = scn.software_version
                 faulty = any(e.kind == "probe_fault" for e in active)

@@ -1,7 +1,9 @@
 """Shutdown and blocking-event detection: the public entry points over datasets or signals.
 
-``detect(con)`` runs signals -> baselines -> alert runs and CUSUM changes -> classified, merged
-events; ``write_events(paths, output)`` is what ``vantage events`` calls.
+``detect(con)`` runs signals -> baselines -> alert runs, CUSUM changes and dark hours ->
+classified, merged events; ``detect_events(datasets, verdicts=table)`` does it over dataset
+directories with the verdicts ``vantage analyze`` computed; ``write_events(paths, output)`` is
+what ``vantage events`` calls.
 """
 
 from __future__ import annotations
@@ -19,10 +21,24 @@ import pyarrow.parquet as pq
 
 from analysis import signals as sig
 from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
-from analysis.events import EVENT_SCHEMA, KINDS, Classifier, Event, events_to_table, merge_events
+from analysis.events import (
+    EVENT_SCHEMA,
+    KINDS,
+    Classifier,
+    Event,
+    annotate_scope,
+    connectivity_events,
+    dark_hours_from_facts,
+    dark_hours_from_signals,
+    dark_hours_from_verdicts,
+    events_to_table,
+    merge_events,
+)
 
-__all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect", "detect_from_signals",
-           "find_events", "write_events", "events_to_table", "render_events"]
+__all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect", "detect_events",
+           "detect_from_signals", "find_events", "write_events", "events_to_table", "render_events"]
+
+_VERDICTS_NAME = "_event_verdicts"
 
 
 @dataclass
@@ -48,25 +64,42 @@ def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
 
 
 def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
-           verdicts: str | None = None) -> Detection:
+           verdicts: str | pa.Table | None = None) -> Detection:
     """Events from the ``measurements`` view of ``con``.
 
-    ``verdicts`` names a registered table of ``compute_verdicts`` rows: then the change detector
-    counts verdict-blocked measurements instead of raw failures.
+    ``verdicts``: the verdict table (VERDICT_SCHEMA rows, as ``vantage analyze`` writes them),
+    or the name of such a table registered in ``con``. With it the change detector counts
+    verdict-blocked measurements instead of raw failures, and connectivity loss is read from the
+    ``no_connectivity`` verdicts; without it (``--no-verdicts``) from the dark hours of the raw
+    signals (anchors all failing, nearly every target failing).
     """
     cfg = cfg or DetectorConfig()
-    sig.create_fact_views(con)
-    counts = sig.network_hour_signals(con)
-    if counts.num_rows == 0:
-        return Detection([], counts)
-    hourly = baselined_signals(con, counts, cfg)
-    classifier = Classifier(con, hourly, cfg, verdicts)
-    network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
-    hour0, n_hours = _hour0(hourly)
-    failures = sig.input_hour_failures(con, verdicts=verdicts)
-    changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
-    change_events = [classifier.classify_change(c, hour0) for c in changes]
-    return Detection(merge_events(network_events, change_events, cfg), hourly, changes, hour0, failures)
+    registered = False
+    if isinstance(verdicts, pa.Table):
+        con.register(_VERDICTS_NAME, verdicts)
+        verdicts, registered = _VERDICTS_NAME, True
+    try:
+        sig.create_fact_views(con)
+        counts = sig.network_hour_signals(con)
+        if counts.num_rows == 0:
+            return Detection([], counts)
+        hourly = baselined_signals(con, counts, cfg)
+        classifier = Classifier(con, hourly, cfg, verdicts)
+        network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
+        if verdicts:
+            dark = connectivity_events(classifier, dark_hours_from_verdicts(con, verdicts), "verdicts")
+        else:
+            dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
+        hour0, n_hours = _hour0(hourly)
+        failures = sig.input_hour_failures(con, verdicts=verdicts)
+        changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
+        change_events = [classifier.classify_change(c, hour0) for c in changes]
+        events = merge_events(network_events, change_events, cfg, dark)
+        annotate_scope(events, hourly)
+        return Detection(events, hourly, changes, hour0, failures)
+    finally:
+        if registered:
+            con.unregister(_VERDICTS_NAME)
 
 
 def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:
@@ -76,35 +109,64 @@ def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: D
     hourly = baselined_signals(con, counts, cfg)
     classifier = Classifier(None, hourly, cfg)
     events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
-    return Detection(merge_events(events, [], cfg), hourly)
+    dark = connectivity_events(classifier, dark_hours_from_signals(hourly), "signals")
+    merged = merge_events(events, [], cfg, dark)
+    annotate_scope(merged, hourly)
+    return Detection(merged, hourly)
 
 
-def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None, *, verdicts: bool = False,
+def detect_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
+                  verdicts: pa.Table | None = None) -> Detection:
+    """Events over dataset directories.
+
+    ``verdicts``: the verdict table already computed for these datasets (``vantage analyze``'s
+    output, VERDICT_SCHEMA); it is read, never recomputed. None: events from raw reachability
+    only (``--no-verdicts``).
+    """
+    con = sig.open_measurements(datasets)
+    try:
+        return detect(con, cfg, verdicts=verdicts)
+    finally:
+        con.close()
+
+
+def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
+                verdicts: bool | pa.Table | None = False, verdicts_table: pa.Table | None = None,
                 public_nets: Sequence[str] = (), fingerprints: Any = None) -> Detection:
-    """Events over dataset directories. ``verdicts``: also compute the analyzer's verdicts (when
-    ``analysis.verdicts`` is installed) so that blocks by blockpages served with HTTP 200 count."""
+    """Events over dataset directories (the older entry point; ``detect_events`` is the new one).
+
+    ``verdicts_table`` (or a table passed as ``verdicts``): verdicts already computed, used as
+    they are. ``verdicts=True`` without a table: compute the analyzer's verdicts here (when
+    ``analysis.verdicts`` is installed) with ``public_nets`` and ``fingerprints``.
+    """
+    if isinstance(verdicts, pa.Table):
+        verdicts_table = verdicts
+    if verdicts_table is not None:
+        return detect_events(paths, cfg, verdicts=verdicts_table)
     con = sig.open_measurements(paths)
     try:
-        name = None
+        table = None
         if verdicts:
             try:
                 from analysis.verdicts import compute_verdicts
             except ImportError:
                 pass
             else:
-                con.register("event_verdicts", compute_verdicts(con, public_nets=tuple(public_nets),
-                                                                fingerprints=fingerprints))
-                name = "event_verdicts"
-        return detect(con, cfg, verdicts=name)
+                table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints)
+        return detect(con, cfg, verdicts=table)
     finally:
         con.close()
 
 
-def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None,
-                 **kwargs: Any) -> Detection:
-    """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically;
-    keyword arguments go to ``find_events``."""
-    detection = find_events(paths, cfg, **kwargs)
+def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None, *,
+                 verdicts_table: pa.Table | None = None, **kwargs: Any) -> Detection:
+    """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically.
+
+    ``verdicts_table``: the verdicts ``vantage analyze`` computed (read, not recomputed); None and
+    ``verdicts=False``: raw reachability only. Other keyword arguments (``verdicts``,
+    ``public_nets``, ``fingerprints``) go to ``find_events``.
+    """
+    detection = find_events(paths, cfg, verdicts_table=verdicts_table, **kwargs)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(detection.table(), tmp, compression="zstd")

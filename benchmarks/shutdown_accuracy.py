@@ -80,7 +80,7 @@ def main() -> None:
                 print(f"seed {seed}: UNMATCHED {e.kind} {e.start:%m-%d %H:%M} {e.networks} {e.inputs} {e.reason}")
     print(f"{args.scenarios} random scenarios of 28 days in {time.perf_counter() - t0:.1f} s")
     print(f"{'kind':<18}{'planted':>8}{'found':>7}{'recall':>8}{'reported':>10}{'right':>7}{'precision':>11}")
-    for kind in ("shutdown", "service_blocking", "site_outage", "probe_fault", "unclassified"):
+    for kind in ("shutdown", "service_blocking", "site_outage", "probe_fault", "connectivity_lost", "unclassified"):
         rec = f"{hits[kind] / planted[kind]:.0%}" if planted[kind] else "-"
         prec = f"{correct[kind] / reported[kind]:.0%}" if reported[kind] else "-"
         print(f"{kind:<18}{planted[kind]:>8}{hits[kind]:>7}{rec:>8}{reported[kind]:>10}{correct[kind]:>7}{prec:>11}")
