@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -53,11 +54,19 @@ def partition_dir(root: Path, date: str, probe_cc: str) -> Path:
 
 
 def iter_dataset_files(root: Path) -> Iterator[Path]:
-    """Every complete Parquet file of a dataset (temporary dot-files excluded), sorted."""
+    """Every complete Parquet file of a dataset (temporary dot-files excluded), sorted.
+    Only regular files: a FIFO named .parquet would block a resume that opened it."""
     base = Path(root) / MEASUREMENTS_DIR
     if not base.is_dir():
         return iter(())
-    return iter(sorted(p for p in base.glob("date=*/probe_cc=*/*.parquet") if not p.name.startswith(".")))
+    return iter(sorted(p for p in base.glob("date=*/probe_cc=*/*.parquet") if not p.name.startswith(".") and _is_regular(p)))
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a dangling link or a link loop
+        return False
 
 
 def write_table_atomic(table: pa.Table, path: Path, *, overwrite: bool = True) -> None:
