@@ -143,22 +143,9 @@ except ImportError:  # pragma: no cover - builds without the analyzer's db modul
 
 
 def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with the ``measurements`` view: the analyzer's ``open_datasets`` when it is
-    available, else a plain hive-partitioned ``read_parquet`` over each dataset root."""
-    try:
-        from analysis.db import open_datasets  # the analyzer's (skips or names corrupt files)
-    except ImportError:
-        pass
-    else:
-        return open_datasets([Path(p) for p in paths], con=con)
-    con = con or duckdb.connect()
-    globs = []
-    for p in paths:
-        root = Path(p)
-        if not (root / "measurements").is_dir():
-            raise DatasetError(f"{root}: no measurements/ directory (not a Vantage dataset)")
-        globs.append(str(root / "measurements" / "**" / "*.parquet"))
-    files = ", ".join("'" + g.replace("'", "''") + "'" for g in globs)
-    con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT * FROM read_parquet([{files}], "
-                "hive_partitioning=true, union_by_name=true)")
-    return con
+    """A connection with the ``measurements`` view, through the analyzer's one discovery of
+    dataset files (``analysis.db.open_datasets``: bad, misplaced and non-regular files skipped
+    with a warning naming them)."""
+    from analysis.db import open_datasets
+
+    return open_datasets([Path(p) for p in paths], con=con)

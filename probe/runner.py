@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from probe.experiments import registry
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
 from probe.net.scrub import scrub_all_addresses
 from probe.schema import ROLES, Measurement, new_run_id
-from probe.store import DatasetWriter, StoreError, measured_inputs, run_files
+from probe.store import DatasetWriter, StoreError, measured_inputs, run_files, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ class _Run:
         self.changed = asyncio.Event()
         self.stopping = False
         self.buffer: list[Measurement] = []
-        self.flush_lock = asyncio.Lock()
+        # The one thread that writes Parquet for this run (see flush()).
+        self.write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vantage-writer")
         self.flush_tasks: set[asyncio.Task[None]] = set()
         self.store_error: StoreError | None = None
         self.error: BaseException | None = None
@@ -290,19 +292,38 @@ class _Run:
         task.add_done_callback(self.flush_tasks.discard)
 
     async def flush(self) -> None:
-        """Write what is buffered; the Parquet encoding and fsync run off the event loop."""
-        async with self.flush_lock:
-            batch, self.buffer = self.buffer, []
-            if not batch or self.store_error is not None:
-                self.buffer[:0] = batch
-                return
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception as exc:
-                self.store_error = exc if isinstance(exc, StoreError) else StoreError(f"cannot write records: {exc}")
-                self.stop("store error")
+        """Hand what is buffered to the writer thread and wait for it to be on disk.
+
+        One thread owns the writer (a single-worker executor): batches are written one after
+        the other in the order they were handed over. A caller that is cancelled while
+        waiting (the flush timer at the end of a run) does not take its batch back and does
+        not let a second thread write beside the first: the batch stays queued, and the final
+        flush, queued behind it, waits for it.
+        """
+        batch, self.buffer = self.buffer, []
+        if not batch:
+            return
+        if self.store_error is not None:
+            self.buffer[:0] = batch
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.write_thread, self._write, batch)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(self._after_write)
+            raise
+        self._after_write(fut)
+
+    def _after_write(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None and self.store_error is None:
+            self.store_error = exc if isinstance(exc, StoreError) else StoreError(f"cannot write records: {exc}")
+            self.stop("store error")
 
     def _write(self, batch: list[Measurement]) -> None:
+        if self.store_error is not None:
+            raise self.store_error  # an earlier batch failed: keep the order, write nothing after it
         for m in batch:
             self.writer.add(m)
         self.writer.flush()
@@ -312,6 +333,13 @@ class _Run:
             await asyncio.sleep(self.flush_interval)
             if self.buffer:
                 await self.flush()
+
+    async def final_flush(self) -> None:
+        """Write what is left, after every batch already handed to the writer thread."""
+        await self.flush()
+        # Whatever was queued before (also by a cancelled flush) is done once this returns.
+        await asyncio.get_running_loop().run_in_executor(self.write_thread, lambda: None)
+        self.write_thread.shutdown(wait=True)
 
 
 class _Progress:
@@ -410,10 +438,35 @@ async def run_targets(
     if not re.fullmatch(r"[A-Z]{2}", vantage.probe_cc):
         raise ValueError(f"probe_cc must be two upper-case letters, got {vantage.probe_cc!r}")
     experiment = registry.get(experiment_name)
-    started = time.monotonic()
     output = Path(output)
     resuming = run_id is not None
     run_id = run_id or new_run_id()
+    with run_lock(output, run_id):  # raises RunLocked when another process writes this run
+        return await _run_targets(
+            targets, experiment, settings, vantage, output=output, run_id=run_id, resuming=resuming,
+            concurrency=concurrency, per_host=per_host, max_runtime=max_runtime, progress=progress,
+            control_url=control_url, batch_size=batch_size, flush_interval=flush_interval,
+        )
+
+
+async def _run_targets(
+    targets: Iterable[Target],
+    experiment: Experiment,
+    settings: Settings,
+    vantage: Vantage,
+    *,
+    output: Path,
+    run_id: str,
+    resuming: bool,
+    concurrency: int,
+    per_host: int,
+    max_runtime: float | None,
+    progress: bool,
+    control_url: str | None,
+    batch_size: int,
+    flush_interval: float,
+) -> RunSummary:
+    started = time.monotonic()
     writer = DatasetWriter(output, run_id, batch_size=10**9, max_age_s=float("inf"))
     done = already_measured(output, run_id, experiment.name, vantage.role) if resuming else set()
     total = len(targets) if hasattr(targets, "__len__") else None  # type: ignore[arg-type]
@@ -455,7 +508,7 @@ async def run_targets(
                 t.cancel()
             await asyncio.gather(timer, *run.tasks, return_exceptions=True)
             await asyncio.gather(*run.flush_tasks, return_exceptions=True)
-            await run.flush()
+            await run.final_flush()
     if run.store_error is not None:
         raise run.store_error
     if run.error is not None:
@@ -487,6 +540,24 @@ async def run_phases(
     not started, and --resume runs them.
     """
     run_id = run_id or new_run_id()
+    with run_lock(output, run_id):  # one lock over all phases: no other process slips in between
+        return await _run_phases_locked(
+            phases, settings, vantage, output=output, run_id=run_id, max_runtime=max_runtime,
+            control_url=control_url, **options,
+        )
+
+
+async def _run_phases_locked(
+    phases: Sequence[tuple[str, Sequence[Target]]],
+    settings: Settings,
+    vantage: Vantage,
+    *,
+    output: Path | str,
+    run_id: str,
+    max_runtime: float | None,
+    control_url: str | None,
+    **options: Any,
+) -> RunSummary:
     deadline = time.monotonic() + max_runtime if max_runtime else None
     total = RunSummary(run_id=run_id, experiment=phases[-1][0] if phases else "", output=Path(output))
     for i, (name, targets) in enumerate(phases):

@@ -8,10 +8,14 @@ batch in flight. Dot-files are ignored by readers and removed by the next writer
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import re
+import stat
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -26,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MEASUREMENTS_DIR = "measurements"
 _PART_RE = re.compile(r"^part-(?P<run_id>.+)-(?P<n>\d+)\.parquet$")
-_TMP_RE = re.compile(r"^\.part-.+\.parquet\.(?P<pid>\d+)\.tmp$")
+_TMP_RE = re.compile(r"^\.part-.+\.parquet\.(?P<pid>\d+)(?:\.\d+)?\.tmp$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -50,23 +54,38 @@ def partition_dir(root: Path, date: str, probe_cc: str) -> Path:
 
 
 def iter_dataset_files(root: Path) -> Iterator[Path]:
-    """Every complete Parquet file of a dataset (temporary dot-files excluded), sorted."""
+    """Every complete Parquet file of a dataset (temporary dot-files excluded), sorted.
+    Only regular files: a FIFO named .parquet would block a resume that opened it."""
     base = Path(root) / MEASUREMENTS_DIR
     if not base.is_dir():
         return iter(())
-    return iter(sorted(p for p in base.glob("date=*/probe_cc=*/*.parquet") if not p.name.startswith(".")))
+    return iter(sorted(p for p in base.glob("date=*/probe_cc=*/*.parquet") if not p.name.startswith(".") and _is_regular(p)))
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file so that it appears complete or not at all."""
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a dangling link or a link loop
+        return False
+
+
+def write_table_atomic(table: pa.Table, path: Path, *, overwrite: bool = True) -> None:
+    """Write a Parquet file so that it appears complete or not at all.
+
+    ``overwrite=False``: raise FileExistsError instead of replacing a file of that name (the
+    complete file is published with link(2), which never replaces, then the temporary goes).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_no_replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -80,12 +99,81 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
         pass
 
 
+def _publish_no_replace(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # atomic, and fails with EEXIST instead of replacing
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        # A file system without hard links (FAT): the run lock keeps other writers of this
+        # run out, and no other run uses this run's file names, so check-then-rename is safe.
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+# --------------------------------------------------------------------------- the run lock
+# One process at a time writes a run: a second `vantage run --resume RUN_ID` while the first
+# still runs would measure the same inputs again. flock(2) is released by the kernel when the
+# holder dies (SIGKILL, power loss), so a stale lock never blocks a later resume.
+LOCK_DIR = "runs"
+_held: dict[Path, int] = {}  # lock file -> depth; re-entrant within one process
+_held_guard = threading.Lock()
+
+
+class RunLocked(StoreError):
+    """Another process is writing this run right now."""
+
+
+@contextlib.contextmanager
+def run_lock(root: Path | str, run_id: str) -> Iterator[None]:
+    """Hold the run's lock file (``<root>/runs/<run_id>.lock``) or raise RunLocked at once."""
+    path = (Path(root) / LOCK_DIR / f"{run_id}.lock").absolute()
+    with _held_guard:
+        if path in _held:
+            _held[path] += 1
+            fd = None
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"cannot write to {root}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunLocked(
+                        f"run {run_id} is being written by another vantage process right now; "
+                        "wait for it to finish (or stop it), then resume"
+                    ) from None
+                raise StoreError(f"cannot lock {path}: {exc.strerror or exc}") from None
+            _held[path] = 1
+    try:
+        yield
+    finally:
+        with _held_guard:
+            _held[path] -= 1
+            if _held[path] == 0:
+                del _held[path]
+                if fd is not None:
+                    os.close(fd)  # closing the descriptor releases the flock
+
+
 class DatasetWriter:
     """Buffers records and writes them in batches, by count and by age.
 
     ``add()`` flushes when ``batch_size`` records are buffered or the oldest buffered record
     is older than ``max_age_s``; call ``flush()`` on a timer too so a slow run still writes.
     Use as a context manager: leaving it (also on an exception) flushes what is buffered.
+
+    Thread-safe: ``add`` and ``flush`` hold one lock, so a batch is written by exactly one
+    caller even if two threads flush at once. A part number is never reused: a file is
+    published only under a name that does not exist yet (another writer of the same run id
+    that got there first makes this one take the next number).
     """
 
     def __init__(
@@ -104,7 +192,8 @@ class DatasetWriter:
         self.max_age_s = max_age_s
         self._buffer: list[Measurement] = []
         self._oldest: float | None = None
-        self._counter = itertools.count(self._next_part_number())
+        self._lock = threading.RLock()
+        self._next_n = self._next_part_number()
         self.files_written: list[Path] = []
         self.records_written = 0
         self._clean_stale_temporaries()
@@ -130,35 +219,49 @@ class DatasetWriter:
 
     def add(self, record: Measurement) -> None:
         validate(record)
-        self._buffer.append(record)
-        if self._oldest is None:
-            self._oldest = time.monotonic()
-        if len(self._buffer) >= self.batch_size or self.due():
-            self.flush()
+        with self._lock:
+            self._buffer.append(record)
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            if len(self._buffer) >= self.batch_size or self.due():
+                self.flush()
 
     def due(self) -> bool:
         return self._oldest is not None and time.monotonic() - self._oldest >= self.max_age_s
 
     def flush(self) -> list[Path]:
         """Write everything buffered, one file per (date, probe_cc) partition."""
-        if not self._buffer:
-            return []
-        groups: dict[tuple[str, str], list[Measurement]] = defaultdict(list)
-        for r in self._buffer:
-            groups[(r.date, r.probe_cc)].append(r)
-        written = []
-        for (date, cc), records in sorted(groups.items()):
-            path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self._counter):05d}.parquet"
+        with self._lock:
+            if not self._buffer:
+                return []
+            groups: dict[tuple[str, str], list[Measurement]] = defaultdict(list)
+            for r in self._buffer:
+                groups[(r.date, r.probe_cc)].append(r)
+            written: list[Path] = []
             try:
-                write_table_atomic(records_to_table(records), path)
+                for key, records in sorted(groups.items()):
+                    written.append(self._write_part(*key, records))
+                    self.records_written += len(records)
+                    del groups[key]  # written: a retry of this flush must not write it again
+            finally:
+                self._buffer = [r for records in groups.values() for r in records]
+                if not self._buffer:
+                    self._oldest = None
+                self.files_written.extend(written)
+            return written
+
+    def _write_part(self, date: str, cc: str, records: list[Measurement]) -> Path:
+        table = records_to_table(records)
+        while True:
+            path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{self._next_n:05d}.parquet"
+            self._next_n += 1
+            try:
+                write_table_atomic(table, path, overwrite=False)
+            except FileExistsError:
+                continue  # another writer of this run id took the number: take the next
             except OSError as exc:
                 raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            written.append(path)
-            self.records_written += len(records)
-        self._buffer.clear()
-        self._oldest = None
-        self.files_written.extend(written)
-        return written
+            return path
 
     def close(self) -> None:
         self.flush()

@@ -31,6 +31,13 @@ UPSTREAM_BASE_URL = "https://raw.githubusercontent.com/citizenlab/test-lists/mas
 BASE_URL_ENV = "VANTAGE_TESTLISTS_URL"
 SHIPPED_LISTS = ("vantage", "anchors")
 
+# A Citizen Lab header is ~60 characters; anything this long is not one.
+HEADER_MAX = 4096
+# Longer request targets are refused by common servers (nginx's large_client_header_buffers
+# and Apache's LimitRequestLine are both 8 KiB), so such an input could never be measured.
+URL_MAX = 8192
+SHOWN_MAX = 200  # characters of a bad input quoted in a problem line
+
 # RFC 1123 labels; IDNs are accepted in their Unicode form (letters of any script).
 _LABEL_RE = re.compile(r"^(?!-)[\w-]{1,63}(?<!-)$", re.UNICODE)
 
@@ -83,22 +90,30 @@ def input_problem(url: str) -> str | None:
     """Why ``url`` is not a usable input (None when it is): http(s) or a tunnel endpoint URL."""
     if not url:
         return "missing url"
+    shown = _shown(url)
+    if len(url) > URL_MAX:
+        return f"url longer than {URL_MAX} characters (servers refuse such requests): {shown}"
     if any(c.isspace() for c in url) or "\ufffd" in url:
-        return f"url contains whitespace or undecodable bytes: {url!r}"
+        return f"url contains whitespace or undecodable bytes: {shown}"
     try:
         parts: SplitResult = urlsplit(url)
         port = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
-        return f"malformed url {url!r}: {exc}"
+        return f"malformed url {shown}: {exc}"
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        return f"unsupported scheme {parts.scheme + ':' if parts.scheme else '(none)'} in {url!r}; expected one of {', '.join(SCHEMES)}"
+        return f"unsupported scheme {_shown(parts.scheme) + ':' if parts.scheme else '(none)'} in {shown}; expected one of {', '.join(SCHEMES)}"
     host = parts.hostname or ""
     if not host or not _valid_host(host):
-        return f"malformed url {url!r}: bad or missing host"
+        return f"malformed url {shown}: bad or missing host"
     if scheme in TUNNEL_SCHEMES + ("tcp",) and port is None:
-        return f"endpoint {url!r} needs an explicit port"
+        return f"endpoint {shown} needs an explicit port"
     return None
+
+
+def _shown(text: str) -> str:
+    """A bad input as quoted in a problem line: repr, cut to SHOWN_MAX characters."""
+    return repr(text) if len(text) <= SHOWN_MAX else repr(text[:SHOWN_MAX]) + f"... ({len(text)} characters)"
 
 
 # --------------------------------------------------------------------------- loading
@@ -116,14 +131,25 @@ def _open_text(path: Path) -> Iterator[str]:
 
 
 def _looks_like_csv_header(first_line: str) -> bool:
-    cells = next(csv.reader([first_line]), [])
+    if len(first_line) > HEADER_MAX:
+        return False  # a header names a few columns; this is a (very long) first entry
+    try:
+        cells = next(csv.reader([first_line]), [])
+    except csv.Error:  # e.g. an unbalanced quote: not a header we could read
+        return False
     return len(cells) >= 2 and "url" in (c.strip().lower() for c in cells)
 
 
 def _first_line(path: Path) -> str:
-    for line in _open_text(path):
-        return line
-    return ""
+    """The first line, read with a bound: a file with no newline at all (a binary or a huge
+    one-line file) is not read whole just to decide its format."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            return fh.readline(HEADER_MAX + 1)
+    except IsADirectoryError as exc:
+        raise TestListError(f"{path}: is a directory, not a list") from exc
+    except OSError as exc:
+        raise TestListError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _read_csv(path: Path, problems: list[ListProblem]) -> Iterator[ListEntry]:
@@ -181,8 +207,36 @@ def _read_csv(path: Path, problems: list[ListProblem]) -> Iterator[ListEntry]:
         )
 
 
+def _bounded_lines(path: Path) -> Iterator[tuple[int, str, int]]:
+    """(line number, text, full length) per line, holding at most URL_MAX + 2 characters of a
+    line in memory: a one-line file of a gigabyte is read in pieces, its text cut."""
+    n = 0
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            while True:
+                piece = fh.readline(URL_MAX + 2)
+                if not piece:
+                    return
+                n += 1
+                length = len(piece)
+                while not piece.endswith(("\n", "\r")) and length > URL_MAX:
+                    more = fh.readline(1 << 16)  # skip the rest of an overlong line
+                    if not more:
+                        break
+                    length += len(more)
+                    piece = piece[: URL_MAX + 1] + more[-1:]
+                yield n, piece, length
+    except IsADirectoryError as exc:
+        raise TestListError(f"{path}: is a directory, not a list") from exc
+    except OSError as exc:
+        raise TestListError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _read_plain(path: Path, problems: list[ListProblem]) -> Iterator[ListEntry]:
-    for n, raw in enumerate(_open_text(path), start=1):
+    for n, raw, length in _bounded_lines(path):
+        if length > URL_MAX + 2:
+            problems.append(ListProblem(str(path), n, f"line longer than {URL_MAX} characters ({length}): {_shown(raw.strip())}"))
+            continue
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -198,3 +198,59 @@ def test_new_writer_removes_only_dead_writers_temporaries(tmp_path: Path) -> Non
         live.kill()
     assert in_flight.exists()  # another live run is still writing it
     assert not left_over.exists()
+
+
+def test_temporaries_with_a_thread_id_are_cleaned_like_the_others(tmp_path: Path) -> None:
+    """Temporaries are named .part-...parquet.<pid>.<thread>.tmp now (one writer thread per
+    run); a dead writer's are removed, a live one's kept, as before."""
+    part = tmp_path / "measurements" / "date=2026-11-22" / "probe_cc=IR"
+    part.mkdir(parents=True)
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        in_flight = part / f".part-a-00000.parquet.{live.pid}.140213.tmp"
+        left_over = part / f".part-b-00000.parquet.{int(dead.stdout)}.140213.tmp"
+        in_flight.write_bytes(b"x")
+        left_over.write_bytes(b"x")
+        DatasetWriter(tmp_path, "new-run")
+        live.kill()
+    assert in_flight.exists() and not left_over.exists()
+
+
+def test_a_flush_that_fails_halfway_never_writes_a_partition_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two partitions in one batch, the second write fails (disk full): the retry writes only
+    the second; the first partition's rows are on disk once."""
+    import probe.store as store
+
+    real = store.write_table_atomic
+    calls = {"n": 0}
+
+    def flaky(*a: object, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write_table_atomic", flaky)
+    w = DatasetWriter(tmp_path, "r1", batch_size=10**6, max_age_s=1e9)
+    for cc in ("IR", "RU"):
+        w.add(full_record(probe_cc=cc))
+    with pytest.raises(store.StoreError, match="No space left"):
+        w.flush()
+    assert w.records_written == 1
+    w.flush()
+    rows = duckdb.sql(
+        f"SELECT probe_cc, count(*) FROM read_parquet('{tmp_path}/measurements/**/*.parquet', hive_partitioning=true) "
+        "GROUP BY ALL ORDER BY 1"
+    ).fetchall()
+    assert rows == [("IR", 1), ("RU", 1)] and w.records_written == 2
+
+
+def test_a_part_number_taken_by_another_writer_is_never_overwritten(tmp_path: Path) -> None:
+    w = DatasetWriter(tmp_path, "r1", batch_size=10**6, max_age_s=1e9)  # computed n = 0
+    first = write_records(tmp_path, "r1", [full_record(run_id="r1")])  # another writer takes 00000
+    assert first[0].name == "part-r1-00000.parquet"
+    w.add(full_record(run_id="r1"))
+    (mine,) = w.flush()
+    assert mine.name == "part-r1-00001.parquet"
+    assert len(list(iter_dataset_files(tmp_path))) == 2

@@ -256,3 +256,35 @@ def test_lists_update_downloads_atomically(list_server: str, tmp_path: Path, mon
 
     bad_cc = runner.invoke(main, ["lists", "update", "--country", "iran", "--base-url", list_server])
     assert bad_cc.exit_code == 1 and "two letters" in bad_cc.output
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "http://" + "a" * 140_000 + ".example/",  # a plain list whose first line is 137 KiB
+        '"' + "x" * 140_000 + ",url",  # an unbalanced quote and a 'url' cell: looked like a header
+        "https://x.example/?" + "q" * 9000,  # long, but under the csv module's field limit
+    ],
+)
+def test_an_overlong_first_line_is_one_problem_and_the_rest_loads(first: str, tmp_path: Path) -> None:
+    """Issue 13: a first line over 128 KiB raised _csv.Error (a traceback); it is now one
+    problem naming its line, and the good lines around it load."""
+    lst = tmp_path / "long.txt"
+    lst.write_text(first + "\nhttps://ok.example/\n\nhttps://ok2.example/\n", encoding="utf-8")
+    entries, problems = testlists.load_list(lst)
+    assert [(e.url, e.line) for e in entries] == [("https://ok.example/", 2), ("https://ok2.example/", 4)]
+    assert len(problems) == 1 and problems[0].line == 1
+    assert "longer than 8192 characters" in problems[0].message
+    assert len(str(problems[0])) < 400  # the problem line quotes a bounded part of the input
+    res = CliRunner().invoke(main, ["lists", "show", str(lst)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+
+
+def test_a_url_just_under_the_length_bound_is_kept(tmp_path: Path) -> None:
+    """Trap beside the bound: an 8 KiB URL (servers accept request lines of 8 KiB) stays."""
+    url = "https://x.example/?" + "q" * (testlists.URL_MAX - 19)
+    assert len(url) == testlists.URL_MAX
+    lst = tmp_path / "ok.txt"
+    lst.write_text(url + "\r\nhttps://ok.example/\n", encoding="utf-8")
+    entries, problems = testlists.load_list(lst)
+    assert problems == [] and [e.url for e in entries] == [url, "https://ok.example/"]

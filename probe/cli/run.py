@@ -25,13 +25,15 @@ from probe.runner import (
     run_phases,
     write_manifest,
 )
-from probe.store import StoreError, run_files
+from probe.store import StoreError, run_files, run_lock
 
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
-    "timeout", "ca_bundle", "injection_target", "control", "anchors",
+    "timeout", "ca_bundle", "injection_target", "control", "anchors", "concurrency", "per_host",
 )
+# Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
+# the run, --no-progress is about the terminal at hand.
 _MAX_PROBLEMS_SHOWN = 20
 
 
@@ -184,7 +186,12 @@ def run(ctx: click.Context, **opts: Any) -> None:
 
         run_id = new_run_id()
     try:
+        # Held until the command ends (click closes it): a second `--resume` of this run while
+        # this one runs stops here with one line, before it rewrites the manifest or measures.
+        ctx.with_resource(run_lock(output, run_id))
         write_manifest(output, run_id, _manifest_options(opts))
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write to {output}: {exc.strerror or exc}") from None
 

@@ -9,7 +9,9 @@ Order of the mapping (first match wins), walking an exception and its ``__cause_
                                                        | ssl_invalid_certificate (by verify_code)
     ssl.SSLEOFError / SSLZeroReturnError            -> eof
     other ssl.SSLError (alerts, garbage)            -> tls_handshake_failure
-    socket.gaierror                                 -> dns_nxdomain | dns_no_answer | dns_servfail
+    socket.gaierror                                 -> dns_nxdomain (EAI_NONAME) | dns_no_answer
+                                                       (EAI_NODATA) | generic_timeout (EAI_AGAIN:
+                                                       the resolver gave no usable reply in time)
     OSError by errno (ECONNREFUSED, ECONNRESET, EPIPE, EHOSTUNREACH, ENETUNREACH, ...)
     ConnectionError subclasses without errno        -> connection_refused | connection_reset
                                                        (a bare ConnectionResetError() is asyncio's
@@ -100,8 +102,14 @@ def _classify_one(exc: BaseException) -> str | None:
         if exc.errno in _GAI_NODATA:
             return "dns_no_answer"
         if exc.errno == socket.EAI_AGAIN:
-            # glibc says EAI_AGAIN both for SERVFAIL and for an unresponsive resolver.
-            return "dns_servfail"
+            # "Temporary failure in name resolution": the system resolver got no usable reply
+            # in time. glibc says this when every nameserver timed out, when none could be
+            # reached (no route, ICMP unreachable), and when a local stub (systemd-resolved,
+            # dnsmasq) had no upstream and answered SERVFAIL for it: most often a probe
+            # without a network, which must not read as a resolver that answered SERVFAIL
+            # (a censor's signal). The rcode, when one came, is recorded by the probe's own
+            # UDP/TCP/DoH queries, which see it directly (dns_servfail there).
+            return "generic_timeout"
         return None
     if isinstance(exc, OSError):
         if exc.errno in _ERRNO:

@@ -50,7 +50,14 @@ CASES: list[tuple[BaseException, str]] = [
     (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "eof"),
     (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "tls_handshake_failure"),
     (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "dns_nxdomain"),
-    (socket.gaierror(socket.EAI_AGAIN, "Temporary failure"), "dns_servfail"),
+    # EAI_AGAIN: the system resolver got no usable reply in time (unreachable, timed out, or a
+    # stub without upstream); not dns_servfail, which claims a resolver answered SERVFAIL.
+    (socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"), "generic_timeout"),
+    (socket.gaierror(socket.EAI_NODATA, "No address associated with hostname"), "dns_no_answer"),
+    # An unreachable resolver, as the kernel reports it for the UDP query.
+    (OSError(errno.ENETUNREACH, "Network is unreachable"), "network_unreachable"),
+    (OSError(errno.EHOSTUNREACH, "No route to host"), "host_unreachable"),
+    (_chained(dns.exception.Timeout(), OSError(errno.ENETUNREACH, "x")), "generic_timeout"),
     (dns.exception.Timeout(), "generic_timeout"),
     (dns.message.ShortHeader(), "dns_server_misbehaving"),
     (httpx.ReadTimeout("t"), "generic_timeout"),
@@ -62,6 +69,22 @@ CASES: list[tuple[BaseException, str]] = [
     (_chained(httpx.ReadError(""), _chained(httpcore.ReadError(""), OSError(errno.ECONNRESET, "x"))), "connection_reset"),
     (_chained(httpx.ConnectError(""), _chained(httpcore.ConnectError(""), _verify_error(62))), "ssl_invalid_hostname"),
 ]
+
+
+def test_a_udp_query_to_a_resolver_that_is_not_there_is_not_a_reply() -> None:
+    """A UDP query to a loopback address where nothing listens gets ICMP port unreachable:
+    recorded as connection_refused (the resolver could not be reached), never as an rcode."""
+    import socket as _socket
+
+    from probe.net.clock import Clock
+    from probe.net.dns import resolve_udp
+
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed below: nothing listens there during the query
+    q = asyncio.run(resolve_udp("example.test", f"127.0.0.1:{port}", clock=Clock(), timeout=2.0))
+    assert q.failure == "connection_refused" and q.rcode is None
+    assert q.t < 1.0  # the ICMP error ends the wait at once, it is not waited out
 
 
 @pytest.mark.parametrize(("exc", "failure"), CASES, ids=[f"{type(e).__name__}-{f}" for e, f in CASES])
