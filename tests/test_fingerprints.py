@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.db import open_datasets
+from analysis.downloads import DownloadError
 from analysis.fingerprints import (
     DOWNLOADS,
     PROJECT_FINGERPRINTS,
@@ -34,7 +35,6 @@ from analysis.fingerprints import (
     regex_literal,
     update_fingerprints,
 )
-from analysis.downloads import DownloadError
 from analysis.verdicts import compute_verdicts
 from probe.cli import main
 from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7
@@ -366,7 +366,7 @@ class _Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fp"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -465,17 +465,24 @@ def test_indonesian_blockpage_is_confirmed_by_compute_verdicts(upstream: _Server
     ]
     root = tmp_path / "ds"
     write_records(root, "run-test", records)
-    con = open_datasets([root])
-    try:
-        table = compute_verdicts(con, fingerprints=load_default_fingerprints())
-    finally:
-        con.close()
-    v = {r["measurement_id"]: r for r in table.to_pylist()}
+
+    def verdicts(fingerprints: object) -> dict[str, dict]:
+        con = open_datasets([root])
+        try:
+            table = compute_verdicts(con, fingerprints=fingerprints)  # type: ignore[arg-type]
+        finally:
+            con.close()
+        return {r["measurement_id"]: r for r in table.to_pylist()}
+
+    v = verdicts(load_default_fingerprints())
     b = v[blocked.measurement_id]
     assert (b["status"], b["method"], b["confirmed"], b["fingerprint"]) == (
         "blocked", "http.blockpage:ooni.id_6", True, "ooni.id_6")
     n = v[news_probe.measurement_id]  # the trap: whatever the body rules say, no blockpage
     assert n["confirmed"] is False and n["fingerprint"] is None and not (n["method"] or "").startswith("http.blockpage")
+    # With the built-in (lab-only) set, the same page is at best an unconfirmed body difference.
+    plain = verdicts(load_fingerprints())[blocked.measurement_id]
+    assert plain["confirmed"] is False and plain["method"] != "http.blockpage:ooni.id_6"
 
 
 def test_offline_update_keeps_the_old_copy(upstream: _Server, data_home: Path) -> None:
