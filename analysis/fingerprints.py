@@ -400,38 +400,38 @@ def fingerprints_dir() -> Path:
 
 def load_default_fingerprints(extra_files: Iterable[Path | str] = (), *,
                               data_dir: Path | None = None) -> FingerprintSet:
-    """The set the analyzer uses: the project's own file, every set `vantage fingerprints
-    update` downloaded (when present), and ``extra_files``; ``.sources`` names each with its
-    date and count. A downloaded file that no longer parses is a FingerprintError naming it."""
+    """The set the analyzer uses: the project's own file, then ``extra_files`` (the user's
+    choice, so their names win when a generic downloaded signature matches too), then every
+    set `vantage fingerprints update` downloaded (when present). ``.sources`` names each with
+    its date and count. A file that does not parse is a FingerprintError naming it."""
     out = FingerprintSet()
     _load_project(out)
-    seen = {PROJECT_FINGERPRINTS.resolve()}
     ddir = data_dir if data_dir is not None else fingerprints_dir()
+    downloaded = [(ddir / name, kind) for name, _, kind in DOWNLOADS if (ddir / name).is_file()]
+    seen = {_key(PROJECT_FINGERPRINTS)} | {_key(p) for p, _ in downloaded}
+    for p in extra_files:
+        if _key(p) in seen:
+            continue  # the same file twice (e.g. the demo passing the built-in set) counts once
+        seen.add(_key(p))
+        load_any(p, out)
     manifest = {e.file: e for e in downloads.read_manifest(ddir)}
-    for name, _, kind in DOWNLOADS:
-        path = ddir / name
-        if not path.is_file():
-            continue
+    for path, kind in downloaded:
         if kind == "ooni":
             load_file(path, out)
         else:
             load_cp_signatures(path, out, false_positive=kind == "cp-false-positive")
         s = out.sources.pop()
-        e = manifest.get(name)
-        out.sources.append(FingerprintSource(name=name, path=str(path), date=e.downloaded_at if e else s.date,
+        e = manifest.get(path.name)
+        out.sources.append(FingerprintSource(name=path.name, path=str(path), date=e.downloaded_at if e else s.date,
                                              count=s.count, origin="downloaded"))
-        seen.add(path.resolve())
-    for p in extra_files:
-        p = Path(p)
-        try:
-            key = p.resolve()
-        except (OSError, RuntimeError):  # a symlink loop: load_any names the file
-            key = p
-        if key in seen:
-            continue  # the same file twice (e.g. the demo passing the built-in set) counts once
-        seen.add(key)
-        load_any(p, out)
     return out
+
+
+def _key(path: Path | str) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: loading it names the file
+        return Path(path)
 
 
 # --------------------------------------------------------------------------- updating

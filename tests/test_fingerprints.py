@@ -529,3 +529,17 @@ def test_cli_update_and_show(upstream: _Server, data_home: Path, monkeypatch: py
     res = CliRunner().invoke(main, ["fingerprints", "show"])
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert str(data_home / "fingerprints_dns.csv") in res.output
+
+
+def test_the_users_own_file_names_the_match_before_generic_downloaded_ones(upstream: _Server, data_home: Path,
+                                                                        tmp_path: Path) -> None:
+    update_fingerprints(url_base=upstream.url)
+    own = tmp_path / "mine.csv"
+    own.write_text(HEADER + "my.isp_page,isp,,body,contains,<!-- my-isp-blockpage -->,9,ZZ,me,,\n", encoding="utf-8")
+    page = "<html><head><title>Blocked</title></head><body><!-- my-isp-blockpage -->Denied</body></html>"
+    # Censored Planet's generic f_gen_blocked_37 ("<title>Blocked</title>") matches too...
+    assert load_default_fingerprints().http_matcher.match_body(page).name == "cp.f_gen_blocked_37"  # type: ignore[union-attr]
+    # ...but the analyst's own fingerprint, loaded before the downloaded sets, names the match.
+    fps = load_default_fingerprints([own])
+    assert [s.origin for s in fps.sources] == ["built-in", "extra"] + ["downloaded"] * 4
+    assert fps.http_matcher.match_body(page).name == "my.isp_page"  # type: ignore[union-attr]
