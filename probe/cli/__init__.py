@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "report": "probe.cli.report:report",
     "events": "probe.cli.events:events",
     "ooni": "probe.cli.ooni:ooni",
+    "fingerprints": "probe.cli.fingerprints:fingerprints",
+    "geo": "probe.cli.geo:geo_group",
 }
 
 
