@@ -8,11 +8,29 @@ One lab serves the whole session. ``loopback_lab`` hands it out with the on-path
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from probe.lab import LoopbackLab
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user's data, config and cache directories point into the session's temporary
+    directory: downloaded fingerprint sets, ASN databases, lists, consent and configuration of
+    the developer's own account must never change what a test sees (nor be written by one)."""
+    home = tmp_path_factory.mktemp("user-dirs")
+    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    for key in saved:
+        os.environ[key] = str(home / key.lower())
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
