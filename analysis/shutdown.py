@@ -10,7 +10,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -79,32 +78,27 @@ def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: D
     return Detection(merge_events(events, [], cfg), hourly)
 
 
-def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None, *, verdicts: bool = False,
-                public_nets: Sequence[str] = (), fingerprints: Any = None) -> Detection:
-    """Events over dataset directories. ``verdicts``: also compute the analyzer's verdicts (when
-    ``analysis.verdicts`` is installed) so that blocks by blockpages served with HTTP 200 count."""
+def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
+                verdicts: pa.Table | None = None) -> Detection:
+    """Events over dataset directories. ``verdicts``: the verdict stage's table (one row per
+    probe measurement, ``analysis.pipeline``), so that blocks by blockpages served with HTTP 200
+    count; None: raw reachability only."""
     con = sig.open_measurements(paths)
     try:
         name = None
-        if verdicts:
-            try:
-                from analysis.verdicts import compute_verdicts
-            except ImportError:
-                pass
-            else:
-                con.register("event_verdicts", compute_verdicts(con, public_nets=tuple(public_nets),
-                                                                fingerprints=fingerprints))
-                name = "event_verdicts"
+        if verdicts is not None:
+            con.register("event_verdicts", verdicts)
+            name = "event_verdicts"
         return detect(con, cfg, verdicts=name)
     finally:
         con.close()
 
 
-def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None,
-                 **kwargs: Any) -> Detection:
+def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None, *,
+                 verdicts: pa.Table | None = None) -> Detection:
     """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically;
-    keyword arguments go to ``find_events``."""
-    detection = find_events(paths, cfg, **kwargs)
+    ``verdicts`` as for ``find_events``."""
+    detection = find_events(paths, cfg, verdicts=verdicts)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(detection.table(), tmp, compression="zstd")
