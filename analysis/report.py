@@ -427,7 +427,10 @@ def _staged(out: Path, csv: Path | None, *, markdown: bool) -> Iterator[tuple[Pa
         clean()  # the replaced charts directory
     except OSError as exc:
         clean()
-        where = exc.filename if getattr(exc, "filename", None) else out
+        # name the file asked for, never its temporary name
+        final = {str(tmp_out): out, str(tmp_csv): csv, str(tmp_assets): out.with_name(out.stem + "_files")}
+        failed = str(exc.filename) if getattr(exc, "filename", None) else ""
+        where = next((f for t, f in final.items() if f is not None and failed.startswith(t)), failed or out)
         raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from None
     except BaseException:
         clean()
