@@ -115,22 +115,44 @@ def write_database(path: Path, datasets: Sequence[Path | str], verdicts: pa.Tabl
         raise
 
 
-def _update_database(path: Path, datasets: Sequence[Path | str], verdicts: pa.Table,
-                     provenance: dict[str, Any] | None) -> None:
+def check_database(path: Path) -> None:
+    """Fail early (:class:`DatabaseError`, one line) when ``path`` exists and cannot take
+    Vantage's tables: not a DuckDB file, locked by another program, or holding a table or view
+    of the analyst's under one of Vantage's names."""
+    path = Path(path)
+    if not path.exists():
+        return
+    con = _connect(path, read_only=True)
     try:
-        con = duckdb.connect(str(path))
+        _refuse_foreign(con, path)
+    finally:
+        con.close()
+
+
+def _connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
     except duckdb.Error as exc:
         raise DatabaseError(f"{path}: cannot open as a DuckDB database ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _refuse_foreign(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    found = {name: (kind, comment) for name, kind, comment in con.sql(
+        "SELECT table_name, 'table', comment FROM duckdb_tables() WHERE schema_name = 'main' "
+        "UNION ALL SELECT view_name, 'view', comment FROM duckdb_views() "
+        "WHERE NOT internal AND schema_name = 'main'").fetchall()}
+    foreign = [(n, found[n][0]) for n in vantage_objects() if n in found and not (found[n][1] or "").startswith(MARK)]
+    if foreign:
+        name, kind = foreign[0]
+        raise DatabaseError(f"{path}: holds a {kind} {name!r} that Vantage did not write; Vantage would replace "
+                            "it. Rename it, or give another --db file")
+
+
+def _update_database(path: Path, datasets: Sequence[Path | str], verdicts: pa.Table,
+                     provenance: dict[str, Any] | None) -> None:
+    con = _connect(path)
     try:
-        found = {name: (kind, comment) for name, kind, comment in con.sql(
-            "SELECT table_name, 'table', comment FROM duckdb_tables() WHERE schema_name = 'main' "
-            "UNION ALL SELECT view_name, 'view', comment FROM duckdb_views() "
-            "WHERE NOT internal AND schema_name = 'main'").fetchall()}
-        foreign = [(n, found[n][0]) for n in vantage_objects() if n in found and not (found[n][1] or "").startswith(MARK)]
-        if foreign:
-            name, kind = foreign[0]
-            raise DatabaseError(f"{path}: holds a {kind} {name!r} that Vantage did not write; Vantage would replace "
-                                "it. Rename it, or give another --db file")
+        _refuse_foreign(con, path)
         con.execute("BEGIN TRANSACTION")
         try:
             _fill(con, datasets, verdicts, provenance)

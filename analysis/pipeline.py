@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.fingerprints import PROJECT_FINGERPRINTS, FingerprintSet, load_file, load_fingerprints
-from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts, maxmind_asn_lookup
+from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
 
 METADATA_KEY = b"vantage.verdicts"
 FORMAT = "vantage-verdicts"
@@ -153,8 +153,8 @@ def _asn_db_info(path: Path) -> dict[str, Any]:
             meta = reader.metadata()
             info["type"] = meta.database_type
             info["date"] = dt.datetime.fromtimestamp(meta.build_epoch, dt.timezone.utc).strftime("%Y-%m-%d")
-    except (OSError, ValueError) as exc:
-        raise VerdictError(f"{path}: not a MaxMind ASN database ({exc})") from None
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        raise VerdictError(f"{path}: not a MaxMind ASN database ({str(exc).splitlines()[0]})") from None
     return info
 
 
@@ -183,9 +183,7 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
         raise VerdictError("--control-window must be zero or more hours")
     fps, sets = load_fingerprint_set(options)
     asn_db = resolve_asn_db(options)
-    asn_info = _asn_db_info(asn_db) if asn_db is not None else None
-    if asn_db is not None:
-        maxmind_asn_lookup(asn_db)  # a foreign file fails here, before any dataset is read
+    asn_info = _asn_db_info(asn_db) if asn_db is not None else None  # a foreign file fails here, early
     _, skipped = valid_files(paths)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
@@ -229,6 +227,7 @@ def analyze(paths: Sequence[Path | str], output: Path | str, db: Path | str | No
     check_output(output)
     if db is not None:
         check_output(Path(db))
+        aggregates.check_database(Path(db))  # before any work: the analyst's tables are never replaced
     verdicts = run_stage(paths, options, written_by=written_by)
     write_verdicts(verdicts, output)
     db_path = None

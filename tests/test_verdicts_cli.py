@@ -110,6 +110,10 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         (["analyze", str(root), "-o", str(tmp_path / "v.parquet"), "--control-window", "-2"], "--control-window"),
         (["analyze", str(root), "-o", str(tmp_path / "v.parquet"), "--fingerprints", str(tmp_path / "none.csv")],
          "cannot read fingerprints"),
+        (["analyze", str(root), "-o", str(tmp_path / "v.parquet"), "--asn-db", str(tmp_path / "none.mmdb")],
+         "no such ASN database file"),
+        (["analyze", str(root), "-o", str(tmp_path / "v.parquet"), "--asn-db", str(bad / "x.parquet")],
+         "not a MaxMind ASN database"),
     ]
     for args, message in cases:
         result = runner.invoke(main, args)
@@ -376,6 +380,7 @@ def test_db_never_replaces_an_analysts_table_of_the_same_name(tmp_path: Path) ->
     finally:
         con.close()
     assert not_db.read_text() == "my notes, not a database\n"
+    assert not (tmp_path / "v.parquet").exists()  # refused before any work
 
 
 @contextlib.contextmanager
