@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from verdict_checks import assert_one_verdict_per_measurement
+from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 
 from probe.cli import main
 from probe.cli.demo import run_demo
@@ -159,3 +159,13 @@ def test_demo_refuses_a_directory_with_old_data(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not an empty directory" in result.output
     assert "Traceback" not in result.output
+
+
+def test_demo_into_a_read_only_place_is_one_line(tmp_path: Path) -> None:
+    with read_only_dir(tmp_path / "ro") as ro:
+        for out in (ro / "new", ro):  # a new directory under it, or the (empty) directory itself
+            result = CliRunner().invoke(main, ["demo", "--output", str(out)])
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            assert result.output.startswith(f"Error: {out}: cannot write the demo there")
+            assert len(result.output.strip().splitlines()) == 1
+        assert list(ro.iterdir()) == []

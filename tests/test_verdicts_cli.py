@@ -4,11 +4,7 @@ options shared by analyze, report and events, which agree row for row."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -16,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from verdict_checks import assert_one_verdict_per_measurement
+from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 
 from analysis.aggregates import aggregate
 from probe.cli import main
@@ -381,26 +377,6 @@ def test_db_never_replaces_an_analysts_table_of_the_same_name(tmp_path: Path) ->
         con.close()
     assert not_db.read_text() == "my notes, not a database\n"
     assert not (tmp_path / "v.parquet").exists()  # refused before any work
-
-
-@contextlib.contextmanager
-def read_only_dir(path: Path) -> Iterator[Path]:
-    """A directory nobody can write into, root included (chattr +i), else by mode 0555."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.skip(f"cannot make a directory read-only for root here (chattr +i: {res.stderr.strip()})")
-        try:
-            yield path
-        finally:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-    else:
-        path.chmod(0o555)
-        try:
-            yield path
-        finally:
-            path.chmod(0o755)
 
 
 def test_write_failures_are_one_line_and_leave_nothing_half_written(tmp_path: Path) -> None:

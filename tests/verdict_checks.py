@@ -1,13 +1,18 @@
-"""Checks the tests apply to every verdict table they make (import as ``from verdict_checks import ...``)."""
+"""Checks the tests apply to every verdict table they make, and a read-only directory for the
+write-failure tests (import as ``from verdict_checks import ...``)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import subprocess
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from analysis.db import open_datasets
 from analysis.pipeline import read_verdicts
@@ -39,3 +44,23 @@ def assert_one_verdict_per_measurement(verdicts: pa.Table | Path | str, datasets
         con.close()
     assert len(ids) == len(probe_ids), f"{len(ids)} verdicts for {len(probe_ids)} distinct probe measurements"
     assert set(ids) == probe_ids, "the verdicts do not name the datasets' probe measurements"
+
+
+@contextlib.contextmanager
+def read_only_dir(path: Path) -> Iterator[Path]:
+    """A directory nobody can write into, root included (chattr +i), else by mode 0555."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        res = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot make a directory read-only for root here (chattr +i: {res.stderr.strip()})")
+        try:
+            yield path
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        try:
+            yield path
+        finally:
+            path.chmod(0o755)

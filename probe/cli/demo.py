@@ -23,6 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from probe.cli.options import one_line_errors
 from probe.lab import LAB_CC, LoopbackLab
 
 DEFAULT_PARENT = Path("vantage-demo")
@@ -85,6 +86,12 @@ def _check_output(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         # Old datasets in the directory would be analyzed together with the new ones.
         raise click.ClickException(f"{output} exists and is not an empty directory; give a new --output")
+    from analysis.pipeline import OutputError, check_output
+
+    try:  # a read-only place fails here, in one line, before the lab starts
+        check_output(output / "verdicts.parquet")
+    except OutputError as exc:
+        raise click.ClickException(f"{output}: cannot write the demo there ({str(exc).rsplit(': ', 1)[-1]})") from None
 
 
 def _settings(lab: LoopbackLab, resolver: str) -> Any:
@@ -182,7 +189,7 @@ def run_demo(
     # Imported here: the analysis half (DuckDB, matplotlib) costs nothing to other commands.
     from analysis.pipeline import analyze, load_verdicts
     from analysis.report import write_report
-    from probe.cli.options import build_options, one_line_errors
+    from probe.cli.options import build_options
 
     # The options a reader would type (`--public-net`, `--fingerprints`), built by the same
     # function the commands use: the verdicts and the printed commands cannot drift apart.
@@ -320,7 +327,8 @@ def demo(output: Path | None, keep: bool) -> None:
     _check_output(output)  # before the lab starts: a wrong flag costs nothing
     with _sigterm_exits(), LoopbackLab() as lab:
         with console.status("starting") as status:
-            result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
+            with one_line_errors("demo"):
+                result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
         render(result, console)
         if keep:
             _serve_until_interrupted(lab, console)
