@@ -6,9 +6,13 @@ charts as PNG (embedded as data: URIs in HTML, files next to Markdown); CSV of t
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import html
-from collections.abc import Sequence
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ import pyarrow.csv as pacsv
 from analysis import charts
 from analysis.detector import DetectorConfig
 from analysis.events import Event
+from analysis.pipeline import AnalysisOptions, OutputError, Verdicts, check_output, describe, run_stage
 from analysis.shutdown import Detection, detect
 from analysis.signals import DatasetError, open_measurements
 
@@ -34,6 +39,7 @@ class ReportData:
     generated: str
     sources: list[str]
     verdict_source: str
+    provenance: list[str]  # how the verdicts were made: options, fingerprint sets, ASN database
     overview: dict[str, Any]
     blocked: list[dict[str, Any]]  # per (country, network, input)
     detection: Detection
@@ -53,51 +59,30 @@ class ReportResult:
 # --------------------------------------------------------------------------- data
 
 
-RAW_SOURCE = "raw (probe failure vs control success; analysis.verdicts absent)"
+class VerdictsMismatchWarning(UserWarning):
+    """Probe measurements of the datasets have no verdict (the datasets grew since `analyze`)."""
 
 
-def verdicts_for(con: duckdb.DuckDBPyConnection, *, public_nets: Sequence[str] = (), fingerprints: Any = None,
-                 control_window_h: int = 6) -> tuple[pa.Table, str]:
-    """The analyzer's verdicts when ``analysis.verdicts`` is installed, else a raw stand-in
-    (failure at the probe while a control reached the target within the window = blocked;
-    needs ``shutdown_facts``, which ``detect`` builds)."""
+def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, source: str) -> None:
+    """The verdicts belong to these datasets: a verdict naming a measurement that is not there
+    stops the report (they were made from other data); probe measurements without a verdict
+    (added since) are a warning naming the count."""
+    con.register("_report_check", verdicts.select(["measurement_id"]))
     try:
-        from analysis.fingerprints import FingerprintError
-        from analysis.verdicts import VerdictError, compute_verdicts
-    except ImportError:
-        return raw_verdicts(con, control_window_h), RAW_SOURCE
-    try:
-        table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints,
-                                 control_window_h=control_window_h)
-    except (VerdictError, FingerprintError) as exc:  # bad --public-net or fingerprint file: the user's to fix
-        raise ReportError(str(exc).splitlines()[0]) from None
-    return table, "analysis.verdicts.compute_verdicts"
-
-
-def raw_verdicts(con: duckdb.DuckDBPyConnection, control_window_h: int = 6) -> pa.Table:
-    """Verdict-shaped rows from ``shutdown_facts`` (built by ``detect``), without blockpage or
-    DNS-consistency rules: what raw reachability alone can say."""
-    w = int(control_window_h)
-    return con.sql(f"""
-        WITH c AS (SELECT input, hour, bool_or(ok) AS any_ok FROM shutdown_facts WHERE role = 'control' GROUP BY ALL),
-        p AS (SELECT f.*, m.probe_asn, m.measurement_start_time AS mst FROM shutdown_facts f
-              JOIN measurements m USING (measurement_id) WHERE f.role = 'probe' AND NOT f.is_anchor),
-        j AS (SELECT p.measurement_id, bool_or(c.any_ok) AS ctrl_ok, count(c.input) AS ctrl_n
-              FROM p LEFT JOIN c ON c.input = p.input AND c.hour BETWEEN p.hour - INTERVAL {w} HOUR
-                                                            AND p.hour + INTERVAL {w} HOUR
-              GROUP BY ALL)
-        SELECT p.measurement_id, p.run_id, p.input, p.experiment, p.cc AS probe_cc, p.probe_asn,
-               p.mst AS measurement_start_time,
-               CASE WHEN p.ok THEN 'ok' WHEN p.method LIKE 'measurement.%' THEN 'probe_failure'
-                    WHEN j.ctrl_ok THEN 'blocked' WHEN j.ctrl_n > 0 THEN 'down' ELSE 'no_control' END AS status,
-               CASE WHEN p.ok THEN NULL
-                    ELSE CASE split_part(p.method, '.', 1) WHEN 'tcp' THEN 'tcp_ip' WHEN 'http' THEN 'http-failure'
-                         WHEN 'measurement' THEN NULL ELSE split_part(p.method, '.', 1) END END AS layer,
-               CASE WHEN p.ok THEN NULL ELSE p.method END AS method,
-               CASE WHEN p.ok THEN 1.0 WHEN j.ctrl_ok THEN 0.6 ELSE 0.3 END AS confidence,
-               false AS confirmed, NULL::VARCHAR AS fingerprint
-        FROM p JOIN j USING (measurement_id)
-        ORDER BY measurement_start_time""").to_arrow_table()
+        foreign, missing = con.sql("""
+            WITH p AS (SELECT DISTINCT measurement_id FROM measurements WHERE role = 'probe'),
+                 v AS (SELECT DISTINCT measurement_id FROM _report_check)
+            SELECT (SELECT count(*) FROM v ANTI JOIN p USING (measurement_id)),
+                   (SELECT count(*) FROM p ANTI JOIN v USING (measurement_id))""").fetchall()[0]
+    finally:
+        con.unregister("_report_check")
+    if foreign:
+        raise ReportError(f"{source}: {foreign:,} of {verdicts.num_rows:,} verdicts name measurements that are not in "
+                          "the datasets (made from other data?); run `vantage analyze` on these datasets")
+    if missing:
+        warnings.warn(f"{missing:,} probe measurements of the datasets have no verdict in {source} (added since it "
+                      "was written?); they are left out; re-run `vantage analyze` to include them",
+                      VerdictsMismatchWarning, stacklevel=2)
 
 
 _BLOCKED_SQL = """
@@ -133,24 +118,15 @@ def _ts(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
 
 
-def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] = (), title: str | None = None,
-                      public_nets: Sequence[str] = (), fingerprints: Any = None, control_window_h: int = 6,
+def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sources: Sequence[str] = (),
+                      title: str | None = None, verdict_source: str = "computed from the datasets",
                       detector_config: DetectorConfig | None = None, min_blocked: int = 3,
                       min_blocked_share: float = 0.1, max_event_charts: int = 12) -> ReportData:
-    try:
-        import analysis.verdicts  # noqa: F401
-        analyzer = True
-    except ImportError:
-        analyzer = False
-    if analyzer:  # verdicts first: the change detector then also sees blockpages served with HTTP 200
-        verdicts, source = verdicts_for(con, public_nets=public_nets, fingerprints=fingerprints,
-                                        control_window_h=control_window_h)
-        con.register("report_verdicts", verdicts)
-        detection = detect(con, detector_config, verdicts="report_verdicts")
-    else:
-        detection = detect(con, detector_config)  # builds shutdown_facts, which the raw stand-in reads
-        verdicts, source = raw_verdicts(con, control_window_h), RAW_SOURCE
-        con.register("report_verdicts", verdicts)
+    """The report's content over the ``measurements`` view of ``con`` and the stage's verdicts.
+
+    Verdicts first: the change detector then also sees blockpages served with HTTP 200."""
+    con.register("report_verdicts", verdicts.table)
+    detection = detect(con, detector_config, verdicts="report_verdicts")
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)).replace(tzinfo=None)}
              for e in detection.events if e.kind in ("shutdown", "probe_fault") for r in e.regions for n in e.networks]
@@ -186,8 +162,8 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
                count(DISTINCT cc || asn || vantage) FILTER (WHERE role = 'probe') AS vantage_points,
                strftime(min(hour), '%Y-%m-%d %H:%M') AS first_hour, strftime(max(hour), '%Y-%m-%d %H:%M') AS last_hour
         FROM shutdown_facts""").to_arrow_table().to_pylist()[0]
-    overview["verdicts"] = verdicts.num_rows
-    overview["blocked_verdicts"] = int(sum(1 for s in verdicts.column("status").to_pylist() if s == "blocked"))
+    overview["verdicts"] = verdicts.table.num_rows
+    overview["blocked_verdicts"] = int(sum(1 for s in verdicts.table.column("status").to_pylist() if s == "blocked"))
     daily = con.sql("""SELECT CAST(date_trunc('day', measurement_start_time AT TIME ZONE 'UTC') AS DATE) AS day,
                               probe_cc, status, count(*) AS n
                        FROM report_verdicts WHERE status IN ('blocked', 'down') GROUP BY ALL ORDER BY ALL""").to_arrow_table()
@@ -196,14 +172,14 @@ def build_report_data(con: duckdb.DuckDBPyConnection, *, sources: Sequence[str] 
     data = ReportData(
         title=title or "Vantage anomaly report",
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        sources=[str(s) for s in sources], verdict_source=source, overview=overview, blocked=rows,
+        sources=[str(s) for s in sources], verdict_source=verdict_source, provenance=describe(verdicts.metadata),
+        overview=overview, blocked=rows,
         detection=detection,
         charts={"Anomalies over time": charts.anomalies_over_time(daily),
                 "Blocking methods": charts.blocking_methods(methods)},
         event_charts=charts.charts_for_events(detection.hourly, detection.events, detection.input_failures,
                                               limit=max_event_charts),
     )
-    data.overview["_verdicts_table"] = verdicts
     return data
 
 
@@ -290,12 +266,17 @@ def render_html(data: ReportData) -> str:
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
             out.append(f"<h4>{e(asn)}</h4>")
             out.append(_html_table(_BLOCK_HEAD, rows))
-    out.append("<h2>Method</h2><p>Verdicts compare each probe measurement with control measurements of the same "
-               "target from uncensored networks. Shutdown signals are per country, network and hour: measurement "
-               "volume (baseline: median of the same hour over the previous 7 days), anchor and target success "
-               "(baseline: median of the previous 168 hours); warning below 80 % of the baseline, critical below "
-               "50 %. See docs/shutdowns.md and docs/reports.md.</p></body></html>")
+    out.append(f"<h2>Method</h2><p>{e(_METHOD)}</p><p>How these verdicts were made:</p><ul>")
+    out += [f"<li>{e(line)}</li>" for line in data.provenance]
+    out.append("</ul></body></html>")
     return "\n".join(out)
+
+
+_METHOD = ("Verdicts compare each probe measurement with control measurements of the same target from uncensored "
+           "networks. Shutdown signals are per country, network and hour: measurement volume (baseline: median of "
+           "the same hour over the previous 7 days), anchor and target success (baseline: median of the previous "
+           "168 hours); warning below 80 % of the baseline, critical below 50 %. See docs/shutdowns.md and "
+           "docs/reports.md.")
 
 
 def _figure(png: bytes, caption: str) -> str:
@@ -327,14 +308,16 @@ def _md_table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(data: ReportData, output: Path) -> str:
-    """Markdown with the charts written as PNG files in ``<name>_files/`` next to it."""
-    assets = output.with_name(output.stem + "_files")
+def render_markdown(data: ReportData, output: Path, assets: Path | None = None) -> str:
+    """Markdown with the charts written as PNG files into ``assets`` (default ``<name>_files/``
+    next to it), linked as ``<name>_files/...``."""
+    link_dir = output.stem + "_files"
+    assets = assets if assets is not None else output.with_name(link_dir)
     assets.mkdir(parents=True, exist_ok=True)
 
     def image(png: bytes, name: str, caption: str) -> str:
         (assets / name).write_bytes(png)
-        return f"![{caption}]({assets.name}/{name})"
+        return f"![{caption}]({link_dir}/{name})"
 
     ov = data.overview
     out = [f"# {data.title}", "", f"Generated {data.generated} from {', '.join(data.sources) or 'datasets'}; "
@@ -356,43 +339,99 @@ def render_markdown(data: ReportData, output: Path) -> str:
         for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
             out += [f"#### {asn}", "", _md_table(_BLOCK_HEAD, rows), ""]
+    out += ["## Method", "", _METHOD, "", "How these verdicts were made:", ""]
+    out += [f"- {line}" for line in data.provenance]
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(paths: Sequence[Path | str], output: Path | str, *, csv: Path | str | None = None,
-                 public_nets: Sequence[str] = (), fingerprints: Any = None, title: str | None = None,
-                 control_window_h: int = 6, detector_config: DetectorConfig | None = None,
+def write_report(paths: Sequence[Path | str], output: Path | str, *, verdicts: Verdicts | None = None,
+                 options: AnalysisOptions | None = None, verdict_source: str | None = None,
+                 csv: Path | str | None = None, title: str | None = None,
+                 detector_config: DetectorConfig | None = None,
                  con: duckdb.DuckDBPyConnection | None = None) -> ReportResult:
     """Write an HTML (``.html``/``.htm``) or Markdown (``.md``) report over datasets; ``csv``
-    also exports the verdict table."""
+    also exports the verdict table.
+
+    ``verdicts``: the stage's output (:func:`analysis.pipeline.read_verdicts` of the file
+    `vantage analyze` wrote, or its result); without it the report runs that same stage,
+    :func:`analysis.pipeline.run_stage`, with ``options``. Every file is written under a
+    temporary name and renamed only when all are complete."""
     out = Path(output)
     suffix = out.suffix.lower()
     if suffix not in (".html", ".htm", ".md"):
         raise ReportError(f"{out}: the report format follows the suffix: .html or .md")
+    csv_path = Path(csv) if csv is not None else None
+    check_output(out)
+    if csv_path is not None:
+        check_output(csv_path)
+    computed = verdicts is None
+    if verdicts is None:
+        verdicts = run_stage(paths, options, written_by="vantage report")
+    source = verdict_source or ("computed from the datasets by the verdict stage" if computed else "given verdicts")
     own = con is None
     try:
         con = open_measurements(paths, con)
-        data = build_report_data(con, sources=[Path(p).name or str(p) for p in paths], title=title,
-                                 public_nets=public_nets, fingerprints=fingerprints,
-                                 control_window_h=control_window_h, detector_config=detector_config)
+        if not computed:
+            check_verdicts_match(con, verdicts.table, source)
+        data = build_report_data(con, verdicts, sources=[Path(p).name or str(p) for p in paths], title=title,
+                                 verdict_source=source, detector_config=detector_config)
     except (duckdb.Error, DatasetError, OSError) as exc:
         raise ReportError(f"cannot read the datasets: {str(exc).splitlines()[0]}") from exc
     finally:
         if own and con is not None:
             con.close()
-    text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    verdicts: pa.Table = data.overview.pop("_verdicts_table")
-    csv_path = None
-    if csv is not None:
-        csv_path = Path(csv)
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        pacsv.write_csv(verdicts, tmp)
-        tmp.replace(csv_path)
-    return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.num_rows)
+    with _staged(out, csv_path, markdown=suffix == ".md") as (tmp_out, tmp_csv, tmp_assets):
+        text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out, tmp_assets)
+        tmp_out.write_text(text, encoding="utf-8")
+        if tmp_csv is not None:
+            pacsv.write_csv(verdicts.table, tmp_csv)
+    return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.table.num_rows)
+
+
+@contextlib.contextmanager
+def _staged(out: Path, csv: Path | None, *, markdown: bool) -> Iterator[tuple[Path, Path | None, Path | None]]:
+    """Temporary names for the report, the CSV and the Markdown charts directory; all renamed
+    into place after the block succeeds, all removed when it fails: never half a report."""
+    tag = f"{os.getpid()}.tmp"
+    tmp_out = out.with_name(f".{out.name}.{tag}")
+    tmp_csv = csv.with_name(f".{csv.name}.{tag}") if csv is not None else None
+    assets = out.with_name(out.stem + "_files")
+    tmp_assets = assets.with_name(f".{assets.name}.{tag}") if markdown else None
+    staged = [p for p in (tmp_out, tmp_csv, tmp_assets) if p is not None]
+
+    def clean() -> None:
+        for p in staged:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+
+    try:
+        for p in (out, csv):
+            if p is not None:
+                p.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp_out, tmp_csv, tmp_assets
+        if tmp_assets is not None:
+            old = assets.with_name(f".{assets.name}.{tag}.old")
+            if assets.exists():
+                os.replace(assets, old)
+                staged.append(old)
+            os.replace(tmp_assets, assets)
+        if tmp_csv is not None and csv is not None:
+            os.replace(tmp_csv, csv)
+        os.replace(tmp_out, out)
+        clean()  # the replaced charts directory
+    except OSError as exc:
+        clean()
+        # name the file asked for, never its temporary name
+        final = {str(tmp_out): out, str(tmp_csv): csv, str(tmp_assets): out.with_name(out.stem + "_files")}
+        failed = str(exc.filename) if getattr(exc, "filename", None) else ""
+        where = next((f for t, f in final.items() if f is not None and failed.startswith(t)), failed or out)
+        raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from None
+    except BaseException:
+        clean()
+        raise

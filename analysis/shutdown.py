@@ -1,7 +1,7 @@
 """Shutdown and blocking-event detection: the public entry points over datasets or signals.
 
 ``detect(con)`` runs signals -> baselines -> alert runs, CUSUM changes and dark hours ->
-classified, merged events; ``detect_events(datasets, verdicts=table)`` does it over dataset
+classified, merged events; ``find_events(datasets, verdicts=table)`` does it over dataset
 directories with the verdicts ``vantage analyze`` computed; ``write_events(paths, output)`` is
 what ``vantage events`` calls.
 """
@@ -12,7 +12,6 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -35,7 +34,7 @@ from analysis.events import (
     merge_events,
 )
 
-__all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect", "detect_events",
+__all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect",
            "detect_from_signals", "find_events", "write_events", "events_to_table", "render_events"]
 
 _VERDICTS_NAME = "_event_verdicts"
@@ -115,13 +114,14 @@ def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: D
     return Detection(merged, hourly)
 
 
-def detect_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
+def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
                   verdicts: pa.Table | None = None) -> Detection:
     """Events over dataset directories.
 
-    ``verdicts``: the verdict table already computed for these datasets (``vantage analyze``'s
-    output, VERDICT_SCHEMA); it is read, never recomputed. None: events from raw reachability
-    only (``--no-verdicts``).
+    ``verdicts``: the verdict stage's table for these datasets (``analysis.pipeline``,
+    VERDICT_SCHEMA), read and never recomputed, so that blocks by blockpages served with HTTP
+    200 count and measurements without connectivity form a connectivity event. None: events
+    from raw reachability only (``--no-verdicts``).
     """
     con = sig.open_measurements(datasets)
     try:
@@ -130,43 +130,11 @@ def detect_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = N
         con.close()
 
 
-def find_events(paths: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
-                verdicts: bool | pa.Table | None = False, verdicts_table: pa.Table | None = None,
-                public_nets: Sequence[str] = (), fingerprints: Any = None) -> Detection:
-    """Events over dataset directories (the older entry point; ``detect_events`` is the new one).
-
-    ``verdicts_table`` (or a table passed as ``verdicts``): verdicts already computed, used as
-    they are. ``verdicts=True`` without a table: compute the analyzer's verdicts here (when
-    ``analysis.verdicts`` is installed) with ``public_nets`` and ``fingerprints``.
-    """
-    if isinstance(verdicts, pa.Table):
-        verdicts_table = verdicts
-    if verdicts_table is not None:
-        return detect_events(paths, cfg, verdicts=verdicts_table)
-    con = sig.open_measurements(paths)
-    try:
-        table = None
-        if verdicts:
-            try:
-                from analysis.verdicts import compute_verdicts
-            except ImportError:
-                pass
-            else:
-                table = compute_verdicts(con, public_nets=tuple(public_nets), fingerprints=fingerprints)
-        return detect(con, cfg, verdicts=table)
-    finally:
-        con.close()
-
-
 def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None, *,
-                 verdicts_table: pa.Table | None = None, **kwargs: Any) -> Detection:
-    """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically.
-
-    ``verdicts_table``: the verdicts ``vantage analyze`` computed (read, not recomputed); None and
-    ``verdicts=False``: raw reachability only. Other keyword arguments (``verdicts``,
-    ``public_nets``, ``fingerprints``) go to ``find_events``.
-    """
-    detection = find_events(paths, cfg, verdicts_table=verdicts_table, **kwargs)
+                 verdicts: pa.Table | None = None) -> Detection:
+    """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically;
+    ``verdicts`` as for ``find_events``."""
+    detection = find_events(paths, cfg, verdicts=verdicts)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(detection.table(), tmp, compression="zstd")

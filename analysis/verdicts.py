@@ -6,15 +6,12 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from analysis import rules
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
@@ -248,70 +245,3 @@ def compute_verdicts(
                  "_vt_ipinfo", "_vt_httpfp"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     return table.cast(VERDICT_SCHEMA)
-
-
-# --------------------------------------------------------------------------- whole analysis
-
-
-@dataclass
-class AnalyzeResult:
-    output: Path
-    db: Path | None
-    verdicts: pa.Table
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-    fingerprint_problems: list[str] = field(default_factory=list)
-
-    def counts(self) -> list[tuple[str, str | None, int]]:
-        """(status, layer, count), most frequent first."""
-        tally: dict[tuple[str, str | None], int] = {}
-        for s, layer in zip(self.verdicts.column("status").to_pylist(), self.verdicts.column("layer").to_pylist(), strict=True):
-            tally[(s, layer)] = tally.get((s, layer), 0) + 1
-        return sorted(((s, layer, n) for (s, layer), n in tally.items()), key=lambda x: (-x[2], x[0], x[1] or ""))
-
-
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def analyze(
-    paths: Sequence[Path | str],
-    output: Path | str,
-    db: Path | str | None = None,
-    *,
-    public_nets: Sequence[str] = (),
-    fingerprint_files: Sequence[Path | str] = (),
-    control_window_h: float = 6,
-    asn_db: Path | str | None = None,
-) -> AnalyzeResult:
-    """Open the datasets, compute verdicts, write them to ``output`` (Parquet) and, with ``db``,
-    a DuckDB database holding the views, the verdicts and the aggregates."""
-    import warnings
-
-    from analysis import aggregates
-    from analysis.db import SkippedFileWarning, open_datasets, valid_files
-
-    output = Path(output)
-    fps = load_fingerprints(fingerprint_files)
-    _, skipped = valid_files(paths)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through AnalyzeResult
-        con = open_datasets(paths)
-    try:
-        table = compute_verdicts(con, public_nets=public_nets, fingerprints=fps,
-                                 control_window_h=control_window_h, asn_db=asn_db)
-    finally:
-        con.close()
-    _write_parquet_atomic(table, output)
-    db_path = None
-    if db is not None:
-        db_path = Path(db)
-        aggregates.write_database(db_path, paths, table)
-    return AnalyzeResult(output=output, db=db_path, verdicts=table, skipped=skipped,
-                         fingerprint_problems=list(fps.problems))

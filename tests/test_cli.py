@@ -60,3 +60,22 @@ def test_unknown_option_is_one_clear_error() -> None:
     assert result.exit_code == 2
     assert "No such option '--no-such-flag'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_shared_analysis_options_and_exit_codes_are_documented() -> None:
+    """The options analyze, report and events share, --verdicts and the exit codes have their
+    place in docs/cli.md, and every flag the shared decorator adds is named there."""
+    text = (DOCS / "cli.md").read_text(encoding="utf-8")
+    headings = {m.group(1).strip() for m in re.finditer(r"^#+\s+(.+)$", text, re.M)}
+    assert "Analysis options, shared by analyze, report and events" in headings
+    assert "Exit status" in headings
+    analyze = main.get_command(click.Context(main), "analyze")
+    assert analyze is not None
+    shared = {o for p in analyze.params if isinstance(p, click.Option) for o in p.opts
+              if o not in ("-o", "--output", "--db", "-h", "--help")}
+    assert shared >= {"--public-net", "--fingerprints", "--asn-db", "--control-window", "-v", "-q"}
+    section = text.split("## Analysis options, shared by analyze, report and events", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{o}" in section or f"/{o}`" in section for o in shared), shared
+    assert "--verdicts FILE" in text
+    exits = text.split("## Exit status", 1)[1]
+    assert all(f"- `{code}`" in exits for code in (0, 1, 2))

@@ -21,8 +21,8 @@ from analysis import scenario as sc
 from analysis.shutdown import (
     Detection,
     detect,
-    detect_events,
     detect_from_signals,
+    find_events,
     render_events,
     write_events,
 )
@@ -214,10 +214,10 @@ def dark_dataset(tmp_path: Path) -> tuple[Path, pa.Table]:
 def test_entry_points_take_an_already_computed_verdict_table(dark_dataset: tuple[Path, pa.Table],
                                                              tmp_path: Path) -> None:
     root, vt = dark_dataset
-    d = detect_events([root], verdicts=vt)
+    d = find_events([root], verdicts=vt)
     assert [(e.kind, e.evidence["source"]) for e in d.events] == [("connectivity_lost", "verdicts")]
     out = tmp_path / "events.parquet"
-    write_events([root], out, verdicts_table=vt)
+    write_events([root], out, verdicts=vt)
     back = pq.read_table(out)
     assert {"country", "scope", "rule", "country_networks", "networks"} <= set(back.column_names)
     assert back.select(["kind", "country", "scope"]).to_pylist() == [

@@ -6,13 +6,11 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
-import importlib.util
 import io
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from verdict_checks import assert_one_verdict_per_measurement
 
+from analysis import report as report_module
 from analysis import scenario as sc
+from analysis.pipeline import run_stage
 from analysis.report import ReportError, write_report
 from probe.cli import main
 
@@ -29,7 +30,8 @@ CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
 SOCIAL = "https://social-a.example/"
 BLOCKPAGE_URL = "http://blog-b.example/"
-# The analyzer names the rule that fired (tls.reset_sni); the raw stand-in names the failure.
+# The analyzer names the rule that fired (tls.reset_sni); raw reachability (events
+# --no-verdicts) names the failure.
 TLS_RESET = re.compile(r"tls\.(reset_sni|connection_reset)")
 
 
@@ -89,8 +91,8 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     assert "<h1>IR test report</h1>" in text
     pngs = _data_pngs(text)
     # anomalies over time, blocking methods, and a timeline per event: the shutdown, two blocks,
-    # and with the analyzer's verdicts the blockpage block
-    n = 4 if importlib.util.find_spec("analysis.verdicts") else 3
+    # and (through the verdicts) the blockpage block
+    n = 4
     assert _n_events(text) == n
     assert len(pngs) == 2 + n and all(img.format == "PNG" and img.width > 300 for img in pngs)
     assert "Event timelines" in text and "shutdown: IR AS1001, AS1002" in text
@@ -108,7 +110,6 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
 
 
 def test_blockpage_block_found_through_verdicts(html_report: tuple[Path, Path]) -> None:
-    pytest.importorskip("analysis.verdicts", reason="the analyzer's verdicts are what see a blockpage")
     text = html_report[0].read_text(encoding="utf-8")
     block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
     assert block is not None
@@ -118,7 +119,7 @@ def test_blockpage_block_found_through_verdicts(html_report: tuple[Path, Path]) 
     assert row[2].startswith(f"{_at(9, 2):%Y-%m-%d %H:%M} UTC (change detected)")
 
 
-def test_csv_is_the_verdict_table(html_report: tuple[Path, Path]) -> None:
+def test_csv_is_the_verdict_table(html_report: tuple[Path, Path], dataset: Path) -> None:
     _, csv_path = html_report
     with open(csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -126,6 +127,7 @@ def test_csv_is_the_verdict_table(html_report: tuple[Path, Path]) -> None:
                             "layer", "method", "confidence", "confirmed", "fingerprint"}
     statuses = {r["status"] for r in rows}
     assert {"ok", "blocked"} <= statuses
+    assert_one_verdict_per_measurement(csv_path, [dataset])
     assert any(r["input"] == SOCIAL and r["status"] == "blocked" and TLS_RESET.fullmatch(r["method"]) for r in rows)
 
 
@@ -175,16 +177,20 @@ def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
     assert re.search(r"\| https://social-a\.example/ \| tls\.(reset_sni|connection_reset) \(\d+\)", text)
 
 
-def test_raw_verdicts_without_the_analyzer(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "analysis.verdicts", None)  # as in a build without it
-    write_report([dataset], tmp_path / "r.md", csv=tmp_path / "v.csv")
-    text = (tmp_path / "r.md").read_text()
-    assert "verdicts: raw" in text
-    assert "| https://social-a.example/ | tls.connection_reset (" in text
-    assert "| https://news-b.example/ | dns.dns_nxdomain (" in text
-    with open(tmp_path / "v.csv", newline="") as fh:
-        statuses = {r["status"] for r in csv.DictReader(fh)}
-    assert statuses >= {"ok", "blocked"}
+def test_the_report_uses_the_verdict_stage_and_says_how(html_report: tuple[Path, Path], dataset: Path) -> None:
+    """No verdict engine of its own: the report's verdicts are the stage's, row for row, and
+    its method section names the options and fingerprint sets they were made with."""
+    path, csv_path = html_report
+    stage = {r["measurement_id"]: (r["status"], r["layer"] or "", r["method"] or "")
+             for r in run_stage([dataset]).table.to_pylist()}
+    with open(csv_path, newline="") as fh:
+        report = {r["measurement_id"]: (r["status"], r["layer"], r["method"]) for r in csv.DictReader(fh)}
+    assert report == stage
+    method = re.search(r"<h2>Method</h2>(.*)</ul>", path.read_text(encoding="utf-8"), re.S)
+    assert method is not None
+    assert "How these verdicts were made" in method[1] and "blockpage fingerprints:" in method[1]
+    assert "built-in (" in method[1] and "control window: 6 hours" in method[1]
+    assert not hasattr(report_module, "raw_verdicts") and not hasattr(report_module, "verdicts_for")
 
 
 def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
@@ -204,8 +210,7 @@ def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     raw_inputs = {i for row in pq.read_table(tmp_path / "raw.parquet").column("inputs").to_pylist() for i in row}
     all_inputs = {i for row in table.column("inputs").to_pylist() for i in row}
     assert BLOCKPAGE_URL not in raw_inputs  # a blockpage is reachable for raw signals...
-    if importlib.util.find_spec("analysis.verdicts"):
-        assert BLOCKPAGE_URL in all_inputs  # ... and blocked for the analyzer's verdicts
+    assert BLOCKPAGE_URL in all_inputs  # ... and blocked for the analyzer's verdicts
 
 
 @pytest.mark.parametrize("args, message", [
@@ -214,7 +219,9 @@ def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     (["events", "{ds}", "-o", "{tmp}/e.csv"], "must be a .parquet file"),
     (["events", "{ds}", "-o", "{tmp}/e.parquet", "--warning", "0.4", "--critical", "0.5"], "must be below"),
     (["events", "{ds}", "-o", "{tmp}/e.parquet", "--public-net", "nonsense"], "nonsense"),
-    (["report", "{tmp}", "-o", "{tmp}/r.html"], "not a Vantage dataset"),
+    (["report", "{tmp}", "-o", "{tmp}/r.html"], "no Parquet files in"),
+    (["report", "{tmp}/nope", "-o", "{tmp}/r.html"], "no such dataset directory"),
+    (["events", "{tmp}/nope", "-o", "{tmp}/e.parquet"], "no such dataset directory"),
 ])
 def test_cli_bad_input_is_one_line(dataset: Path, tmp_path: Path, args: list[str], message: str) -> None:
     res = CliRunner().invoke(main, [a.format(ds=dataset, tmp=tmp_path) for a in args])

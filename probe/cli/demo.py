@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import pyarrow.parquet as pq
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from probe.cli.options import one_line_errors
 from probe.lab import LAB_CC, LoopbackLab
 
 DEFAULT_PARENT = Path("vantage-demo")
@@ -69,6 +69,7 @@ class DemoResult:
     wall_s: float
     http_port: int
     https_port: int
+    reproduce: str = ""  # the `vantage analyze ... && vantage report ...` line that redoes the analysis
 
     @property
     def matched(self) -> int:
@@ -85,6 +86,12 @@ def _check_output(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         # Old datasets in the directory would be analyzed together with the new ones.
         raise click.ClickException(f"{output} exists and is not an empty directory; give a new --output")
+    from analysis.pipeline import OutputError, check_output
+
+    try:  # a read-only place fails here, in one line, before the lab starts
+        check_output(output / "verdicts.parquet")
+    except OutputError as exc:
+        raise click.ClickException(f"{output}: cannot write the demo there ({str(exc).rsplit(': ', 1)[-1]})") from None
 
 
 def _settings(lab: LoopbackLab, resolver: str) -> Any:
@@ -126,8 +133,20 @@ def _write_ground_truth(lab: LoopbackLab, path: Path) -> None:
 
 
 def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
-    rows = pq.read_table(path).to_pylist()
-    return {r["input"]: r for r in rows}
+    from analysis.pipeline import read_verdicts
+
+    table, _ = read_verdicts(path)
+    return {r["input"]: r for r in table.to_pylist()}
+
+
+def reproduce_line(datasets: list[Path], verdicts: Path, db: Path, report: Path, options: Any) -> str:
+    """The commands a reader runs to redo the demo's analysis by hand: the same options, so
+    the same verdicts (and the report reads the verdicts file, with the options recorded in it)."""
+    from probe.cli.options import command_args, shell_line
+
+    analyze = ["vantage", "analyze", *datasets, "--output", verdicts, "--db", db, *command_args(options)]
+    report = ["vantage", "report", "--verdicts", verdicts, "--output", report]
+    return shell_line(analyze) + " && " + shell_line(report)
 
 
 def run_demo(
@@ -168,26 +187,21 @@ def run_demo(
 
     step("analyzing")
     # Imported here: the analysis half (DuckDB, matplotlib) costs nothing to other commands.
-    from analysis.db import DatasetError
-    from analysis.fingerprints import FingerprintError
-    from analysis.report import ReportError, write_report
-    from analysis.verdicts import VerdictError, analyze
+    from analysis.pipeline import analyze, load_verdicts
+    from analysis.report import write_report
+    from probe.cli.options import build_options
 
+    # The options a reader would type (`--public-net`, `--fingerprints`), built by the same
+    # function the commands use: the verdicts and the printed commands cannot drift apart.
+    options = build_options(public_nets, [fingerprints])
+    datasets = [probe_dir, control_dir]
     report_path = output / "report.html"
-    try:
-        analyze(
-            [probe_dir, control_dir],
-            verdicts_path,
-            db_path,
-            public_nets=public_nets,
-            fingerprint_files=[fingerprints],
-        )
+    with one_line_errors("analysis of the demo datasets failed"):
+        analyze(datasets, verdicts_path, db_path, options=options, written_by="vantage demo")
         step("writing the report")
-        write_report(
-            [probe_dir, control_dir], report_path, public_nets=public_nets, fingerprints=[fingerprints]
-        )
-    except (DatasetError, FingerprintError, VerdictError, ReportError) as exc:
-        raise click.ClickException(f"analysis of the demo datasets failed: {exc}") from None
+        # The report reads the verdicts file analyze wrote, as `vantage report --verdicts` does.
+        write_report(datasets, report_path, verdicts=load_verdicts(verdicts_path),
+                     verdict_source=f"read from {verdicts_path}")
 
     verdicts = _read_verdicts(verdicts_path)
     rows = []
@@ -217,6 +231,7 @@ def run_demo(
         wall_s=time.monotonic() - started,
         http_port=ports[0],
         https_port=ports[1],
+        reproduce=reproduce_line(datasets, verdicts_path, db_path, report_path, options),
     )
 
 
@@ -262,6 +277,9 @@ def render(result: DemoResult, console: Console) -> None:
     ]
     for label, path in paths:  # never wrapped: these lines get copied and pasted
         console.print(f"{label + ':':17}{path}", soft_wrap=True, highlight=False)
+    if result.reproduce:
+        console.print("to redo the analysis by hand (same options, same verdicts):", highlight=False)
+        console.print(f"  {result.reproduce}", soft_wrap=True, highlight=False, markup=False)
     console.print(f"done in {result.wall_s:.1f} s")
 
 
@@ -309,7 +327,8 @@ def demo(output: Path | None, keep: bool) -> None:
     _check_output(output)  # before the lab starts: a wrong flag costs nothing
     with _sigterm_exits(), LoopbackLab() as lab:
         with console.status("starting") as status:
-            result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
+            with one_line_errors("demo"):
+                result = run_demo(output, lab=lab, step=lambda msg: status.update(msg + " …"))
         render(result, console)
         if keep:
             _serve_until_interrupted(lab, console)
@@ -335,4 +354,4 @@ def _serve_until_interrupted(lab: LoopbackLab, console: Console) -> None:
     console.print("lab stopped")
 
 
-__all__ = ["DemoResult", "DemoRow", "default_output", "demo", "render", "run_demo"]
+__all__ = ["DemoResult", "DemoRow", "default_output", "demo", "render", "reproduce_line", "run_demo"]

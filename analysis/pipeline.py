@@ -1,0 +1,369 @@
+"""The verdict stage: open datasets -> compute_verdicts -> one verdicts file that carries its
+provenance. `vantage analyze` runs it and writes the file; `vantage report` and `vantage events`
+read that file, or run this same stage with the same options when given raw datasets only.
+
+Provenance: the Parquet file's key-value metadata holds, under :data:`METADATA_KEY`, a JSON
+object naming the options, the fingerprint sets and the ASN database used, the datasets, the
+Vantage version and when the verdicts were made (:func:`read_verdicts` returns it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from analysis.fingerprints import FingerprintSet, load_default_fingerprints, load_fingerprints
+from analysis.geo import default_asn_db
+from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
+
+METADATA_KEY = b"vantage.verdicts"
+FORMAT = "vantage-verdicts"
+FORMAT_VERSION = 1
+
+
+class VerdictsFileError(Exception):
+    """A file given as verdicts is not a Vantage verdicts file, or is corrupt (one line, naming it)."""
+
+
+class OutputError(Exception):
+    """An output file cannot be written (one line, naming it); nothing was left half-written."""
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """The options every verdict-making command shares (`vantage analyze`, `report`, `events`,
+    `demo`): the same values give the same verdicts, whichever command runs the stage.
+
+    ``use_defaults``: also use the downloaded default fingerprint sets and ASN database when
+    present (the CLI sets it; library callers and tests stay hermetic without it).
+    """
+
+    public_nets: tuple[str, ...] = ()
+    fingerprint_files: tuple[Path, ...] = ()
+    asn_db: Path | None = None
+    control_window_h: float = 6.0
+    use_defaults: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_nets", tuple(self.public_nets))
+        object.__setattr__(self, "fingerprint_files", tuple(Path(p) for p in self.fingerprint_files))
+        if self.asn_db is not None:
+            object.__setattr__(self, "asn_db", Path(self.asn_db))
+        object.__setattr__(self, "control_window_h", float(self.control_window_h))
+
+
+@dataclass
+class Verdicts:
+    """The stage's output: one row per probe measurement (VERDICT_SCHEMA) and its provenance."""
+
+    table: pa.Table
+    metadata: dict[str, Any]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    fingerprint_problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AnalyzeResult:
+    output: Path
+    db: Path | None
+    verdicts: pa.Table
+    metadata: dict[str, Any] = field(default_factory=dict)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    fingerprint_problems: list[str] = field(default_factory=list)
+
+    def counts(self) -> list[tuple[str, str | None, int]]:
+        """(status, layer, count), most frequent first."""
+        tally: dict[tuple[str, str | None], int] = {}
+        for s, layer in zip(self.verdicts.column("status").to_pylist(), self.verdicts.column("layer").to_pylist(), strict=True):
+            tally[(s, layer)] = tally.get((s, layer), 0) + 1
+        return sorted(((s, layer, n) for (s, layer), n in tally.items()), key=lambda x: (-x[2], x[0], x[1] or ""))
+
+
+# --------------------------------------------------------------------------- what was used
+
+
+def _file_info(path: Path, count: int | None = None) -> dict[str, Any]:
+    """Name, path, date (the file's modification day: when it was downloaded or edited) and
+    sha256 of a data file, so a reader can tell which copy was used."""
+    info: dict[str, Any] = {"name": path.stem, "path": str(path.resolve())}
+    try:
+        st = path.stat()
+        info["date"] = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d")
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        info["sha256"] = h.hexdigest()
+    except OSError:
+        pass
+    if count is not None:
+        info["count"] = count
+    return info
+
+
+def load_fingerprint_set(options: AnalysisOptions) -> tuple[FingerprintSet, list[dict[str, Any]]]:
+    """The fingerprints the stage uses and one description per set (file) they came from.
+
+    Raises :class:`analysis.fingerprints.FingerprintError` for a file that cannot be used."""
+    loader = load_default_fingerprints if options.use_defaults else load_fingerprints
+    fps = loader(list(options.fingerprint_files))
+    sets: list[dict[str, Any]] = []
+    for src in fps.sources:
+        info = _file_info(Path(src.path), src.count)
+        info.update(name=src.name, origin=src.origin)
+        if src.date:  # a downloaded set's own date (its manifest), not the file's
+            info["date"] = src.date
+        sets.append(info)
+    return fps, sets
+
+
+def resolve_asn_db(options: AnalysisOptions) -> Path | None:
+    """The ASN database the stage uses: the one given, else (with ``use_defaults``) the
+    downloaded one when present."""
+    if options.asn_db is not None:
+        if not options.asn_db.is_file():
+            raise VerdictError(f"{options.asn_db}: no such ASN database file")
+        return options.asn_db
+    if options.use_defaults:
+        return default_asn_db()  # None until `vantage geo update` downloaded one
+    return None
+
+
+def _asn_db_info(path: Path) -> dict[str, Any]:
+    import maxminddb
+
+    info = _file_info(path)
+    info.pop("name", None)
+    try:
+        with maxminddb.open_database(str(path)) as reader:
+            meta = reader.metadata()
+            info["type"] = meta.database_type
+            info["date"] = dt.datetime.fromtimestamp(meta.build_epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        raise VerdictError(f"{path}: not a MaxMind ASN database ({str(exc).splitlines()[0]})") from None
+    return info
+
+
+def _vantage_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vantage")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = None, *,
+              written_by: str = "vantage analyze") -> Verdicts:
+    """Open the datasets, compute one verdict per probe measurement, describe how.
+
+    Every command that needs verdicts and has no verdicts file calls this one function.
+    Raises DatasetError, FingerprintError or VerdictError with a one-line message."""
+    from analysis.db import SkippedFileWarning, open_datasets, valid_files
+
+    options = options or AnalysisOptions()
+    if options.control_window_h < 0:
+        raise VerdictError("--control-window must be zero or more hours")
+    fps, sets = load_fingerprint_set(options)
+    asn_db = resolve_asn_db(options)
+    asn_info = _asn_db_info(asn_db) if asn_db is not None else None  # a foreign file fails here, early
+    _, skipped = valid_files(paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
+        con = open_datasets(paths)
+    try:
+        table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
+                                 control_window_h=options.control_window_h, asn_db=asn_db)
+        n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()[0][0]
+    finally:
+        con.close()
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vantage_version": _vantage_version(),
+        "written_by": written_by,
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "datasets": [str(Path(p).resolve()) for p in paths],
+        "options": {
+            "public_nets": list(options.public_nets),
+            "fingerprint_files": [str(p.resolve()) for p in options.fingerprint_files],
+            "asn_db": str(options.asn_db.resolve()) if options.asn_db else None,
+            "control_window_h": options.control_window_h,
+            "use_defaults": options.use_defaults,
+        },
+        "fingerprints": {"sets": sets, "total": len(fps), "dns": len(fps.dns), "http": len(fps.http),
+                         "problems": len(fps.problems)},
+        "asn_db": asn_info,
+        "counts": {"verdicts": table.num_rows, "probe_measurements": int(n_probe),
+                   "skipped_files": len(skipped)},
+    }
+    return Verdicts(table, metadata, skipped, list(fps.problems))
+
+
+def analyze(paths: Sequence[Path | str], output: Path | str, db: Path | str | None = None, *,
+            options: AnalysisOptions | None = None, written_by: str = "vantage analyze") -> AnalyzeResult:
+    """Run the stage and write the verdicts (Parquet with provenance) to ``output`` and, with
+    ``db``, a DuckDB database holding the views, the verdicts and the aggregates."""
+    from analysis import aggregates
+
+    output = Path(output)
+    check_output(output)
+    if db is not None:
+        check_output(Path(db))
+        aggregates.check_database(Path(db))  # before any work: the analyst's tables are never replaced
+    verdicts = run_stage(paths, options, written_by=written_by)
+    write_verdicts(verdicts, output)
+    db_path = None
+    if db is not None:
+        db_path = Path(db)
+        aggregates.write_database(db_path, paths, verdicts.table, verdicts.metadata)
+    return AnalyzeResult(output=output, db=db_path, verdicts=verdicts.table, metadata=verdicts.metadata,
+                         skipped=verdicts.skipped, fingerprint_problems=verdicts.fingerprint_problems)
+
+
+# --------------------------------------------------------------------------- the verdicts file
+
+
+def write_verdicts(verdicts: Verdicts, path: Path | str) -> None:
+    """The verdicts as Parquet (zstd) with their provenance in the schema metadata, atomically."""
+    meta = dict(verdicts.table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(verdicts.metadata, sort_keys=True).encode("utf-8")
+    table = verdicts.table.replace_schema_metadata(meta)
+    with atomic_output(Path(path)) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
+    """(verdicts table, provenance) from a file `vantage analyze` wrote.
+
+    :class:`VerdictsFileError` (one line naming the file) for anything else: a missing file, a
+    corrupt one, a Parquet file without Vantage's verdict metadata (e.g. a dataset file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VerdictsFileError(f"{path}: no such verdicts file")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise VerdictsFileError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts file (no provenance metadata; "
+                                "write one with `vantage analyze`)")
+    try:
+        metadata = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise VerdictsFileError(f"{path}: corrupt verdicts metadata (not JSON)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts file (metadata format is not {FORMAT!r})")
+    missing = [n for n in VERDICT_SCHEMA.names if n not in table.schema.names]
+    if missing:
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts file (missing columns: {', '.join(missing[:6])})")
+    return table.replace_schema_metadata(None), metadata
+
+
+def load_verdicts(path: Path | str) -> Verdicts:
+    table, metadata = read_verdicts(path)
+    return Verdicts(table, metadata)
+
+
+def dataset_paths(verdicts_file: Path, metadata: dict[str, Any], given: Sequence[Path]) -> list[Path]:
+    """The datasets to read beside a verdicts file: the ones given, which must be those the
+    verdicts were made from, else the ones its metadata names."""
+    made_from = [Path(p) for p in metadata.get("datasets") or []]
+    if not given:
+        if not made_from:
+            raise VerdictsFileError(f"{verdicts_file}: names no datasets; give them on the command line")
+        gone = [p for p in made_from if not p.exists()]
+        if gone:
+            raise VerdictsFileError(f"{verdicts_file}: its dataset {gone[0]} no longer exists; give the datasets "
+                                    "on the command line")
+        return made_from
+    if made_from and {p.resolve() for p in given} != {p.resolve() for p in made_from}:
+        raise VerdictsFileError(
+            f"{verdicts_file} was made from {', '.join(map(str, made_from))}, not from the datasets given; "
+            "give those datasets (or none), or run `vantage analyze` on these")
+    return list(given)
+
+
+def describe(metadata: dict[str, Any]) -> list[str]:
+    """How the verdicts were made, one short line per item, for a report's method section and
+    the terminal."""
+    opts = metadata.get("options") or {}
+    lines = [f"verdicts made by {metadata.get('written_by', '?')} (Vantage {metadata.get('vantage_version', '?')}) "
+             f"at {metadata.get('created_at', '?')} from {', '.join(metadata.get('datasets') or ['?'])}"]
+    fps = metadata.get("fingerprints") or {}
+    sets = ", ".join(f"{s.get('name')} ({s.get('count', '?')}" + (f", {s['date']}" if s.get("date") else "") + ")"
+                     for s in fps.get("sets") or [])
+    lines.append(f"blockpage fingerprints: {fps.get('total', '?')} ({fps.get('dns', '?')} DNS, {fps.get('http', '?')} "
+                 f"HTTP) from {sets or 'no set'}" + (f"; {fps['problems']} bad rows skipped" if fps.get("problems") else ""))
+    asn = metadata.get("asn_db")
+    lines.append("ASN database: " + (f"{asn.get('path')} ({asn.get('type', '?')}, built {asn.get('date', '?')})"
+                                     if asn else "none (answers compared by address and /24 network only)"))
+    nets = opts.get("public_nets") or []
+    lines.append("networks treated as public for the bogon rule: " + (", ".join(nets) if nets else "none"))
+    window = opts.get("control_window_h")
+    lines.append(f"control window: {window:g} hours" if isinstance(window, (int, float)) else "control window: ?")
+    return lines
+
+
+# --------------------------------------------------------------------------- writing outputs
+
+
+def check_output(path: Path) -> None:
+    """Fail early, in one line, when ``path`` cannot be written: a parent is a file, the
+    directory is not writable, or the path is a directory. Missing directories are created
+    when the file is written."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory")
+    parent = path.parent
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot write there: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write there: directory {parent} is not writable")
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; on success rename it to ``path``, on any error
+    remove it, so a reader never sees a half file. OSError becomes one-line OutputError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink(tmp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+__all__ = ["METADATA_KEY", "AnalysisOptions", "AnalyzeResult", "OutputError", "Verdicts", "VerdictsFileError",
+           "analyze", "atomic_output", "check_output", "dataset_paths", "describe", "load_fingerprint_set",
+           "load_verdicts", "read_verdicts", "resolve_asn_db", "run_stage", "write_verdicts"]

@@ -1,0 +1,195 @@
+"""Options every verdict-making command shares, as one decorator each, and the one place where
+the analysis' errors become a one-line `Error:`.
+
+`vantage analyze`, `report` and `events` take the same `--public-net`, `--fingerprints`,
+`--asn-db` and `--control-window` (same types, same defaults) through :func:`analysis_options`,
+so the same flags give the same verdicts whichever command computes them; `report` and
+`events` also read a verdicts file through :func:`verdicts_option`. Exit codes: 0 ok, 1 the
+work failed (bad data, unwritable output), 2 the command line is wrong (:class:`UsageLineError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from analysis.pipeline import AnalysisOptions
+
+DEFAULT_CONTROL_WINDOW_H = 6.0
+# The parameter names the analysis options use (click's), in the order they are printed.
+ANALYSIS_PARAMS = ("public_nets", "fingerprint_files", "asn_db", "control_window")
+_FLAG = {"public_nets": "--public-net", "fingerprint_files": "--fingerprints", "asn_db": "--asn-db",
+         "control_window": "--control-window"}
+
+
+class UsageLineError(click.ClickException):
+    """A wrong value or combination on the command line: one `Error:` line, exit status 2."""
+
+    exit_code = 2
+
+
+def build_options(public_nets: Sequence[str] = (), fingerprint_files: Sequence[Path | str] = (),
+                  asn_db: Path | str | None = None, control_window: float = DEFAULT_CONTROL_WINDOW_H,
+                  ) -> AnalysisOptions:
+    """The analysis options of a command line (checked), as every command hands them to the
+    verdict stage. `vantage demo` builds its own through this function too."""
+    from analysis.pipeline import AnalysisOptions
+
+    for net in public_nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise UsageLineError(f"--public-net {net!r} is not a CIDR network") from None
+    if control_window < 0:
+        raise UsageLineError(f"--control-window must be zero or more hours (got {control_window:g})")
+    # DEFAULTS: use_defaults=True makes the stage add the downloaded default fingerprint sets and
+    # ASN database when present: the two one-line hooks are in analysis/pipeline.py
+    # (load_fingerprint_set and resolve_asn_db, each marked "# DEFAULTS:").
+    return AnalysisOptions(public_nets=tuple(public_nets), fingerprint_files=tuple(Path(p) for p in fingerprint_files),
+                           asn_db=Path(asn_db) if asn_db is not None else None, control_window_h=control_window,
+                           use_defaults=True)
+
+
+def command_args(options: AnalysisOptions) -> list[str]:
+    """The flags that give ``options`` on a `vantage analyze|report|events` command line
+    (the inverse of :func:`build_options`): what the demo prints for a reader to re-run."""
+    args: list[str] = []
+    for net in options.public_nets:
+        args += ["--public-net", net]
+    for f in options.fingerprint_files:
+        args += ["--fingerprints", str(f)]
+    if options.asn_db is not None:
+        args += ["--asn-db", str(options.asn_db)]
+    if options.control_window_h != DEFAULT_CONTROL_WINDOW_H:
+        args += ["--control-window", f"{options.control_window_h:g}"]
+    return args
+
+
+def shell_line(args: Sequence[str | Path]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared analysis options; the command receives them as ``options``
+    (an :class:`analysis.pipeline.AnalysisOptions`). With :func:`verdicts_option` on the same
+    command, giving any of them together with ``--verdicts`` is a usage error: the verdicts file
+    already carries the options it was made with."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, public_nets: tuple[str, ...], fingerprint_files: tuple[Path, ...],
+                asn_db: Path | None, control_window: float, **kwargs: Any) -> Any:
+        if kwargs.get("verdicts_file") is not None:
+            ctx = click.get_current_context()
+            given = [_FLAG[p] for p in ANALYSIS_PARAMS
+                     if ctx.get_parameter_source(p) not in (None, click.core.ParameterSource.DEFAULT)]
+            if given:
+                raise UsageLineError(f"{given[0]} cannot be combined with --verdicts: the verdicts file records the "
+                                     "options it was made with (`vantage report` prints them)")
+        options = build_options(public_nets, fingerprint_files, asn_db, control_window)
+        return f(*args, options=options, **kwargs)
+
+    decorators = [
+        click.option("--public-net", "public_nets", multiple=True, metavar="CIDR",
+                     help="Treat this network as public for the bogon rule (labs, intranets); repeatable."),
+        click.option("--fingerprints", "fingerprint_files", multiple=True, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Extra blockpage fingerprints (OONI blocking-fingerprints CSV); repeatable."),
+        click.option("--asn-db", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                     help="MaxMind-format ASN database: answers in the control's ASN count as consistent."),
+        click.option("--control-window", "control_window", type=float, default=DEFAULT_CONTROL_WINDOW_H,
+                      show_default=True, metavar="HOURS",
+                      help="How far apart in time a control run may be to pair with a probe measurement."),
+    ]
+    for deco in reversed(decorators):
+        wrapper = deco(wrapper)
+    return wrapper
+
+
+def verdicts_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--verdicts FILE``: read the verdicts `vantage analyze` wrote instead of computing them
+    (the command receives ``verdicts_file``)."""
+    return click.option("--verdicts", "verdicts_file", type=click.Path(dir_okay=False, path_type=Path),
+                        metavar="FILE",
+                        help="Verdicts written by `vantage analyze` (with the options they were made with); "
+                             "DATASETS then default to those the verdicts were made from.")(f)
+
+
+def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-v/--verbose`` (repeatable: more log lines) and ``-q/--quiet`` (no tables, warnings
+    still shown); the command receives ``quiet``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, verbose: int, **kwargs: Any) -> Any:
+        if verbose:
+            logging.getLogger().setLevel(max(logging.DEBUG, logging.WARNING - 10 * verbose))
+        return f(*args, **kwargs)
+
+    wrapper = click.option("-q", "--quiet", is_flag=True, help="Print no tables; warnings and errors still show.")(wrapper)
+    wrapper = click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")(wrapper)
+    return wrapper
+
+
+def check_datasets(datasets: Sequence[Path]) -> None:
+    """Every dataset directory named on the command line exists (else one line, exit 1)."""
+    for d in datasets:
+        if not d.exists():
+            raise click.ClickException(f"{d}: no such dataset directory")
+
+
+def _analysis_errors() -> tuple[type[Exception], ...]:
+    from analysis.aggregates import DatabaseError
+    from analysis.db import DatasetError
+    from analysis.fingerprints import FingerprintError
+    from analysis.pipeline import OutputError, VerdictsFileError
+    from analysis.verdicts import VerdictError
+
+    ours: tuple[type[Exception], ...] = (DatasetError, FingerprintError, VerdictError, VerdictsFileError, OutputError,
+                                         DatabaseError)
+    report = sys.modules.get("analysis.report")  # only a command that loaded it (matplotlib) can raise its error
+    return ours + ((report.ReportError,) if report is not None else ())
+
+
+@contextlib.contextmanager
+def one_line_errors(what: str = "") -> Iterator[None]:
+    """The analysis' own errors (bad dataset, fingerprint file, ASN database, verdicts file,
+    unwritable output) become one `Error:` line; so do DuckDB's and the OS's."""
+    import duckdb
+
+    prefix = f"{what}: " if what else ""
+    try:
+        yield
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        if isinstance(exc, _analysis_errors()):
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        if isinstance(exc, OSError):
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise click.ClickException(f"{prefix}{exc.strerror or exc}{where}") from None
+        if isinstance(exc, duckdb.Error):  # a dataset DuckDB cannot read after all (e.g. a file changed meanwhile)
+            raise click.ClickException(f"{prefix}{str(exc).splitlines()[0]}") from None
+        raise
+
+
+def echo_skipped(skipped: Sequence[tuple[Path, str]], problems: Sequence[str] = (), limit: int = 10) -> None:
+    """Skipped Parquet files and fingerprint rows, one `warning:` line each on stderr."""
+    for path, reason in skipped:
+        click.echo(f"warning: skipped {path}: {reason}", err=True)
+    for problem in problems[:limit]:
+        click.echo(f"warning: fingerprint skipped: {problem}", err=True)
+    if len(problems) > limit:
+        click.echo(f"warning: ... and {len(problems) - limit} more fingerprints skipped", err=True)
+
+
+__all__ = ["UsageLineError", "analysis_options", "build_options", "check_datasets", "command_args", "echo_skipped",
+           "one_line_errors", "output_options", "shell_line", "verdicts_option"]
