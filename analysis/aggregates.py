@@ -22,6 +22,7 @@ SELECT CAST(measurement_start_time AT TIME ZONE 'UTC' AS DATE) AS day,
        count(*) FILTER (WHERE status = 'probe_failure') AS failure_count,
        count(*) FILTER (WHERE status = 'down') AS down_count,
        count(*) FILTER (WHERE status = 'no_control') AS no_control_count,
+       count(*) FILTER (WHERE status = 'no_connectivity') AS no_connectivity_count,
        mode(layer) FILTER (WHERE status = 'blocked') AS top_layer,
        mode(method) FILTER (WHERE status = 'blocked') AS top_method
 FROM {verdicts}
