@@ -345,6 +345,7 @@ WITH f AS (
         'trunc': coalesce(x.body_truncated, false), 'sha': x.body_sha256, 'title': x.title,
         'headers': x.headers}})[-1] AS fin,
     m.http AS http_hops,
+    m.http[1].ip AS first_hop_ip,
     len(m.vpn) AS vpn_n,
     -- CASE evaluates its branch only for the rows that need it (most rows have no tunnel).
     CASE WHEN len(m.vpn) > 0 THEN
@@ -362,6 +363,7 @@ WITH f AS (
 ), k AS (
   SELECT f.* EXCLUDE (dq, http_hops, tcp_fail, tls_fail, redirect_dns),
     coalesce(list_bool_or(list_transform(dq, lambda q: len(q.ips) > 0)), false) AS p_has_ips,
+    len(list_filter(dq, lambda q: len(q.ips) > 0)) AS p_answered_queries,
     list_filter(dq, lambda q: q.qtype = 'A' AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS p_dns_failure,
     list_filter(dq, lambda q: q.failure IS NOT NULL AND q.failure <> 'interrupted')[1].failure AS p_any_dns_failure,
     coalesce(list_bool_or(list_transform(dq, lambda q: q.failure = 'interrupted')), false) AS dns_interrupted,
@@ -436,6 +438,14 @@ SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_f
   len(cips) > 0 AS c_dns_ok,
   NOT (coalesce(status_match, false) AND (coalesce(body_match, false) OR coalesce(headers_match, false)
        OR coalesce(title_match, false))) AS http_diff,
+  -- DNS consistency's last test (d): the final page matches the control's, so the address the
+  -- chain started from behaved like the site's (a censor's box does not redirect to the real
+  -- page). Vouches for that address; an import without hop addresses vouches for the one query
+  -- with answers the page could have come from.
+  coalesce(CASE WHEN p_fin_ok AND c_fin_ok AND coalesce(status_match, false) AND (coalesce(body_match, false)
+            OR coalesce(headers_match, false) OR coalesce(title_match, false)) THEN
+    CASE WHEN first_hop_ip IS NOT NULL THEN [first_hop_ip]
+         WHEN p_answered_queries = 1 THEN flatten(pending) END END, []) AS http_vouched_ips,
   CASE WHEN NOT coalesce(status_match, false) THEN 'status'
        WHEN body_match = false THEN 'body'
        WHEN title_match = false THEN 'title'
@@ -459,10 +469,15 @@ SELECT DISTINCT v FROM (
 ) WHERE v IS NOT NULL
 """
 
-# DNS verdict inputs for the (few) probe rows with answers the control did not see.
+# DNS verdict inputs for the (few) probe rows with answers the control did not see. Per query,
+# in OONI's order: (a) a shared address was settled in PROBE_FEATURES (such queries are not
+# pending); (b) same network: a shared ASN (the answer's own, else --asn-db) or /24 (/48);
+# (c) a TLS handshake with the target's SNI validated on one of its addresses; (d) the page
+# fetched from one of its addresses matches the control's (http_vouched_ips).
 PENDING = """
 CREATE OR REPLACE TEMP TABLE _vt_dns AS
-WITH rows AS (SELECT mid, cid, pending, odd_vals, odd_ips, tls_valid_ips FROM _vt_v WHERE len(odd_vals) > 0),
+WITH rows AS (SELECT mid, cid, pending, odd_vals, odd_ips, tls_valid_ips, http_vouched_ips
+              FROM _vt_v WHERE len(odd_vals) > 0),
 cinfo AS (
   SELECT c.cid, list(DISTINCT i.net) FILTER (WHERE i.net IS NOT NULL) AS c_nets,
          list(DISTINCT i.asn) FILTER (WHERE i.asn IS NOT NULL) AS c_asns,
@@ -475,7 +490,7 @@ cinfo AS (
 ), per_query AS (
   SELECT q.mid, q.qi,
          bool_or(coalesce(list_contains(ci.c_nets, i.net), false) OR coalesce(list_contains(ci.c_asns, i.asn), false)) AS same_network,
-         bool_or(list_contains(r.tls_valid_ips, q.ip)) AS validated
+         bool_or(list_contains(r.tls_valid_ips, q.ip) OR list_contains(r.http_vouched_ips, q.ip)) AS validated
   FROM q JOIN rows r ON r.mid = q.mid LEFT JOIN cinfo ci ON ci.cid = q.cid LEFT JOIN _vt_ipinfo i ON i.v = q.ip
   GROUP BY q.mid, q.qi
 ), vals AS (

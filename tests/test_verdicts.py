@@ -10,10 +10,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 from analysis.db import open_datasets
-from analysis.verdicts import VERDICT_SCHEMA, BogonChecker, VerdictError, compute_verdicts, host_of
+from analysis.rules import RULES_BY_ID
+from analysis.verdicts import STATUSES, VERDICT_SCHEMA, BogonChecker, VerdictError, compute_verdicts, host_of
 from probe.schema import (
     DnsAnswer,
     DnsLateResponse,
@@ -41,6 +44,7 @@ def web(
     *,
     url: str = "http://site.example/",
     ips: Sequence[str] = (SITE_IP,),
+    asns: dict[str, str] | None = None,
     dns_failure: str | None = None,
     late: Sequence[str] | None = None,
     tcp_failure: str | dict[str, str] | None = None,
@@ -71,7 +75,7 @@ def web(
     q = DnsQuery(t0=0.0, t=0.05 + slow, failure=dns_failure, resolver="system", engine="system", query_type="A",
                  hostname=host, rcode="NXDOMAIN" if dns_failure == "dns_nxdomain" else "NOERROR")
     if not dns_failure:
-        q.answers = [DnsAnswer("A", ip, 300) for ip in ips]
+        q.answers = [DnsAnswer("A", ip, 300, asn=(asns or {}).get(ip)) for ip in ips]
     if late is not None:
         q.late_responses = [DnsLateResponse(t=0.07, rcode="NOERROR", answers=[DnsAnswer("A", ip) for ip in late])]
     m.dns = [q]
@@ -128,10 +132,23 @@ def verdicts(tmp_path: Path, records: Iterable[Measurement], **kw: Any) -> dict[
     con = open_datasets([root])
     try:
         table = compute_verdicts(con, **kw)
+        assert_one_verdict_per_measurement(con, table)
     finally:
         con.close()
-    assert table.schema.equals(VERDICT_SCHEMA)
     return {r["measurement_id"]: r for r in table.to_pylist()}
+
+
+def assert_one_verdict_per_measurement(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    """count(verdicts) == count(distinct probe measurement ids), every verdict names a rule of
+    the table, and the table has the verdict schema."""
+    assert table.schema.equals(VERDICT_SCHEMA)
+    ((n,),) = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()
+    ids = table.column("measurement_id").to_pylist()
+    assert len(ids) == n == len(set(ids)), (len(ids), n, len(set(ids)))
+    for status, method in zip(table.column("status").to_pylist(), table.column("method").to_pylist(), strict=True):
+        assert status in STATUSES, status
+        rule = RULES_BY_ID.get((method or "").split(":", 1)[0])
+        assert rule is not None and rule.status == status, (status, method)
 
 
 def judge(tmp_path: Path, probe: Measurement, control: Measurement | None = None, **kw: Any) -> dict[str, Any]:
@@ -530,3 +547,22 @@ def test_redirect_to_an_intranet_host_is_not_a_bogon(tmp_path: Path) -> None:
                           tag="redirect"))
     c = control_of(p, http_failure="generic_timeout")
     expect(judge(tmp_path, p, c), "down", None, "down.both_failed")
+
+
+def test_a_measurement_present_twice_gets_one_verdict(tmp_path: Path) -> None:
+    # The same probe row (and its helper control) written by two runs into one dataset.
+    p = web(tcp_failure="connection_reset")
+    c = control_of(p)
+    root = tmp_path / "ds"
+    write_records(root, "run-a", [p, c])
+    write_records(root, "run-b", [p, c])
+    con = open_datasets([root])
+    try:
+        ((rows,),) = con.sql("SELECT count(*) FROM measurements WHERE role = 'probe'").fetchall()
+        assert rows == 2  # the duplicate is really there
+        table = compute_verdicts(con)
+        assert_one_verdict_per_measurement(con, table)
+    finally:
+        con.close()
+    (v,) = table.to_pylist()
+    expect(v, "blocked", "tcp_ip", "tcp.reset")
