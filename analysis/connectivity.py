@@ -59,11 +59,7 @@ def _in(values: tuple[str, ...]) -> str:
 # come from a local cache and is not enough).
 ROWS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
-WITH resolved AS (
-  -- Inputs some control resolved (a name broken everywhere is not a network failure).
-  SELECT DISTINCT input FROM measurements
-  WHERE role = 'control' AND len(list_filter(dns, lambda q: len(q.answers) > 0)) > 0
-), m AS (
+WITH m AS (
   SELECT measurement_id, role, probe_cc, probe_asn, run_id, input, experiment = 'anchors' AS is_anchor,
     date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
     failure IS NULL AND (
@@ -83,17 +79,24 @@ WITH resolved AS (
       lambda f: f IS NOT NULL AND f <> 'interrupted') AS fails,
     len(list_filter(dns, lambda o: {_TAG_OK} AND len(o.answers) > 0)) > 0 AS dns_answered
   FROM measurements
+), side AS (
+  -- What each side (probe, control) saw of each input. A target that times out from the other
+  -- side too is down, not evidence about this side's network; an input the other side never
+  -- measured gives no such hint.
+  SELECT role, input, bool_or(reached) AS reached, bool_or(dns_answered) AS resolved
+  FROM m GROUP BY ALL
 )
 SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is_anchor, m.reached,
   NOT m.reached AND len(m.fails) > 0 AND (
+    -- no route: the local stack says so, whatever the target
     list_has_any(m.fails, {list(NO_ROUTE)})
-    -- every step that failed timed out (a silent network)
-    OR len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}')) = 0
-    -- nothing resolved while a control resolved the name
-    OR (NOT m.dns_answered AND r.input IS NOT NULL
+    -- every step that failed timed out (a silent network), while the other side got through
+    OR (coalesce(c.reached, true) AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}')) = 0)
+    -- nothing resolved, without an answer about the name, while the other side resolved it
+    OR (NOT m.dns_answered AND coalesce(c.resolved, false)
         AND len(list_filter(m.fails, lambda f: f NOT IN {_in(DNS_NOT_AN_ANSWER)})) = 0)
   ) AS network_failed
-FROM m LEFT JOIN resolved r ON r.input = m.input
+FROM m LEFT JOIN side c ON c.input = m.input AND c.role <> m.role
 """
 
 TABLE_SQL = f"""

@@ -171,3 +171,11 @@ def test_hours_are_judged_apart(tmp_path: Path) -> None:
     t = tally(out)
     assert t[("no_connectivity", "connectivity.lost")] == 17
     assert t[("blocked", "tcp.reset")] == 3 and t[("ok", "ok.http_matches")] == 9
+
+
+def test_sites_down_everywhere_are_down_not_a_dead_network(tmp_path: Path) -> None:
+    # Trap: every input this vantage point measured times out, and so it does from the controls:
+    # the sites are down (a list of dead sites), the probe's network is not shown to be.
+    probe = [site(i, tcp_failure="generic_timeout") for i in range(12)]
+    t = tally(verdicts(tmp_path, probe + controls(12, tcp_failure="generic_timeout")))
+    assert t == Counter({("down", "down.both_failed"): 12})
