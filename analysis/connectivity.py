@@ -19,11 +19,12 @@ import pyarrow as pa
 # and those are not counted.
 NO_ROUTE = ("network_unreachable", "host_unreachable")
 TIMEOUT = "generic_timeout"
-# DNS failures that are not an answer about the name (NXDOMAIN and "no address" are answers):
-# a resolver that cannot be reached or cannot reach upstream. Counted only for an input some
-# control resolved, so that a name that is simply broken everywhere is not a network failure.
-DNS_NOT_AN_ANSWER = ("dns_servfail", "dns_refused", "dns_server_misbehaving", "generic_timeout",
-                     "network_unreachable", "host_unreachable")  # fmt: skip
+# DNS failures that are not an answer about the name: every dns_* failure but NXDOMAIN and "no
+# address" (those are answers), so SERVFAIL, REFUSED, garbage and whatever name an unreachable
+# resolver (EAI_AGAIN) is given, plus timeouts and no route. Counted only for an input the other
+# side resolved, so that a name that is simply broken everywhere is not a network failure.
+DNS_ANSWERS = ("dns_nxdomain", "dns_no_answer")
+DNS_NOT_AN_ANSWER = ("generic_timeout", "network_unreachable", "host_unreachable")
 
 # The thresholds, from how networks and censors behave:
 # - A censor blocks a minority of a test list (the heaviest national censors block at most about
@@ -58,9 +59,9 @@ def _in(values: tuple[str, ...]) -> str:
 # level. "Reached" is any connection, handshake, HTTP response or tunnel reply (a DNS answer may
 # come from a local cache and is not enough).
 ROWS_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
-WITH m AS (
-  SELECT measurement_id, role, probe_cc, probe_asn, run_id, input, experiment = 'anchors' AS is_anchor,
+CREATE OR REPLACE TEMP TABLE _vt_conn_m AS
+WITH r AS (
+  SELECT measurement_id, role, probe_cc, probe_asn, run_id, hash(input) AS k, experiment = 'anchors' AS is_anchor,
     date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
     failure IS NULL AND (
       len(list_filter(tcp, lambda o: o.failure IS NULL)) > 0
@@ -72,18 +73,24 @@ WITH m AS (
       OR (len(tcp) = 0 AND len(http) = 0 AND len(vpn) = 0
           AND len(list_filter(dns, lambda o: {_TAG_OK} AND o.failure IS NULL)) > 0)
     ) AS reached,
-    list_filter(
+    failure, dns, tcp, tls, http, vpn
+  FROM measurements
+)
+SELECT measurement_id, role, probe_cc, probe_asn, run_id, k, is_anchor, hour, reached,
+    -- Most measurements reached their target: their failures are not needed (CASE skips them).
+    CASE WHEN reached THEN [] ELSE list_filter(
       flatten([[failure], list_transform(list_filter(dns, lambda o: {_TAG_OK}), lambda o: o.failure),
                list_transform(tcp, lambda o: o.failure), list_transform(tls, lambda o: o.failure),
                list_transform(http, lambda o: o.failure), list_transform(vpn, lambda o: o.failure)]),
-      lambda f: f IS NOT NULL AND f <> 'interrupted') AS fails,
+      lambda f: f IS NOT NULL AND f <> 'interrupted') END AS fails,
     len(list_filter(dns, lambda o: {_TAG_OK} AND len(o.answers) > 0)) > 0 AS dns_answered
-  FROM measurements
-), side AS (
+FROM r;
+CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
+WITH m AS (SELECT * FROM _vt_conn_m), side AS (
   -- What each side (probe, control) saw of each input. A target that times out from the other
   -- side too is down, not evidence about this side's network; an input the other side never
   -- measured gives no such hint.
-  SELECT role, input, bool_or(reached) AS reached, bool_or(dns_answered) AS resolved
+  SELECT role, k, bool_or(reached) AS reached, bool_or(dns_answered) AS resolved
   FROM m GROUP BY ALL
 )
 SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is_anchor, m.reached,
@@ -94,9 +101,11 @@ SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is
     OR (coalesce(c.reached, true) AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}')) = 0)
     -- nothing resolved, without an answer about the name, while the other side resolved it
     OR (NOT m.dns_answered AND coalesce(c.resolved, false)
-        AND len(list_filter(m.fails, lambda f: f NOT IN {_in(DNS_NOT_AN_ANSWER)})) = 0)
+        AND len(list_filter(m.fails, lambda f: f IN {_in(DNS_ANSWERS)}
+                                    OR NOT (f LIKE 'dns\\_%' ESCAPE '\\' OR f IN {_in(DNS_NOT_AN_ANSWER)}))) = 0)
   ) AS network_failed
-FROM m LEFT JOIN side c ON c.input = m.input AND c.role <> m.role
+FROM m LEFT JOIN side c ON c.k = m.k AND c.role <> m.role;
+DROP TABLE _vt_conn_m;
 """
 
 TABLE_SQL = f"""
