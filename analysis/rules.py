@@ -28,7 +28,7 @@ class Rule:
     failures: tuple[str, ...] = ()
 
 
-# In priority order within each group; the decision tree below decides which fires first.
+# In the order the decision tree (DECISION_TREE below) tries them.
 RULES: tuple[Rule, ...] = (
     # -- before any per-target rule
     Rule("connectivity.lost", "no_connectivity", None, 0.9,
@@ -46,6 +46,8 @@ RULES: tuple[Rule, ...] = (
     Rule("ok.vpn_handshake", "ok", None, 0.9, "The tunnel handshake completed."),
     Rule("no_control.vpn", "no_control", None, 0.0,
          "The tunnel handshake failed and no control measured the endpoint."),
+    Rule("vpn.no_answer_after_first", "blocked", "vpn", 0.8,
+         "Replies stopped after the first (typical of DPI) while the control's handshake completed."),
     Rule("vpn.handshake_failure", "blocked", "vpn", 0.8,
          "Something answered, but not with a handshake reply, while the control's handshake completed.",
          ("vpn_handshake_failure",)),
@@ -53,8 +55,6 @@ RULES: tuple[Rule, ...] = (
          ("connection_reset",)),
     Rule("vpn.refused", "blocked", "vpn", 0.8, "The connection was refused while the control's handshake completed.",
          ("connection_refused",)),
-    Rule("vpn.no_answer_after_first", "blocked", "vpn", 0.8,
-         "Replies stopped after the first (typical of DPI) while the control's handshake completed."),
     Rule("vpn.timeout", "blocked", "vpn", 0.8, "Nothing came back while the control's handshake completed.",
          ("generic_timeout",)),
     Rule("vpn.failure", "blocked", "vpn", 0.8, "The handshake failed otherwise while the control's completed."),
@@ -67,17 +67,14 @@ RULES: tuple[Rule, ...] = (
     Rule("ok.https_no_control", "ok", None, 0.8,
          "No usable control, but the page arrived over HTTPS that validated for the target."),
     Rule("no_control.none", "no_control", None, 0.0, "No control measured this input within the window."),
-    Rule("no_control.control_failed", "no_control", None, 0.0,
-         "The control could not run (its `failure` is set, or it observed nothing): OONI's `null`."),
     Rule("no_control.control_offline", "no_control", None, 0.0,
          "The control's own vantage point had no network then (analysis/connectivity.py)."),
+    Rule("no_control.control_failed", "no_control", None, 0.0,
+         "The control could not run (its `failure` is set, or it observed nothing): OONI's `null`."),
     # -- DNS
     Rule("dns.bogon", "blocked", "dns", 0.9,
          "A private/loopback/reserved answer for the measured host that the control did not get "
          "(IANA special-purpose, minus --public-net)."),
-    Rule("probe_failure.interrupted", "probe_failure", None, 1.0,
-         "The probe cancelled its own step (failure `interrupted`: run budget or Ctrl-C) and "
-         "nothing else decided: OONI's `null`, never blocking."),
     Rule("dns.nxdomain_ctrl_ok", "blocked", "dns", 0.8,
          "The target's A query got NXDOMAIN while the control resolved it."),
     Rule("dns.failure_ctrl_ok", "blocked", "dns", 0.8,
@@ -85,6 +82,10 @@ RULES: tuple[Rule, ...] = (
     Rule("dns.no_answer_ctrl_ok", "blocked", "dns", 0.6,
          "No resolver gave the probe an address and one query failed otherwise (another type, a "
          "DoH transport error) while the control resolved the name."),
+    Rule("probe_failure.interrupted", "probe_failure", None, 1.0,
+         "The probe cancelled its own step (failure `interrupted`: run budget or Ctrl-C) and "
+         "nothing else decided (tried after the DNS rules, and again before down.both_failed): "
+         "OONI's `null`, never blocking."),
     Rule("down.dns_both_failed", "down", None, 0.8, "Nothing resolved at the probe nor at the control."),
     Rule("dns.answer_ctrl_nxdomain", "blocked", "dns", 0.6,
          "The probe got addresses for a name the control found does not exist (ghost answers)."),

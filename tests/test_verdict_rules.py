@@ -162,6 +162,16 @@ def test_the_decision_tree_names_every_rule_of_the_table_and_no_other() -> None:
     assert "$rule" not in sql and "$family" not in sql
 
 
+def test_the_table_is_in_the_order_the_tree_tries_the_rules() -> None:
+    # First appearance of each rule in the tree (a family's rules in table order, then .failure).
+    seen: list[str] = []
+    for m in re.finditer(r"\$rule:([a-z0-9_.]+)|\$family:([a-z]+)\(", rules.DECISION_TREE):
+        ids = [m.group(1)] if m.group(1) else sorted(
+            rules.fired_rule_ids(m.group(0) + ")"), key=lambda i: [r.id for r in RULES].index(i))
+        seen += [i for i in ids if i not in seen]
+    assert seen == [r.id for r in RULES]
+
+
 def test_an_unknown_rule_id_is_an_error() -> None:
     with pytest.raises(ValueError, match="dns.made_up"):
         rules.fill_rules("CASE WHEN true THEN $rule:dns.made_up END")
