@@ -18,7 +18,8 @@ import pyarrow as pa  # noqa: E402
 
 from analysis.events import Event  # noqa: E402
 
-_STATUS_COLORS = {"blocked": "#c0392b", "down": "#7f8c8d", "probe_failure": "#8e44ad", "no_control": "#f39c12"}
+_STATUS_COLORS = {"blocked": "#c0392b", "down": "#7f8c8d", "probe_failure": "#8e44ad", "no_control": "#f39c12",
+                  "no_connectivity": "#34495e"}
 
 
 def _png(fig: plt.Figure) -> bytes:

@@ -171,7 +171,8 @@ class Classifier:
         if self.verdicts:
             where, params = self._window("f.role = 'probe' AND f.cc = ? AND f.asn = ? AND list_contains(?, f.input) "
                                          "AND (v.status = 'blocked' OR NOT f.ok)", start, end)
-            sql = (f"SELECT coalesce(v.method, f.method) AS m, count(*) FROM shutdown_facts f "
+            sql = (f"SELECT coalesce(CASE WHEN v.status = 'blocked' THEN v.method END, f.method) AS m, count(*) "
+                   f"FROM shutdown_facts f "
                    f"LEFT JOIN {self.verdicts} v USING (measurement_id) WHERE {where} GROUP BY ALL")
         else:
             where, params = self._window("role = 'probe' AND NOT ok AND cc = ? AND asn = ? AND list_contains(?, input)",

@@ -13,7 +13,7 @@ from typing import Any
 
 OONI_LAYERS = ("dns", "tcp_ip", "http-failure", "http-diff")
 # Vantage statuses that mean "no verdict" the way OONI's null does.
-UNDECIDED = frozenset({"no_control", "probe_failure", "down"})
+UNDECIDED = frozenset({"no_control", "probe_failure", "down", "no_connectivity"})
 # OONI has no TLS layer: a TLS handshake reset or failure is reported as http-failure.
 _EQUIVALENT_LAYERS = {"http-failure": {"http-failure", "tls"}}
 

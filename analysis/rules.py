@@ -1,10 +1,209 @@
-"""The verdict rules as SQL: per-measurement features, control pairing and the decision tree.
+"""The verdict rules: the rule table (id, status, layer, confidence, explanation), the
+per-measurement features and control pairing in SQL, and the decision tree built from the table.
 
 Every statement works on whole tables (DuckDB vectorised list lambdas and joins), never row by
-row in Python. docs/analysis.md explains each rule and its OONI counterpart.
+row in Python. Every WHEN of the decision tree fires one rule of ``RULES`` (``$rule:<id>``
+tokens and ``$family:<prefix>(<failure expr>)`` choices are filled in from the table by
+``decision_sql``; an id not in the table is an error), so every verdict's ``method`` names a
+rule that docs/analysis.md explains (the docs' table is generated from ``RULES``; a test keeps
+them in step).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One decision rule, the habit of ooni/data's rule tables: the verdict it gives and why."""
+
+    id: str  # the verdict's ``method`` (http.blockpage adds ":<fingerprint name>")
+    status: str
+    layer: str | None
+    confidence: float | None  # None: the matched fingerprint's confidence
+    explanation: str
+    # For a failure family (tcp.*, tls.*): the probe failures this rule names (LIKE patterns).
+    failures: tuple[str, ...] = ()
+
+
+# In the order the decision tree (DECISION_TREE below) tries them.
+RULES: tuple[Rule, ...] = (
+    # -- before any per-target rule
+    Rule("connectivity.lost", "no_connectivity", None, 0.9,
+         "The vantage point had no network in that hour (analysis/connectivity.py) and this "
+         "measurement did not reach its target: not evidence about the target."),
+    Rule("probe_failure.measurement", "probe_failure", None, 1.0,
+         "The measurement could not run at all (its `failure` is set)."),
+    # -- fingerprints: need no control
+    Rule("dns.blockpage_ip", "blocked", "dns", None,
+         "A DNS answer (address or CNAME, any resolver) matches a DNS blockpage fingerprint."),
+    Rule("http.blockpage", "blocked", "http-diff", None,
+         "An HTTP body or header of any hop matches a blockpage fingerprint (layer `dns` when "
+         "the answers are foreign to the control's); the method ends with `:<fingerprint>`."),
+    # -- tunnels
+    Rule("ok.vpn_handshake", "ok", None, 0.9, "The tunnel handshake completed."),
+    Rule("no_control.vpn", "no_control", None, 0.0,
+         "The tunnel handshake failed and no control measured the endpoint."),
+    Rule("vpn.no_answer_after_first", "blocked", "vpn", 0.8,
+         "Replies stopped after the first (typical of DPI) while the control's handshake completed."),
+    Rule("vpn.handshake_failure", "blocked", "vpn", 0.8,
+         "Something answered, but not with a handshake reply, while the control's handshake completed.",
+         ("vpn_handshake_failure",)),
+    Rule("vpn.reset", "blocked", "vpn", 0.8, "The handshake was reset while the control's completed.",
+         ("connection_reset",)),
+    Rule("vpn.refused", "blocked", "vpn", 0.8, "The connection was refused while the control's handshake completed.",
+         ("connection_refused",)),
+    Rule("vpn.timeout", "blocked", "vpn", 0.8, "Nothing came back while the control's handshake completed.",
+         ("generic_timeout",)),
+    Rule("vpn.failure", "blocked", "vpn", 0.8, "The handshake failed otherwise while the control's completed."),
+    Rule("down.vpn_both_failed", "down", None, 0.7, "The handshake failed at the control too."),
+    # -- injection
+    Rule("dns.injected", "blocked", "dns", 0.9,
+         "A reply came for the injection check (a query where no resolver runs), or a late reply "
+         "carried different answers."),
+    # -- OONI's null cases
+    Rule("ok.https_no_control", "ok", None, 0.8,
+         "No usable control, but the page arrived over HTTPS that validated for the target."),
+    Rule("no_control.none", "no_control", None, 0.0, "No control measured this input within the window."),
+    Rule("no_control.control_offline", "no_control", None, 0.0,
+         "The control's own vantage point had no network then (analysis/connectivity.py)."),
+    Rule("no_control.control_failed", "no_control", None, 0.0,
+         "The control could not run (its `failure` is set, or it observed nothing): OONI's `null`."),
+    # -- DNS
+    Rule("dns.bogon", "blocked", "dns", 0.9,
+         "A private/loopback/reserved answer for the measured host that the control did not get "
+         "(IANA special-purpose, minus --public-net)."),
+    Rule("dns.nxdomain_ctrl_ok", "blocked", "dns", 0.8,
+         "The target's A query got NXDOMAIN while the control resolved it."),
+    Rule("dns.failure_ctrl_ok", "blocked", "dns", 0.8,
+         "The target's A query failed (DNS error or timeout) while the control resolved it."),
+    Rule("dns.no_answer_ctrl_ok", "blocked", "dns", 0.6,
+         "No resolver gave the probe an address and one query failed otherwise (another type, a "
+         "DoH transport error) while the control resolved the name."),
+    Rule("probe_failure.interrupted", "probe_failure", None, 1.0,
+         "The probe cancelled its own step (failure `interrupted`: run budget or Ctrl-C) and "
+         "nothing else decided (tried after the DNS rules, and again before down.both_failed): "
+         "OONI's `null`, never blocking."),
+    Rule("down.dns_both_failed", "down", None, 0.8, "Nothing resolved at the probe nor at the control."),
+    Rule("dns.answer_ctrl_nxdomain", "blocked", "dns", 0.6,
+         "The probe got addresses for a name the control found does not exist (ghost answers)."),
+    Rule("dns.inconsistent", "blocked", "dns", 0.7,
+         "Answers the control does not vouch for (no shared address, ASN, validated TLS) and a "
+         "connection or the fetch failed, or the page differs from the control's."),
+    # -- page arrived
+    Rule("ok.https_validated", "ok", None, 0.9, "The page arrived over HTTPS that validated for the target."),
+    Rule("dns.inconsistent_no_ctrl_page", "blocked", "dns", 0.5,
+         "The page arrived over HTTP from answers the control does not vouch for, and the control got no page."),
+    Rule("ok.http_no_ctrl_page", "ok", None, 0.6, "The page arrived over HTTP; the control got no page to compare."),
+    Rule("dns.foreign_page_diff", "blocked", "dns", 0.6,
+         "The page differs from the control's and came from an answer outside the control's "
+         "addresses and networks (a TLS-relaying box serving its own cleartext page)."),
+    Rule("http.status_diff", "blocked", "http-diff", 0.6, "The HTTP status code differs from the control's."),
+    Rule("http.body_diff", "blocked", "http-diff", 0.6,
+         "Same status; body length outside OONI's 70 % proportion, and headers and title differ."),
+    Rule("http.title_diff", "blocked", "http-diff", 0.6, "Same status; the titles differ (and body and headers)."),
+    Rule("http.header_diff", "blocked", "http-diff", 0.6, "Same status; the uncommon headers differ (and body and title)."),
+    Rule("ok.http_matches", "ok", None, 0.9, "The page matches the control's (OONI's HTTP comparison)."),
+    # -- connections
+    Rule("tcp.reset", "blocked", "tcp_ip", 0.8, "A TCP connect was reset where the control connected.",
+         ("connection_reset",)),
+    Rule("tcp.timeout", "blocked", "tcp_ip", 0.8, "A TCP connect timed out where the control connected.",
+         ("generic_timeout",)),
+    Rule("tcp.refused", "blocked", "tcp_ip", 0.8, "A TCP connect was refused where the control connected.",
+         ("connection_refused",)),
+    Rule("tcp.eof", "blocked", "tcp_ip", 0.8, "A TCP connect saw EOF where the control connected.", ("eof",)),
+    Rule("tcp.unreachable", "blocked", "tcp_ip", 0.8,
+         "No route to the site's address (IPv4) where the control connected.",
+         ("host_unreachable", "network_unreachable")),
+    Rule("tcp.failure", "blocked", "tcp_ip", 0.8, "A TCP connect failed otherwise where the control connected."),
+    Rule("tls.reset_sni", "blocked", "tls", 0.8,
+         "The TLS handshake with the target's SNI was reset where the control's completed.", ("connection_reset",)),
+    Rule("tls.timeout", "blocked", "tls", 0.8, "The TLS handshake timed out where the control's completed.",
+         ("generic_timeout",)),
+    Rule("tls.refused", "blocked", "tls", 0.8, "The TLS connection was refused where the control's completed.",
+         ("connection_refused",)),
+    Rule("tls.eof", "blocked", "tls", 0.8, "The TLS handshake saw EOF where the control's completed.", ("eof",)),
+    Rule("tls.unreachable", "blocked", "tls", 0.8, "No route during the TLS step where the control's completed.",
+         ("host_unreachable", "network_unreachable")),
+    Rule("tls.invalid_cert", "blocked", "tls", 0.8,
+         "A certificate that does not validate for the target (interception) where the control's validated.",
+         ("ssl\\_%",)),
+    Rule("tls.failure", "blocked", "tls", 0.8, "The TLS handshake failed otherwise where the control's completed."),
+    Rule("dns.redirect_nxdomain_ctrl_ok", "blocked", "dns", 0.7,
+         "A redirect hop's name got NXDOMAIN while the control fetched the page."),
+    Rule("dns.redirect_failure_ctrl_ok", "blocked", "dns", 0.7,
+         "A redirect hop's name failed to resolve while the control fetched the page."),
+    Rule("http.failure", "blocked", "http-failure", 0.7, "The HTTP fetch failed while the control's succeeded."),
+    Rule("down.both_failed", "down", None, 0.8, "The same step failed at the control too (TCP, TLS or HTTP)."),
+    Rule("dns.inconsistent_dns_only", "blocked", "dns", 0.5,
+         "Answers the control does not vouch for, and nothing else was measured (dns_consistency)."),
+    Rule("ok.nothing_failed", "ok", None, 0.7, "Nothing failed and nothing differed."),
+)  # fmt: skip
+
+RULES_BY_ID: dict[str, Rule] = {r.id: r for r in RULES}
+assert len(RULES_BY_ID) == len(RULES), "duplicate rule id"
+
+
+def _sql_str(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def rule_sql(rule_id: str) -> str:
+    """The decision tree's value for one rule: [status, layer, id, confidence] as SQL."""
+    try:
+        r = RULES_BY_ID[rule_id]
+    except KeyError:
+        raise ValueError(f"the decision tree names rule {rule_id!r}, which is not in RULES") from None
+    conf = None if r.confidence is None else repr(float(r.confidence))
+    return f"[{_sql_str(r.status)}, {_sql_str(r.layer)}, {_sql_str(r.id)}, {_sql_str(conf)}]"
+
+
+def family_sql(prefix: str, expr: str) -> str:
+    """A CASE choosing the rule of a failure family (``tcp``, ``tls``) from the failure string
+    ``expr``: each rule of the family with ``failures`` in table order, then ``<prefix>.failure``."""
+    whens = []
+    for r in RULES:
+        if r.id.startswith(prefix + ".") and r.failures:
+            cond = " OR ".join(f"{expr} LIKE {_sql_str(f)} ESCAPE '\\'" if "%" in f else f"{expr} = {_sql_str(f)}"
+                               for f in r.failures)
+            whens.append(f"WHEN {cond} THEN {rule_sql(r.id)}")
+    return f"CASE {' '.join(whens)} ELSE {rule_sql(prefix + '.failure')} END"
+
+
+_TOKEN = re.compile(r"\$rule:([a-z0-9_.]+)|\$family:([a-z]+)\(([^()]*)\)")
+
+
+def fill_rules(sql: str) -> str:
+    """Replace the ``$rule:<id>`` and ``$family:<prefix>(<expr>)`` tokens of a decision tree."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1):
+            return rule_sql(m.group(1))
+        return family_sql(m.group(2), m.group(3))
+
+    return _TOKEN.sub(sub, sql)
+
+
+def fired_rule_ids(sql: str) -> set[str]:
+    """The rule ids a decision tree can fire (its tokens, families expanded)."""
+    out: set[str] = set()
+    for m in _TOKEN.finditer(sql):
+        if m.group(1):
+            out.add(m.group(1))
+        else:
+            out |= {r.id for r in RULES if r.id.startswith(m.group(2) + ".") and (r.failures or r.id.endswith(".failure"))}
+    return out
+
+
+def rules_markdown() -> str:
+    """The rule table for docs/analysis.md (between its BEGIN/END RULES markers)."""
+    lines = ["| rule (`method`) | status | layer | confidence | when |", "|---|---|---|---|---|"]
+    for r in RULES:
+        conf = "fingerprint's" if r.confidence is None else f"{r.confidence:.1f}"
+        lines.append(f"| `{r.id}` | {r.status} | {r.layer or '–'} | {conf} | {r.explanation} |")
+    return "\n".join(lines) + "\n"
+
 
 # Headers too common to say anything about who answered (OONI's list, webconnectivitylte
 # analysishttpdiff.go): only the uncommon ones are compared.
@@ -35,15 +234,6 @@ MACROS = [
     """CREATE OR REPLACE TEMP MACRO vt_same_words(a, b) AS list_has_all(a, b) AND list_has_all(b, a)""",
     f"""CREATE OR REPLACE TEMP MACRO vt_uncommon(names) AS
          list_filter(names, lambda x: NOT list_contains({_COMMON}, x))""",
-    # The failure kind a method name ends with.
-    """CREATE OR REPLACE TEMP MACRO vt_kind(f) AS CASE
-         WHEN f = 'connection_reset' THEN 'reset'
-         WHEN f = 'generic_timeout' THEN 'timeout'
-         WHEN f = 'connection_refused' THEN 'refused'
-         WHEN f = 'eof' THEN 'eof'
-         WHEN f IN ('host_unreachable', 'network_unreachable') THEN 'unreachable'
-         WHEN f LIKE 'ssl\\_%' ESCAPE '\\' THEN 'invalid_cert'
-         ELSE 'failure' END""",
 ]
 
 # Probe rows and the control each is judged against: the helper's own control row
@@ -101,7 +291,9 @@ SELECT
       'failure': x.failure, 'status': x.status_code, 'blen': x.body_length, 'sha': x.body_sha256,
       'title': x.title, 'headers': x.headers})[-1] AS c_fin,
   len(m.vpn) AS c_vpn_n,
-  coalesce(list_bool_or(list_transform(m.vpn, lambda v: coalesce(v.handshake_ok, false))), false) AS c_vpn_ok
+  coalesce(list_bool_or(list_transform(m.vpn, lambda v: coalesce(v.handshake_ok, false))), false) AS c_vpn_ok,
+  -- A control that observed nothing at all cannot vouch for anything (OONI's null control).
+  len(m.dns) + len(m.tcp) + len(m.tls) + len(m.http) + len(m.vpn) = 0 AS c_empty
 FROM measurements m
 WHERE m.role = 'control' AND m.measurement_id IN (SELECT cid FROM _vt_pair)
 """
@@ -131,10 +323,17 @@ WITH f AS (
         OR (len(q.late_responses) > 0 AND coalesce(list_bool_or(list_transform(q.late_responses, lambda lr:
              list_sort(list_transform(lr.answers, lambda a: a.value)) <> list_sort(list_transform(q.answers, lambda a: a.value))
         )), false)))), false) ELSE false END AS injected,
-    list_transform(list_filter(m.tcp, lambda x: x.failure IS NOT NULL), lambda x:
+    -- A step the probe cancelled itself ('interrupted': run budget, Ctrl-C, or OONI cancelling
+    -- the other connects once one succeeded) is no observation of the network.
+    list_transform(list_filter(m.tcp, lambda x: x.failure IS NOT NULL AND x.failure <> 'interrupted'), lambda x:
         {{'ip': x.ip, 'port': x.port, 'ep': x.ip || ':' || x.port, 'failure': x.failure}}) AS tcp_fail,
+    coalesce(list_bool_or(list_transform(m.dns, lambda q: q.failure = 'interrupted')), false)
+      OR coalesce(list_bool_or(list_transform(m.tcp, lambda q: q.failure = 'interrupted')), false)
+      OR coalesce(list_bool_or(list_transform(m.tls, lambda q: q.failure = 'interrupted')), false)
+      OR coalesce(list_bool_or(list_transform(m.http, lambda q: q.failure = 'interrupted')), false) AS interrupted,
     list_distinct(list_transform(list_filter(m.tcp, lambda x: x.failure IS NULL), lambda x: x.port)) AS tcp_ok_ports,
-    CASE WHEN len(m.tls) > 0 THEN list_transform(list_filter(m.tls, lambda x: x.failure IS NOT NULL), lambda x:
+    CASE WHEN len(m.tls) > 0 THEN list_transform(list_filter(m.tls, lambda x: x.failure IS NOT NULL
+                                                                 AND x.failure <> 'interrupted'), lambda x:
         {{'ep': x.ip || ':' || x.port, 'sni': lower(x.sni), 'failure': x.failure}}) ELSE [] END AS tls_fail,
     CASE WHEN len(m.tls) > 0 THEN len(list_filter(m.tls, lambda x: x.failure IS NULL)) ELSE 0 END AS tls_ok_n,
     CASE WHEN len(m.tls) > 0 THEN list_transform(list_filter(m.tls, lambda x: x.failure IS NULL
@@ -147,6 +346,7 @@ WITH f AS (
         'trunc': coalesce(x.body_truncated, false), 'sha': x.body_sha256, 'title': x.title,
         'headers': x.headers}})[-1] AS fin,
     m.http AS http_hops,
+    m.http[1].ip AS first_hop_ip,
     len(m.vpn) AS vpn_n,
     -- CASE evaluates its branch only for the rows that need it (most rows have no tunnel).
     CASE WHEN len(m.vpn) > 0 THEN
@@ -164,13 +364,19 @@ WITH f AS (
 ), k AS (
   SELECT f.* EXCLUDE (dq, http_hops, tcp_fail, tls_fail, redirect_dns),
     coalesce(list_bool_or(list_transform(dq, lambda q: len(q.ips) > 0)), false) AS p_has_ips,
+    len(list_filter(dq, lambda q: len(q.ips) > 0)) AS p_answered_queries,
     list_filter(dq, lambda q: q.qtype = 'A' AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS p_dns_failure,
-    list_filter(dq, lambda q: q.failure IS NOT NULL)[1].failure AS p_any_dns_failure,
+    list_filter(dq, lambda q: q.failure IS NOT NULL AND q.failure <> 'interrupted')[1].failure AS p_any_dns_failure,
+    coalesce(list_bool_or(list_transform(dq, lambda q: q.failure = 'interrupted')), false) AS dns_interrupted,
     -- Queries none of whose answers the control saw: PENDING checks networks, ASNs and TLS.
     CASE WHEN len(cips) = 0 THEN [] ELSE
       list_transform(list_filter(dq, lambda q: len(q.ips) > 0 AND NOT list_has_any(q.ips, cips)),
                      lambda q: q.ips) END AS pending,
-    len(tcp_fail) > 0 OR len(tls_fail) > 0 AS any_connect_failure,
+    -- A probe without IPv6 fails every IPv6 address as unreachable: not a failure of the site
+    -- (OONI's CDN false positives came from these next to a working IPv4 page).
+    len(list_filter(tcp_fail, lambda x: NOT (x.failure IN ('network_unreachable', 'host_unreachable')
+                                             AND contains(x.ip, ':')))) > 0
+      OR len(tls_fail) > 0 AS any_connect_failure,
     -- A hop of the redirect chain whose name did not resolve (the control followed the chain).
     list_filter(redirect_dns, lambda q: q.query_type = 'A'
         AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS redirect_dns_failure,
@@ -225,6 +431,7 @@ WITH f AS (
 )
 -- Only what PENDING and DECISION read is kept (materialising wide nested columns is costly).
 SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_failure,
+  coalesce(c_empty, false) AS c_empty, interrupted, dns_interrupted,
   c_dns_n, c_dns_failure, c_http_n, c_vpn_n, c_vpn_ok, injected, tls_valid_ips, http_n,
   fin.failure AS fin_failure, vpn_n, vpn_ok, vpn_failure, vpn_received, p_has_ips, p_dns_failure,
   p_any_dns_failure, pending, odd_vals, odd_ips, any_connect_failure, redirect_dns_failure, tcp_block,
@@ -232,10 +439,18 @@ SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_f
   len(cips) > 0 AS c_dns_ok,
   NOT (coalesce(status_match, false) AND (coalesce(body_match, false) OR coalesce(headers_match, false)
        OR coalesce(title_match, false))) AS http_diff,
-  CASE WHEN NOT coalesce(status_match, false) THEN 'http.status_diff'
-       WHEN body_match = false THEN 'http.body_diff'
-       WHEN title_match = false THEN 'http.title_diff'
-       ELSE 'http.header_diff' END AS diff_method,
+  -- DNS consistency's last test (d): the final page matches the control's, so the address the
+  -- chain started from behaved like the site's (a censor's box does not redirect to the real
+  -- page). Vouches for that address; an import without hop addresses vouches for the one query
+  -- with answers the page could have come from.
+  coalesce(CASE WHEN p_fin_ok AND c_fin_ok AND coalesce(status_match, false) AND (coalesce(body_match, false)
+            OR coalesce(headers_match, false) OR coalesce(title_match, false)) THEN
+    CASE WHEN first_hop_ip IS NOT NULL THEN [first_hop_ip]
+         WHEN p_answered_queries = 1 THEN flatten(pending) END END, []) AS http_vouched_ips,
+  CASE WHEN NOT coalesce(status_match, false) THEN 'status'
+       WHEN body_match = false THEN 'body'
+       WHEN title_match = false THEN 'title'
+       ELSE 'header' END AS diff_kind,
   -- Responses worth testing against blockpage fingerprints: not a validated HTTPS page and not
   -- already matching the control's body (same digest, or within OONI's 70 % length proportion).
   CASE WHEN http_n > 0 AND failure IS NULL AND NOT https_ok AND NOT coalesce(body_match, false)
@@ -255,10 +470,15 @@ SELECT DISTINCT v FROM (
 ) WHERE v IS NOT NULL
 """
 
-# DNS verdict inputs for the (few) probe rows with answers the control did not see.
+# DNS verdict inputs for the (few) probe rows with answers the control did not see. Per query,
+# in OONI's order: (a) a shared address was settled in PROBE_FEATURES (such queries are not
+# pending); (b) same network: a shared ASN (the answer's own, else --asn-db) or /24 (/48);
+# (c) a TLS handshake with the target's SNI validated on one of its addresses; (d) the page
+# fetched from one of its addresses matches the control's (http_vouched_ips).
 PENDING = """
 CREATE OR REPLACE TEMP TABLE _vt_dns AS
-WITH rows AS (SELECT mid, cid, pending, odd_vals, odd_ips, tls_valid_ips FROM _vt_v WHERE len(odd_vals) > 0),
+WITH rows AS (SELECT mid, cid, pending, odd_vals, odd_ips, tls_valid_ips, http_vouched_ips
+              FROM _vt_v WHERE len(odd_vals) > 0),
 cinfo AS (
   SELECT c.cid, list(DISTINCT i.net) FILTER (WHERE i.net IS NOT NULL) AS c_nets,
          list(DISTINCT i.asn) FILTER (WHERE i.asn IS NOT NULL) AS c_asns,
@@ -271,7 +491,7 @@ cinfo AS (
 ), per_query AS (
   SELECT q.mid, q.qi,
          bool_or(coalesce(list_contains(ci.c_nets, i.net), false) OR coalesce(list_contains(ci.c_asns, i.asn), false)) AS same_network,
-         bool_or(list_contains(r.tls_valid_ips, q.ip)) AS validated
+         bool_or(list_contains(r.tls_valid_ips, q.ip) OR list_contains(r.http_vouched_ips, q.ip)) AS validated
   FROM q JOIN rows r ON r.mid = q.mid LEFT JOIN cinfo ci ON ci.cid = q.cid LEFT JOIN _vt_ipinfo i ON i.v = q.ip
   GROUP BY q.mid, q.qi
 ), vals AS (
@@ -288,77 +508,94 @@ FROM vals LEFT JOIN (
   FROM per_query GROUP BY mid) pq USING (mid)
 """
 
-# The decision tree. Each WHEN is one rule, in priority order; docs/analysis.md lists them.
-# dns_inconsistent: some resolver's answers are not the control's, not in its networks/ASNs and
-# not validated over TLS for the target; dns_foreign: the same without the TLS guard (a box
-# that passes TLS through but answers cleartext HTTP itself is still the censor's).
-DECISION = """
+# The decision tree. Each WHEN fires one rule of RULES, in priority order; decision_sql() fills
+# the tokens in. dns_inconsistent: some resolver's answers are not the control's, not in its
+# networks/ASNs and not validated over TLS for the target; dns_foreign: the same without the TLS
+# guard (a box that passes TLS through but answers cleartext HTTP itself is still the censor's).
+# offline / c_offline: the probe's (the control's) vantage point had no network in that hour
+# and the measurement reached nothing (analysis/connectivity.py).
+DECISION_TREE = """
 WITH r AS (
 SELECT v.*, fp.http_fp, fp.http_fp_conf, coalesce(d.any_bogon, false) AS any_bogon,
   d.dns_fp, d.dns_fp_value, d.dns_fp_conf,
   ghost OR coalesce(d.dns_inconsistent, false) AS dns_inconsistent,
-  ghost OR coalesce(d.dns_foreign, false) AS dns_foreign
+  ghost OR coalesce(d.dns_foreign, false) AS dns_foreign,
+  o.mid IS NOT NULL AS offline, oc.mid IS NOT NULL AS c_offline
 FROM (SELECT *, p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_failure IN ('dns_nxdomain', 'dns_no_answer'), false) AS ghost
       FROM _vt_v) v
 LEFT JOIN _vt_httpfp fp USING (mid) LEFT JOIN _vt_dns d USING (mid)
+LEFT JOIN _vt_offline o ON o.mid = v.mid LEFT JOIN _vt_offline oc ON oc.mid = v.cid
 ), s AS (
 SELECT r.*,
 CASE
-  WHEN failure IS NOT NULL THEN ['probe_failure', NULL, 'probe.failure', '1.0']
-  WHEN dns_fp IS NOT NULL THEN ['blocked', 'dns', 'dns.blockpage_ip', NULL]
-  WHEN http_fp IS NOT NULL
-    THEN ['blocked', CASE WHEN dns_foreign THEN 'dns' ELSE 'http-diff' END, 'http.blockpage:' || http_fp, NULL]
+  WHEN offline THEN $rule:connectivity.lost
+  WHEN failure IS NOT NULL THEN $rule:probe_failure.measurement
+  WHEN dns_fp IS NOT NULL THEN $rule:dns.blockpage_ip
+  WHEN http_fp IS NOT NULL THEN $rule:http.blockpage
   WHEN vpn_n > 0 THEN CASE
-    WHEN vpn_ok THEN ['ok', NULL, NULL, '0.9']
-    WHEN cid IS NULL OR coalesce(c_vpn_n, 0) = 0 THEN ['no_control', NULL, NULL, '0.0']
-    WHEN c_vpn_ok THEN ['blocked', 'vpn', CASE
-        WHEN vpn_failure = 'vpn_handshake_failure' THEN 'vpn.handshake_failure'
-        WHEN vpn_failure = 'connection_reset' THEN 'vpn.reset'
-        WHEN vpn_failure = 'connection_refused' THEN 'vpn.refused'
-        WHEN vpn_failure = 'generic_timeout' AND vpn_received > 0 THEN 'vpn.no_answer_after_first'
-        WHEN vpn_failure = 'generic_timeout' THEN 'vpn.timeout'
-        ELSE 'vpn.failure' END, '0.8']
-    ELSE ['down', NULL, NULL, '0.7'] END
-  WHEN injected THEN ['blocked', 'dns', 'dns.injected', '0.9']
-  -- A page that arrived over validated HTTPS needs no control.
-  WHEN cid IS NULL OR c_failure IS NOT NULL
-    THEN CASE WHEN https_ok THEN ['ok', NULL, NULL, '0.8'] ELSE ['no_control', NULL, NULL, '0.0'] END
-  WHEN any_bogon THEN ['blocked', 'dns', 'dns.bogon', '0.9']
-  WHEN p_dns_failure IS NOT NULL AND c_dns_ok THEN ['blocked', 'dns',
-       CASE WHEN p_dns_failure = 'dns_nxdomain' THEN 'dns.nxdomain_ctrl_ok' ELSE 'dns.failure_ctrl_ok' END, '0.8']
-  WHEN NOT p_has_ips AND c_dns_ok AND p_any_dns_failure IS NOT NULL THEN ['blocked', 'dns', 'dns.failure_ctrl_ok', '0.6']
-  WHEN NOT p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_n, 0) > 0 THEN ['down', NULL, NULL, '0.8']
-  WHEN ghost THEN ['blocked', 'dns', 'dns.inconsistent', '0.6']
+    WHEN vpn_ok THEN $rule:ok.vpn_handshake
+    WHEN cid IS NULL OR c_offline OR coalesce(c_vpn_n, 0) = 0 THEN $rule:no_control.vpn
+    WHEN c_vpn_ok THEN CASE WHEN vpn_failure = 'generic_timeout' AND vpn_received > 0
+                            THEN $rule:vpn.no_answer_after_first ELSE $family:vpn(vpn_failure) END
+    ELSE $rule:down.vpn_both_failed END
+  WHEN injected THEN $rule:dns.injected
+  -- OONI's null cases: no control, or one that could not run. A page that arrived over
+  -- validated HTTPS needs no control.
+  WHEN (cid IS NULL OR c_offline OR c_failure IS NOT NULL OR c_empty) AND https_ok THEN $rule:ok.https_no_control
+  WHEN cid IS NULL THEN $rule:no_control.none
+  WHEN c_offline THEN $rule:no_control.control_offline
+  WHEN c_failure IS NOT NULL OR c_empty THEN $rule:no_control.control_failed
+  WHEN any_bogon THEN $rule:dns.bogon
+  WHEN p_dns_failure IS NOT NULL AND c_dns_ok THEN CASE WHEN p_dns_failure = 'dns_nxdomain'
+       THEN $rule:dns.nxdomain_ctrl_ok ELSE $rule:dns.failure_ctrl_ok END
+  WHEN NOT p_has_ips AND c_dns_ok AND p_any_dns_failure IS NOT NULL THEN $rule:dns.no_answer_ctrl_ok
+  WHEN NOT p_has_ips AND dns_interrupted THEN $rule:probe_failure.interrupted
+  WHEN NOT p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_n, 0) > 0 THEN $rule:down.dns_both_failed
+  WHEN ghost THEN $rule:dns.answer_ctrl_nxdomain
   -- Answers the control does not vouch for, and something failed or differs: DNS is the cause.
-  WHEN dns_inconsistent AND (any_connect_failure OR (http_n > 0 AND NOT p_fin_ok) OR (p_fin_ok AND c_fin_ok AND http_diff))
-    THEN ['blocked', 'dns', 'dns.inconsistent', '0.7']
-  WHEN https_ok THEN ['ok', NULL, NULL, '0.9']
+  WHEN dns_inconsistent AND (any_connect_failure
+                             OR (http_n > 0 AND NOT p_fin_ok AND coalesce(fin_failure, '') <> 'interrupted')
+                             OR (p_fin_ok AND c_fin_ok AND http_diff))
+    THEN $rule:dns.inconsistent
+  WHEN https_ok THEN $rule:ok.https_validated
   WHEN p_fin_ok THEN CASE
-    WHEN NOT c_fin_ok THEN CASE WHEN dns_inconsistent THEN ['blocked', 'dns', 'dns.inconsistent', '0.5']
-                                ELSE ['ok', NULL, NULL, '0.6'] END
-    WHEN http_diff THEN CASE WHEN dns_foreign THEN ['blocked', 'dns', 'dns.inconsistent', '0.6']
-                             ELSE ['blocked', 'http-diff', diff_method, '0.6'] END
-    ELSE ['ok', NULL, NULL, '0.9'] END
-  WHEN tcp_block IS NOT NULL THEN ['blocked', 'tcp_ip', 'tcp.' || vt_kind(tcp_block), '0.8']
-  WHEN tls_block IS NOT NULL THEN ['blocked', 'tls', 'tls.' || CASE vt_kind(tls_block)
-                                      WHEN 'reset' THEN 'reset_sni' ELSE vt_kind(tls_block) END, '0.8']
-  WHEN redirect_dns_failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'dns',
-       CASE WHEN redirect_dns_failure = 'dns_nxdomain' THEN 'dns.nxdomain_ctrl_ok' ELSE 'dns.failure_ctrl_ok' END, '0.7']
-  WHEN http_n > 0 AND fin_failure IS NOT NULL AND c_fin_ok THEN ['blocked', 'http-failure', 'http.failure', '0.7']
+    WHEN NOT c_fin_ok THEN CASE WHEN dns_inconsistent THEN $rule:dns.inconsistent_no_ctrl_page
+                                ELSE $rule:ok.http_no_ctrl_page END
+    WHEN http_diff THEN CASE WHEN dns_foreign THEN $rule:dns.foreign_page_diff
+                             WHEN diff_kind = 'status' THEN $rule:http.status_diff
+                             WHEN diff_kind = 'body' THEN $rule:http.body_diff
+                             WHEN diff_kind = 'title' THEN $rule:http.title_diff
+                             ELSE $rule:http.header_diff END
+    ELSE $rule:ok.http_matches END
+  WHEN tcp_block IS NOT NULL THEN $family:tcp(tcp_block)
+  WHEN tls_block IS NOT NULL THEN $family:tls(tls_block)
+  WHEN redirect_dns_failure IS NOT NULL AND c_fin_ok THEN CASE WHEN redirect_dns_failure = 'dns_nxdomain'
+       THEN $rule:dns.redirect_nxdomain_ctrl_ok ELSE $rule:dns.redirect_failure_ctrl_ok END
+  WHEN http_n > 0 AND fin_failure IS NOT NULL AND fin_failure <> 'interrupted' AND c_fin_ok THEN $rule:http.failure
+  WHEN interrupted THEN $rule:probe_failure.interrupted
   WHEN tcp_both_fail OR tls_both_fail OR (http_n > 0 AND fin_failure IS NOT NULL)
-       OR (c_http_n > 0 AND NOT c_fin_ok) THEN ['down', NULL, NULL, '0.8']
-  WHEN dns_inconsistent AND http_n = 0 THEN ['blocked', 'dns', 'dns.inconsistent', '0.5']
-  ELSE ['ok', NULL, NULL, '0.7']
+       OR (c_http_n > 0 AND NOT c_fin_ok) THEN $rule:down.both_failed
+  WHEN dns_inconsistent AND http_n = 0 THEN $rule:dns.inconsistent_dns_only
+  ELSE $rule:ok.nothing_failed
 END AS d
 FROM r
 )
 SELECT mid AS measurement_id, run_id, input, experiment, probe_cc, probe_asn, t AS measurement_start_time,
-       d[1] AS status, d[2] AS layer, d[3] AS method,
+       d[1] AS status,
+       CASE WHEN d[3] = 'http.blockpage' AND dns_foreign THEN 'dns' ELSE d[2] END AS layer,
+       CASE WHEN d[3] = 'http.blockpage' THEN 'http.blockpage:' || http_fp ELSE d[3] END AS method,
        CAST(coalesce(d[4], CASE WHEN d[3] = 'dns.blockpage_ip' THEN CAST(dns_fp_conf AS VARCHAR)
                                  ELSE CAST(http_fp_conf AS VARCHAR) END) AS DOUBLE) AS confidence,
-       coalesce(d[3] = 'dns.blockpage_ip' OR starts_with(d[3], 'http.blockpage:'), false) AS confirmed,
-       CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp
-            WHEN starts_with(coalesce(d[3], ''), 'http.blockpage:') THEN http_fp END AS fingerprint
+       d[3] IN ('dns.blockpage_ip', 'http.blockpage') AS confirmed,
+       CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp WHEN d[3] = 'http.blockpage' THEN http_fp END AS fingerprint
 FROM s
+-- One verdict per probe measurement even when the input holds a measurement (or its control)
+-- twice: the copies carry the same data, so any one of them is the verdict.
+QUALIFY row_number() OVER (PARTITION BY mid ORDER BY d[3], cid) = 1
 ORDER BY measurement_start_time, measurement_id
 """
+
+
+def decision_sql() -> str:
+    """The decision tree with every rule token filled in from RULES."""
+    return fill_rules(DECISION_TREE)

@@ -1,5 +1,6 @@
 """Per-measurement verdicts: each probe measurement judged against its control (ok, blocked at
-which layer and how, down, probe failure, no control), computed in DuckDB over whole tables."""
+which layer and how, down, probe failure, no control, no connectivity), computed in DuckDB over
+whole tables. The rules themselves are analysis/rules.py's table."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
-from analysis import rules
+from analysis import connectivity, rules
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control")
+STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control", "no_connectivity")
 LAYERS = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "vpn")
 
 VERDICT_SCHEMA = pa.schema(
@@ -112,7 +113,13 @@ def host_of(url: str | None) -> str | None:
 
 
 def _net_of(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    # The /24 (IPv4) or /48 (IPv6) an address lives in: the geo-DNS guard when no ASN is known.
+    # The /24 (IPv4) or /48 (IPv6) an address lives in. It stays as evidence of consistency, one
+    # way only: a /24 (/48) is the longest prefix announced in BGP, so two addresses in one are
+    # routed to one origin network (a load-balancer pool), and a censor's sinkhole does not
+    # share a /24 with the site it replaces. The other way it says nothing: geo-DNS hands out
+    # addresses of other /24s of the same network on other continents, so a different /24 is
+    # never evidence of inconsistency; the ASN (answers' own, or --asn-db), a validated TLS
+    # handshake and the HTTP comparison decide those.
     if addr.version == 4:
         return str(ipaddress.ip_network(f"{addr}/24", strict=False))
     return str(ipaddress.ip_network(f"{addr}/48", strict=False))
@@ -130,8 +137,11 @@ def classify_values(
     bogon: BogonChecker,
     dns_fingerprints: dict[str, Fingerprint],
     asn_lookup: Callable[[str], str | None] | None = None,
+    answer_asns: dict[str, str] | None = None,
 ) -> pa.Table:
-    """One row per distinct DNS answer value: bogon?, network, ASN, DNS fingerprint."""
+    """One row per distinct DNS answer value: bogon?, network, ASN, DNS fingerprint. The ASN is
+    the one the measuring side recorded with the answer (``answer_asns``, OONI's per-answer
+    ASN), else ``asn_lookup``'s (an IP-to-ASN database)."""
     cols: dict[str, list] = {name: [] for name in IPINFO_SCHEMA.names}
     for v in values:
         fp = dns_fingerprints.get(v.rstrip("."))
@@ -142,7 +152,10 @@ def classify_values(
         cols["v"].append(v)
         cols["bogon"].append(bogon(addr) if addr is not None else False)
         cols["net"].append(_net_of(addr) if addr is not None else None)
-        cols["asn"].append(asn_lookup(v) if (asn_lookup is not None and addr is not None) else None)
+        asn = (answer_asns or {}).get(v)
+        if asn is None and asn_lookup is not None and addr is not None:
+            asn = asn_lookup(v)
+        cols["asn"].append(asn)
         cols["fp"].append(fp.name if fp else None)
         cols["conf"].append(fp.confidence if fp else None)
     return pa.table(cols, schema=IPINFO_SCHEMA)
@@ -162,12 +175,53 @@ def maxmind_asn_lookup(path: Path | str) -> Callable[[str], str | None]:
         if isinstance(rec, dict):
             n = rec.get("autonomous_system_number") or rec.get("asn")
             if isinstance(n, int):
-                return f"AS{n}"
+                return normalize_asn(n)
             if isinstance(n, str) and n:
-                return n if n.upper().startswith("AS") else f"AS{n}"
+                return normalize_asn(n)
         return None
 
     return lookup
+
+
+def normalize_asn(value: object) -> str | None:
+    """``AS<n>`` from an ASN as OONI, a database or a probe writes it (13335, "13335",
+    "as13335"); None for unknown (OONI writes 0 when it does not know)."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip().upper()
+    if text.startswith("AS"):
+        text = text[2:]
+    if not text.isdigit() or int(text) == 0:
+        return None
+    return f"AS{int(text)}"
+
+
+# The ASN recorded with each pending answer (DnsAnswer.asn), by value. An address belongs to one
+# origin network at a time, so one ASN per value across the dataset is enough.
+_ANSWER_ASNS = """
+SELECT a.value AS v, any_value(a.asn) AS asn
+FROM (SELECT unnest(flatten(list_transform(dns, lambda q: q.answers))) AS a FROM measurements
+      WHERE measurement_id IN (SELECT mid FROM _vt_v WHERE len(odd_vals) > 0
+                               UNION ALL SELECT cid FROM _vt_v WHERE len(odd_vals) > 0))
+WHERE a.asn IS NOT NULL AND a.value IN (SELECT v FROM _vt_pending_values)
+GROUP BY a.value
+"""
+
+
+def _answer_asns(con: duckdb.DuckDBPyConnection, values: list[str]) -> dict[str, str]:
+    if not values:
+        return {}
+    dns_type = str(con.sql("SELECT dns FROM measurements LIMIT 0").types[0])
+    if "asn" not in dns_type.lower():  # datasets written before DnsAnswer.asn existed
+        return {}
+    _load(con, "_vt_pending_values", pa.table({"v": pa.array(values, pa.string())}))
+    out: dict[str, str] = {}
+    for v, asn in con.sql(_ANSWER_ASNS).fetchall():
+        n = normalize_asn(asn)
+        if n is not None:
+            out[v] = n
+    con.execute("DROP TABLE IF EXISTS _vt_pending_values")
+    return out
 
 
 def _as_fingerprint_set(fingerprints: FingerprintSet | Iterable[Path | str] | None) -> FingerprintSet:
@@ -191,9 +245,8 @@ def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet
         for mid, hops in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             hit: Fingerprint | None = None
             for hop in hops or []:
-                hit = matcher.match_headers((h[0], h[1]) for h in hop["headers"] or [])
-                if hit is None and hop["body"]:
-                    hit = matcher.match_body(hop["body"])
+                # A false-positive signature anywhere in the response vetoes a match in it.
+                hit = matcher.match_response(((h[0], h[1]) for h in hop["headers"] or []), hop["body"])
                 if hit is not None:
                     break
             if hit is not None:
@@ -220,7 +273,12 @@ def compute_verdicts(
     """One verdict row per probe measurement of the ``measurements`` view (see VERDICT_SCHEMA).
 
     ``fingerprints``: a loaded set, or extra CSV files to load next to the project's own (None:
-    the project's own only). ``asn_db``: optional MaxMind ASN database for the ASN-overlap rule.
+    the project's own only). ``asn_db``: optional MaxMind ASN database for the ASN-overlap rule
+    (the ASN recorded with an answer, as OONI imports carry it, comes first).
+
+    Connectivity comes first (analysis/connectivity.py): measurements taken where the vantage
+    point had no network get ``no_connectivity``. Every verdict's ``method`` is a rule id of
+    ``analysis.rules.RULES``. One row per distinct probe measurement id, duplicates or not.
     """
     if control_window_h < 0:
         raise VerdictError("--control-window must be zero or more hours")
@@ -236,12 +294,15 @@ def compute_verdicts(
     con.execute(rules.CONTROL_FEATURES)
     con.execute(rules.PROBE_FEATURES)
     values = con.sql(rules.PENDING_VALUES).to_arrow_table().column(0).to_pylist()
-    ipinfo = classify_values(values, bogon=bogon, dns_fingerprints=fps.dns_lookup(), asn_lookup=asn_lookup)
+    ipinfo = classify_values(values, bogon=bogon, dns_fingerprints=fps.dns_lookup(), asn_lookup=asn_lookup,
+                             answer_asns=_answer_asns(con, values))
     _load(con, "_vt_ipinfo", ipinfo)
     con.execute(rules.PENDING)
     _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
-    table = con.sql(rules.DECISION).to_arrow_table()
+    connectivity.create_connectivity_tables(con)
+    table = con.sql(rules.decision_sql()).to_arrow_table()
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
                  "_vt_ipinfo", "_vt_httpfp"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
+    connectivity.drop_connectivity_tables(con)
     return table.cast(VERDICT_SCHEMA)

@@ -34,6 +34,7 @@ def compare(tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
     verdicts = pq.read_table(out).to_pylist()
     # Verdicts join back to the index through the id the import derives from each line's text.
     by_id = {v["measurement_id"]: v for v in verdicts}
+    assert len(by_id) == len(verdicts)  # one verdict per probe measurement
     rows, disagreements = [], []
     with open(NETEM / "web_connectivity_netem_simulated.jsonl", encoding="utf-8") as lines, open(
         NETEM / "web_connectivity_netem_simulated_index.csv", encoding="utf-8", newline=""

@@ -10,10 +10,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import pyarrow as pa
 import pytest
 
 from analysis.db import open_datasets
-from analysis.verdicts import VERDICT_SCHEMA, BogonChecker, VerdictError, compute_verdicts, host_of
+from analysis.rules import RULES_BY_ID
+from analysis.verdicts import STATUSES, VERDICT_SCHEMA, BogonChecker, VerdictError, compute_verdicts, host_of
 from probe.schema import (
     DnsAnswer,
     DnsLateResponse,
@@ -41,6 +44,7 @@ def web(
     *,
     url: str = "http://site.example/",
     ips: Sequence[str] = (SITE_IP,),
+    asns: dict[str, str] | None = None,
     dns_failure: str | None = None,
     late: Sequence[str] | None = None,
     tcp_failure: str | dict[str, str] | None = None,
@@ -71,7 +75,7 @@ def web(
     q = DnsQuery(t0=0.0, t=0.05 + slow, failure=dns_failure, resolver="system", engine="system", query_type="A",
                  hostname=host, rcode="NXDOMAIN" if dns_failure == "dns_nxdomain" else "NOERROR")
     if not dns_failure:
-        q.answers = [DnsAnswer("A", ip, 300) for ip in ips]
+        q.answers = [DnsAnswer("A", ip, 300, asn=(asns or {}).get(ip)) for ip in ips]
     if late is not None:
         q.late_responses = [DnsLateResponse(t=0.07, rcode="NOERROR", answers=[DnsAnswer("A", ip) for ip in late])]
     m.dns = [q]
@@ -128,10 +132,23 @@ def verdicts(tmp_path: Path, records: Iterable[Measurement], **kw: Any) -> dict[
     con = open_datasets([root])
     try:
         table = compute_verdicts(con, **kw)
+        assert_one_verdict_per_measurement(con, table)
     finally:
         con.close()
-    assert table.schema.equals(VERDICT_SCHEMA)
     return {r["measurement_id"]: r for r in table.to_pylist()}
+
+
+def assert_one_verdict_per_measurement(con: duckdb.DuckDBPyConnection, table: pa.Table) -> None:
+    """count(verdicts) == count(distinct probe measurement ids), every verdict names a rule of
+    the table, and the table has the verdict schema."""
+    assert table.schema.equals(VERDICT_SCHEMA)
+    ((n,),) = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()
+    ids = table.column("measurement_id").to_pylist()
+    assert len(ids) == n == len(set(ids)), (len(ids), n, len(set(ids)))
+    for status, method in zip(table.column("status").to_pylist(), table.column("method").to_pylist(), strict=True):
+        assert status in STATUSES, status
+        rule = RULES_BY_ID.get((method or "").split(":", 1)[0])
+        assert rule is not None and rule.status == status, (status, method)
 
 
 def judge(tmp_path: Path, probe: Measurement, control: Measurement | None = None, **kw: Any) -> dict[str, Any]:
@@ -139,7 +156,8 @@ def judge(tmp_path: Path, probe: Measurement, control: Measurement | None = None
     return verdicts(tmp_path, records, **kw)[probe.measurement_id]
 
 
-def expect(v: dict[str, Any], status: str, layer: str | None = None, method: str | None = None) -> None:
+def expect(v: dict[str, Any], status: str, layer: str | None, method: str) -> None:
+    """The verdict, and the rule that gave it (every verdict names one, ok and down included)."""
     assert (v["status"], v["layer"], v["method"]) == (status, layer, method), v
 
 
@@ -149,7 +167,7 @@ def expect(v: dict[str, Any], status: str, layer: str | None = None, method: str
 def test_same_page_is_ok(tmp_path: Path) -> None:
     p = web()
     v = judge(tmp_path, p, control_of(p))
-    expect(v, "ok")
+    expect(v, "ok", None, "ok.http_matches")
     assert v["confirmed"] is False and v["fingerprint"] is None and 0 < v["confidence"] <= 1
 
 
@@ -157,53 +175,53 @@ def test_cdn_answer_validated_over_tls_is_ok(tmp_path: Path) -> None:
     # geo-DNS: the probe gets another CDN address than the control; TLS validates for the SNI.
     p = web(url="https://cdn.example/", ips=["104.16.1.9"])
     v = judge(tmp_path, p, control_of(p, ips=["151.101.1.1"]))
-    expect(v, "ok")
+    expect(v, "ok", None, "ok.https_validated")
 
 
 def test_cdn_answer_same_page_over_http_is_ok(tmp_path: Path) -> None:
     # Different address, no TLS, but the page is the control's: OONI's http comparison wins.
     p = web(ips=["104.16.1.9"])
-    expect(judge(tmp_path, p, control_of(p, ips=["151.101.1.1"])), "ok")
+    expect(judge(tmp_path, p, control_of(p, ips=["151.101.1.1"])), "ok", None, "ok.http_matches")
 
 
 def test_slow_but_working_is_ok(tmp_path: Path) -> None:
     p = web(slow=9.5)
-    expect(judge(tmp_path, p, control_of(p)), "ok")
+    expect(judge(tmp_path, p, control_of(p)), "ok", None, "ok.http_matches")
 
 
 def test_nxdomain_everywhere_is_down(tmp_path: Path) -> None:
     p = web(dns_failure="dns_nxdomain")
-    expect(judge(tmp_path, p, control_of(p, dns_failure="dns_nxdomain")), "down")
+    expect(judge(tmp_path, p, control_of(p, dns_failure="dns_nxdomain")), "down", None, "down.dns_both_failed")
 
 
 def test_control_down_too_is_down(tmp_path: Path) -> None:
     p = web(tcp_failure="generic_timeout")
-    expect(judge(tmp_path, p, control_of(p, tcp_failure="generic_timeout")), "down")
+    expect(judge(tmp_path, p, control_of(p, tcp_failure="generic_timeout")), "down", None, "down.both_failed")
 
 
 def test_http_failure_at_both_ends_is_down(tmp_path: Path) -> None:
     p = web(http_failure="eof")
-    expect(judge(tmp_path, p, control_of(p, http_failure="eof")), "down")
+    expect(judge(tmp_path, p, control_of(p, http_failure="eof")), "down", None, "down.both_failed")
 
 
 def test_probe_without_ipv6_is_not_tcp_blocking(tmp_path: Path) -> None:
     v6 = "2606:2800:220:1:248:1893:25c8:1946"
     p = web(ips=[SITE_IP, v6], tcp_failure={v6: "network_unreachable"})
     c = control_of(p, ips=[SITE_IP, v6])
-    expect(judge(tmp_path, p, c), "ok")
+    expect(judge(tmp_path, p, c), "ok", None, "ok.http_matches")
 
 
 def test_probe_failure(tmp_path: Path) -> None:
     p = web(failure="unknown_failure:bad_input")
-    expect(judge(tmp_path, p), "probe_failure", None, "probe.failure")
+    expect(judge(tmp_path, p), "probe_failure", None, "probe_failure.measurement")
 
 
 def test_no_control(tmp_path: Path) -> None:
-    expect(judge(tmp_path, web(tcp_failure="connection_reset")), "no_control")
+    expect(judge(tmp_path, web(tcp_failure="connection_reset")), "no_control", None, "no_control.none")
 
 
 def test_validated_https_needs_no_control(tmp_path: Path) -> None:
-    expect(judge(tmp_path, web(url="https://site.example/")), "ok")
+    expect(judge(tmp_path, web(url="https://site.example/")), "ok", None, "ok.https_no_control")
 
 
 # --------------------------------------------------------------------------- DNS
@@ -217,7 +235,8 @@ def test_bogon_answer_is_dns_blocking(tmp_path: Path) -> None:
 def test_bogon_in_the_control_too_is_not_blocking(tmp_path: Path) -> None:
     # An intranet name (or a site pointing at localhost) resolves to a private address everywhere.
     p = web(ips=["127.0.0.1"], tcp_failure="connection_refused")
-    expect(judge(tmp_path, p, control_of(p, ips=["127.0.0.1"], tcp_failure="connection_refused")), "down")
+    expect(judge(tmp_path, p, control_of(p, ips=["127.0.0.1"], tcp_failure="connection_refused")), "down", None,
+           "down.both_failed")
 
 
 def test_public_net_makes_a_lab_address_public(tmp_path: Path) -> None:
@@ -251,7 +270,7 @@ def test_late_differing_answer_is_injection(tmp_path: Path) -> None:
 
 def test_late_duplicate_same_answer_is_not_injection(tmp_path: Path) -> None:
     p = web(late=[SITE_IP])
-    expect(judge(tmp_path, p, control_of(p)), "ok")
+    expect(judge(tmp_path, p, control_of(p)), "ok", None, "ok.http_matches")
 
 
 def test_injection_check_answered_is_injection(tmp_path: Path) -> None:
@@ -290,7 +309,7 @@ def test_same_network_answer_is_consistent(tmp_path: Path) -> None:
 
 def test_ghost_answer_for_a_name_that_does_not_exist(tmp_path: Path) -> None:
     p = web(ips=["83.224.65.41"])
-    expect(judge(tmp_path, p, control_of(p, dns_failure="dns_nxdomain")), "blocked", "dns", "dns.inconsistent")
+    expect(judge(tmp_path, p, control_of(p, dns_failure="dns_nxdomain")), "blocked", "dns", "dns.answer_ctrl_nxdomain")
 
 
 # --------------------------------------------------------------------------- TCP / TLS / HTTP
@@ -331,7 +350,7 @@ def test_tls_failure_with_control_ok(tmp_path: Path, failure: str, method: str) 
 
 def test_bad_certificate_everywhere_is_down(tmp_path: Path) -> None:
     p = web(url="https://expired.example/", tls_failure="ssl_invalid_certificate")
-    expect(judge(tmp_path, p, control_of(p, tls_failure="ssl_invalid_certificate")), "down")
+    expect(judge(tmp_path, p, control_of(p, tls_failure="ssl_invalid_certificate")), "down", None, "down.both_failed")
 
 
 def test_http_failure_with_control_ok(tmp_path: Path) -> None:
@@ -354,7 +373,7 @@ def test_body_length_difference(tmp_path: Path) -> None:
 def test_body_difference_with_same_title_is_ok(tmp_path: Path) -> None:
     # OONI: status match and title match is enough (dynamic pages change length).
     p = web(body=f"<html><title>{TITLE}</title>short</html>", headers=[("X-Filter", "1")])
-    expect(judge(tmp_path, p, control_of(p, headers=[("X-Origin", "a")])), "ok")
+    expect(judge(tmp_path, p, control_of(p, headers=[("X-Origin", "a")])), "ok", None, "ok.http_matches")
 
 
 def test_blockpage_body_fingerprint(tmp_path: Path) -> None:
@@ -385,7 +404,7 @@ def test_blockpage_behind_a_lying_answer_is_dns(tmp_path: Path) -> None:
 def test_same_blockpage_at_the_control_is_not_a_match(tmp_path: Path) -> None:
     # The site itself serves a page that looks like a blockpage: not the network's doing.
     p = web(body=BLOCKPAGE, title="Blocked")
-    expect(judge(tmp_path, p, control_of(p, body=BLOCKPAGE, title="Blocked")), "ok")
+    expect(judge(tmp_path, p, control_of(p, body=BLOCKPAGE, title="Blocked")), "ok", None, "ok.http_matches")
 
 
 # --------------------------------------------------------------------------- VPN
@@ -419,8 +438,8 @@ def test_vpn_down_and_ok(tmp_path: Path) -> None:
     c1 = vpn("control", ok=False, failure="generic_timeout", control_for=p1.measurement_id)
     p2 = vpn(ok=True, at=T0 + dt.timedelta(days=1))
     out = verdicts(tmp_path, [p1, c1, p2])
-    expect(out[p1.measurement_id], "down")
-    expect(out[p2.measurement_id], "ok")
+    expect(out[p1.measurement_id], "down", None, "down.vpn_both_failed")
+    expect(out[p2.measurement_id], "ok", None, "ok.vpn_handshake")
 
 
 # --------------------------------------------------------------------------- pairing
@@ -432,7 +451,7 @@ def test_control_run_paired_by_input_within_window(tmp_path: Path) -> None:
     v = judge(tmp_path, p, near)
     expect(v, "blocked", "tcp_ip", "tcp.reset")
     far = web("control", at=T0 + dt.timedelta(hours=7))
-    expect(judge(tmp_path / "far", p, far), "no_control")
+    expect(judge(tmp_path / "far", p, far), "no_control", None, "no_control.none")
     expect(judge(tmp_path / "wide", p, far, control_window_h=8), "blocked", "tcp_ip", "tcp.reset")
 
 
@@ -450,7 +469,7 @@ def test_helper_control_beats_a_nearer_control_run(tmp_path: Path) -> None:
     helper.measurement_start_time = T0 + dt.timedelta(seconds=30)
     run = web("control", at=T0)
     out = verdicts(tmp_path, [p, helper, run])
-    expect(out[p.measurement_id], "down")
+    expect(out[p.measurement_id], "down", None, "down.both_failed")
 
 
 def test_only_probe_rows_get_verdicts(tmp_path: Path) -> None:
@@ -493,7 +512,7 @@ def test_redirect_target_that_does_not_resolve(tmp_path: Path) -> None:
     p = web(http_failure="unknown_failure:dns_lookup")
     p.dns.append(DnsQuery(t0=0.5, t=0.6, failure="dns_nxdomain", resolver="system", engine="system", query_type="A",
                           hostname="next.example", rcode="NXDOMAIN", tag="redirect"))
-    expect(judge(tmp_path, p, control_of(p)), "blocked", "dns", "dns.nxdomain_ctrl_ok")
+    expect(judge(tmp_path, p, control_of(p)), "blocked", "dns", "dns.redirect_nxdomain_ctrl_ok")
 
 
 def test_tls_passthrough_box_serving_a_blockpage_is_dns(tmp_path: Path) -> None:
@@ -527,4 +546,23 @@ def test_redirect_to_an_intranet_host_is_not_a_bogon(tmp_path: Path) -> None:
                           hostname="intranet.site.example", rcode="NOERROR", answers=[DnsAnswer("A", "10.0.0.8")],
                           tag="redirect"))
     c = control_of(p, http_failure="generic_timeout")
-    expect(judge(tmp_path, p, c), "down")
+    expect(judge(tmp_path, p, c), "down", None, "down.both_failed")
+
+
+def test_a_measurement_present_twice_gets_one_verdict(tmp_path: Path) -> None:
+    # The same probe row (and its helper control) written by two runs into one dataset.
+    p = web(tcp_failure="connection_reset")
+    c = control_of(p)
+    root = tmp_path / "ds"
+    write_records(root, "run-a", [p, c])
+    write_records(root, "run-b", [p, c])
+    con = open_datasets([root])
+    try:
+        ((rows,),) = con.sql("SELECT count(*) FROM measurements WHERE role = 'probe'").fetchall()
+        assert rows == 2  # the duplicate is really there
+        table = compute_verdicts(con)
+        assert_one_verdict_per_measurement(con, table)
+    finally:
+        con.close()
+    (v,) = table.to_pylist()
+    expect(v, "blocked", "tcp_ip", "tcp.reset")

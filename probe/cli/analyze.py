@@ -29,7 +29,7 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: 
 
     DATASETS are Vantage dataset directories (probe runs, control runs, OONI imports) or
     directories of Parquet files. Each probe measurement gets a status (ok, blocked, down,
-    probe_failure, no_control), the layer and rule of a block, a confidence and, when a
+    probe_failure, no_control, no_connectivity), the rule that decided, a confidence and, when a
     blockpage fingerprint matched, confirmed=true. Corrupt or foreign Parquet files are skipped
     with a warning naming them. `vantage report --verdicts` and `vantage events --verdicts`
     read the file this writes.

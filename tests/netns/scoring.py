@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control")
+STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control", "no_connectivity")
 MISSING = "(none)"  # no verdict came back for a scenario
 
 

@@ -94,9 +94,9 @@ class VpnScenario:
 
     @property
     def method(self) -> str | None:
-        """The analyzer's method the probe's view supports (None for ok and down)."""
+        """The analyzer's rule (method) the probe's view supports."""
         if self.status != "blocked":
-            return None
+            return "ok.vpn_handshake" if self.status == "ok" else "down.vpn_both_failed"
         if self.mode == "drop":
             return "vpn.timeout"
         if self.mode == "reset":
