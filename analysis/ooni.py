@@ -17,13 +17,14 @@ import pyarrow.parquet as pq
 
 from analysis.ooni_fields import BodyStats, map_failure
 from analysis.ooni_read import SourceError, discover, iter_documents
-from analysis.ooni_tests import NotAMeasurement, convert
-from probe.schema import new_run_id, validate
+from analysis.ooni_tests import Converted, convert
+from probe.schema import new_run_id, records_to_table, validate
 from probe.store import DatasetWriter, StoreError, iter_dataset_files
 
-__all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert"]
+__all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert", "one_line"]
 
-MAX_REPORTED_ERRORS = 50  # the summary lists the first ones; all are counted
+MAX_REPORTED_ERRORS = 50  # the summary keeps the first ones; all are counted (and passed to on_error)
+_MAX_REASON = 300
 
 
 class OoniImportError(Exception):
@@ -33,6 +34,7 @@ class OoniImportError(Exception):
 @dataclass
 class ImportSummary:
     files: int = 0
+    repeated_files: int = 0  # a path given twice, or a file inside a directory also given: read once
     measurements: int = 0  # probe rows written
     controls: int = 0  # control rows written
     by_test: Counter[str] = field(default_factory=Counter)
@@ -40,29 +42,53 @@ class ImportSummary:
     odd_encodings: int = 0
     missing_test_keys: int = 0
     null_controls: int = 0
-    already_present: int = 0  # skipped: the output already holds this measurement
+    already_present: int = 0  # skipped: the output already held this measurement before the import
+    duplicates: int = 0  # skipped: this import had already written this measurement
     malformed: int = 0
     errors: list[str] = field(default_factory=list)  # "file:line: reason"
     output_files: list[Path] = field(default_factory=list)
 
-    def note_error(self, where: str, reason: str) -> None:
+    def note_error(self, where: str, reason: str) -> str:
+        """Count a skipped value; returns its one-line report."""
         self.malformed += 1
+        line = one_line(f"{where}: {reason}")
         if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(f"{where}: {reason}")
+            self.errors.append(line)
+        return line
 
 
-def _existing_ids(output: Path) -> set[str]:
-    """Ids of OONI rows an earlier import already wrote, so re-importing adds nothing."""
-    ids: set[str] = set()
+def one_line(text: str) -> str:
+    """A report line that any terminal can print: no line breaks, no lone surrogates (from
+    the data or from a file name that is not UTF-8), bounded."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > _MAX_REASON:
+        text = text[:_MAX_REASON] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _existing_keys(output: Path) -> set[str]:
+    """Dedupe keys (origin_uid) of the OONI measurements an earlier import already wrote, so
+    importing again adds nothing. Rows written before origin_uid always held the key are
+    matched by measurement_id instead."""
+    keys: set[str] = set()
     for path in iter_dataset_files(output):
         try:
-            table = pq.read_table(path, columns=["measurement_id", "origin"])
+            table = pq.read_table(path, columns=["measurement_id", "origin", "role", "origin_uid"])
         except Exception:  # an unreadable file is the analyzer's problem to report, not ours
             continue
-        for mid, origin in zip(table.column("measurement_id").to_pylist(), table.column("origin").to_pylist(), strict=True):
-            if origin == "ooni":
-                ids.add(mid)
-    return ids
+        columns = (table.column(c).to_pylist() for c in ("measurement_id", "origin", "role", "origin_uid"))
+        for mid, origin, role, uid in zip(*columns, strict=True):
+            if origin == "ooni" and role == "probe":
+                keys.add(uid or "id:" + mid)
+    return keys
+
+
+def _check(converted: Converted) -> None:
+    """Everything that could fail when the batch is written fails here, for this line alone:
+    the record contract, then Arrow's types (an int beyond int64, a lone surrogate, ...)."""
+    for record in converted.records:
+        validate(record)
+    records_to_table(converted.records)
 
 
 def import_ooni(
@@ -71,23 +97,43 @@ def import_ooni(
     *,
     batch_size: int = 5000,
     on_progress: Callable[[ImportSummary], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> ImportSummary:
-    """Import every OONI measurement found in ``sources`` into the dataset at ``output``."""
+    """Import every OONI measurement found in ``sources`` into the dataset at ``output``.
+
+    Each value is converted, validated and coerced to the Arrow schema on its own before it
+    joins a batch: one that cannot be is reported (``FILE:LINE: reason``, to ``on_error``) and
+    skipped, and costs nothing else. A measurement already written (by this import, or found
+    in ``output`` at the start) is skipped and counted.
+    """
     paths = [Path(s) for s in sources]
     try:
-        files = discover(paths)
+        found = discover(paths)
     except SourceError as exc:
         raise OoniImportError(str(exc)) from exc
-    if not files:
+    if not found:
         names = ", ".join(str(p) for p in paths)
         raise OoniImportError(f"no OONI measurement files (.json, .jsonl, .ndjson, optionally .gz) in {names}")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise OoniImportError(f"{output}: output exists and is not a directory")
-    summary = ImportSummary(files=len(files))
-    existing = _existing_ids(output)
+    files, seen_files = [], set()
+    for path in found:
+        real = path.resolve()
+        if real not in seen_files:
+            seen_files.add(real)
+            files.append(path)
+    summary = ImportSummary(files=len(files), repeated_files=len(found) - len(files))
+    existing = _existing_keys(output)
+    written: set[str] = set()
     stats = BodyStats()
     writer_run = "ooni-import-" + new_run_id()
+
+    def skip(where: str, reason: str) -> None:
+        line = summary.note_error(where, reason)
+        if on_error is not None:
+            on_error(line)
+
     try:
         writer = DatasetWriter(output, writer_run, batch_size=batch_size, max_age_s=1e9)
     except (OSError, StoreError) as exc:
@@ -97,23 +143,30 @@ def import_ooni(
             for path in files:
                 try:
                     for raw in iter_documents(path):
-                        where = f"{path}:{raw.line}" if raw.line > 0 else str(path)
+                        where = f"{path}:{raw.line}"
                         if raw.error:
-                            summary.note_error(where, raw.error)
+                            skip(where, raw.error)
                             continue
+                        line_stats = BodyStats()
                         try:
-                            converted = convert(raw.doc, raw.raw, stats)
-                            for record in converted.records:
-                                validate(record)  # all or nothing: no probe row without its control
-                        except (NotAMeasurement, ValueError, TypeError, AttributeError, KeyError) as exc:
-                            summary.note_error(where, f"{type(exc).__name__}: {exc}")
+                            converted = convert(raw.doc, raw.raw, line_stats)
+                            _check(converted)
+                        except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
+                            skip(where, f"{type(exc).__name__}: {exc}")
                             continue
-                        for record in converted.records:
-                            if record.measurement_id not in existing:
-                                writer.add(record)
-                        if converted.records[0].measurement_id in existing:
+                        probe = converted.records[0]
+                        key = probe.origin_uid or "id:" + probe.measurement_id
+                        if key in existing or "id:" + probe.measurement_id in existing:
                             summary.already_present += 1
                             continue
+                        if key in written:
+                            summary.duplicates += 1
+                            continue
+                        written.add(key)
+                        for record in converted.records:
+                            writer.add(record)
+                        stats.base64_bodies += line_stats.base64_bodies
+                        stats.odd_encodings += line_stats.odd_encodings
                         summary.measurements += 1
                         summary.controls += len(converted.records) - 1
                         summary.by_test[converted.test_name] += 1
@@ -122,7 +175,7 @@ def import_ooni(
                         if on_progress is not None and summary.measurements % 1000 == 0:
                             on_progress(summary)
                 except SourceError as exc:
-                    summary.note_error(str(path), str(exc))
+                    skip(str(path), str(exc))
     except StoreError as exc:
         raise OoniImportError(str(exc)) from exc
     summary.base64_bodies = stats.base64_bodies
