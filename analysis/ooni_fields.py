@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import html
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -168,9 +169,10 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 def as_float(value: Any, default: float = 0.0) -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
         return default
+    return number if math.isfinite(number) else default  # JSON's NaN/Infinity are not times
 
 
 def as_int(value: Any) -> int | None:
