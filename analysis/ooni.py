@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.ooni_fields import BodyStats, map_failure
 from analysis.ooni_read import SourceError, discover, iter_documents
-from analysis.ooni_tests import Converted, convert
+from analysis.ooni_tests import Converted, NotAMeasurement, convert
 from probe.schema import new_run_id, records_to_table, validate
 from probe.store import DatasetWriter, StoreError, iter_dataset_files
 
@@ -83,12 +84,25 @@ def _existing_keys(output: Path) -> set[str]:
     return keys
 
 
+class _Unfit(ValueError):
+    """A converted measurement that the dataset's Arrow schema cannot hold."""
+
+
 def _check(converted: Converted) -> None:
     """Everything that could fail when the batch is written fails here, for this line alone:
-    the record contract, then Arrow's types (an int beyond int64, a lone surrogate, ...)."""
+    the record contract, then Arrow's types (an int beyond int32/int64, a lone surrogate, ...)."""
     for record in converted.records:
         validate(record)
-    records_to_table(converted.records)
+    try:
+        records_to_table(converted.records)
+    except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError) as exc:
+        raise _Unfit(f"does not fit the dataset schema ({type(exc).__name__}: {exc})") from exc
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, (NotAMeasurement, _Unfit)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def import_ooni(
@@ -152,7 +166,7 @@ def import_ooni(
                             converted = convert(raw.doc, raw.raw, line_stats)
                             _check(converted)
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
-                            skip(where, f"{type(exc).__name__}: {exc}")
+                            skip(where, _reason(exc))
                             continue
                         probe = converted.records[0]
                         key = probe.origin_uid or "id:" + probe.measurement_id
