@@ -133,16 +133,20 @@ def _iter_open(reader: _Reader) -> Iterator[RawDocument]:
     doc, error = decode_json(text)
     second = b""
     if error is not None and head.startswith(b"{") and not lines_only:
-        # A pretty-printed object's next line is a member ('  "key": ...') or its end; a
-        # JSON-lines file's next line is another object at column 0.
+        # A pretty-printed object's next line is a member ('  "key": ...'), its end, or the
+        # next object's lone "{"; a JSON-lines file's next line is another whole object.
         second = reader.next_nonblank()
-        if not second.startswith(b"{"):
+        if not second.startswith(b"{") or second.strip() == b"{":
             yield from _iter_stream(reader, _text(first + second), lineno, array=False)
             return
     # JSON-lines: one value per line; a bad line is reported and skipped.
     yield RawDocument(path, lineno, text, doc, error)
     line = second or reader.readline()
     while line:
+        if line.strip() == b"{" and not lines_only:
+            # Pretty-printed objects after all (a mixed file): decode them as a stream.
+            yield from _iter_stream(reader, _text(line), reader.lineno, array=False)
+            return
         if line.strip():
             text = _text(line).strip()
             doc, error = decode_json(text)
