@@ -1,17 +1,20 @@
 """Import OONI measurements (JSON, JSON-lines, gzip; files or directories) into a Vantage dataset.
 
-Streams every file and writes through probe.store.DatasetWriter, so memory stays flat however
-much is imported. probe.store is the dataset format, not the probe's network code or its
+Streams every file and writes batches through probe.store's atomic Parquet writer, so memory
+stays flat however much is imported. probe.store is the dataset format, not the probe's network code or its
 experiments, so analysis/ may use it (docs/ooni.md). The mapping itself lives in
 analysis/ooni_fields.py (shared data formats) and analysis/ooni_tests.py (per test).
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import datetime as dt
+import itertools
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,8 +22,8 @@ import pyarrow.parquet as pq
 from analysis.ooni_fields import BodyStats, map_failure
 from analysis.ooni_read import SourceError, discover, iter_documents
 from analysis.ooni_tests import Converted, NotAMeasurement, convert
-from probe.schema import new_run_id, records_to_table, validate
-from probe.store import DatasetWriter, StoreError, iter_dataset_files
+from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
+from probe.store import StoreError, iter_dataset_files, partition_dir, write_table_atomic
 
 __all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert", "one_line"]
 
@@ -84,19 +87,57 @@ def _existing_keys(output: Path) -> set[str]:
     return keys
 
 
+_ROW_TYPE = pa.struct([*MEASUREMENT_SCHEMA, pa.field("probe_cc", pa.string())])
+
+
 class _Unfit(ValueError):
     """A converted measurement that the dataset's Arrow schema cannot hold."""
 
 
-def _check(converted: Converted) -> None:
+def _check(converted: Converted) -> list[dict[str, Any]]:
     """Everything that could fail when the batch is written fails here, for this line alone:
-    the record contract, then Arrow's types (an int beyond int32/int64, a lone surrogate, ...)."""
+    the record contract, then Arrow's types (an int beyond int32/int64, a lone surrogate, ...).
+    Returns the rows, ready for the batch."""
     for record in converted.records:
         validate(record)
+    rows = [r.to_row() for r in converted.records]
     try:
-        records_to_table(converted.records)
+        # The conversion the batch write does, as one struct array (cheaper than a table).
+        pa.array(rows, type=_ROW_TYPE)
     except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError) as exc:
         raise _Unfit(f"does not fit the dataset schema ({type(exc).__name__}: {exc})") from exc
+    return rows
+
+
+class _Batches:
+    """Checked rows, written per (date, probe_cc) partition in batches, like
+    probe.store.DatasetWriter but without converting each record to a row a second time."""
+
+    def __init__(self, root: Path, run_id: str, batch_size: int) -> None:
+        self.root, self.run_id, self.batch_size = root, run_id, batch_size
+        self.groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.buffered = 0
+        self.parts = itertools.count()  # the run id is new: no earlier part to continue after
+        self.files_written: list[Path] = []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            date = row["measurement_start_time"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+            self.groups[(date, row.pop("probe_cc"))].append(row)
+        self.buffered += len(rows)
+        if self.buffered >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        for (date, cc), rows in sorted(self.groups.items()):
+            path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self.parts):05d}.parquet"
+            try:
+                write_table_atomic(pa.Table.from_pylist(rows, schema=MEASUREMENT_SCHEMA), path)
+            except OSError as exc:
+                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            self.files_written.append(path)
+        self.groups.clear()
+        self.buffered = 0
 
 
 def _reason(exc: Exception) -> str:
@@ -148,12 +189,9 @@ def import_ooni(
         if on_error is not None:
             on_error(line)
 
+    writer = _Batches(output, writer_run, batch_size)
     try:
-        writer = DatasetWriter(output, writer_run, batch_size=batch_size, max_age_s=1e9)
-    except (OSError, StoreError) as exc:
-        raise OoniImportError(f"{output}: cannot write: {exc}") from exc
-    try:
-        with writer:
+        try:
             for path in files:
                 try:
                     for raw in iter_documents(path):
@@ -164,7 +202,7 @@ def import_ooni(
                         line_stats = BodyStats()
                         try:
                             converted = convert(raw.doc, raw.raw, line_stats)
-                            _check(converted)
+                            rows = _check(converted)
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
                             skip(where, _reason(exc))
                             continue
@@ -177,8 +215,7 @@ def import_ooni(
                             summary.duplicates += 1
                             continue
                         written.add(key)
-                        for record in converted.records:
-                            writer.add(record)
+                        writer.add(rows)
                         stats.base64_bodies += line_stats.base64_bodies
                         stats.odd_encodings += line_stats.odd_encodings
                         summary.measurements += 1
@@ -190,6 +227,8 @@ def import_ooni(
                             on_progress(summary)
                 except SourceError as exc:
                     skip(str(path), str(exc))
+        finally:
+            writer.flush()  # what was checked is written, also when the import stops early
     except StoreError as exc:
         raise OoniImportError(str(exc)) from exc
     summary.base64_bodies = stats.base64_bodies
