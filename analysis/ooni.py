@@ -72,18 +72,17 @@ def one_line(text: str) -> str:
 
 def _existing_keys(output: Path) -> set[str]:
     """Dedupe keys (origin_uid) of the OONI measurements an earlier import already wrote, so
-    importing again adds nothing. Rows written before origin_uid always held the key are
-    matched by measurement_id instead."""
+    importing again adds nothing."""
     keys: set[str] = set()
     for path in iter_dataset_files(output):
         try:
-            table = pq.read_table(path, columns=["measurement_id", "origin", "role", "origin_uid"])
+            table = pq.read_table(path, columns=["origin", "role", "origin_uid"])
         except Exception:  # an unreadable file is the analyzer's problem to report, not ours
             continue
-        columns = (table.column(c).to_pylist() for c in ("measurement_id", "origin", "role", "origin_uid"))
-        for mid, origin, role, uid in zip(*columns, strict=True):
-            if origin == "ooni" and role == "probe":
-                keys.add(uid or "id:" + mid)
+        columns = (table.column(c).to_pylist() for c in ("origin", "role", "origin_uid"))
+        for origin, role, uid in zip(*columns, strict=True):
+            if origin == "ooni" and role == "probe" and uid:
+                keys.add(uid)
     return keys
 
 
@@ -206,9 +205,8 @@ def import_ooni(
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
                             skip(where, _reason(exc))
                             continue
-                        probe = converted.records[0]
-                        key = probe.origin_uid or "id:" + probe.measurement_id
-                        if key in existing or "id:" + probe.measurement_id in existing:
+                        key = converted.records[0].origin_uid or ""  # always set by convert
+                        if key in existing:
                             summary.already_present += 1
                             continue
                         if key in written:
