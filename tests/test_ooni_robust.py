@@ -231,3 +231,14 @@ def test_a_fifo_is_one_error_line_not_a_hang(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["ooni", "import", str(fifo), "-o", str(tmp_path / "ds")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {fifo}: not a regular file or directory"]
+
+
+def test_every_skipped_line_is_printed_once_beyond_the_first_fifty(tmp_path: Path) -> None:
+    src = tmp_path / "many.jsonl"
+    src.write_text("\n".join(["{broken"] * 60 + [LINES[0]]) + "\n")
+    result = ooni_import(src, "-o", tmp_path / "ds")
+    assert result.exit_code == 0, result.output
+    skipped = [ln for ln in result.output.splitlines() if ln.startswith("skipped ")]
+    assert [int(ln.split(":")[1]) for ln in skipped] == list(range(1, 61))
+    assert summary_row(result.output, "malformed") == 60
+    assert summary_row(result.output, "measurements imported") == 1
