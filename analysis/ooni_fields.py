@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import html
 import ipaddress
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -32,7 +33,8 @@ from probe.schema import (
 BODY_SAMPLE_CHARS = 4096
 
 # OONI failure strings (netxlite, Measurement Kit, ooniprobe-legacy and the test helper's
-# legacy names) onto Vantage's closed set. Anything not listed: unknown_failure:<original>.
+# legacy names) onto Vantage's closed set. Anything not listed, and not recognised by the Go
+# error patterns below, stays unknown_failure:<original> (docs/ooni.md says which and why).
 _FAILURE_MAP = {
     # DNS
     "dns_nxdomain_error": "dns_nxdomain",
@@ -42,17 +44,19 @@ _FAILURE_MAP = {
     "android_dns_cache_no_data": "dns_nxdomain",
     "dns_servfail_error": "dns_servfail",
     "dns_server_failure": "dns_servfail",  # test helper legacy name for any other DNS error
+    "dns_name_failure": "dns_servfail",  # ooniprobe-legacy: twisted's DNSServerError (SERVFAIL)
     "dns_refused_error": "dns_refused",
     "dns_no_answer": "dns_no_answer",
     "no_answer": "dns_no_answer",  # ooniprobe-legacy dns_consistency
     "dns_server_misbehaving": "dns_server_misbehaving",
     "dns_reply_with_wrong_query_id": "dns_server_misbehaving",
-    "dns_non_recoverable_failure": "dns_servfail",
+    "dns_non_recoverable_failure": "dns_servfail",  # EAI_FAIL: the resolver answered "failure"
     # transport
     "generic_timeout_error": "generic_timeout",
     "deferred_timeout_error": "generic_timeout",
     "tcp_timed_out_error": "generic_timeout",
-    "timed_out": "generic_timeout",
+    "task_timed_out": "generic_timeout",
+    "timed_out": "generic_timeout",  # ETIMEDOUT
     "connection_refused": "connection_refused",
     "connection_refused_error": "connection_refused",
     "connection_reset": "connection_reset",
@@ -67,31 +71,82 @@ _FAILURE_MAP = {
     # TLS
     "ssl_invalid_hostname": "ssl_invalid_hostname",
     "ssl_unknown_authority": "ssl_unknown_authority",
+    "ssl_unknown_autority": "ssl_unknown_authority",  # the misspelling in ooni/spec df-007
     "ssl_invalid_certificate": "ssl_invalid_certificate",
     "ssl_failed_handshake": "tls_handshake_failure",
     "ssl_error": "tls_handshake_failure",
-    # the run
+    # the run: the probe cancelled its own step (netxlite maps Go's context.Canceled here)
     "interrupted": "interrupted",
 }
-_TOO_MANY_REDIRECTS = re.compile(r"too many redirects|stopped after \d+ redirects", re.I)
+# Raw Go (and OS) error texts, as older probes and "unknown_failure: <Go error>" carry them,
+# classified the way netxlite's classifier does: first match wins, so the more specific
+# causes (a cancelled step, a certificate, DNS, an errno) come before the generic ones
+# (a timeout, EOF, any TLS alert).
+_GO_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.I), failure)
+    for pattern, failure in (
+        (r"context canceled|operation was canceled|\binterrupted\b", "interrupted"),
+        (r"too many redirects|stopped after \d+ redirects", "http_too_many_redirects"),
+        (r"x509: certificate signed by unknown authority|ssl_unknown_authority", "ssl_unknown_authority"),
+        (r"x509: certificate is (?:valid for|not valid for any names)|ssl_invalid_hostname", "ssl_invalid_hostname"),
+        (r"x509:|ssl_invalid_certificate", "ssl_invalid_certificate"),
+        (r"no such host|dns_nxdomain_error|dns_name_error", "dns_nxdomain"),
+        (r"server misbehaving", "dns_server_misbehaving"),
+        (r"no answer from dns server|dns_no_answer", "dns_no_answer"),
+        (r"connection refused|connection_refused", "connection_refused"),
+        (r"connection reset by peer|connection_reset", "connection_reset"),
+        (r"no route to host|host is unreachable|host_unreachable", "host_unreachable"),
+        (r"network is unreachable|network_unreachable", "network_unreachable"),
+        (r"i/o timeout|deadline exceeded|handshake timeout|timeout awaiting|timed out|generic_timeout_error",
+         "generic_timeout"),
+        (r"(?:^|[\s:])(?:unexpected )?EOF$|eof_error", "eof"),
+        (r"\btls: |ssl_failed_handshake", "tls_handshake_failure"),
+    )
+)
+_MAX_DETAIL = 512  # an unknown failure keeps this much of the original text
 
 
 def map_failure(failure: Any) -> str | None:
-    """An OONI failure string (or null) as a member of probe.schema.FAILURES."""
-    if failure is None or failure == "":
+    """An OONI failure value as a member of probe.schema.FAILURES, ``unknown_failure:<detail>``
+    or None. null, false and "" mean success; true (a failure without a reason) and any other
+    non-string value are unknown failures, never a crash."""
+    if failure is None or failure is False:
         return None
-    text = str(failure).strip()
+    if failure is True:
+        return UNKNOWN_FAILURE_PREFIX + "unspecified"
+    text = (failure if isinstance(failure, str) else repr(failure)).strip()
+    if not text:
+        return None
     mapped = _FAILURE_MAP.get(text)
     if mapped:
         return mapped
     if text in FAILURES:
         return text
-    if _TOO_MANY_REDIRECTS.search(text):
-        return "http_too_many_redirects"
+    for pattern, name in _GO_ERRORS:
+        if pattern.search(text):
+            return name
+    detail = text
     if text.startswith("unknown_failure"):
-        detail = text[len("unknown_failure") :].lstrip(": ").strip()
-        return UNKNOWN_FAILURE_PREFIX + (detail or "unknown")
-    return UNKNOWN_FAILURE_PREFIX + text
+        detail = text[len("unknown_failure") :].lstrip(": ").strip() or "unknown"
+    return UNKNOWN_FAILURE_PREFIX + detail[:_MAX_DETAIL]
+
+
+def as_asn(value: Any) -> str | None:
+    """OONI's per-answer ``asn`` (an int, or "AS13335" / "13335") as "AS13335"; 0 is OONI's
+    "unknown" and becomes null, as does anything that is not an AS number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        digits = value.strip().upper().removeprefix("AS")
+        value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 10 else None
+    if isinstance(value, int) and 0 < value < 2**32:
+        return f"AS{value}"
+    return None
+
+
+def as_text(value: Any) -> str | None:
+    """An optional text field: a non-empty string, else null."""
+    return value.strip() or None if isinstance(value, str) else None
 
 
 # --------------------------------------------------------------------------- small shapes
@@ -114,15 +169,16 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 def as_float(value: Any, default: float = 0.0) -> float:
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return default
+    return number if math.isfinite(number) else default  # JSON's NaN/Infinity are not times
 
 
 def as_int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -208,7 +264,8 @@ def dns_answers(answers: Any) -> list[DnsAnswer]:
         value = a.get("ipv4") or a.get("ipv6") or a.get("hostname") or a.get("value")
         if value is None:
             continue
-        out.append(DnsAnswer(answer_type=str(a.get("answer_type") or "A"), value=str(value), ttl=as_int(a.get("ttl"))))
+        out.append(DnsAnswer(answer_type=str(a.get("answer_type") or "A"), value=str(value), ttl=as_int(a.get("ttl")),
+                             asn=as_asn(a.get("asn")), as_org_name=as_text(a.get("as_org_name"))))
     return out
 
 

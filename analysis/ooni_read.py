@@ -6,17 +6,18 @@ pretty-printed object is decoded value by value from a bounded sliding buffer.
 
 from __future__ import annotations
 
+import codecs
 import gzip
-import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)
 
 
 class SourceError(Exception):
@@ -46,75 +47,117 @@ def discover(sources: list[Path]) -> list[Path]:
             files.extend(sorted(p for p in src.rglob("*") if p.is_file() and is_ooni_file(p)))
         elif src.is_file():
             files.append(src)
+        elif src.exists():  # a FIFO or a device would block or never end
+            raise SourceError(f"{src}: not a regular file or directory")
         else:
             raise SourceError(f"{src}: no such file or directory")
     return files
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    # Odd bytes in an OONI line (they happen in old reports) must not abort the file:
-    # decoding with replacement keeps the rest of the line's JSON intact.
+def _open_binary(path: Path) -> BinaryIO:
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def decode_json(text: str) -> tuple[Any, str | None]:
+    """(value, None), or (None, reason) for text that is not one JSON value. Control characters
+    inside strings (a bare CR in a title) are accepted: they are data, not structure."""
+    try:
+        return _DECODER.decode(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, "invalid JSON: nested too deeply"
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        return None, f"invalid JSON: {exc}"
+
+
+class _Reader:
+    """One open file: its line counter survives a read error, so the error names its line."""
+
+    def __init__(self, path: Path, fh: BinaryIO) -> None:
+        self.path = path
+        self.fh = fh
+        self.lineno = 0
+
+    def readline(self) -> bytes:
+        # Lines end at \n only: a bare CR inside a JSON string is part of its line.
+        line = self.fh.readline()
+        if line:
+            self.lineno += 1
+        return line
+
+    def next_nonblank(self) -> bytes:
+        line = self.readline()
+        while line and not line.strip():
+            line = self.readline()
+        return line
 
 
 def iter_documents(path: Path) -> Iterator[RawDocument]:
     """Every JSON value in one file, streamed. Malformed values come back with ``error`` set."""
     try:
-        fh = _open_text(path)
+        fh = _open_binary(path)
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror or exc}") from exc
+    reader = _Reader(path, fh)
     with fh:
         try:
-            yield from _iter_open(path, fh)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            # A truncated or corrupt gzip stream: what came before is kept, the rest is reported.
-            yield RawDocument(path, -1, "", error=f"unreadable: {exc}")
+            yield from _iter_open(reader)
+        except (OSError, EOFError, zlib.error) as exc:
+            # A truncated or corrupt gzip stream (or a failing disk): what came before is kept,
+            # the rest is reported from the line where reading stopped.
+            yield RawDocument(path, reader.lineno + 1, "", error=f"unreadable from here on: {exc}")
 
 
-def _iter_open(path: Path, fh: io.TextIOBase) -> Iterator[RawDocument]:
-    first = fh.readline()
-    lineno = 1
-    while first and not first.strip():
-        first = fh.readline()
-        lineno += 1
+def _text(line: bytes) -> str:
+    # Odd bytes in an OONI line (they happen in old reports) must not abort the line:
+    # decoding with replacement keeps the rest of its JSON intact.
+    return line.decode("utf-8", "replace")
+
+
+def _iter_open(reader: _Reader) -> Iterator[RawDocument]:
+    path = reader.path
+    first = reader.next_nonblank()
     if not first:
         return
+    lineno = reader.lineno
     head = first.lstrip()
     name = path.name.lower()
     lines_only = name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz"))
-    if head.startswith("[") and not lines_only:
-        yield from _iter_stream(path, fh, first, lineno, array=True)
+    if head.startswith(b"[") and not lines_only:
+        yield from _iter_stream(reader, _text(first), lineno, array=True)
         return
-    try:
-        doc = json.loads(first)
-    except json.JSONDecodeError:
-        doc = None
-    if doc is None and head.startswith("{") and not lines_only:
-        # A pretty-printed object (or several): the first line is not a whole value.
-        yield from _iter_stream(path, fh, first, lineno, array=False)
-        return
+    text = _text(first).strip()
+    doc, error = decode_json(text)
+    second = b""
+    if error is not None and head.startswith(b"{") and not lines_only:
+        # A pretty-printed object's next line is a member ('  "key": ...'), its end, or the
+        # next object's lone "{"; a JSON-lines file's next line is another whole object.
+        second = reader.next_nonblank()
+        if not second.startswith(b"{") or second.strip() == b"{":
+            yield from _iter_stream(reader, _text(first + second), lineno, array=False)
+            return
     # JSON-lines: one value per line; a bad line is reported and skipped.
-    yield _line_document(path, lineno, first, doc)
-    for line in fh:
-        lineno += 1
+    yield RawDocument(path, lineno, text, doc, error)
+    line = second or reader.readline()
+    while line:
+        if line.strip() == b"{" and not lines_only:
+            # Pretty-printed objects after all (a mixed file): decode them as a stream.
+            yield from _iter_stream(reader, _text(line), reader.lineno, array=False)
+            return
         if line.strip():
-            yield _line_document(path, lineno, line, None)
+            text = _text(line).strip()
+            doc, error = decode_json(text)
+            yield RawDocument(path, reader.lineno, text, doc, error)
+        line = reader.readline()
 
 
-def _line_document(path: Path, lineno: int, line: str, doc: Any) -> RawDocument:
-    text = line.strip()
-    if doc is None:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            return RawDocument(path, lineno, text, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
-    return RawDocument(path, lineno, text, doc)
-
-
-def _iter_stream(path: Path, fh: io.TextIOBase, buf: str, lineno: int, *, array: bool) -> Iterator[RawDocument]:
+def _iter_stream(reader: _Reader, buf: str, lineno: int, *, array: bool) -> Iterator[RawDocument]:
     """Decode consecutive JSON values from a sliding buffer (an array, or concatenated objects)."""
+    path = reader.path
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pos = buf.index("[") + 1 if array else 0
     eof = False
 
@@ -123,11 +166,11 @@ def _iter_stream(path: Path, fh: io.TextIOBase, buf: str, lineno: int, *, array:
         nonlocal buf, pos, eof
         if eof:
             return False
-        chunk = fh.read(max(_CHUNK, len(buf) - pos))
+        chunk = reader.fh.read(max(_CHUNK, len(buf) - pos))
         if not chunk:
             eof = True
             return False
-        buf, pos = buf[pos:] + chunk, 0
+        buf, pos = buf[pos:] + decoder.decode(chunk), 0
         return True
 
     while True:
@@ -144,17 +187,37 @@ def _iter_stream(path: Path, fh: io.TextIOBase, buf: str, lineno: int, *, array:
             return
         if array and buf[pos] == "]":
             return
+        error = None
         while True:
             try:
                 doc, end = _DECODER.raw_decode(buf, pos)
                 break
             except json.JSONDecodeError as exc:
-                if not more():
-                    # Cannot resynchronise inside a broken array or object: the rest of the
-                    # file is reported as one malformed value.
-                    yield RawDocument(path, lineno, buf[pos : pos + 200], error=f"invalid JSON: {exc.msg}")
-                    return
-        raw = buf[pos:end]
-        yield RawDocument(path, lineno, raw, doc)
-        lineno += raw.count("\n")
-        pos = end
+                # Near the end of the buffer (or inside an unterminated string) more text may
+                # complete the value; anywhere else it is a real syntax error.
+                if (exc.pos >= len(buf) - 8 or exc.msg.startswith("Unterminated")) and more():
+                    continue
+                error = f"invalid JSON: {exc.msg}"
+            except RecursionError:
+                error = "invalid JSON: nested too deeply"
+            break
+        if error is None:
+            raw = buf[pos:end]
+            yield RawDocument(path, lineno, raw, doc)
+            lineno += raw.count("\n")
+            pos = end
+            continue
+        yield RawDocument(path, lineno, buf[pos : pos + 200], error=error)
+        if array:
+            return  # an array cannot be resynchronised: the rest of the file is skipped
+        # Concatenated objects: resume at the next object that starts a line.
+        start = pos + 1
+        while (nxt := buf.find("\n{", start)) < 0:
+            keep = max(len(buf) - 1, pos)  # a "\n" at the very end may precede the next "{"
+            lineno += buf.count("\n", pos, keep)
+            pos = keep
+            if not more():
+                return
+            start = pos
+        lineno += buf.count("\n", pos, nxt + 1)
+        pos = nxt + 1

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +20,12 @@ from urllib.parse import urljoin, urlsplit
 
 from analysis.ooni_fields import (
     BodyStats,
+    as_asn,
     as_dict,
     as_float,
     as_int,
     as_list,
+    as_text,
     connect_events,
     dns_queries,
     http_chain,
@@ -77,15 +80,29 @@ class Observations:
 # --------------------------------------------------------------------------- identity
 
 
-def measurement_id(doc: dict[str, Any], raw: str) -> str:
-    """Deterministic and unique per measurement: OONI's measurement_uid when it has one, else
-    a hash of the measurement's own text. (report_id + input + start time is not unique: test
-    decks repeat inputs within a second, and simulated or self-hosted data has empty report ids.)"""
+def origin_key(doc: dict[str, Any]) -> str:
+    """The key that makes one OONI measurement one row (docs/ooni.md, "Identity"): OONI's
+    ``measurement_uid``; else the legacy pipeline's per-measurement ``id``; else the sha256 of
+    the measurement's canonical JSON (sorted keys, no whitespace), so the same measurement in a
+    pretty-printed file and in a JSON-lines file is the same one.
+
+    (report_id + input + start time is not unique: test decks repeat inputs within a second,
+    and simulated or self-hosted data has empty report ids; two such measurements differ in
+    their test keys, which the hash covers.)"""
     uid = doc.get("measurement_uid")
-    if isinstance(uid, str) and uid:
-        return str(uuid.uuid5(ID_NAMESPACE, "uid:" + uid))
-    digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
-    return str(uuid.uuid5(ID_NAMESPACE, "sha256:" + digest))
+    if isinstance(uid, str) and uid.strip():
+        return uid.strip()
+    legacy = doc.get("id")
+    if isinstance(legacy, str) and legacy.strip():
+        return legacy.strip()
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def measurement_id(doc: dict[str, Any], raw: str = "") -> str:
+    """Deterministic and unique per measurement: a uuid5 of :func:`origin_key`. ``raw`` is
+    unused (kept for callers that pass the line's text)."""
+    return str(uuid.uuid5(ID_NAMESPACE, "uid:" + origin_key(doc)))
 
 
 def _input_text(value: Any) -> str:
@@ -97,7 +114,7 @@ def _input_text(value: Any) -> str:
 
 
 def _asn(value: Any) -> str | None:
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return f"AS{value}"
@@ -118,12 +135,12 @@ def _start_time(doc: dict[str, Any]) -> dt.datetime:
     raise NotAMeasurement("no measurement_start_time or test_start_time")
 
 
-def base_record(doc: dict[str, Any], mid: str) -> Measurement:
+def base_record(doc: dict[str, Any], key: str) -> Measurement:
     software = doc.get("software_name")
     version = doc.get("software_version")
     annotations = as_dict(doc.get("annotations"))
     return Measurement(
-        measurement_id=mid,
+        measurement_id=str(uuid.uuid5(ID_NAMESPACE, "uid:" + key)),
         run_id=str(doc.get("report_id") or NO_REPORT_ID),
         experiment=str(doc.get("test_name")),
         experiment_version=str(doc.get("test_version") or ""),
@@ -138,7 +155,7 @@ def base_record(doc: dict[str, Any], mid: str) -> Measurement:
         software_version="/".join(str(x) for x in (software, version) if x) or None,
         runtime_s=as_float(doc.get("test_runtime"), 0.0) if doc.get("test_runtime") is not None else None,
         origin="ooni",
-        origin_uid=doc.get("measurement_uid") or doc.get("id") or None,
+        origin_uid=key,
     )
 
 
@@ -335,10 +352,25 @@ def _host(url: str) -> str:
         return ""
 
 
-def control_observations(control: dict[str, Any], url: str) -> Observations:
+def _control_networks(control: dict[str, Any], probe_dns: list[DnsQuery]) -> dict[str, tuple[str | None, str | None]]:
+    """address -> (asn, as_org_name) for the helper's addresses. The helper's answer carries
+    addresses only; webconnectivity 0.5's helper adds ``ip_info`` ({addr: {asn, flags}}). The
+    organisation is a property of the AS, so it is taken from the probe's own answers in the
+    same AS when they name it."""
+    orgs = {a.asn: a.as_org_name for q in probe_dns for a in q.answers if a.asn and a.as_org_name}
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for addr, info in as_dict(control.get("ip_info")).items():
+        asn = as_asn(as_dict(info).get("asn"))
+        if asn:
+            out[str(addr)] = (asn, orgs.get(asn))
+    return out
+
+
+def control_observations(control: dict[str, Any], url: str, probe_dns: list[DnsQuery] | None = None) -> Observations:
     """The test helper's answer (ts-017 `control`): dns, tcp_connect, tls_handshake, http_request."""
     obs = Observations()
     dns = control.get("dns")
+    networks = _control_networks(control, probe_dns or [])
     if isinstance(dns, dict):
         addrs = [str(a) for a in as_list(dns.get("addrs"))]
         failure = map_failure(dns.get("failure"))
@@ -346,24 +378,24 @@ def control_observations(control: dict[str, Any], url: str) -> Observations:
             failure = "dns_no_answer"  # the helper reports "no addresses" as an empty success
         # The helper resolves with getaddrinfo too: one A and one AAAA record, like the probe's.
         for qtype, version in (("A", 4), ("AAAA", 6)):
-            answers = [DnsAnswer(answer_type=qtype, value=a) for a in addrs if _version(a) == version]
+            answers = [DnsAnswer(qtype, a, None, *networks.get(a, (None, None))) for a in addrs if _version(a) == version]
             f = failure or (None if answers else "dns_no_answer")
             obs.dns.append(
                 DnsQuery(t0=0.0, t=0.0, failure=f, resolver="system", engine="system", query_type=qtype,
                          hostname=_host(url), answers=answers if failure is None else [], tag="ooni_test_helper")
             )
-    for endpoint, st in (control.get("tcp_connect") or {}).items():
+    for endpoint, st in as_dict(control.get("tcp_connect")).items():
         if not isinstance(st, dict):
             continue
-        ip, port = split_endpoint(endpoint)
+        ip, port = split_endpoint(str(endpoint))
         failure = map_failure(st.get("failure"))
         if failure is None and st.get("status") is False:
             failure = UNKNOWN_FAILURE_PREFIX + "failed_without_reason"
         obs.tcp.append(TcpConnect(t0=0.0, t=0.0, failure=failure, ip=ip, port=port, tag="ooni_test_helper"))
-    for endpoint, st in (control.get("tls_handshake") or {}).items():
+    for endpoint, st in as_dict(control.get("tls_handshake")).items():
         if not isinstance(st, dict):
             continue
-        ip, port = split_endpoint(endpoint)
+        ip, port = split_endpoint(str(endpoint))
         failure = map_failure(st.get("failure"))
         if failure is None and st.get("status") is False:
             failure = "tls_handshake_failure"
@@ -379,7 +411,7 @@ def control_observations(control: dict[str, Any], url: str) -> Observations:
             HttpRequest(t0=0.0, t=0.0, failure=map_failure(http.get("failure")), url=url,
                         status_code=code if code and code > 0 else None, headers=http_headers(http),
                         body_length=length if length is not None and length >= 0 else None,
-                        title=http.get("title") or None, tag="ooni_test_helper")
+                        title=as_text(http.get("title")), tag="ooni_test_helper")
         )
     return obs
 
@@ -435,8 +467,23 @@ def _version(address: str) -> int | None:
         return None
 
 
-def _has_control(control: Any) -> bool:
-    return isinstance(control, dict) and any(control.get(k) for k in ("dns", "tcp_connect", "tls_handshake", "http_request"))
+def has_control(tk: dict[str, Any]) -> bool:
+    """Whether the test helper answered. Not when ``control_failure`` says the call to it failed
+    (whatever ``control`` holds then is not an answer), nor when ``control`` is null, empty or
+    only the defaults a probe writes before the helper answers (no address, no failure, no
+    endpoint, no HTTP status): judging the probe against that would turn "the helper did not
+    answer" into "the site has no address" (OONI says null there; so must Vantage)."""
+    control = tk.get("control")
+    if map_failure(tk.get("control_failure")) is not None or not isinstance(control, dict):
+        return False
+    dns = as_dict(control.get("dns"))
+    http = as_dict(control.get("http_request"))
+    status = as_int(http.get("status_code"))
+    return bool(
+        as_list(dns.get("addrs")) or map_failure(dns.get("failure"))
+        or as_dict(control.get("tcp_connect")) or as_dict(control.get("tls_handshake"))
+        or (status is not None and status > 0) or map_failure(http.get("failure"))
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -460,7 +507,7 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
     if not isinstance(doc, dict) or not doc.get("test_name"):
         raise NotAMeasurement("not an OONI measurement (no test_name)")
     test_name = str(doc["test_name"])
-    probe = base_record(doc, measurement_id(doc, raw))
+    probe = base_record(doc, origin_key(doc))
     probe_ip = doc.get("probe_ip")
     # OONI scrubs the probe's address itself; if an unscrubbed one slipped in, it never
     # reaches a Vantage file (the probe_ip field itself is never stored).
@@ -474,14 +521,14 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
         missing = unrecorded_hop(tk, probe.http)
         if missing is not None:
             probe.http.append(missing)
-        if _has_control(tk.get("control")):
+        if has_control(tk):
             # Same input, run and time as the probe row; nothing of the probe's network.
             control = dataclasses.replace(
                 probe, measurement_id=str(uuid.uuid5(ID_NAMESPACE, probe.measurement_id + ":control")),
                 role="control", control_for=probe.measurement_id, runtime_s=None, platform=None,
                 software_version="ooni-test-helper", probe_asn=None, probe_network=None, resolver_asn=None,
             )
-            _apply(control, control_observations(tk["control"], probe.input))
+            _apply(control, control_observations(tk["control"], probe.input, probe.dns))
             return Converted([probe, control], test_name)
         return Converted([probe], test_name, null_control=True)
     if test_name in ("vanilla_tor", "torsf"):

@@ -199,14 +199,16 @@ def test_unscrubbed_probe_ip_never_reaches_the_dataset(tmp_path: Path) -> None:
 def test_real_fixtures_and_spec_examples_import_without_error(tmp_path: Path) -> None:
     s = import_ooni([OONI / "fixtures", OONI / "spec-examples"], tmp_path / "ds")
     assert s.malformed == 0, s.errors
-    assert s.files == 52 and s.measurements == 52
+    # Two fixture files (backend's vanilla_tor.json, pipeline's vanilla_tor_bad_new.json) hold
+    # the same measurement, byte for byte in canonical JSON: it is written once.
+    assert s.files == 52 and (s.measurements, s.duplicates) == (51, 1)
     for test in ("tor", "vanilla_tor", "openvpn", "riseupvpn", "signal", "telegram", "whatsapp", "dnscheck", "stun_reachability"):
         assert s.by_test[test] >= 1, test
     con = duckdb.connect()
     try:
         q = f"from read_parquet('{tmp_path}/ds/measurements/**/*.parquet', hive_partitioning=true, union_by_name=true)"
         vpn = dict(con.sql(f"select experiment, sum(len(vpn)) {q} group by 1").fetchall())
-        assert vpn["tor"] >= 20 and vpn["vanilla_tor"] == 7 and vpn["openvpn"] == 2 and vpn["stun_reachability"] == 1
+        assert vpn["tor"] >= 20 and vpn["vanilla_tor"] == 6 and vpn["openvpn"] == 2 and vpn["stun_reachability"] == 1
         dns = dict(con.sql(f"select experiment, sum(len(dns)) {q} group by 1").fetchall())
         assert dns["dnscheck"] >= 8 and dns["whatsapp"] > 0 and dns["dns_consistency"] == 8
         # vanilla_tor that failed to bootstrap is a failed vpn observation; a good one is ok

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from analysis.ooni import ImportSummary, OoniImportError, import_ooni
+from analysis.ooni import ImportSummary, OoniImportError, import_ooni, one_line
 
 
 @click.group("ooni")
@@ -28,8 +28,9 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
 
     Files are streamed; a JSON file may hold one measurement, an array of them or one per
     line. web_connectivity's test-helper answer becomes a `role = control` row. A malformed
-    line is reported with its file and line number and skipped; the rest imports. Importing
-    the same measurements again adds nothing (ids are derived from the measurement).
+    line is reported on stderr as FILE:LINE: reason and skipped; the rest imports. Each
+    measurement is written once: one given twice, or already in the output dataset, is
+    skipped and counted (docs/ooni.md says how measurements are told apart).
     """
     err = Console(stderr=True)
     out = Console()
@@ -38,16 +39,15 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
         if not quiet:
             err.print(f"  {summary.measurements} measurements…", end="\r", highlight=False)
 
-    try:
-        summary = import_ooni(sources, output, on_progress=progress)
-    except OoniImportError as exc:
-        raise click.ClickException(str(exc)) from exc
-    for line in summary.errors:
+    def skipped(line: str) -> None:
         err.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
-    if summary.malformed > len(summary.errors):
-        err.print(f"... and {summary.malformed - len(summary.errors)} more skipped", highlight=False)
+
+    try:
+        summary = import_ooni(sources, output, on_progress=progress, on_error=skipped)
+    except OoniImportError as exc:
+        raise click.ClickException(one_line(str(exc))) from exc
     # The path goes on its own line: a table title would wrap a long path.
-    out.print(f"OONI import into {output}", markup=False, highlight=False, soft_wrap=True)
+    out.print(one_line(f"OONI import into {output}"), markup=False, highlight=False, soft_wrap=True)
     out.print(render_summary(summary))
 
 
@@ -64,7 +64,10 @@ def render_summary(summary: ImportSummary) -> Table:
     table.add_row("base64 bodies", str(summary.base64_bodies))
     table.add_row("bodies with odd encodings", str(summary.odd_encodings))
     table.add_row("missing test_keys", str(summary.missing_test_keys))
-    table.add_row("already in the dataset", str(summary.already_present))
+    table.add_row("already in the dataset (skipped)", str(summary.already_present))
+    table.add_row("duplicates in the input (skipped)", str(summary.duplicates))
+    if summary.repeated_files:
+        table.add_row("files given more than once (read once)", str(summary.repeated_files))
     table.add_row("malformed (skipped)", str(summary.malformed))
     table.add_row("Parquet files written", str(len(summary.output_files)))
     return table
