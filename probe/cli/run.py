@@ -173,11 +173,15 @@ def run(ctx: click.Context, **opts: Any) -> None:
         probe_network=opts["network"],
     )
     control_url = opts["control"]
+    public: str | None = None
     if control_url:
         if not _control_available():
             raise click.ClickException("--control: this installation has no control helper client (probe.control)")
-        if not opts["cc"] or not opts["asn"]:
-            _vantage_from_helper(vantage, control_url, settings.ca_bundle, opts)
+        public = _vantage_from_helper(vantage, control_url, settings.ca_bundle, opts)
+        if public is not None and not ipaddress.ip_address(public).is_loopback:
+            # In memory only: scrubbed from records and logs. (A helper on this machine sees
+            # loopback: nothing stands between, the interface addresses are known already.)
+            settings.scrubber.add(public)
 
     if run_id is None:
         from probe.schema import new_run_id
@@ -203,6 +207,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         markup=False,
         soft_wrap=True,
     )
+    _announce_privacy(settings.scrubber, learned=bool(control_url) and public is not None)
     try:
         summary = asyncio.run(
             run_phases(
@@ -303,9 +308,22 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
 
 
 def _scrubber() -> Any:
-    from probe.net.scrub import Scrubber
+    from probe.net.scrub import default_scrubber
 
-    return Scrubber()
+    return default_scrubber()  # the one the log filter uses
+
+
+def _announce_privacy(scrubber: Any, *, learned: bool) -> None:
+    """One line at the start: whether the public address is known, and what that means."""
+    scrubber.paranoid = not learned
+    line = (
+        "privacy: the public address the control helper saw is scrubbed from every record and log "
+        "line (kept in memory only)"
+        if learned
+        else "privacy: public address unknown (no control helper told it): scrubbing every IP address "
+        "in captured text that is not one of a measurement's own targets"
+    )
+    Console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _control_available() -> bool:
@@ -316,21 +334,23 @@ def _control_available() -> bool:
     return hasattr(control, "fetch_control")
 
 
-def _vantage_from_helper(vantage: Vantage, control_url: str, ca_bundle: str | None, opts: dict[str, Any]) -> None:
-    """Country and network as the control helper sees us (it never sends our address back)."""
+def _vantage_from_helper(vantage: Vantage, control_url: str, ca_bundle: str | None, opts: dict[str, Any]) -> str | None:
+    """Country and network as the control helper sees us; returns the public address it saw
+    (for the scrubber only: never store or print it). None when it could not tell."""
     from probe.control import ControlError, fetch_whoami
 
     try:
         seen = asyncio.run(fetch_whoami(control_url, ca_bundle=ca_bundle))
     except ControlError as exc:
         Console(stderr=True).print(f"control helper: {exc}; country and network stay unknown", highlight=False, soft_wrap=True)
-        return
+        return None
     if not opts["cc"] and seen.get("probe_cc"):
         vantage.probe_cc = str(seen["probe_cc"])
     if not opts["asn"] and seen.get("probe_asn"):
         vantage.probe_asn = seen["probe_asn"]
     if not opts["network"] and seen.get("probe_network"):
         vantage.probe_network = seen["probe_network"]
+    return seen.get("public_address")
 
 
 def _render(summary: RunSummary) -> None:
