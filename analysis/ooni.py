@@ -19,6 +19,7 @@ from analysis.ooni_fields import BodyStats, map_failure
 from analysis.ooni_read import SourceError, discover, iter_documents
 from analysis.ooni_tests import NotAMeasurement, convert
 from probe.schema import new_run_id, validate
+from probe.scrub import scrub_probe_ip
 from probe.store import DatasetWriter, StoreError, iter_dataset_files
 
 __all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert"]
@@ -103,6 +104,7 @@ def import_ooni(
                             continue
                         try:
                             converted = convert(raw.doc, raw.raw, stats)
+                            scrub_probe_ip(converted.records, raw.doc.get("probe_ip"))
                             for record in converted.records:
                                 validate(record)  # all or nothing: no probe row without its control
                         except (NotAMeasurement, ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -47,7 +47,8 @@ _IP6_ARPA = re.compile(r"(?i)(?<![0-9a-z.])((?:[0-9a-f]\.){16,32})ip6\.arpa")
 _HEX = re.compile(r"(?=[0-9a-fA-F])(?<![0-9a-fA-F])(?:0[xX]([0-9a-fA-F]{1,8})|([0-9a-fA-F]{8})|([0-9a-fA-F]{32}))(?![0-9a-fA-F])")
 _DEC = re.compile(r"(?<![0-9])[0-9]{7,10}(?![0-9])")
 
-_Decide = Callable[[IPAddress], bool]
+# Whether to replace a token, given its readings (an IPv4 token is read in both orders).
+_Decide = Callable[[tuple[IPAddress, ...]], bool]
 
 
 def _parse(text: str) -> IPAddress | None:
@@ -81,7 +82,8 @@ def _v4_candidates(m: re.Match[str]) -> tuple[IPAddress, ...]:
 
 def _sub_v4(text: str, decide: _Decide) -> str:
     def sub(m: re.Match[str]) -> str:
-        return REPLACEMENT if any(decide(a) for a in _v4_candidates(m)) else m.group(0)
+        readings = _v4_candidates(m)
+        return REPLACEMENT if readings and decide(readings) else m.group(0)
 
     return _V4.sub(sub, text)
 
@@ -90,12 +92,12 @@ def _sub_v6(text: str, decide: _Decide) -> str:
     def sub(m: re.Match[str]) -> str:
         token = m.group(0)
         addr = _parse(token.lower().replace("%3a", ":").replace("-", ":") if m.re is not _V6 else token)
-        return REPLACEMENT if addr is not None and decide(addr) else token
+        return REPLACEMENT if addr is not None and decide((addr,)) else token
 
     def arpa(m: re.Match[str]) -> str:
         nibbles = m.group(1).replace(".", "")[::-1].ljust(32, "0")
         addr = ipaddress.IPv6Address(int(nibbles, 16))
-        return REPLACEMENT if decide(addr) else m.group(0)
+        return REPLACEMENT if decide((addr,)) else m.group(0)
 
     out = text
     if ":" in out:
@@ -110,7 +112,7 @@ def _sub_v6(text: str, decide: _Decide) -> str:
     return out
 
 
-def _sub_numbers(text: str, is_own: _Decide) -> str:
+def _sub_numbers(text: str, is_own: Callable[[IPAddress], bool]) -> str:
     def hex_sub(m: re.Match[str]) -> str:
         short, v4, v6 = m.groups()
         addr: IPAddress = (
@@ -140,12 +142,16 @@ def _base64_needles(addr: IPAddress) -> set[str]:
     return found
 
 
+def _reversed(addr: IPAddress) -> IPAddress:
+    return ipaddress.IPv4Address(addr.packed[::-1]) if isinstance(addr, ipaddress.IPv4Address) else addr
+
+
 def literals_in(text: str) -> set[IPAddress]:
     """Every IP address written in ``text`` in a textual form (both orders of a 4-part form)."""
     found: set[IPAddress] = set()
 
-    def collect(addr: IPAddress) -> bool:
-        found.add(addr)
+    def collect(readings: tuple[IPAddress, ...]) -> bool:
+        found.update(readings)
         return False
 
     _sub_v4(text, collect)
@@ -156,7 +162,7 @@ def literals_in(text: str) -> set[IPAddress]:
 def scrub_all_addresses(text: str) -> str:
     """Replace every IP literal in ``text``: for error details, where the probe may not even
     know its public address (NAT), so no address is kept at all."""
-    return _sub_v4(_sub_v6(text, lambda _a: True), lambda _a: True)
+    return _sub_v4(_sub_v6(text, lambda _r: True), lambda _r: True)
 
 
 class Scrubber:
@@ -175,6 +181,8 @@ class Scrubber:
         self._addresses: frozenset[IPAddress] = frozenset()
         self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
         self._base64: tuple[str, ...] = ()
+        self._log_suspects: set[IPAddress] = set()
+        self._log_scrubber: Scrubber | None = None
         initial: set[IPAddress] = set()
         for a in addresses:
             parsed = _parse(a)
@@ -198,6 +206,7 @@ class Scrubber:
         )
         self._base64 = tuple(sorted({n for a in expanded for n in _base64_needles(a)}, key=len, reverse=True))
         self._addresses = frozenset(expanded)
+        self._log_scrubber = None  # rebuilt with the new addresses on the next paranoid log line
 
     def add(self, address: str) -> None:
         """Add an address seen for the probe at run time (e.g. what a control helper saw)."""
@@ -219,6 +228,9 @@ class Scrubber:
                 return True
         return addr in self._addresses
 
+    def _own_reading(self, readings: tuple[IPAddress, ...]) -> bool:
+        return any(self.is_own(a) for a in readings)
+
     @overload
     def scrub(self, text: str) -> str: ...
     @overload
@@ -227,7 +239,7 @@ class Scrubber:
         """``text`` with every own address, in any encoding, replaced by ``[scrubbed]``."""
         if not text or not self._addresses:
             return text
-        return self._replace(text, self.is_own)
+        return self._replace(text, self._own_reading)
 
     def scrub_literals(self, text: str, keep: Collection[IPAddress] = ()) -> str:
         """``text`` without its own addresses (any encoding) nor any IP literal not in ``keep``."""
@@ -235,15 +247,31 @@ class Scrubber:
             return text
         is_own = self.is_own
 
-        def decide(addr: IPAddress) -> bool:
-            return is_own(addr) or addr not in keep
+        def decide(readings: tuple[IPAddress, ...]) -> bool:
+            return any(is_own(a) for a in readings) or not any(a in keep for a in readings)
 
         out = self._replace(text, decide) if self._addresses else _sub_v4(_sub_v6(text, decide), decide)
         return text if out == text else out
 
     def scrub_log(self, text: str) -> str:
-        """A log line: own addresses out, and in paranoid mode every IP literal."""
-        return self.scrub_literals(text) if self.paranoid else self.scrub(text)
+        """A log line: own addresses out, and in paranoid mode every IP literal and every
+        other encoding (hex, decimal, base64) of any address a log line has held so far."""
+        if not self.paranoid or not text:
+            return self.scrub(text)
+        seen = {a for a in literals_in(text) if not self.is_own(a)}
+        with self._lock:
+            if not seen <= self._log_suspects or self._log_scrubber is None:
+                self._log_suspects |= seen
+                self._log_scrubber = self.with_suspects(self._log_suspects)
+            derived = self._log_scrubber
+        return derived.scrub_literals(text)
+
+    def with_suspects(self, suspects: Iterable[IPAddress]) -> Scrubber:
+        """A scrubber that treats ``suspects`` (literals seen where the public address might
+        be) as own addresses too, so their hex, decimal and base64 forms go with them."""
+        derived = Scrubber(paranoid=self.paranoid)
+        derived._set(set(self._addresses) | set(suspects))
+        return derived
 
     def scrub_bytes(self, data: bytes) -> bytes:
         """Bytes form of :meth:`scrub`, for hashing a body (a hash of a page that echoes the
@@ -252,7 +280,7 @@ class Scrubber:
         if not data or not (self._addresses or self.paranoid):
             return data
         text = data.decode("latin-1")
-        out = self.scrub_literals(text) if self.paranoid else self._replace(text, self.is_own)
+        out = self.scrub_literals(text) if self.paranoid else self._replace(text, self._own_reading)
         return data if out is text or out == text else out.encode("latin-1")
 
     def _replace(self, text: str, decide: _Decide) -> str:
@@ -315,9 +343,19 @@ def scrub_record(m: Any, scrubber: Scrubber) -> None:
     """
     if scrubber.paranoid:
         keep = target_addresses(m)
+        # Literals of this record that are not its targets may be the public address: their
+        # other encodings (hex, decimal, base64) in the same record go too.
+        seen: set[IPAddress] = set()
+
+        def collect(text: str) -> str:
+            seen.update(literals_in(text))
+            return text
+
+        _walk(m, collect)
+        derived = scrubber.with_suspects(a for a in seen if a not in keep and _reversed(a) not in keep)
 
         def fn(text: str) -> str:
-            return scrubber.scrub_literals(text, keep)
+            return derived.scrub_literals(text, keep)
     elif scrubber.addresses:
         fn = scrubber.scrub
     else:
