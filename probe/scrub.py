@@ -33,12 +33,12 @@ _V4 = re.compile(
 )
 # IPv6 textual forms (compressed, expanded, upper case, with a zone, IPv4 embedded).
 _V6 = re.compile(
-    r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?"
-    r"(?:%[\w.-]+)?(?![0-9A-Za-z:.])"
+    r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,8}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?"
+    r"(?:%[\w-]+)?(?![0-9A-Za-z:]|\.[0-9])"
 )
 # IPv6 URL-encoded ("2001%3Adb8%3A%3A1") and dashed as in "2001-db8--1.ipv6-literal.net".
 _V6_URL = re.compile(r"(?i)(?<![0-9a-z])(?:[0-9a-f]{0,4}%3a){2,7}[0-9a-f]{0,4}(?![0-9a-z])")
-_V6_DASHED = re.compile(r"(?i)(?<![0-9a-z])(?:[0-9a-f]{0,4}-){2,7}[0-9a-f]{1,4}(?![0-9a-z])")
+_V6_DASHED = re.compile(r"(?i)(?<![0-9a-z])(?:[0-9a-f]{0,4}-){2,7}[0-9a-f]{0,4}(?![0-9a-z])")
 # Reverse-DNS names of an IPv6 address or of its /64 (16 to 32 nibbles).
 _IP6_ARPA = re.compile(r"(?i)(?<![0-9a-z.])((?:[0-9a-f]\.){16,32})ip6\.arpa")
 # Numbers: hex ("0a010203", "0x0a010203", "0xa010203"), 32 hex digits of an IPv6 address,
@@ -92,6 +92,13 @@ def _sub_v6(text: str, decide: _Decide) -> str:
     def sub(m: re.Match[str]) -> str:
         token = m.group(0)
         addr = _parse(token.lower().replace("%3a", ":").replace("-", ":") if m.re is not _V6 else token)
+        if addr is None and m.re is _V6 and token.count(":") > 2:
+            # "2001:db8::1:8080": an address with its port and no brackets (ambiguous, but seen)
+            head, tail = token.rsplit(":", 1)
+            addr = _parse(head)
+            if addr is not None and decide((addr,)):
+                return REPLACEMENT + ":" + tail
+            return token
         return REPLACEMENT if addr is not None and decide((addr,)) else token
 
     def arpa(m: re.Match[str]) -> str:
