@@ -30,7 +30,7 @@ from probe.store import StoreError, run_files
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
-    "timeout", "ca_bundle", "injection_target", "control", "anchors",
+    "timeout", "ca_bundle", "injection_target", "control", "anchors", "stun_servers",
 )
 _MAX_PROBLEMS_SHOWN = 20
 
@@ -132,6 +132,9 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--control", default=None, metavar="URL",
               help="A control helper (`vantage control serve`) to measure each target from an "
                    "uncensored network as well.")
+@click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
+              help="A STUN server to ask for this network's public address (kept in memory, only to "
+                   "scrub it from what is written). Repeatable, e.g. one IPv4 and one IPv6 server.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
@@ -182,6 +185,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
             # In memory only: scrubbed from records and logs. (A helper on this machine sees
             # loopback: nothing stands between, the interface addresses are known already.)
             settings.scrubber.add(public)
+    learned = _learn_public_addresses(settings.scrubber, opts["stun_servers"], bool(opts["resolvers"]))
+    learned = learned or (bool(control_url) and public is not None)
 
     if run_id is None:
         from probe.schema import new_run_id
@@ -207,7 +212,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         markup=False,
         soft_wrap=True,
     )
-    _announce_privacy(settings.scrubber, learned=bool(control_url) and public is not None)
+    _announce_privacy(settings.scrubber, learned=learned)
     try:
         summary = asyncio.run(
             run_phases(
@@ -313,14 +318,44 @@ def _scrubber() -> Any:
     return default_scrubber()  # the one the log filter uses
 
 
+def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> bool:
+    """Ask each --stun server; True when one answered (its answer goes to the scrubber only)."""
+    from probe.net.stun import StunError, parse_server, public_address
+
+    learned = False
+    for server in servers:
+        try:
+            host, _ = parse_server(server)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stun") from None
+        if only_configured_resolvers and _ip_or_none(host) is None:
+            # a name would be looked up by the system's resolver, which --resolver promises not to use
+            raise click.BadParameter("with --resolver, give the STUN server as IP:PORT", param_hint="--stun")
+        try:
+            seen = asyncio.run(public_address(server))
+        except StunError as exc:
+            Console(stderr=True).print(str(exc), highlight=False, markup=False, soft_wrap=True)
+            continue
+        scrubber.add(seen)
+        learned = True
+    return learned
+
+
+def _ip_or_none(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 def _announce_privacy(scrubber: Any, *, learned: bool) -> None:
     """One line at the start: whether the public address is known, and what that means."""
     scrubber.paranoid = not learned
     line = (
-        "privacy: the public address the control helper saw is scrubbed from every record and log "
-        "line (kept in memory only)"
+        "privacy: this network's public address (as the control helper or STUN server saw it) is "
+        "scrubbed from every record and log line (kept in memory only)"
         if learned
-        else "privacy: public address unknown (no control helper told it): scrubbing every IP address "
+        else "privacy: public address unknown (no control helper or STUN server told it): scrubbing every IP address "
         "in captured text that is not one of a measurement's own targets"
     )
     Console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)

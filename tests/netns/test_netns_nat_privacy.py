@@ -147,7 +147,7 @@ def measurements(texts: dict[str, str]) -> list[dict[str, object]]:
 
 def test_behind_nat_with_a_control_helper_nothing_of_ours_is_written(nat_lab: NatLab) -> None:
     stderr, texts = written_text(nat_lab, "with-control", control=True)
-    assert "privacy: the public address the control helper saw is scrubbed" in stderr, stderr[:6000]
+    assert "privacy: this network's public address (as the control helper or STUN server saw it) is scrubbed" in stderr, stderr[:6000]
     # The site really saw the router's address (the masquerade works) and echoed it.
     assert f"from {PUBLIC_ADDR}" in nat_lab.topo.processes["echo"].log.read_text()
     assert leaks(texts) == []
