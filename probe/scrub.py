@@ -153,6 +153,26 @@ def _reversed(addr: IPAddress) -> IPAddress:
     return ipaddress.IPv4Address(addr.packed[::-1]) if isinstance(addr, ipaddress.IPv4Address) else addr
 
 
+def _needles(addrs: Iterable[IPAddress]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Cheap substrings (lower case) that every non-base64 encoding of an address contains:
+    per address, groups of which each must have a member in the text. Text without them
+    skips the regular expressions (~0.2 s per MiB), as most pages do."""
+    seps = (".", "-", "_", "%2e")
+    out: list[tuple[tuple[str, ...], ...]] = []
+    for a in addrs:
+        if isinstance(a, ipaddress.IPv4Address):
+            b, c = a.packed[1], a.packed[2]
+            # The 2nd and 3rd octets are followed by a separator in both orders, padded or not.
+            out.append((tuple(f"{b}{s}" for s in seps), tuple(f"{c}{s}" for s in seps)))
+            out.append(((f"{int(a):x}", str(int(a))),))  # hex (padded or not), decimal
+        else:
+            first = int(a) >> 112
+            # the first group: written with or without leading zeros, in colon, %3A or dashed
+            # forms, and in the 32 hex digits; a reverse name ends in ip6.arpa
+            out.append(((f"{first:x}", "ip6.arpa"),))
+    return tuple(out)
+
+
 def literals_in(text: str) -> set[IPAddress]:
     """Every IP address written in ``text`` in a textual form (both orders of a 4-part form)."""
     found: set[IPAddress] = set()
@@ -188,6 +208,7 @@ class Scrubber:
         self._addresses: frozenset[IPAddress] = frozenset()
         self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
         self._base64: tuple[str, ...] = ()
+        self._needles: tuple[tuple[str, ...], ...] = ()
         self._log_suspects: set[IPAddress] = set()
         self._log_scrubber: Scrubber | None = None
         initial: set[IPAddress] = set()
@@ -212,6 +233,7 @@ class Scrubber:
             and a.ipv4_mapped is None
         )
         self._base64 = tuple(sorted({n for a in expanded for n in _base64_needles(a)}, key=len, reverse=True))
+        self._needles = _needles(expanded)
         self._addresses = frozenset(expanded)
         self._log_scrubber = None  # rebuilt with the new addresses on the next paranoid log line
 
@@ -257,7 +279,7 @@ class Scrubber:
         def decide(readings: tuple[IPAddress, ...]) -> bool:
             return any(is_own(a) for a in readings) or not any(a in keep for a in readings)
 
-        out = self._replace(text, decide) if self._addresses else _sub_v4(_sub_v6(text, decide), decide)
+        out = self._replace(text, decide, literals=True) if self._addresses else _sub_v4(_sub_v6(text, decide), decide)
         return text if out == text else out
 
     def scrub_log(self, text: str) -> str:
@@ -290,11 +312,17 @@ class Scrubber:
         out = self.scrub_literals(text) if self.paranoid else self._replace(text, self._own_reading)
         return data if out is text or out == text else out.encode("latin-1")
 
-    def _replace(self, text: str, decide: _Decide) -> str:
+    def _may_contain(self, text: str) -> bool:
+        low = text.lower()
+        return any(all(any(n in low for n in group) for group in groups) for groups in self._needles)
+
+    def _replace(self, text: str, decide: _Decide, *, literals: bool = False) -> str:
         out = text
         for needle in self._base64:  # case-sensitive, before the regexes change the text
             if needle in out:
                 out = out.replace(needle, REPLACEMENT)
+        if not literals and not self._may_contain(out):
+            return text if out == text else out
         out = _sub_v6(out, decide)
         out = _sub_v4(out, decide)
         out = _sub_numbers(out, self.is_own)
