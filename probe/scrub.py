@@ -76,8 +76,12 @@ def _v4_candidates(m: re.Match[str]) -> tuple[IPAddress, ...]:
     if max(octets) > 255:
         return ()
     forward = ipaddress.IPv4Address(bytes(octets))
-    # The reversed order is how in-addr.arpa names (and some ISPs' host names) write it.
-    return (forward, ipaddress.IPv4Address(bytes(octets[::-1])))
+    backward = ipaddress.IPv4Address(bytes(octets[::-1]))
+    # The reversed order is how in-addr.arpa names (and some ISPs' host names) write it; the
+    # first reading is the one the text means (the reversed one in an in-addr.arpa name).
+    if m.string[m.end():m.end() + 13].lower() == ".in-addr.arpa":
+        return (backward, forward)
+    return (forward, backward)
 
 
 def _sub_v4(text: str, decide: _Decide) -> str:
@@ -202,9 +206,15 @@ class Scrubber:
     the measurement's own targets. Thread-safe for ``add`` during a run.
     """
 
-    def __init__(self, addresses: Iterable[str] = (), *, paranoid: bool = False) -> None:
+    def __init__(
+        self, addresses: Iterable[str] = (), *, paranoid: bool = False, public_nets: Iterable[str] = ()
+    ) -> None:
         self._lock = threading.Lock()
         self.paranoid = paranoid
+        # Networks treated as public in paranoid mode besides the globally routable ones (labs).
+        self.public_nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+            ipaddress.ip_network(n, strict=False) for n in public_nets
+        )
         self._addresses: frozenset[IPAddress] = frozenset()
         self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
         self._base64: tuple[str, ...] = ()
@@ -249,6 +259,14 @@ class Scrubber:
     def addresses(self) -> frozenset[IPAddress]:
         return self._addresses
 
+    def may_be_public(self, addr: IPAddress) -> bool:
+        """Whether ``addr`` could be a vantage point's public address as a remote site sees it:
+        globally routable (private, CGNAT, loopback and other special-purpose space never is,
+        so a censor's blockpage at 10.10.34.34 survives paranoid mode), or in ``public_nets``."""
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return addr.is_global or any(addr in net for net in self.public_nets)
+
     def is_own(self, addr: IPAddress) -> bool:
         if isinstance(addr, ipaddress.IPv6Address):
             if addr.ipv4_mapped is not None and addr.ipv4_mapped in self._addresses:
@@ -274,10 +292,12 @@ class Scrubber:
         """``text`` without its own addresses (any encoding) nor any IP literal not in ``keep``."""
         if not text:
             return text
-        is_own = self.is_own
+        is_own, may_be_public = self.is_own, self.may_be_public
 
         def decide(readings: tuple[IPAddress, ...]) -> bool:
-            return any(is_own(a) for a in readings) or not any(a in keep for a in readings)
+            if any(is_own(a) for a in readings):
+                return True
+            return may_be_public(readings[0]) and not any(a in keep for a in readings)
 
         out = self._replace(text, decide, literals=True) if self._addresses else _sub_v4(_sub_v6(text, decide), decide)
         return text if out == text else out
@@ -299,7 +319,8 @@ class Scrubber:
         """A scrubber that treats ``suspects`` (literals seen where the public address might
         be) as own addresses too, so their hex, decimal and base64 forms go with them."""
         derived = Scrubber(paranoid=self.paranoid)
-        derived._set(set(self._addresses) | set(suspects))
+        derived.public_nets = self.public_nets
+        derived._set(set(self._addresses) | {a for a in suspects if self.may_be_public(a)})
         return derived
 
     def scrub_bytes(self, data: bytes) -> bytes:

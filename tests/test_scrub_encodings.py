@@ -90,7 +90,7 @@ def test_neighbours_versions_ids_and_hashes_stay() -> None:
 
 
 def test_paranoid_literals_go_targets_stay() -> None:
-    s = Scrubber(paranoid=True)
+    s = Scrubber(paranoid=True, public_nets=["198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"])
     keep = {ipaddress.ip_address("203.0.113.5")}
     text = "server 203.0.113.5 (5.113.0.203.in-addr.arpa) says you are 198.51.100.77 / 2001:db8::9 / 198-51-100-77"
     out = s.scrub_literals(text, keep)
@@ -115,3 +115,17 @@ def test_bad_addresses(bad: str) -> None:
     s = Scrubber()
     s.add(bad)  # a bad hint at run time is ignored, never fatal
     assert s.addresses == frozenset()
+
+
+def test_paranoid_keeps_what_cannot_be_a_public_address() -> None:
+    # A censor's blockpage at a private address (Iran's 10.10.34.34) is evidence, and no site
+    # on the internet sees a vantage point at a private, CGNAT or documentation address.
+    s = Scrubber(paranoid=True)
+    text = "<iframe src=http://10.10.34.34/> cgnat 100.64.1.2, doc 198.51.100.7, you 8.8.4.4 (4.4.8.8.in-addr.arpa)"
+    assert s.scrub_literals(text) == (
+        "<iframe src=http://10.10.34.34/> cgnat 100.64.1.2, doc 198.51.100.7, you [scrubbed] ([scrubbed].in-addr.arpa)"
+    )
+    # 34.34.10.10 read backwards is 10.10.34.34: a reverse name of a private address stays too
+    assert s.scrub_literals("34.34.10.10.in-addr.arpa") == "34.34.10.10.in-addr.arpa"
+    # a lab declares its "internet" public
+    assert Scrubber(paranoid=True, public_nets=["10.77.0.0/16"]).scrub_literals("ip 10.77.2.1") == "ip [scrubbed]"

@@ -122,7 +122,7 @@ def web_record(body: str) -> S.Measurement:
 def test_paranoid_records_keep_their_targets_only() -> None:
     body = f"server {TARGET}, client 198.51.100.77, cookie {forms('198.51.100.77')['base64']}, v 1.2.3.4"
     m = web_record(body)
-    scrub_record(m, Scrubber(paranoid=True))
+    scrub_record(m, Scrubber(paranoid=True, public_nets=["198.51.100.0/24", "203.0.113.0/24"]))
     assert m.input == f"http://{TARGET}/x" and m.tcp[0].ip == TARGET and m.http[0].ip == TARGET  # targets stay
     assert m.dns[0].resolver == "192.0.2.53:53"  # the resolver asked is configuration, not captured
     assert m.dns[0].hostname == "ip-[scrubbed].example" and m.dns[0].answers[0].value == REPLACEMENT
@@ -182,7 +182,7 @@ def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
     thread.start()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    scrubber = Scrubber([] if paranoid else [OWN], paranoid=paranoid)
+    scrubber = Scrubber([] if paranoid else [OWN], paranoid=paranoid, public_nets=["198.51.100.0/24"])
     handler.addFilter(LogScrubFilter(lambda: scrubber))
     root = logging.getLogger()
     old_level = root.level

@@ -30,7 +30,7 @@ from probe.store import StoreError, run_files
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
-    "timeout", "ca_bundle", "injection_target", "control", "anchors", "stun_servers",
+    "timeout", "ca_bundle", "injection_target", "control", "anchors", "stun_servers", "public_nets",
 )
 _MAX_PROBLEMS_SHOWN = 20
 
@@ -89,6 +89,15 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
     return value
 
 
+def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not a network (CIDR)") from None
+    return values
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -135,6 +144,9 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
               help="A STUN server to ask for this network's public address (kept in memory, only to "
                    "scrub it from what is written). Repeatable, e.g. one IPv4 and one IPv6 server.")
+@click.option("--public-net", "public_nets", multiple=True, metavar="CIDR", callback=_cidr,
+              help="Treat this network as public addresses (labs, intranets): when the public "
+                   "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
@@ -212,7 +224,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         markup=False,
         soft_wrap=True,
     )
-    _announce_privacy(settings.scrubber, learned=learned)
+    _announce_privacy(settings.scrubber, learned=learned, public_nets=opts["public_nets"])
     try:
         summary = asyncio.run(
             run_phases(
@@ -348,15 +360,16 @@ def _ip_or_none(host: str) -> str | None:
         return None
 
 
-def _announce_privacy(scrubber: Any, *, learned: bool) -> None:
+def _announce_privacy(scrubber: Any, *, learned: bool, public_nets: tuple[str, ...] = ()) -> None:
     """One line at the start: whether the public address is known, and what that means."""
     scrubber.paranoid = not learned
+    scrubber.public_nets = tuple(ipaddress.ip_network(n, strict=False) for n in public_nets)
     line = (
         "privacy: this network's public address (as the control helper or STUN server saw it) is "
         "scrubbed from every record and log line (kept in memory only)"
         if learned
-        else "privacy: public address unknown (no control helper or STUN server told it): scrubbing every IP address "
-        "in captured text that is not one of a measurement's own targets"
+        else "privacy: public address unknown (no control helper or STUN server told it): scrubbing every public "
+        "IP address in captured text that is not one of a measurement's own targets"
     )
     Console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)
 

@@ -127,8 +127,11 @@ class Scrubber(_PureScrubber):
     """The probe's Scrubber: :class:`probe.scrub.Scrubber` that also knows this machine's
     interface addresses (``discover``), found without sending a packet."""
 
-    def __init__(self, addresses: Iterable[str] = (), *, discover: bool = True, paranoid: bool = False) -> None:
-        super().__init__(addresses, paranoid=paranoid)
+    def __init__(
+        self, addresses: Iterable[str] = (), *, discover: bool = True, paranoid: bool = False,
+        public_nets: Iterable[str] = (),
+    ) -> None:
+        super().__init__(addresses, paranoid=paranoid, public_nets=public_nets)
         if discover:
             found = discover_local_addresses()
             if found:

@@ -87,7 +87,8 @@ def written_text(lab: NatLab, name: str, *, control: bool) -> tuple[str, dict[st
     out = lab.workdir / name
     inputs = INPUTS + ([WHOAMI_INPUT] if control else [])
     args = ["-vv", "run", *(a for u in inputs for a in ("--url", u)), "--resolver", SITE_ADDR,
-            "--output", str(out / "ds"), "--timeout", "4", "--no-progress", "--cc", "ZZ", "--asn", "AS64500"]
+            "--output", str(out / "ds"), "--timeout", "4", "--no-progress", "--cc", "ZZ", "--asn", "AS64500",
+            "--public-net", LAB_NET]  # the lab's "internet" is private space
     if control:
         args += ["--control", HELPER]
     run = lab.vantage("probe", args)
