@@ -321,6 +321,7 @@ class Scrubber:
         derived = Scrubber(paranoid=self.paranoid)
         derived.public_nets = self.public_nets
         derived._set(set(self._addresses) | {a for a in suspects if self.may_be_public(a)})
+        derived._v6_nets = self._v6_nets  # a suspect is one address, not its /64 (a target may share it)
         return derived
 
     def scrub_bytes(self, data: bytes) -> bytes:

@@ -253,3 +253,13 @@ def test_ooni_import_scrubs_probe_ip_in_other_encodings(tmp_path: Path) -> None:
     text = json.dumps(rows, default=str)
     assert rows and find(text, ["10.11.12.13"]) == [], text
     assert REPLACEMENT in text and str(ipaddress.ip_address("10.11.12.13")) not in text
+
+
+def test_paranoid_suspect_is_one_address_not_its_network() -> None:
+    m = S.Measurement(S.new_uuid7(), "run", "web_connectivity", "0.1.0", "http://[2001:db8::1]/", S.utcnow())
+    m.tcp.append(S.TcpConnect(0, 0.1, None, "2001:db8::1", 80))
+    m.http.append(S.HttpRequest(0, 0.2, None, "http://[2001:db8::1]/", ip="2001:db8::1", status_code=200,
+                                body_sample="you are 2001:db8::2, I am 2001:db8::1"))
+    scrub_record(m, Scrubber(paranoid=True, public_nets=["2001:db8::/32"]))
+    assert m.http[0].body_sample == "you are [scrubbed], I am 2001:db8::1"
+    assert m.tcp[0].ip == "2001:db8::1" and m.http[0].ip == "2001:db8::1"
