@@ -202,8 +202,9 @@ class Scrubber:
     Matching is by parsed address, so every encoding listed in the module's regexes is caught,
     and for an IPv6 address (not link-local) the whole /64 (privacy-extension addresses rotate
     inside it). ``paranoid`` is set when the public address could not be learned: then log
-    lines lose every IP literal, and :func:`scrub_record` every literal that is not one of
-    the measurement's own targets. Thread-safe for ``add`` during a run.
+    lines lose every IP literal that may be public (:meth:`may_be_public`), and
+    :func:`scrub_record` every such literal that is not one of the measurement's own targets.
+    Thread-safe for ``add`` during a run.
     """
 
     def __init__(
@@ -218,7 +219,7 @@ class Scrubber:
         self._addresses: frozenset[IPAddress] = frozenset()
         self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
         self._base64: tuple[str, ...] = ()
-        self._needles: tuple[tuple[str, ...], ...] = ()
+        self._needles: tuple[tuple[tuple[str, ...], ...], ...] = ()
         self._log_suspects: set[IPAddress] = set()
         self._log_scrubber: Scrubber | None = None
         initial: set[IPAddress] = set()

@@ -26,6 +26,7 @@ import probe.control
 import probe.schema as S
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
 from probe.net.scrub import LogScrubFilter
+from probe.net.scrub import Scrubber as NetScrubber
 from probe.scrub import REPLACEMENT, Scrubber, scrub_probe_ip, scrub_record
 
 OWN = "198.51.100.23"
@@ -152,7 +153,7 @@ class _Echo(Experiment):
 
 
 def test_measure_scrubs_the_finished_record() -> None:
-    settings = Settings(scrubber=Scrubber([OWN]))
+    settings = Settings(scrubber=NetScrubber([OWN], discover=False))
     m = asyncio.run(measure(_Echo(), Target("http://x/"), settings, Vantage(), "run"))
     text = json.dumps(m.to_row(), default=str)
     assert find(text, [OWN]) == [] and text.count(REPLACEMENT) == 3

@@ -173,12 +173,13 @@ def run(ctx: click.Context, **opts: Any) -> None:
     extra: dict[str, Any] = {}
     if opts["injection_target"]:
         extra["injection_target"] = opts["injection_target"]
+    scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),
         use_system_resolver=not opts["resolvers"],
         timeouts=timeouts,
         ca_bundle=opts["ca_bundle"],
-        scrubber=_scrubber(),
+        scrubber=scrubber,
         extra=extra,
     )
     vantage = Vantage(
@@ -196,8 +197,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
         if public is not None and not ipaddress.ip_address(public).is_loopback:
             # In memory only: scrubbed from records and logs. (A helper on this machine sees
             # loopback: nothing stands between, the interface addresses are known already.)
-            settings.scrubber.add(public)
-    learned = _learn_public_addresses(settings.scrubber, opts["stun_servers"], bool(opts["resolvers"]))
+            scrubber.add(public)
+    learned = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
     learned = learned or (bool(control_url) and public is not None)
 
     if run_id is None:
@@ -224,7 +225,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         markup=False,
         soft_wrap=True,
     )
-    _announce_privacy(settings.scrubber, learned=learned, public_nets=opts["public_nets"])
+    _announce_privacy(scrubber, learned=learned, public_nets=opts["public_nets"])
     try:
         summary = asyncio.run(
             run_phases(
