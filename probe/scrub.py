@@ -96,14 +96,16 @@ def _sub_v6(text: str, decide: _Decide) -> str:
     def sub(m: re.Match[str]) -> str:
         token = m.group(0)
         addr = _parse(token.lower().replace("%3a", ":").replace("-", ":") if m.re is not _V6 else token)
-        if addr is None and m.re is _V6 and token.count(":") > 2:
-            # "2001:db8::1:8080": an address with its port and no brackets (ambiguous, but seen)
+        if addr is not None and decide((addr,)):
+            return REPLACEMENT
+        if m.re is _V6 and token.count(":") > 2:
+            # "2001:db8::1:8080": an address with its port and no brackets (ambiguous, but seen;
+            # the whole may even parse as another address)
             head, tail = token.rsplit(":", 1)
-            addr = _parse(head)
-            if addr is not None and decide((addr,)):
+            first = _parse(head)
+            if first is not None and decide((first,)):
                 return REPLACEMENT + ":" + tail
-            return token
-        return REPLACEMENT if addr is not None and decide((addr,)) else token
+        return token
 
     def arpa(m: re.Match[str]) -> str:
         nibbles = m.group(1).replace(".", "")[::-1].ljust(32, "0")
@@ -177,8 +179,13 @@ def _needles(addrs: Iterable[IPAddress]) -> tuple[tuple[tuple[str, ...], ...], .
     return tuple(out)
 
 
-def literals_in(text: str) -> set[IPAddress]:
-    """Every IP address written in ``text`` in a textual form (both orders of a 4-part form)."""
+# Runs of base64 long enough to hold a dotted IPv4 address (7 characters encode to 12).
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{12,}")
+
+
+def literals_in(text: str, *, base64_too: bool = False) -> set[IPAddress]:
+    """Every IP address written in ``text`` in a textual form (both orders of a 4-part form);
+    with ``base64_too`` also those inside base64 runs (a cookie may carry only that form)."""
     found: set[IPAddress] = set()
 
     def collect(readings: tuple[IPAddress, ...]) -> bool:
@@ -187,6 +194,18 @@ def literals_in(text: str) -> set[IPAddress]:
 
     _sub_v4(text, collect)
     _sub_v6(text, collect)
+    if base64_too:
+        for m in _BASE64_RUN.finditer(text):
+            run = m.group(0).replace("-", "+").replace("_", "/")
+            for start in range(4):  # the encoded data may start at any byte before the address
+                chunk = run[start:]
+                chunk = chunk[: len(chunk) - len(chunk) % 4]
+                try:
+                    decoded = base64.b64decode(chunk, validate=True).decode("latin-1")
+                except ValueError:
+                    continue
+                _sub_v4(decoded, collect)
+                _sub_v6(decoded, collect)
     return found
 
 
@@ -308,7 +327,7 @@ class Scrubber:
         other encoding (hex, decimal, base64) of any address a log line has held so far."""
         if not self.paranoid or not text:
             return self.scrub(text)
-        seen = {a for a in literals_in(text) if not self.is_own(a)}
+        seen = {a for a in literals_in(text, base64_too=True) if not self.is_own(a)}
         with self._lock:
             if not seen <= self._log_suspects or self._log_scrubber is None:
                 self._log_suspects |= seen
@@ -406,7 +425,7 @@ def scrub_record(m: Any, scrubber: Scrubber) -> None:
         seen: set[IPAddress] = set()
 
         def collect(text: str) -> str:
-            seen.update(literals_in(text))
+            seen.update(literals_in(text, base64_too=True))
             return text
 
         _walk(m, collect)

@@ -25,7 +25,7 @@ _V6 = st.ip_addresses(v=6).filter(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases in CI every time
 @given(addr=_V4, form=st.sampled_from(sorted(forms("192.0.2.1"))), before=_BEFORE, after=_AFTER)
 def test_every_ipv4_encoding_is_scrubbed(addr: ipaddress.IPv4Address, form: str, before: str, after: str) -> None:
     encoded = forms(str(addr))[form]
@@ -44,7 +44,7 @@ def v6_forms(a: ipaddress.IPv6Address) -> list[str]:
     ]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)  # the same cases in CI every time
 @given(addr=_V6, index=st.integers(0, 8), before=_BEFORE, after=_AFTER)
 def test_every_ipv6_encoding_is_scrubbed(addr: ipaddress.IPv6Address, index: int, before: str, after: str) -> None:
     text = f"{before}{v6_forms(addr)[index]}{after}"
@@ -54,7 +54,7 @@ def test_every_ipv6_encoding_is_scrubbed(addr: ipaddress.IPv6Address, index: int
         assert form.lower() not in out.lower(), (text, out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same cases in CI every time
 @given(own=_V4, other=_V4, form=st.sampled_from(sorted(forms("192.0.2.1"))), before=_BEFORE, after=_AFTER)
 def test_other_addresses_are_kept_in_every_encoding(
     own: ipaddress.IPv4Address, other: ipaddress.IPv4Address, form: str, before: str, after: str
@@ -67,7 +67,7 @@ def test_other_addresses_are_kept_in_every_encoding(
     assert Scrubber([str(own)]).scrub(text) == text
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)  # the same cases in CI every time
 @given(own=_V6, other=_V6, index=st.integers(0, 8))
 def test_other_ipv6_networks_are_kept(own: ipaddress.IPv6Address, other: ipaddress.IPv6Address, index: int) -> None:
     assume(int(own) >> 64 != int(other) >> 64)  # our whole /64 is ours (privacy addresses)

@@ -264,3 +264,15 @@ def test_paranoid_suspect_is_one_address_not_its_network() -> None:
     scrub_record(m, Scrubber(paranoid=True, public_nets=["2001:db8::/32"]))
     assert m.http[0].body_sample == "you are [scrubbed], I am 2001:db8::1"
     assert m.tcp[0].ip == "2001:db8::1" and m.http[0].ip == "2001:db8::1"
+
+
+def test_paranoid_base64_only_echo_is_scrubbed_other_base64_stays() -> None:
+    import base64
+
+    cookie = base64.b64encode(b"visitor=8.8.4.4;lang=en").decode()
+    session = base64.b64encode(b"session 9f2c1e77 for user 42, v1.2.3").decode()
+    m = web_record("nothing here")
+    m.http[1].headers = [S.HttpHeader("set-cookie", f"c={cookie}"), S.HttpHeader("x-session", session)]
+    scrub_record(m, Scrubber(paranoid=True))
+    assert find(m.http[1].headers[0].value, ["8.8.4.4"]) == [] and REPLACEMENT in m.http[1].headers[0].value
+    assert m.http[1].headers[1].value == session
