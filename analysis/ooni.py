@@ -23,6 +23,7 @@ from analysis.ooni_fields import BodyStats, map_failure
 from analysis.ooni_read import SourceError, discover, iter_documents
 from analysis.ooni_tests import Converted, NotAMeasurement, convert
 from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
+from probe.scrub import scrub_probe_ip
 from probe.store import StoreError, iter_dataset_files, partition_dir, write_table_atomic
 
 __all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert", "one_line"]
@@ -201,6 +202,7 @@ def import_ooni(
                         line_stats = BodyStats()
                         try:
                             converted = convert(raw.doc, raw.raw, line_stats)
+                            scrub_probe_ip(converted.records, raw.doc.get("probe_ip"))
                             rows = _check(converted)
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
                             skip(where, _reason(exc))

@@ -6,8 +6,10 @@ Protocol (JSON over HTTP(S), version 1):
 - ``POST /v1/measure`` ``{"experiment": NAME, "input": URL, "addresses": [IP, ...],
   "category": CODE, "control_for": ID}`` or ``{"experiment": NAME, "targets": [{...}, ...]}``
   → ``{"measurements": [Measurement, ...]}``, one per target, in order.
-- ``GET /v1/whoami`` → ``{"probe_cc": "IR", "probe_asn": "AS1234", "probe_network": "..."}``:
-  the caller's country and network; never its address.
+- ``GET /v1/whoami`` → ``{"public_address": IP, "probe_cc": "IR", "probe_asn": "AS1234",
+  "probe_network": "..."}``: the address the helper saw for the caller (its public address
+  behind NAT, so the probe can scrub it; sent to that caller only, never logged or stored),
+  and its country and network when the helper has the databases.
 - ``GET /v1/info`` → the helper's version, experiments and limits.
 - Errors: a 4xx/5xx status with ``{"error": {"code": CODE, "message": TEXT, ...}}``.
 """
@@ -36,6 +38,7 @@ from probe.schema import (
     row_to_record,
     validate,
 )
+from probe.scrub import scrub_record
 
 if TYPE_CHECKING:
     from probe.experiments.base import Settings, Target
@@ -504,8 +507,8 @@ async def fetch_control(
 async def fetch_whoami(
     control_url: str, *, timeout: float = 10.0, ca_bundle: str | None = None
 ) -> dict[str, str | None]:
-    """The caller's country and network as the helper sees them (the helper never sends the
-    address back, so the probe cannot store it by mistake)."""
+    """The caller as the helper sees it: ``public_address`` (for the probe's Scrubber, in
+    memory only: never store or log it), country and network."""
     url = _endpoint(control_url, WHOAMI_PATH)
     async with httpx.AsyncClient(timeout=timeout, verify=_verify(ca_bundle), trust_env=False) as client:
         try:
@@ -523,26 +526,17 @@ async def fetch_whoami(
     cc = data.get("probe_cc")
     asn = data.get("probe_asn")
     network = data.get("probe_network")
+    seen = data.get("public_address")
+    try:
+        public = str(ipaddress.ip_address(seen)) if isinstance(seen, str) else None
+    except ValueError:
+        public = None
     return {
+        "public_address": public,
         "probe_cc": cc if isinstance(cc, str) and re.fullmatch(r"[A-Z]{2}", cc) else "ZZ",
         "probe_asn": asn if isinstance(asn, str) and re.fullmatch(r"AS\d+", asn) else None,
         "probe_network": network[:200] if isinstance(network, str) else None,
     }
-
-
-def scrub_record(m: Measurement, scrubber: Scrubber) -> None:
-    """Replace the probe's own addresses in the free text of a record that came from elsewhere."""
-    m.failure = scrubber.scrub(m.failure)
-    observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
-    for obs in observations:
-        obs.failure = scrubber.scrub(obs.failure)
-    for h in m.http:
-        h.body_sample = scrubber.scrub(h.body_sample)
-        h.title = scrubber.scrub(h.title)
-        for header in h.headers:
-            header.value = scrubber.scrub(header.value) or ""
-    for v in m.vpn:
-        v.detail = scrubber.scrub(v.detail)
 
 
 def valid_id(value: Any) -> bool:

@@ -1,8 +1,9 @@
 """The control helper server (`vantage control serve`): measures what probes ask with the same
 experiment code, from an uncensored network, within fixed bounds. Protocol: probe.control.
 
-HTTP/1.1 is parsed by h11, one request per connection. The caller's address is used only to
-look up its country and network for /v1/whoami; it is never logged or sent back.
+HTTP/1.1 is parsed by h11, one request per connection. The caller's address is used only for
+/v1/whoami: sent back to that caller (its public address, for its scrubber) with its country
+and network; it is never logged.
 
 Every connection a measurement makes is checked against the address policy (the connection
 guard, ``probe.net._client.address_guard``), after name resolution and on every redirect hop;
@@ -602,12 +603,19 @@ class ControlServer:
         }
 
     def _whoami(self, writer: asyncio.StreamWriter) -> dict[str, Any]:
-        if not self.geo.configured:
-            raise HttpError(404, "not_configured", "this helper has no country or ASN database")
+        # The caller's address goes back to that caller only, so a probe behind NAT learns its
+        # public address and scrubs it; never logged here (the access log has no peer).
         peer = writer.get_extra_info("peername")
         if not peer:
             raise HttpError(500, "internal_error", "cannot tell the caller's address")
-        return self.geo.lookup(str(peer[0]))
+        seen = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+        if isinstance(seen, ipaddress.IPv6Address) and seen.ipv4_mapped is not None:
+            seen = seen.ipv4_mapped  # a dual-stack listener's view of an IPv4 caller
+        address = str(seen)
+        answer: dict[str, Any] = {"public_address": address}
+        if self.geo.configured:
+            answer.update(self.geo.lookup(address))
+        return answer
 
     async def _measure(self, body: bytes) -> dict[str, Any]:
         request = parse_measure_request(body, self.limits)

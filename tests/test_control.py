@@ -299,7 +299,8 @@ def test_routes_and_raw_http(site: str) -> None:
     assert info["limits"]["max_body"] == 64 * 1024 and info["whoami"] is False
     assert r["get_measure"].status_code == 405
     assert r["missing"].status_code == 404
-    assert (r["whoami_unconfigured"].status_code, r["whoami_unconfigured"].json()["error"]["code"]) == (404, "not_configured")
+    # without databases whoami still tells the caller the address it saw (for its scrubber)
+    assert (r["whoami_unconfigured"].status_code, r["whoami_unconfigured"].json()) == (200, {"public_address": "127.0.0.1"})
     assert raw.startswith(b"HTTP/1.1 400 ") and b"bad_http" in raw
 
 
@@ -362,7 +363,7 @@ def write_mmdbs(tmp_path: Path) -> tuple[Path, Path]:
     return paths
 
 
-def test_whoami_tells_country_and_asn_never_the_address(tmp_path: Path) -> None:
+def test_whoami_tells_country_asn_and_the_address_to_the_caller_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     geoip, asn = write_mmdbs(tmp_path)
 
     async def scenario(url: str) -> tuple[httpx.Response, dict[str, str | None]]:
@@ -370,11 +371,14 @@ def test_whoami_tells_country_and_asn_never_the_address(tmp_path: Path) -> None:
             raw = await client.get(url + control.WHOAMI_PATH)
         return raw, await control.fetch_whoami(url)
 
+    caplog.set_level("DEBUG")
     raw, info = with_helper(ServerConfig(geoip_db=geoip, asn_db=asn, settings=lab_settings()), scenario)
     assert raw.status_code == 200
-    assert raw.json() == {"probe_cc": "DE", "probe_asn": "AS64500", "probe_network": "Lab Net"}
-    assert "127.0.0.1" not in raw.text
-    assert info == {"probe_cc": "DE", "probe_asn": "AS64500", "probe_network": "Lab Net"}
+    assert raw.json() == {"public_address": "127.0.0.1", "probe_cc": "DE", "probe_asn": "AS64500", "probe_network": "Lab Net"}
+    assert info == {"public_address": "127.0.0.1", "probe_cc": "DE", "probe_asn": "AS64500", "probe_network": "Lab Net"}
+    helper_lines = [r.getMessage() for r in caplog.records if r.name.startswith("probe.")]
+    assert any("/v1/whoami" in line for line in helper_lines)
+    assert not any("127.0.0.1" in line for line in helper_lines), helper_lines  # the helper never logs it
 
 
 def test_cli_serve_and_whoami(tmp_path: Path) -> None:

@@ -59,3 +59,8 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    # Every log line leaves without the probe's addresses (httpx logs request URLs at -v and
+    # raw headers at -vv); a run adds its public address to the same scrubber when learned.
+    from probe.net.scrub import install_log_filter
+
+    install_log_filter()

@@ -31,6 +31,7 @@ from probe.store import StoreError, run_files, run_lock
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
     "timeout", "ca_bundle", "injection_target", "control", "anchors", "concurrency", "per_host",
+    "stun_servers", "public_nets",
 )
 # Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
 # the run, --no-progress is about the terminal at hand.
@@ -91,6 +92,15 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
     return value
 
 
+def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{v!r} is not a network (CIDR)") from None
+    return values
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -134,6 +144,12 @@ def _injection_target(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option("--control", default=None, metavar="URL",
               help="A control helper (`vantage control serve`) to measure each target from an "
                    "uncensored network as well.")
+@click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
+              help="A STUN server to ask for this network's public address (kept in memory, only to "
+                   "scrub it from what is written). Repeatable, e.g. one IPv4 and one IPv6 server.")
+@click.option("--public-net", "public_nets", multiple=True, metavar="CIDR", callback=_cidr,
+              help="Treat this network as public addresses (labs, intranets): when the public "
+                   "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
@@ -160,12 +176,13 @@ def run(ctx: click.Context, **opts: Any) -> None:
     extra: dict[str, Any] = {}
     if opts["injection_target"]:
         extra["injection_target"] = opts["injection_target"]
+    scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),
         use_system_resolver=not opts["resolvers"],
         timeouts=timeouts,
         ca_bundle=opts["ca_bundle"],
-        scrubber=_scrubber(),
+        scrubber=scrubber,
         extra=extra,
     )
     vantage = Vantage(
@@ -175,11 +192,17 @@ def run(ctx: click.Context, **opts: Any) -> None:
         probe_network=opts["network"],
     )
     control_url = opts["control"]
+    public: str | None = None
     if control_url:
         if not _control_available():
             raise click.ClickException("--control: this installation has no control helper client (probe.control)")
-        if not opts["cc"] or not opts["asn"]:
-            _vantage_from_helper(vantage, control_url, settings.ca_bundle, opts)
+        public = _vantage_from_helper(vantage, control_url, settings.ca_bundle, opts)
+        if public is not None and not ipaddress.ip_address(public).is_loopback:
+            # In memory only: scrubbed from records and logs. (A helper on this machine sees
+            # loopback: nothing stands between, the interface addresses are known already.)
+            scrubber.add(public)
+    learned = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
+    learned = learned or (bool(control_url) and public is not None)
 
     if run_id is None:
         from probe.schema import new_run_id
@@ -210,6 +233,7 @@ def run(ctx: click.Context, **opts: Any) -> None:
         markup=False,
         soft_wrap=True,
     )
+    _announce_privacy(scrubber, learned=learned, public_nets=opts["public_nets"])
     try:
         summary = asyncio.run(
             run_phases(
@@ -310,9 +334,53 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
 
 
 def _scrubber() -> Any:
-    from probe.net.scrub import Scrubber
+    from probe.net.scrub import default_scrubber
 
-    return Scrubber()
+    return default_scrubber()  # the one the log filter uses
+
+
+def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> bool:
+    """Ask each --stun server; True when one answered (its answer goes to the scrubber only)."""
+    from probe.net.stun import StunError, parse_server, public_address
+
+    learned = False
+    for server in servers:
+        try:
+            host, _ = parse_server(server)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stun") from None
+        if only_configured_resolvers and _ip_or_none(host) is None:
+            # a name would be looked up by the system's resolver, which --resolver promises not to use
+            raise click.BadParameter("with --resolver, give the STUN server as IP:PORT", param_hint="--stun")
+        try:
+            seen = asyncio.run(public_address(server))
+        except StunError as exc:
+            Console(stderr=True).print(str(exc), highlight=False, markup=False, soft_wrap=True)
+            continue
+        scrubber.add(seen)
+        learned = True
+    return learned
+
+
+def _ip_or_none(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _announce_privacy(scrubber: Any, *, learned: bool, public_nets: tuple[str, ...] = ()) -> None:
+    """One line at the start: whether the public address is known, and what that means."""
+    scrubber.paranoid = not learned
+    scrubber.public_nets = tuple(ipaddress.ip_network(n, strict=False) for n in public_nets)
+    line = (
+        "privacy: this network's public address (as the control helper or STUN server saw it) is "
+        "scrubbed from every record and log line (kept in memory only)"
+        if learned
+        else "privacy: public address unknown (no control helper or STUN server told it): scrubbing every public "
+        "IP address in captured text that is not one of a measurement's own targets"
+    )
+    Console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _control_available() -> bool:
@@ -323,21 +391,23 @@ def _control_available() -> bool:
     return hasattr(control, "fetch_control")
 
 
-def _vantage_from_helper(vantage: Vantage, control_url: str, ca_bundle: str | None, opts: dict[str, Any]) -> None:
-    """Country and network as the control helper sees us (it never sends our address back)."""
+def _vantage_from_helper(vantage: Vantage, control_url: str, ca_bundle: str | None, opts: dict[str, Any]) -> str | None:
+    """Country and network as the control helper sees us; returns the public address it saw
+    (for the scrubber only: never store or print it). None when it could not tell."""
     from probe.control import ControlError, fetch_whoami
 
     try:
         seen = asyncio.run(fetch_whoami(control_url, ca_bundle=ca_bundle))
     except ControlError as exc:
         Console(stderr=True).print(f"control helper: {exc}; country and network stay unknown", highlight=False, soft_wrap=True)
-        return
+        return None
     if not opts["cc"] and seen.get("probe_cc"):
         vantage.probe_cc = str(seen["probe_cc"])
     if not opts["asn"] and seen.get("probe_asn"):
         vantage.probe_asn = seen["probe_asn"]
     if not opts["network"] and seen.get("probe_network"):
         vantage.probe_network = seen["probe_network"]
+    return seen.get("public_address")
 
 
 def _render(summary: RunSummary) -> None:

@@ -26,6 +26,7 @@ from probe.schema import (
     utcnow,
     validate,
 )
+from probe.scrub import scrub_record
 
 if TYPE_CHECKING:
     from probe.net.clock import Clock
@@ -260,6 +261,9 @@ async def measure(
     finally:
         _clock.reset(token)
     m.runtime_s = round(clock.now(), 6)
+    if settings.scrubber is not None:
+        # The one place a record is finished: every string of it, nested ones included.
+        scrub_record(m, settings.scrubber)
     try:
         validate(m)
     except ValueError as exc:

@@ -1,4 +1,5 @@
-"""Scrubbing of the probe's own addresses from any text captured from the network.
+"""The probe's own addresses: found on this machine's interfaces, scrubbed from text, records
+and log lines. The text rules are in probe.scrub (pure); this module adds discovery.
 
 A page that echoes the client address, an error message or a header may carry the
 volunteer's IP; everything the net layer stores passes through ``Scrubber.scrub`` first.
@@ -7,7 +8,7 @@ volunteer's IP; everything the net layer stores passes through ``Scrubber.scrub`
 from __future__ import annotations
 
 import ipaddress
-import re
+import logging
 import shutil
 import socket
 import struct
@@ -15,18 +16,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import overload
 
-REPLACEMENT = "[scrubbed]"
+from probe.scrub import REPLACEMENT, IPAddress, scrub_all_addresses, scrub_record
+from probe.scrub import Scrubber as _PureScrubber
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Candidate tokens; each is parsed with ipaddress before it is compared, so false matches of
-# the regexes cost nothing but a failed parse. Lookarounds stop "10.0.0.1" matching inside
-# "110.0.0.12". The dashed form catches reverse-DNS names such as "ip-203-0-113-7.example".
-_V4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)")
-_V4_DASHED = re.compile(r"(?<!\d)(?<!\d-)(?:\d{1,3}-){3}\d{1,3}(?!\d|-\d)")
-_V6 = re.compile(r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:(?:\d{1,3}\.){3}\d{1,3}|[0-9A-Fa-f]{1,4})?(?:%[\w.-]+)?(?![0-9A-Za-z:.])")
+__all__ = [
+    "REPLACEMENT", "LogScrubFilter", "Scrubber", "default_scrubber", "discover_local_addresses",
+    "install_log_filter", "parse_interface_listing", "scrub_all_addresses", "scrub_record",
+]
 
 _SIOCGIFADDR = 0x8915
 
@@ -126,118 +123,63 @@ def _from_interface_listing() -> set[IPAddress]:
     return found
 
 
-class Scrubber:
-    """Knows the probe's own addresses and replaces them with ``[scrubbed]`` in text.
+class Scrubber(_PureScrubber):
+    """The probe's Scrubber: :class:`probe.scrub.Scrubber` that also knows this machine's
+    interface addresses (``discover``), found without sending a packet."""
 
-    Matching is by parsed address, so every textual form of an IPv6 address (compressed,
-    expanded, upper case, IPv4-mapped) is caught, and for an IPv6 address (not link-local) the whole /64
-    (privacy-extension addresses rotate inside it). Thread-safe for ``add`` during a run.
-    """
-
-    def __init__(self, addresses: Iterable[str] = (), *, discover: bool = True) -> None:
-        self._lock = threading.Lock()
-        self._addresses: frozenset[IPAddress] = frozenset()
-        self._v6_nets: frozenset[ipaddress.IPv6Network] = frozenset()
-        self._needles: tuple[str, ...] = ()
-        self._needles_b: tuple[bytes, ...] = ()
-        initial: set[IPAddress] = discover_local_addresses() if discover else set()
-        for a in addresses:
-            parsed = _parse(a)
-            if parsed is None:
-                raise ValueError(f"not an IP address: {a!r}")
-            initial.add(parsed)
-        self._set(initial)
-
-    def _set(self, addrs: set[IPAddress]) -> None:
-        expanded = set(addrs)
-        for a in addrs:  # the IPv4 inside an IPv4-mapped IPv6 address is the same host
-            if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
-                expanded.add(a.ipv4_mapped)
-        self._addresses = frozenset(expanded)
-        self._v6_nets = frozenset(
-            ipaddress.IPv6Network((int(a) >> 64 << 64, 64))
-            for a in expanded
-            # all of fe80::/64 is shared by every host on a link: scrubbing it would hide
-            # nothing of ours and everything of theirs
-            if isinstance(a, ipaddress.IPv6Address) and not (a.is_link_local or a.is_loopback or a.is_multicast)
-            and a.ipv4_mapped is None
-        )
-
-        # Cheap substrings (lower case) that any textual form of an own address contains; text
-        # without any of them skips the regexes, which cost ~0.5 s per MiB.
-        needles: set[str] = set()
-        for a in expanded:
-            if isinstance(a, ipaddress.IPv4Address):
-                needles.update((str(a), str(a).replace(".", "-")))
-            elif a.ipv4_mapped is None:
-                first = int(a) >> 112
-                needles.update((f"{first:x}:", f"{first:04x}:") if first else (":",))
-        self._needles = tuple(needles)
-        self._needles_b = tuple(n.encode("ascii") for n in needles)
-
-    def _may_contain(self, text: str) -> bool:
-        low = text.lower()
-        return any(n in low for n in self._needles)
-
-    def add(self, address: str) -> None:
-        """Add an address seen for the probe at run time (e.g. what a control helper saw)."""
-        parsed = _parse(address)
-        if parsed is None:
-            return  # nothing to scrub for; a bad hint must not break a run
-        with self._lock:
-            self._set(set(self._addresses) | {parsed})
-
-    @property
-    def addresses(self) -> frozenset[IPAddress]:
-        return self._addresses
-
-    def is_own(self, addr: IPAddress) -> bool:
-        if isinstance(addr, ipaddress.IPv6Address):
-            if addr.ipv4_mapped is not None and addr.ipv4_mapped in self._addresses:
-                return True
-            if any(addr in net for net in self._v6_nets):
-                return True
-        return addr in self._addresses
-
-    @overload
-    def scrub(self, text: str) -> str: ...
-    @overload
-    def scrub(self, text: None) -> None: ...
-    def scrub(self, text: str | None) -> str | None:
-        """``text`` with every own address replaced by ``[scrubbed]`` (None stays None)."""
-        if not text or not self._addresses or not self._may_contain(text):
-            return text
-        return _replace(text, self.is_own)
-
-    def scrub_bytes(self, data: bytes) -> bytes:
-        """Bytes form of :meth:`scrub`, for hashing a body; decoded as latin-1 (lossless)."""
-        if not data or not self._addresses:
-            return data
-        low = data.lower()
-        if not any(n in low for n in self._needles_b):
-            return data
-        text = data.decode("latin-1")
-        out = _replace(text, self.is_own)
-        return data if out is text else out.encode("latin-1")
+    def __init__(
+        self, addresses: Iterable[str] = (), *, discover: bool = True, paranoid: bool = False,
+        public_nets: Iterable[str] = (),
+    ) -> None:
+        super().__init__(addresses, paranoid=paranoid, public_nets=public_nets)
+        if discover:
+            found = discover_local_addresses()
+            if found:
+                with self._lock:
+                    self._set(set(self.addresses) | found)
 
 
-def _replace(text: str, is_own: Callable[[IPAddress], bool]) -> str:
-    def sub(m: re.Match[str]) -> str:
-        token = m.group(0)
-        addr = _parse(token.replace("-", ".") if m.re is _V4_DASHED else token)
-        return REPLACEMENT if addr is not None and is_own(addr) else token
-
-    out = text
-    if ":" in out:
-        out = _V6.sub(sub, out)
-    if "." in out:
-        out = _V4.sub(sub, out)
-    if "-" in out:
-        out = _V4_DASHED.sub(sub, out)
-    return text if out == text else out
+_default: Scrubber | None = None
+_default_lock = threading.Lock()
 
 
-def scrub_all_addresses(text: str) -> str:
-    """Replace every IP literal in ``text``: for error details, where the probe may not even
-    know its public address (NAT), so no address is kept at all."""
-    return _replace(text, lambda _a: True)
+def default_scrubber() -> Scrubber:
+    """The process's Scrubber: what a run measures with and what the log filter uses, so an
+    address learned at the start of a run leaves log lines too."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Scrubber()
+        return _default
+
+
+class LogScrubFilter(logging.Filter):
+    """On a handler: every record leaves with its message, arguments and traceback scrubbed
+    (httpx logs request URLs at INFO and raw headers at DEBUG; an error may name an address)."""
+
+    def __init__(self, scrubber: Callable[[], _PureScrubber] = default_scrubber) -> None:
+        super().__init__()
+        self._scrubber = scrubber
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        s = self._scrubber()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep the template, drop the arguments
+            message = str(record.msg)
+        record.msg = s.scrub_log(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = s.scrub_log(record.exc_text)
+        if record.stack_info:
+            record.stack_info = s.scrub_log(record.stack_info)
+        return True
+
+
+def install_log_filter(handlers: Iterable[logging.Handler] | None = None) -> None:
+    """Add the scrubbing filter to the root logger's handlers (once each)."""
+    for h in logging.getLogger().handlers if handlers is None else handlers:
+        if not any(isinstance(f, LogScrubFilter) for f in h.filters):
+            h.addFilter(LogScrubFilter())

@@ -168,3 +168,25 @@ def test_interface_listing_parser() -> None:
     assert {str(a) for a in parse_interface_listing(macos + windows)} == {
         "fe80::1c2b:3a", "192.168.1.5", "10.1.2.3", "2001:db8::5",
     }
+
+
+def test_log_filter_is_installed_once_and_shares_the_run_scrubber() -> None:
+    import logging
+
+    from probe.net.scrub import LogScrubFilter, default_scrubber, install_log_filter
+
+    handler = logging.StreamHandler()
+    install_log_filter([handler])
+    install_log_filter([handler])
+    assert [type(f) for f in handler.filters] == [LogScrubFilter]
+    assert default_scrubber() is default_scrubber()  # `vantage run` adds its public address here
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s then %d", ("a", 2), None)
+    assert handler.filters[0].filter(record) and record.getMessage() == "a then 2"  # a line without addresses stays
+
+
+def test_net_scrubber_is_the_pure_one_plus_discovery() -> None:
+    import probe.scrub
+
+    s = Scrubber(["192.0.2.44"], discover=False, paranoid=True, public_nets=["192.0.2.0/24"])
+    assert isinstance(s, probe.scrub.Scrubber) and s.paranoid
+    assert s.scrub_literals("a 192.0.2.45 b 10.0.0.1") == "a [scrubbed] b 10.0.0.1"
