@@ -186,8 +186,11 @@ def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
     scrubber = Scrubber([] if paranoid else [OWN], paranoid=paranoid, public_nets=["198.51.100.0/24"])
     handler.addFilter(LogScrubFilter(lambda: scrubber))
     root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
+    old_level, old_handlers = root.level, root.handlers[:]
+    # The root logger as `vantage -vv` sets it up: one handler, one filter. (Handlers other
+    # tests' CLI runs left on pytest's capture handlers would scrub the record first with
+    # another scrubber: this test is about one filter.)
+    root.handlers = [handler]
     root.setLevel(logging.DEBUG)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/?ip={OWN}&hex={forms(OWN)['hex']}"
@@ -198,7 +201,7 @@ def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
         except OSError:
             logging.getLogger("probe.test").exception("traceback")
     finally:
-        root.removeHandler(handler)
+        root.handlers = old_handlers
         root.setLevel(old_level)
         server.shutdown()
         server.server_close()
