@@ -155,14 +155,17 @@ def _arr(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=float)
 
 
+# Lost connectivity and shutdowns first: they explain the other anomalies of their hours.
+EVENT_ORDER = {"connectivity_lost": 0, "shutdown": 1, "probe_fault": 2, "service_blocking": 3, "site_outage": 4,
+               "unclassified": 5}
+
+
 def charts_for_events(hourly: pa.Table, events: Sequence[Event], failures: pa.Table | None = None,
                       limit: int = 12) -> list[tuple[Event, bytes]]:
     """A timeline per event, lost connectivity and shutdowns first: network signals for network-wide events, the
     targets' failed share for blocking and outages."""
-    order = {"connectivity_lost": 0, "shutdown": 1, "probe_fault": 2, "service_blocking": 3, "site_outage": 4,
-             "unclassified": 5}
     out: list[tuple[Event, bytes]] = []
-    for e in sorted(events, key=lambda e: (order.get(e.kind, 9), e.start)):
+    for e in sorted(events, key=lambda e: (EVENT_ORDER.get(e.kind, 9), e.start)):
         if len(out) >= limit or not e.networks:
             continue
         if e.inputs and failures is not None:

@@ -28,6 +28,23 @@ from analysis.pipeline import AnalysisOptions, OutputError, Verdicts, check_outp
 from analysis.shutdown import Detection, detect
 from analysis.signals import DatasetError, open_measurements
 
+# Events whose hours say nothing about blocking in their network: its rows are set aside from
+# "what is blocked" (a dead uplink fails every target; so does a shutdown or a broken probe).
+QUIET_KINDS = ("shutdown", "probe_fault", "connectivity_lost")
+
+
+def connectivity_findings(events: Sequence[Event]) -> list[Event]:
+    """The events the report opens with: connectivity lost at a vantage point, and shutdowns
+    found from lost connectivity (several networks dark at once), on the first run already."""
+    return [e for e in events if e.kind == "connectivity_lost" or (e.kind == "shutdown" and (
+        e.rule == "shutdown.connectivity_several_networks" or "connectivity_lost" in e.evidence))]
+
+
+_LOST_TEXT = ("Connectivity was lost at a vantage point (its anchors and nearly every target failed at the network "
+              "level while controls and anchors elsewhere were up): a shutdown or a local fault. Measurements "
+              "taken without connectivity say nothing about blocking: they have the status no_connectivity, "
+              "and the hours of these events are left out of what is blocked below.")
+
 
 class ReportError(Exception):
     """The report cannot be written (the message says why, in one line)."""
@@ -87,7 +104,8 @@ def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, sou
 
 _BLOCKED_SQL = """
 WITH v AS (SELECT v.*, f.vantage FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
-           -- measurements inside a shutdown or probe fault of their network say nothing about blocking
+           -- measurements inside a shutdown, probe fault or connectivity loss of their network say nothing
+           -- about blocking
            WHERE NOT EXISTS (SELECT 1 FROM report_quiet q WHERE q.cc = f.cc AND q.asn = f.asn
                              AND f.hour >= q.start_h AND f.hour < q.end_h)),
 tot AS (SELECT probe_cc, probe_asn, input, count(*) AS n, count(DISTINCT vantage) AS vps,
@@ -129,7 +147,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     detection = detect(con, detector_config, verdicts="report_verdicts")
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)).replace(tzinfo=None)}
-             for e in detection.events if e.kind in ("shutdown", "probe_fault") for r in e.regions for n in e.networks]
+             for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]
     con.register("report_quiet", pa.Table.from_pylist(quiet, schema=pa.schema(
         [("cc", pa.string()), ("asn", pa.string()), ("start_h", pa.timestamp("us")), ("end_h", pa.timestamp("us"))])))
     rows = con.sql(_BLOCKED_SQL.format(min_blocked=int(min_blocked))).to_arrow_table().to_pylist()
@@ -163,7 +181,9 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
                strftime(min(hour), '%Y-%m-%d %H:%M') AS first_hour, strftime(max(hour), '%Y-%m-%d %H:%M') AS last_hour
         FROM shutdown_facts""").to_arrow_table().to_pylist()[0]
     overview["verdicts"] = verdicts.table.num_rows
-    overview["blocked_verdicts"] = int(sum(1 for s in verdicts.table.column("status").to_pylist() if s == "blocked"))
+    statuses = verdicts.table.column("status").to_pylist()
+    overview["blocked_verdicts"] = sum(1 for s in statuses if s == "blocked")
+    overview["no_connectivity_verdicts"] = sum(1 for s in statuses if s == "no_connectivity")
     daily = con.sql("""SELECT CAST(date_trunc('day', measurement_start_time AT TIME ZONE 'UTC') AS DATE) AS day,
                               probe_cc, status, count(*) AS n
                        FROM report_verdicts WHERE status IN ('blocked', 'down') GROUP BY ALL ORDER BY ALL""").to_arrow_table()
@@ -201,7 +221,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 h1{margin-bottom:0}.meta{color:#666;font-size:.9em}table{border-collapse:collapse;width:100%;margin:.6em 0 1.4em;font-size:.9em}
 th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top}th{background:#f4f4f4}
 .kind-shutdown{color:#b03a2e;font-weight:600}.kind-service_blocking{color:#b9770e;font-weight:600}
-.kind-site_outage{color:#566573}.kind-probe_fault{color:#7d3c98}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+.kind-connectivity_lost{color:#b03a2e;font-weight:600}.kind-site_outage{color:#566573}.kind-probe_fault{color:#7d3c98}figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.85em}.wide{overflow-x:auto}.stats td{border:none;padding:.1em 1em .1em 0}code{font-size:.9em}
 """
 
@@ -223,6 +243,12 @@ _BLOCK_HEAD = ["target", "how (methods)", "since", "blocked / measured", "vantag
                "still blocked"]
 
 
+def _ordered(events: Sequence[Event]) -> list[Event]:
+    """Events in the order a reader needs them: lost connectivity and shutdowns first (they
+    explain everything else in their hours), then by start."""
+    return sorted(events, key=lambda e: (charts.EVENT_ORDER.get(e.kind, 9), e.start))
+
+
 def _block_row(r: dict[str, Any]) -> list[str]:
     conf = str(r["confirmed"]) + (f" ({', '.join(r['fingerprints'])})" if r["fingerprints"] else "")
     return [r["input"], r["methods"] or "", r["since"], f"{r['blocked']} / {r['n']}", f"{r['blocked_vps']} of {r['vps']}",
@@ -239,14 +265,19 @@ def render_html(data: ReportData) -> str:
     for label, key in (("Period (UTC)", None), ("Probe measurements", "probe_measurements"),
                        ("Control measurements", "control_measurements"), ("Countries", "countries"),
                        ("Networks", "networks"), ("Vantage points", "vantage_points"),
-                       ("Blocked verdicts", "blocked_verdicts")):
+                       ("Blocked verdicts", "blocked_verdicts"), ("No connectivity", "no_connectivity_verdicts")):
         value = f"{ov['first_hour']} – {ov['last_hour']}" if key is None else f"{ov[key]:,}"
         out.append(f"<tr><td>{e(label)}</td><td>{e(value)}</td></tr>")
     out.append("</table>")
+    lost = connectivity_findings(data.detection.events)
+    if lost:
+        out.append(f"<h2>Connectivity lost ({len(lost)})</h2>")
+        out.append(f"<p>{e(_LOST_TEXT)}</p>")
+        out.append(_html_table(_EVENT_HEAD, _event_rows(lost), kind_col=0))
     out.append("<h2>Charts</h2>")
     for name, png in data.charts.items():
         out.append(_figure(png, name))
-    events = data.detection.events
+    events = _ordered(data.detection.events)
     out.append(f"<h2>Events ({len(events)})</h2>")
     out.append("<p>Shutdowns (anchors and targets fail together across a network while controls elsewhere "
                "succeed), new blocking (a change in a target's failure rate, dated by CUSUM), site outages "
@@ -324,11 +355,15 @@ def render_markdown(data: ReportData, output: Path, assets: Path | None = None) 
            f"verdicts: {data.verdict_source}.", "",
            f"Period {ov['first_hour']} – {ov['last_hour']} UTC; {ov['probe_measurements']:,} probe and "
            f"{ov['control_measurements']:,} control measurements; {ov['countries']} countries, {ov['networks']} "
-           f"networks, {ov['vantage_points']} vantage points; {ov['blocked_verdicts']:,} blocked verdicts.", "",
-           "## Charts", ""]
+           f"networks, {ov['vantage_points']} vantage points; {ov['blocked_verdicts']:,} blocked verdicts; "
+           f"{ov['no_connectivity_verdicts']:,} taken without connectivity.", ""]
+    lost = connectivity_findings(data.detection.events)
+    if lost:
+        out += [f"## Connectivity lost ({len(lost)})", "", _LOST_TEXT, "", _md_table(_EVENT_HEAD, _event_rows(lost)), ""]
+    out += ["## Charts", ""]
     for i, (name, png) in enumerate(data.charts.items()):
         out += [image(png, f"chart{i}.png", name), ""]
-    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(data.detection.events)), ""]
+    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(_ordered(data.detection.events))), ""]
     for i, (ev, png) in enumerate(data.event_charts):
         out += [image(png, f"event{i}.png", f"{ev.kind} {', '.join(ev.networks)} {ev.start:%Y-%m-%d %H:%M}"), ""]
     out += ["## What is blocked, per country and network", ""]

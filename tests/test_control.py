@@ -513,3 +513,64 @@ def test_probe_addresses_include_late_replies() -> None:
     m.dns.append(S.DnsQuery(t0=0, t=1, failure=None, resolver="192.0.2.53:53", engine="udp", query_type="A",
                             hostname="x.example", answers=[S.DnsAnswer("A", "198.51.100.7")], tag="injection_check"))
     assert control.probe_addresses(m) == ["10.10.34.35", "93.184.215.14"]
+
+
+# --------------------------------------------------------------------------- default geo databases
+
+
+def _serve_config(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[ServerConfig, str]:
+    """`vantage control serve ARGS` up to the point it would start serving: the config and what it printed."""
+    from probe.cli import control as control_cli
+
+    seen: list[ServerConfig] = []
+
+    async def fake_serve(config: ServerConfig) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(control_cli, "_serve", fake_serve)
+    result = CliRunner().invoke(main, ["control", "serve", *args])
+    assert result.exit_code == 0, result.output
+    return seen[0], result.output
+
+
+def _mmdb(path: Path, database_type: str, record: dict[str, Any]) -> Path:
+    import netaddr
+    from mmdb_writer import MMDBWriter
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type=database_type)
+    w.insert_network(netaddr.IPSet(["203.0.113.0/24"]), record)  # RFC 5737 documentation network
+    w.to_db_file(str(path))
+    return path
+
+
+def test_serve_uses_the_downloaded_geo_databases_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from analysis.geo import geo_dir
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    asn = _mmdb(geo_dir() / "asn.mmdb", "DBIP-ASN-Lite (compat=GeoLite2-ASN)",
+                {"autonomous_system_number": 64500, "autonomous_system_organization": "Example Transit"})
+    country = _mmdb(geo_dir() / "country.mmdb", "DBIP-Country-Lite", {"country": {"iso_code": "ID"}})
+    config, out = _serve_config(monkeypatch, [])
+    print(out)
+    assert (config.asn_db, config.geoip_db) == (asn, country)
+    lines = [line for line in out.splitlines() if "geo database" in line]
+    assert len(lines) == 1 and str(asn) in lines[0] and str(country) in lines[0], out
+    # the helper answers whoami from them
+    geo = control_server.GeoLookup(config.geoip_db, config.asn_db)
+    try:
+        assert geo.lookup("203.0.113.7") == {"probe_cc": "ID", "probe_asn": "AS64500",
+                                             "probe_network": "Example Transit"}
+    finally:
+        geo.close()
+    # Trap: a database given by hand wins, and the downloaded ones are not mixed in.
+    mine = _mmdb(tmp_path / "mine.mmdb", "GeoLite2-ASN", {"autonomous_system_number": 64511})
+    config, out = _serve_config(monkeypatch, ["--asn-db", str(mine)])
+    assert (config.asn_db, config.geoip_db) == (mine, None) and "downloaded" not in out
+
+
+def test_serve_without_any_geo_database_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "empty"))
+    config, out = _serve_config(monkeypatch, [])
+    assert (config.asn_db, config.geoip_db) == (None, None)
+    assert "vantage geo update" in out and "no geo database" in out, out

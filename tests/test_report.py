@@ -14,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -261,3 +263,88 @@ def test_commands_have_help() -> None:
     for name in ("report", "events"):
         res = CliRunner().invoke(main, [name, "--help"])
         assert res.exit_code == 0 and "--output" in res.output
+
+
+# --------------------------------------------------------------------------- connectivity lost first
+
+DARK_START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+DARK_NETS = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi",), 3),
+             sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
+NEWS_B = "https://news-b.example/"
+
+
+def _first_run(tmp: Path, events: list[sc.PlantedEvent], hours: int = 6) -> Path:
+    """A first run (no history): ``hours`` hours of the probe network and a control."""
+    scn = sc.Scenario(start=DARK_START, days=1, networks=DARK_NETS, events=events, seed=21)
+    table = sc.generate_measurements(scn)
+    t = table["measurement_start_time"]
+    table = table.filter(pc.less(t, pa.scalar(DARK_START + dt.timedelta(hours=hours), t.type)))
+    root = tmp / "dataset"
+    sc.write_dataset(table, root)
+    return root
+
+
+def _headings(text: str) -> list[str]:
+    return re.findall(r"^## (.+)$", text, flags=re.M)
+
+
+def _blocked_section(text: str) -> str:
+    return text.split("## What is blocked", 1)[1].split("## Method", 1)[0]
+
+
+def test_dark_first_run_opens_with_connectivity_lost(tmp_path: Path) -> None:
+    """A probe whose uplink died for the whole (first) run: the report's first section is the
+    connectivity loss, nothing is listed as blocked, and the measurements are no_connectivity."""
+    ds = _first_run(tmp_path, [sc.PlantedEvent("shutdown", DARK_START, DARK_START + dt.timedelta(hours=6), "IR",
+                                               ("AS1001",), label="dark")])
+    verdicts = run_stage([ds])
+    statuses = verdicts.table.column("status").to_pylist()
+    print({s: statuses.count(s) for s in set(statuses)})
+    assert "blocked" not in statuses and statuses.count("no_connectivity") > 0.8 * len(statuses)
+    result = write_report([ds], tmp_path / "r.md", verdicts=verdicts)
+    text = (tmp_path / "r.md").read_text()
+    heads = _headings(text)
+    print(heads)
+    assert heads[0].startswith("Connectivity lost (1)"), heads
+    lost_table = text.split("## Connectivity lost", 1)[1].split("## Charts", 1)[0]
+    assert "| connectivity_lost |" in lost_table and "AS1001" in lost_table
+    assert "No target was blocked" in _blocked_section(text) and result.blocked_rows == 0
+    # the HTML opens with it too
+    write_report([ds], tmp_path / "r.html", verdicts=verdicts)
+    h2 = re.findall(r"<h2>([^<]+)</h2>", (tmp_path / "r.html").read_text())
+    assert h2[0].startswith("Connectivity lost"), h2
+
+
+def test_blocked_rows_in_connectivity_lost_hours_are_set_aside(tmp_path: Path) -> None:
+    """Verdicts that call some measurements of a dark hour blocked (a stale verdict file, an
+    answer from a local cache that failed to connect) are not reported as censorship: the hours
+    of a connectivity_lost event are set aside as a shutdown's are."""
+    ds = _first_run(tmp_path, [sc.PlantedEvent("shutdown", DARK_START, DARK_START + dt.timedelta(hours=6), "IR",
+                                               ("AS1001",), label="dark")])
+    stage = run_stage([ds])
+    rows = stage.table.to_pylist()
+    for r in rows:
+        if r["input"] == NEWS_B:
+            r.update(status="blocked", layer="dns", method="dns.failure_ctrl_ok", confidence=0.8)
+    assert sum(r["status"] == "blocked" for r in rows) >= 3
+    forged = type(stage)(pa.Table.from_pylist(rows, schema=stage.table.schema), stage.metadata)
+    result = write_report([ds], tmp_path / "r.md", verdicts=forged)
+    text = (tmp_path / "r.md").read_text()
+    assert _headings(text)[0].startswith("Connectivity lost"), _headings(text)
+    assert NEWS_B not in _blocked_section(text) and result.blocked_rows == 0
+
+
+def test_trap_censored_but_online_still_reports_its_blocked_sites(tmp_path: Path) -> None:
+    """Trap: the same first run with the network up and one site blocked by DNS lies: no
+    connectivity section, the blocked site is listed."""
+    ds = _first_run(tmp_path, [sc.PlantedEvent("steady_block", DARK_START, None, "IR", ("AS1001",), (NEWS_B,),
+                                               "dns.dns_nxdomain")])
+    verdicts = run_stage([ds])
+    statuses = verdicts.table.column("status").to_pylist()
+    assert "no_connectivity" not in statuses and "blocked" in statuses
+    result = write_report([ds], tmp_path / "r.md", verdicts=verdicts)
+    text = (tmp_path / "r.md").read_text()
+    heads = _headings(text)
+    assert not any(h.startswith("Connectivity lost") for h in heads), heads
+    assert heads[0] == "Charts", heads
+    assert NEWS_B in _blocked_section(text) and result.blocked_rows >= 1

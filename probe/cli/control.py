@@ -72,7 +72,8 @@ def serve(
 
     Probes POST a target and the addresses they resolved to /v1/measure and get back the
     measurement made here with the same experiment code; GET /v1/whoami tells a caller its
-    country and ASN (from --geoip-db/--asn-db) without sending its address back. Targets and
+    country and ASN (from --geoip-db/--asn-db, by default the databases `vantage geo update`
+    downloaded) without sending its address back. Targets and
     addresses in the IANA special-purpose registries (loopback, private, link-local, ...) are
     refused, on every connection and redirect, unless --allow-private or --allow-net lets
     them through. See docs/control.md.
@@ -97,6 +98,8 @@ def serve(
             context.load_cert_chain(certfile, keyfile)
         except (ssl.SSLError, OSError) as exc:
             raise click.ClickException(f"cannot load {certfile} / {keyfile}: {exc}") from exc
+    if geoip_db is None and asn_db is None:
+        geoip_db, asn_db = _default_geo()
     config = ServerConfig(
         host=host, port=port, allow_private=allow_private, allow_nets=list(allow_nets), geoip_db=geoip_db,
         asn_db=asn_db,
@@ -113,6 +116,22 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     except KeyboardInterrupt:
         click.echo("control helper stopped", err=True)
+
+
+def _default_geo() -> tuple[Path | None, Path | None]:
+    """The databases `vantage geo update` downloaded (country, ASN), used when neither
+    --geoip-db nor --asn-db is given; one line says which, or how to get them."""
+    from analysis.geo import default_asn_db, default_country_db
+
+    country, asn = default_country_db(), default_asn_db()
+    used = [f"{label} {path}" for label, path in (("country", country), ("ASN", asn)) if path is not None]
+    if used:
+        click.echo(f"whoami: using the downloaded geo database{'s' if len(used) > 1 else ''}: {'; '.join(used)} "
+                   "(--geoip-db/--asn-db to use others)", err=True)
+    else:
+        click.echo("whoami: no geo database given or installed; run `vantage geo update` to download one "
+                   "(or give --geoip-db/--asn-db)", err=True)
+    return country, asn
 
 
 async def _serve(config: ServerConfig) -> None:
