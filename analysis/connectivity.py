@@ -97,8 +97,11 @@ SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is
   NOT m.reached AND len(m.fails) > 0 AND (
     -- no route: the local stack says so, whatever the target
     list_has_any(m.fails, {list(NO_ROUTE)})
-    -- every step that failed timed out (a silent network), while the other side got through
-    OR (coalesce(c.reached, true) AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}')) = 0)
+    -- every step that failed timed out (a silent network), while the other side got through. A
+    -- DNS answer about the name (no AAAA record beside the A that resolved, say) is no failed
+    -- step: a dead uplink with a working local resolver times out on every connect all the same.
+    OR (coalesce(c.reached, true) AND list_contains(m.fails, '{TIMEOUT}')
+        AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}' AND f NOT IN {_in(DNS_ANSWERS)})) = 0)
     -- nothing resolved, without an answer about the name, while the other side resolved it
     OR (NOT m.dns_answered AND coalesce(c.resolved, false)
         AND len(list_filter(m.fails, lambda f: f IN {_in(DNS_ANSWERS)}

@@ -179,3 +179,28 @@ def test_sites_down_everywhere_are_down_not_a_dead_network(tmp_path: Path) -> No
     probe = [site(i, tcp_failure="generic_timeout") for i in range(12)]
     t = tally(verdicts(tmp_path, probe + controls(12, tcp_failure="generic_timeout")))
     assert t == Counter({("down", "down.both_failed"): 12})
+
+
+def test_timeouts_beside_a_missing_aaaa_record_are_a_silent_network(tmp_path: Path) -> None:
+    """Mostly dark (the netns blackout lab): the local resolver answers (A records, and "no
+    answer" for AAAA), every connect times out while the controls connect, the anchors are
+    down. The AAAA query's dns_no_answer is an answer, not a failed step: no_connectivity."""
+    from probe.schema import DnsQuery
+
+    def with_aaaa(m: Measurement) -> Measurement:
+        host = m.input.split("://", 1)[1].split("/", 1)[0]
+        m.dns.append(DnsQuery(t0=0.0, t=0.05, failure="dns_no_answer", resolver="system", engine="system",
+                              query_type="AAAA", hostname=host, rcode="NOERROR"))
+        return m
+
+    n = 20
+    probe = [anchor(i, failure="generic_timeout") for i in range(3)]
+    probe += [with_aaaa(site(i, tcp_failure="generic_timeout")) for i in range(n)]
+    others = controls(n) + [anchor(i, failure=None, role="control") for i in range(3)]
+    assert tally(verdicts(tmp_path, probe + others)) == Counter({("no_connectivity", "connectivity.lost"): n + 3})
+    # Trap: the same names answered NXDOMAIN (a censor's answer, no timeout at all) are blocked,
+    # not a silent network, even with every anchor down.
+    probe = [anchor(i, failure="generic_timeout") for i in range(3)]
+    probe += [with_aaaa(site(i, dns_failure="dns_nxdomain")) for i in range(n)]
+    t = tally(verdicts(tmp_path / "nx", probe + others))
+    assert t[("blocked", "dns.nxdomain_ctrl_ok")] == n, t

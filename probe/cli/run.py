@@ -30,7 +30,8 @@ from probe.store import StoreError, run_files, run_lock
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
-    "timeout", "ca_bundle", "injection_target", "control", "anchors", "concurrency", "per_host",
+    "timeout", "ca_bundle", "injection_target", "control", "anchors", "anchors_file", "concurrency",
+    "per_host",
     "stun_servers", "public_nets",
 )
 # Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
@@ -139,6 +140,9 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--anchors", is_flag=True,
               help="First measure the shipped anchors (DNS root servers, public anycast resolvers: "
                    "real internet addresses), the heartbeat that tells a shutdown from blocking.")
+@click.option("--anchors-file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="With --anchors: measure these anchors instead of the shipped ones (same CSV format: "
+                   "dns://IP, tcp://IP:PORT, http(s)://; e.g. a lab's, or servers your network always reaches).")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", callback=_run_id,
               help="Continue a run: measure only the inputs it has no record of yet.")
 @click.option("--control", default=None, metavar="URL",
@@ -204,6 +208,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
     learned = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
     learned = learned or (bool(control_url) and public is not None)
 
+    if opts["anchors_file"] and not opts["anchors"]:
+        raise click.UsageError("--anchors-file goes with --anchors")
     if run_id is None:
         from probe.schema import new_run_id
 
@@ -221,7 +227,8 @@ def run(ctx: click.Context, **opts: Any) -> None:
     phases: list[tuple[str, list[Target]]] = [(experiment.name, targets)]
     if opts["anchors"] and experiment.name != "anchors":
         anchors = registry.get("anchors")
-        phases.insert(0, (anchors.name, _targets({**opts, "lists": (), "urls": (), "categories": ()}, anchors)))
+        own = (opts["anchors_file"],) if opts["anchors_file"] else ()
+        phases.insert(0, (anchors.name, _targets({**opts, "lists": own, "urls": (), "categories": ()}, anchors)))
     err = Console(stderr=True)
     err.print(
         (f"Measuring {len(phases[0][1])} anchors, then " if len(phases) > 1 else "Measuring ")
@@ -275,8 +282,9 @@ def _manifest_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The resumable options, with file paths made absolute (a resume may run elsewhere)."""
     out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items() if k in _RESUMABLE}
     out["lists"] = [str(Path(s).resolve()) if Path(s).exists() else s for s in out["lists"]]
-    if out["ca_bundle"]:
-        out["ca_bundle"] = str(Path(out["ca_bundle"]).resolve())
+    for key in ("ca_bundle", "anchors_file"):
+        if out.get(key):
+            out[key] = str(Path(out[key]).resolve())
     return out
 
 

@@ -210,6 +210,32 @@ def test_anchors_first_then_the_list_in_one_run(farm30: Farm, tmp_path: Path, mo
     assert "anchors" in text.split("run id:")[0] and "web_connectivity" in text
 
 
+def test_anchors_file_replaces_the_shipped_anchors(farm30: Farm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import probe.experiments.anchors as anchors_module
+
+    def never(*_a: object) -> Path:
+        raise AssertionError("the shipped (real internet) anchors were read")
+
+    monkeypatch.setattr(anchors_module, "shipped_anchors_path", never)
+    ok = next(s for s in farm30.sites if s.kind == "ok")
+    port = ok.url.rsplit(":", 1)[1].strip("/")
+    lab_anchors = tmp_path / "lab-anchors.csv"
+    lab_anchors.write_text("url,category_code\n"
+                           f"tcp://{ok.ip}:{port},ANCHOR\ndns://{farm30.resolver},ANCHOR\ntcp://{ok.ip}:1,ANCHOR\n",
+                           encoding="utf-8")
+    out = tmp_path / "out"
+    code, text = invoke("--anchors", "--anchors-file", str(lab_anchors), "--url", ok.url, "--resolver", farm30.resolver,
+                        "--output", str(out), "--no-progress")
+    assert code == 0, text
+    assert "Measuring 3 anchors, then 1 input(s)" in text
+    got = query(out, "SELECT experiment, count(*), count(DISTINCT run_id) FROM @M GROUP BY ALL ORDER BY 1")
+    assert got == [("anchors", 3, 1), ("web_connectivity", 1, 1)]
+    # Trap: --anchors-file alone measures no anchors silently; it is a usage error.
+    code, text = invoke("--anchors-file", str(lab_anchors), "--url", ok.url, "--resolver", farm30.resolver,
+                        "--output", str(tmp_path / "out2"), "--no-progress")
+    assert code == 2 and "--anchors-file goes with --anchors" in text, text
+
+
 def test_an_unwritable_dataset_is_one_clear_error(farm30: Farm, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
