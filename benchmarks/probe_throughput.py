@@ -41,7 +41,7 @@ class Result:
 
 
 def vantage_run(args: list[str], output: Path) -> Result:
-    cmd = [sys.executable, "-c", "from probe.cli import main; main()", "run", *args, "--output", str(output), "--no-progress"]
+    cmd = [sys.executable, "-c", "from vantage.cli import main; main()", "run", *args, "--output", str(output), "--no-progress"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait4 gives this child's own rusage (ru_maxrss in KiB on Linux).

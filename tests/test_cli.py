@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
-from probe.cli import main
+from vantage.cli import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -20,12 +20,12 @@ from click.testing import CliRunner
 
 from probe import control, control_server
 from probe import schema as S
-from probe.cli import main
 from probe.control_server import ControlServer, Limits, ServerConfig
 from probe.experiments.base import Settings, Target, Timeouts, Vantage, measure
 from probe.experiments.registry import get as get_experiment
 from probe.runner import run_targets
 from probe.store import write_records
+from vantage.cli import main
 
 T = TypeVar("T")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -384,7 +384,7 @@ def test_whoami_tells_country_asn_and_the_address_to_the_caller_only(tmp_path: P
 def test_cli_serve_and_whoami(tmp_path: Path) -> None:
     geoip, asn = write_mmdbs(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from probe.cli import main; main()", "control", "serve", "--listen", "127.0.0.1:0",
+        [sys.executable, "-c", "from vantage.cli import main; main()", "control", "serve", "--listen", "127.0.0.1:0",
          "--geoip-db", str(geoip), "--asn-db", str(asn)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
@@ -452,7 +452,7 @@ def test_control_checks_probe_answers_in_the_lab(loopback_lab: Any, tmp_path: Pa
     controls = {m.input: m for m in rows if m.role == "control"}
     assert {c.control_for for c in controls.values()} == {m.measurement_id for m in probes.values()}
 
-    from probe.lab import plan
+    from vantage.lab import plan
 
     # geo-DNS: the probe got the other region's server; from the control it validates for the SNI
     assert plan.CDN_ALT_IP in control.probe_addresses(probes[cdn])

@@ -26,8 +26,8 @@ import pytest
 from probe import control, control_server
 from probe.control_server import ControlServer, ServerConfig
 from probe.experiments.base import Settings, Timeouts
-from probe.lab.dns_server import DnsServer, LabZone
-from probe.lab.lab import bind_same_port
+from vantage.lab.dns_server import DnsServer, LabZone
+from vantage.lab.lab import bind_same_port
 
 SECRET = "S3CRET-internal-7f3a"
 INTERNAL_PAGE = f"<html><head><title>{SECRET}</title></head><body>{SECRET} metadata</body></html>".encode()

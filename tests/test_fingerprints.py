@@ -36,9 +36,9 @@ from analysis.fingerprints import (
     update_fingerprints,
 )
 from analysis.verdicts import compute_verdicts
-from probe.cli import main
 from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7
 from probe.store import write_records
+from vantage.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -328,7 +328,7 @@ def test_project_file_holds_the_labs_blockpages_only() -> None:
 
 def test_lab_blockpages_survive_the_full_default_set() -> None:
     # The real-world sets (and their false positives) must not veto or rename the labs' pages.
-    from probe.lab.web import blockpage
+    from vantage.lab.web import blockpage
 
     fps = load_fingerprints([SHARED / "fingerprints_dns.csv", SHARED / "fingerprints_http.csv",
                              CP_BLOCKPAGES, CP_FALSE_POSITIVES])

@@ -28,7 +28,7 @@ from analysis.geo import (
     update_geo,
 )
 from analysis.verdicts import maxmind_asn_lookup
-from probe.cli import main
+from vantage.cli import main
 
 # Documentation networks (RFC 5737 / RFC 3849) stand in for real ones.
 NET_A, NET_B, NET_V6 = "203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32"

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from analysis import scenario as sc
 from analysis.db import discover
-from probe.cli import main
+from vantage.cli import main
 
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
 COMMANDS = ("analyze", "events", "report")

@@ -18,9 +18,9 @@ import dns.rdatatype
 import httpx
 import pytest
 
-from probe.lab import LoopbackLab, plan
-from probe.lab.dns_server import LabZone
-from probe.lab.web import BLOCKPAGE_MARKER, CENSOR_SERVER, blockpage, site_page
+from vantage.lab import LoopbackLab, plan
+from vantage.lab.dns_server import LabZone
+from vantage.lab.web import BLOCKPAGE_MARKER, CENSOR_SERVER, blockpage, site_page
 
 SILENT_FOR = 1.0  # seconds without an answer before a test calls a lab server silent
 ANSWER_WITHIN = 10.0  # generous: a loaded 2-core CI box must not turn an answer into silence

@@ -17,8 +17,8 @@ from analysis.ooni import OoniImportError, import_ooni
 from analysis.ooni_fields import BodyStats, http_chain, map_failure
 from analysis.ooni_read import iter_documents
 from analysis.ooni_tests import convert
-from probe.cli import main
 from probe.schema import is_valid_failure
+from vantage.cli import main
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"

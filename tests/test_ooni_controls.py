@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from analysis.ooni import import_ooni
 from analysis.ooni_fields import BodyStats, as_asn, dns_answers
 from analysis.ooni_tests import convert, measurement_id
-from probe.cli import main
+from vantage.cli import main
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"

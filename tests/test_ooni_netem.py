@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from analysis.ooni_compare import agrees, expected
 from analysis.ooni_tests import measurement_id
-from probe.cli import main
+from vantage.cli import main
 
 NETEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni" / "netem"
 MIN_AGREEMENT = 0.90

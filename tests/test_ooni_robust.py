@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from analysis.ooni import import_ooni
 from analysis.ooni_tests import origin_key
-from probe.cli import main
+from vantage.cli import main
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"

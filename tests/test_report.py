@@ -24,7 +24,7 @@ from analysis import report as report_module
 from analysis import scenario as sc
 from analysis.pipeline import run_stage
 from analysis.report import ReportError, write_report
-from probe.cli import main
+from vantage.cli import main
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)

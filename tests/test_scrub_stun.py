@@ -125,7 +125,7 @@ def test_run_with_stun_scrubs_the_public_address(stun_server: str, tmp_path: Pat
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/"
         out = subprocess.run(
-            [sys.executable, "-c", "from probe.cli import main; main()", "-vv", "run", "--url", url,
+            [sys.executable, "-c", "from vantage.cli import main; main()", "-vv", "run", "--url", url,
              "--stun", stun_server, "--output", str(tmp_path / "ds"), "--no-progress", "--timeout", "5"],
             capture_output=True, text=True, timeout=120,
         )
@@ -146,7 +146,7 @@ def test_run_with_a_silent_stun_server_goes_paranoid(silent_stun_server: str, tm
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = subprocess.run(
-        [sys.executable, "-c", "from probe.cli import main; main()", "run", "--url", f"http://127.0.0.1:{port}/",
+        [sys.executable, "-c", "from vantage.cli import main; main()", "run", "--url", f"http://127.0.0.1:{port}/",
          "--stun", silent_stun_server, "--output", str(tmp_path / "ds"), "--no-progress", "--timeout", "2"],
         capture_output=True, text=True, timeout=120,
     )
@@ -158,7 +158,7 @@ def test_run_with_a_silent_stun_server_goes_paranoid(silent_stun_server: str, tm
 def test_stun_name_with_resolver_is_refused(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from probe.cli import main
+    from vantage.cli import main
 
     result = CliRunner().invoke(main, ["run", "--url", "http://127.0.0.1:9/", "--resolver", "127.0.0.1",
                                        "--stun", "stun.example:3478", "--output", str(tmp_path / "ds")])

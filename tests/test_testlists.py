@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from probe import testlists
-from probe.cli import main
+from vantage.cli import main
 
 SHARED_LISTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "testlists"
 LIST_NAMES = ["global", "by", "cn", "eg", "in", "ir", "kz", "mm", "ru", "tr", "ve"]

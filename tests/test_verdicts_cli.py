@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 
 from analysis.aggregates import aggregate
-from probe.cli import main
 from probe.schema import DnsAnswer, DnsQuery, HttpRequest, Measurement, TcpConnect, new_uuid7
 from probe.store import write_records
+from vantage.cli import main
 
 T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
 
@@ -316,7 +316,7 @@ def test_the_three_commands_share_one_set_of_analysis_options() -> None:
 def test_printed_options_parse_back_to_the_same_options(tmp_path: Path) -> None:
     import click
 
-    from probe.cli.options import build_options, command_args
+    from vantage.cli.options import build_options, command_args
 
     for opts in (build_options(), build_options(["127.64.0.0/10", "10.0.0.0/8"], [tmp_path / "a b.csv"],
                                                 tmp_path / "asn.mmdb", 2.5)):

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from loopfarm import Farm
 
-from probe.cli import main
 from probe.experiments.anchors import load_anchors, shipped_anchors_path
 from probe.runner import read_manifest
+from vantage.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_ctrl_c_flushes_what_was_measured(farm30: Farm, tmp_path: Path) -> None:
     urls = write_list(lst, farm30, ("ok", "blackhole"))
     out = tmp_path / "out"
     cmd = [
-        sys.executable, "-c", "from probe.cli import main; main()", "run", "--list", str(lst), "--resolver", farm30.resolver,
+        sys.executable, "-c", "from vantage.cli import main; main()", "run", "--list", str(lst), "--resolver", farm30.resolver,
         "--output", str(out), "--timeout", "30", "--concurrency", "2", "--no-progress",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

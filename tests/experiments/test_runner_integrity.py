@@ -56,7 +56,7 @@ def write_list(path: Path, farm: Farm) -> list[str]:
 
 
 def vantage_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from probe.cli import main; main()", "run", *args, "--no-progress"]
+    return [sys.executable, "-c", "from vantage.cli import main; main()", "run", *args, "--no-progress"]
 
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -198,7 +198,7 @@ def test_sigkill_midway_then_resume_then_racing_resumes_leave_each_row_once(farm
 def test_resume_remembers_concurrency_and_per_host_unless_overridden(farm400: Farm, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from probe.cli import main
+    from vantage.cli import main
 
     urls = [s.url for s in farm400.sites if s.kind == "ok"][:6]
     out = tmp_path / "out"

@@ -15,16 +15,16 @@ from probe import __version__
 # it), so `vantage run` on a Raspberry Pi does not pay for matplotlib or DuckDB.
 # Registration: one line per command, "name": "module:attribute".
 COMMANDS: dict[str, str] = {
-    "run": "probe.cli.run:run",
-    "lists": "probe.cli.lists:lists",
-    "demo": "probe.cli.demo:demo",
-    "control": "probe.cli.control:control",
-    "analyze": "probe.cli.analyze:analyze",
-    "report": "probe.cli.report:report",
-    "events": "probe.cli.events:events",
-    "ooni": "probe.cli.ooni:ooni",
-    "fingerprints": "probe.cli.fingerprints:fingerprints",
-    "geo": "probe.cli.geo:geo_group",
+    "run": "vantage.cli.run:run",
+    "lists": "vantage.cli.lists:lists",
+    "demo": "vantage.cli.demo:demo",
+    "control": "vantage.cli.control:control",
+    "analyze": "vantage.cli.analyze:analyze",
+    "report": "vantage.cli.report:report",
+    "events": "vantage.cli.events:events",
+    "ooni": "vantage.cli.ooni:ooni",
+    "fingerprints": "vantage.cli.fingerprints:fingerprints",
+    "geo": "vantage.cli.geo:geo_group",
 }
 
 

@@ -9,7 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from probe.cli.options import analysis_options, check_datasets, echo_skipped, one_line_errors, output_options
+from vantage.cli.options import (
+    analysis_options,
+    check_datasets,
+    echo_skipped,
+    one_line_errors,
+    output_options,
+)
 
 if TYPE_CHECKING:
     from analysis.pipeline import AnalysisOptions, AnalyzeResult

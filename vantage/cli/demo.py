@@ -23,8 +23,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from probe.cli.options import one_line_errors
-from probe.lab import LAB_CC, LoopbackLab
+from vantage.cli.options import one_line_errors
+from vantage.lab import LAB_CC, LoopbackLab
 
 DEFAULT_PARENT = Path("vantage-demo")
 # Shorter than a real run's limits: every lab server answers in milliseconds or never, and the
@@ -142,7 +142,7 @@ def _read_verdicts(path: Path) -> dict[str, dict[str, Any]]:
 def reproduce_line(datasets: list[Path], verdicts: Path, db: Path, report: Path, options: Any) -> str:
     """The commands a reader runs to redo the demo's analysis by hand: the same options, so
     the same verdicts (and the report reads the verdicts file, with the options recorded in it)."""
-    from probe.cli.options import command_args, shell_line
+    from vantage.cli.options import command_args, shell_line
 
     analyze = ["vantage", "analyze", *datasets, "--output", verdicts, "--db", db, *command_args(options)]
     report = ["vantage", "report", "--verdicts", verdicts, "--output", report]
@@ -189,7 +189,7 @@ def run_demo(
     # Imported here: the analysis half (DuckDB, matplotlib) costs nothing to other commands.
     from analysis.pipeline import analyze, load_verdicts
     from analysis.report import write_report
-    from probe.cli.options import build_options
+    from vantage.cli.options import build_options
 
     # The options a reader would type (`--public-net`, `--fingerprints`), built by the same
     # function the commands use: the verdicts and the printed commands cannot drift apart.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
-from probe.cli.options import (
+from vantage.cli.options import (
     UsageLineError,
     analysis_options,
     check_datasets,

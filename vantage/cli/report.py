@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from probe.cli.events import echo_warnings, verdicts_for_command
-from probe.cli.options import analysis_options, one_line_errors, output_options, verdicts_option
+from vantage.cli.events import echo_warnings, verdicts_for_command
+from vantage.cli.options import analysis_options, one_line_errors, output_options, verdicts_option
 
 if TYPE_CHECKING:
     from analysis.pipeline import AnalysisOptions

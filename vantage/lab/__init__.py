@@ -3,8 +3,8 @@ on-path censor) that runs without root; it powers `vantage demo` and the test fi
 
 from __future__ import annotations
 
-from probe.lab.lab import FINGERPRINTS, LabError, LabSite, LoopbackLab, start_lab
-from probe.lab.plan import LAB_CC, LAB_DOMAIN, PUBLIC_NET, SITES, Site
+from vantage.lab.lab import FINGERPRINTS, LabError, LabSite, LoopbackLab, start_lab
+from vantage.lab.plan import LAB_CC, LAB_DOMAIN, PUBLIC_NET, SITES, Site
 
 __all__ = [
     "FINGERPRINTS",

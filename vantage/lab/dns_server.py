@@ -22,7 +22,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from probe.lab.streams import TrackedServer
+from vantage.lab.streams import TrackedServer
 
 log = logging.getLogger(__name__)
 

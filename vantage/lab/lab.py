@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import trustme
 
-from probe.lab import plan
-from probe.lab.dns_server import DnsServer, LabZone
-from probe.lab.streams import drain_tasks
-from probe.lab.web import Censor, WebListener
+from vantage.lab import plan
+from vantage.lab.dns_server import DnsServer, LabZone
+from vantage.lab.streams import drain_tasks
+from vantage.lab.web import Censor, WebListener
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from probe.lab.plan import BLOCKPAGE_IP, PathAction
-from probe.lab.streams import TrackedServer
+from vantage.lab.plan import BLOCKPAGE_IP, PathAction
+from vantage.lab.streams import TrackedServer
 
 log = logging.getLogger(__name__)
 
