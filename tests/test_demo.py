@@ -19,7 +19,7 @@ from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 from probe.schema import row_to_record
 from probe.store import iter_dataset_files
 from vantage.cli import main
-from vantage.cli.demo import run_demo
+from vantage.demo import run_demo
 from vantage.lab import SITES, LoopbackLab
 
 pytestmark = pytest.mark.slow  # two runs over the lab plus the analysis: ~10 s
