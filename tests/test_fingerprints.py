@@ -320,7 +320,7 @@ def test_project_file_holds_the_labs_blockpages_only() -> None:
     assert fps.http_matcher.match_body(page).name == "vantage.netem_blockpage"  # type: ignore[union-attr]
     # Every row of the loopback lab's and the netns lab's own files is in it (kept in step).
     own = {(f.name, f.location, f.pattern_type, f.pattern) for f in fps.fingerprints}
-    for lab_file in (REPO / "probe" / "lab" / "fingerprints.csv", REPO / "tests" / "netns" / "fingerprints.csv"):
+    for lab_file in (REPO / "vantage" / "lab" / "fingerprints.csv", REPO / "tests" / "netns" / "fingerprints.csv"):
         lab = load_file(lab_file)
         assert lab.problems == [] and len(lab) > 0
         assert {(f.name, f.location, f.pattern_type, f.pattern) for f in lab.fingerprints} <= own, lab_file
