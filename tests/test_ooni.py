@@ -13,10 +13,10 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from analysis.ooni import OoniImportError, import_ooni
-from analysis.ooni_fields import BodyStats, http_chain, map_failure
-from analysis.ooni_read import iter_documents
-from analysis.ooni_tests import convert
+from analysis.ingest.ooni import OoniImportError, import_ooni
+from analysis.ingest.ooni.convert import convert
+from analysis.ingest.ooni.fields import BodyStats, http_chain, map_failure
+from analysis.ingest.ooni.read import iter_documents
 from probe.schema import is_valid_failure
 from vantage.cli import main
 

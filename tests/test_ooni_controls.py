@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from analysis.ooni import import_ooni
-from analysis.ooni_fields import BodyStats, as_asn, dns_answers
-from analysis.ooni_tests import convert, measurement_id
+from analysis.ingest.ooni import import_ooni
+from analysis.ingest.ooni.convert import convert, measurement_id
+from analysis.ingest.ooni.fields import BodyStats, as_asn, dns_answers
 from vantage.cli import main
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"

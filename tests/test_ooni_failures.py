@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from analysis.ooni_fields import map_failure
-from analysis.ooni_read import iter_documents
+from analysis.ingest.ooni.fields import map_failure
+from analysis.ingest.ooni.read import iter_documents
 from probe.schema import FAILURES, UNKNOWN_FAILURE_PREFIX, is_valid_failure
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"

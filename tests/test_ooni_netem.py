@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
+from analysis.ingest.ooni.convert import measurement_id
 from analysis.ooni_compare import agrees, expected
-from analysis.ooni_tests import measurement_id
 from vantage.cli import main
 
 NETEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni" / "netem"

@@ -13,8 +13,8 @@ from typing import Any
 import duckdb
 from click.testing import CliRunner, Result
 
-from analysis.ooni import import_ooni
-from analysis.ooni_tests import origin_key
+from analysis.ingest.ooni import import_ooni
+from analysis.ingest.ooni.convert import origin_key
 from vantage.cli import main
 
 OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"

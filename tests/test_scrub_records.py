@@ -231,7 +231,7 @@ def test_imported_records_lose_probe_ip_everywhere() -> None:
 
 
 def test_ooni_import_scrubs_probe_ip_in_other_encodings(tmp_path: Path) -> None:
-    from analysis.ooni import import_ooni
+    from analysis.ingest.ooni import import_ooni
 
     doc = {
         "measurement_uid": "uid-probe-ip", "test_name": "web_connectivity", "probe_ip": "10.11.12.13",

@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.ooni import import_ooni
-from analysis.ooni_fields import BodyStats
-from analysis.ooni_read import iter_documents
-from analysis.ooni_tests import NotAMeasurement, convert, origin_key
+from analysis.ingest.ooni import import_ooni
+from analysis.ingest.ooni.convert import NotAMeasurement, convert, origin_key
+from analysis.ingest.ooni.fields import BodyStats
+from analysis.ingest.ooni.read import iter_documents
 
 OONI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ooni"
 SEED = 20261201

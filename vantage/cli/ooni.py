@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from analysis.ooni import ImportSummary, OoniImportError, import_ooni, one_line
+from analysis.ingest.ooni import ImportSummary, OoniImportError, import_ooni, one_line
 
 
 @click.group("ooni")

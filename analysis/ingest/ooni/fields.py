@@ -1,7 +1,7 @@
 """OONI data-format fields turned into Vantage observations: failures, times, DNS, TCP, TLS, HTTP.
 
 These are the building blocks every OONI test shares (the df-00x data formats of ooni/spec);
-the per-test mapping lives in analysis/ooni_tests.py. All functions are pure and tolerate
+the per-test mapping lives in analysis/ingest/ooni/convert.py. All functions are pure and tolerate
 the shapes seen across OONI Probe 2.x (ooniprobe-legacy), Measurement Kit and 3.x.
 """
 

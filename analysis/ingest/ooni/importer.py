@@ -3,7 +3,7 @@
 Streams every file and writes batches through probe.store's atomic Parquet writer, so memory
 stays flat however much is imported. probe.store is the dataset format, not the probe's network code or its
 experiments, so analysis/ may use it (docs/ooni.md). The mapping itself lives in
-analysis/ooni_fields.py (shared data formats) and analysis/ooni_tests.py (per test).
+analysis/ingest/ooni/fields.py (shared data formats) and analysis/ingest/ooni/convert.py (per test).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.ooni_fields import BodyStats, map_failure
-from analysis.ooni_read import SourceError, discover, iter_documents
-from analysis.ooni_tests import Converted, NotAMeasurement, convert
+from analysis.ingest.ooni.convert import Converted, NotAMeasurement, convert
+from analysis.ingest.ooni.fields import BodyStats, map_failure
+from analysis.ingest.ooni.read import SourceError, discover, iter_documents
 from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
 from probe.scrub import scrub_probe_ip
 from probe.store import StoreError, iter_dataset_files, partition_dir, write_table_atomic
