@@ -36,7 +36,7 @@ class SkippedFileWarning(UserWarning):
     """A Parquet file was left out of the analysis (corrupt, or not Vantage measurements)."""
 
 
-# The dataset layout (probe/store.py writes it): measurements/date=YYYY-MM-DD/probe_cc=XX/*.parquet.
+# The dataset layout (probe/dataset.py writes it): measurements/date=YYYY-MM-DD/probe_cc=XX/*.parquet.
 # probe_cc and date come from the directory names, so a file elsewhere has neither.
 _DATE_DIR = re.compile(r"date=[^/]+")
 _CC_DIR = re.compile(r"probe_cc=[^/]+")
@@ -74,7 +74,7 @@ def _walk(top: Path, seen_dirs: set[tuple[int, int]], out: list[tuple[Path, str 
         return
     for entry in entries:
         if entry.name.startswith("."):
-            continue  # a write in flight (probe/store.py) or a hidden file
+            continue  # a write in flight (probe/dataset.py) or a hidden file
         path = Path(entry.path)
         try:
             st = os.stat(path)  # follows links: ELOOP for a link loop, ENOENT for a dangling link

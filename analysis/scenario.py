@@ -308,7 +308,7 @@ def _affects(e: PlantedEvent, net: Network, vi: int) -> bool:
 
 def write_dataset(table: pa.Table, root: Path | str, run_tag: str = "scenario") -> list[Path]:
     """Write a generated table as a hive-partitioned dataset (one file per date and country)."""
-    from probe.store import partition_dir, write_table_atomic
+    from probe.dataset import partition_dir, write_table_atomic
 
     paths = []
     keys = pc.binary_join_element_wise(table["date"], table["probe_cc"], "|")

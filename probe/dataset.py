@@ -1,4 +1,7 @@
-"""Parquet writing: batched, atomic, hive-partitioned files, and what a run already measured.
+"""The dataset on disk, owned here: the one atomic write every writer uses, partitions, file
+discovery, batched writing, the run lock, what a run already measured (resume state) and run
+manifests. Both sides read it: the probe writes datasets, the analyzer and the OONI import find,
+check and write them through the same functions.
 
 Layout: ``<root>/measurements/date=YYYY-MM-DD/probe_cc=XX/part-<run_id>-<n>.parquet`` (zstd).
 Each file is written under a dot-prefixed temporary name in the same directory, fsynced and
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -20,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -69,34 +74,82 @@ def _is_regular(path: Path) -> bool:
         return False
 
 
-def write_table_atomic(table: pa.Table, path: Path, *, overwrite: bool = True) -> None:
-    """Write a Parquet file so that it appears complete or not at all.
+# --------------------------------------------------------------------------- the one atomic write
+# Every file Vantage writes (dataset parts, the verdicts file, events, the DuckDB database, run
+# manifests, downloaded lists and databases, OONI import batches) goes through atomic_path: a
+# reader, or a crash, sees the old file or the complete new one, never half of one.
 
-    ``overwrite=False``: raise FileExistsError instead of replacing a file of that name (the
-    complete file is published with link(2), which never replaces, then the temporary goes).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+def temporary_name(path: Path) -> Path:
+    """The dot-prefixed temporary beside ``path`` (readers skip dot-files; the pid lets the next
+    writer tell a dead writer's leftover from a live one's, the thread id two threads apart)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a closed file's data to the device."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _publish_no_replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (flaky power on a Raspberry Pi)
-        dfd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames inside ``directory`` durable (flaky power on a Raspberry Pi); a file system
+    that cannot fsync a directory is left as it is."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
     except OSError:
         pass
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` for any writer (pyarrow, DuckDB, open()) to write
+    and close; then fsync it, publish it under ``path`` and fsync the directory. On any error
+    the temporary (and a DuckDB ``.wal`` beside it) is removed and ``path`` is left as it was.
+
+    ``overwrite=False``: raise FileExistsError instead of replacing a file of that name (the
+    complete file is published with link(2), which never replaces, then the temporary goes).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _publish_no_replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        Path(str(tmp) + ".wal").unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_table_atomic(table: pa.Table, path: Path, *, overwrite: bool = True) -> None:
+    """Write a Parquet file (zstd) so that it appears complete or not at all (:func:`atomic_path`)."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def _publish_no_replace(tmp: Path, path: Path) -> None:
@@ -298,3 +351,46 @@ def measured_inputs(root: Path | str, run_id: str, experiment: str | None = None
             if role == "probe" and (experiment is None or exp == experiment):
                 done.add((exp, inp))
     return done
+
+
+def already_measured(output: Path, run_id: str, experiment: str, role: str) -> set[str]:
+    """Inputs this run already has rows for, for this experiment and role (what resume skips)."""
+    if role == "probe":
+        return {inp for _, inp in measured_inputs(output, run_id, experiment)}
+    done: set[str] = set()
+    for path in run_files(output, run_id):
+        try:
+            table = pq.read_table(path, columns=["experiment", "input", "role", "control_for"])
+        except Exception as exc:  # a corrupt file must not stop a resume; its inputs run again
+            log.warning("skipping unreadable %s: %s", path, exc)
+            continue
+        for exp, inp, r, control_for in zip(*(c.to_pylist() for c in table.columns), strict=True):
+            # Controls fetched for probe rows are not what a control run's resume skips.
+            if exp == experiment and r == role and control_for is None:
+                done.add(inp)
+    return done
+
+
+# --------------------------------------------------------------------------- run manifests
+# What a run was asked to do (lists, experiment, resolvers, vantage), so that
+# `vantage run --resume RUN_ID` can carry on without the options being given again.
+MANIFEST_DIR = "runs"
+
+
+def manifest_path(output: Path | str, run_id: str) -> Path:
+    return Path(output) / MANIFEST_DIR / f"{run_id}.json"
+
+
+def write_manifest(output: Path | str, run_id: str, options: dict[str, Any]) -> Path:
+    text = json.dumps({"run_id": run_id, "options": options}, indent=2, sort_keys=True)
+    return atomic_write_text(manifest_path(output, run_id), text)
+
+
+def read_manifest(output: Path | str, run_id: str) -> dict[str, Any] | None:
+    """The options a run was started with, or None when it has no (readable) manifest."""
+    try:
+        data = json.loads(manifest_path(output, run_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    options = data.get("options") if isinstance(data, dict) else None
+    return options if isinstance(options, dict) else None

@@ -12,8 +12,8 @@ from test_verdicts import SITE_IP, T0, verdicts, web
 
 from analysis.connectivity import CONNECTIVITY_SCHEMA, LOST_SHARE, MIN_INPUTS, connectivity_table
 from analysis.db import open_datasets
+from probe.dataset import write_records
 from probe.schema import Measurement, TcpConnect, new_uuid7
-from probe.store import write_records
 
 
 def anchor(i: int, *, failure: str | None, role: str = "probe", at: dt.datetime = T0) -> Measurement:

@@ -21,10 +21,10 @@ from click.testing import CliRunner
 from probe import control, control_server
 from probe import schema as S
 from probe.control_server import ControlServer, Limits, ServerConfig
+from probe.dataset import write_records
 from probe.experiments.base import Settings, Target, Timeouts, Vantage, measure
 from probe.experiments.registry import get as get_experiment
 from probe.runner import run_targets
-from probe.store import write_records
 from vantage.cli import main
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from probe import schema as S
-from probe.store import write_records
+from probe.dataset import write_records
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "data-model.md"
 

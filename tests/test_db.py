@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.db import VIEWS, DatasetError, SkippedFileWarning, check_file, open_datasets
+from probe.dataset import write_records
 from probe.schema import (
     MEASUREMENT_SCHEMA,
     DnsAnswer,
@@ -21,7 +22,6 @@ from probe.schema import (
     new_uuid7,
     records_to_table,
 )
-from probe.store import write_records
 
 T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
 

@@ -36,8 +36,8 @@ from analysis.fingerprints import (
     update_fingerprints,
 )
 from analysis.verdicts import compute_verdicts
+from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7
-from probe.store import write_records
 from vantage.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

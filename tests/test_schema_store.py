@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from probe import schema as S
-from probe.store import DatasetWriter, iter_dataset_files, measured_inputs, write_records
+from probe.dataset import DatasetWriter, iter_dataset_files, measured_inputs, write_records
 
 
 def full_record(**kw: object) -> S.Measurement:
@@ -154,7 +154,7 @@ def test_sigkill_mid_run_leaves_only_complete_files(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_schema_store import full_record
         from probe import schema as S
-        from probe.store import DatasetWriter
+        from probe.dataset import DatasetWriter
         w = DatasetWriter({str(tmp_path)!r}, "killed", batch_size=50, max_age_s=1e9)
         for i in itertools.count():
             w.add(full_record(measurement_id=S.new_uuid7(), run_id="killed", input=f"https://{{i}}.example/"))
@@ -220,7 +220,7 @@ def test_temporaries_with_a_thread_id_are_cleaned_like_the_others(tmp_path: Path
 def test_a_flush_that_fails_halfway_never_writes_a_partition_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two partitions in one batch, the second write fails (disk full): the retry writes only
     the second; the first partition's rows are on disk once."""
-    import probe.store as store
+    import probe.dataset as store
 
     real = store.write_table_atomic
     calls = {"n": 0}

@@ -15,7 +15,7 @@ import duckdb
 
 from analysis.shutdown import detect
 from analysis.signals import open_measurements
-from probe.store import iter_dataset_files, measured_inputs
+from probe.dataset import iter_dataset_files, measured_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 # The outage: two hours before midnight to one hour after, so the queued records also cross a
@@ -25,7 +25,7 @@ OUTAGE_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.timezone.utc)
 _WRITER = """
 import datetime as dt, sys, time
 from probe import schema as S
-from probe.store import DatasetWriter
+from probe.dataset import DatasetWriter
 
 root, run_id, first, last, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 start = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.timezone.utc)

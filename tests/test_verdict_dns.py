@@ -17,8 +17,8 @@ from test_verdicts import PAGE, T0, assert_one_verdict_per_measurement, control_
 
 from analysis.db import open_datasets
 from analysis.verdicts import compute_verdicts
+from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, Measurement, TcpConnect
-from probe.store import write_records
 
 URL = "https://video.example/"
 CDN = "AS13335"

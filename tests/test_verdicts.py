@@ -1,4 +1,4 @@
-"""Every verdict rule on small hand-built measurements (written with probe.store), including the
+"""Every verdict rule on small hand-built measurements (written with probe.dataset), including the
 false-positive traps: CDN answers that validate over TLS, the control down too, NXDOMAIN
 everywhere, slow but working, a probe without IPv6."""
 
@@ -17,6 +17,7 @@ import pytest
 from analysis.db import open_datasets
 from analysis.rules import RULES_BY_ID
 from analysis.verdicts import STATUSES, VERDICT_SCHEMA, BogonChecker, VerdictError, compute_verdicts, host_of
+from probe.dataset import write_records
 from probe.schema import (
     DnsAnswer,
     DnsLateResponse,
@@ -30,7 +31,6 @@ from probe.schema import (
     VpnPacket,
     new_uuid7,
 )
-from probe.store import write_records
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 SITE_IP = "93.184.216.34"

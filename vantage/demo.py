@@ -107,9 +107,9 @@ def _settings(lab: LoopbackLab, resolver: str) -> Any:
 
 
 def _measure(lab: LoopbackLab, output: Path, role: str, resolver: str, asn: str, network: str) -> None:
+    from probe.dataset import StoreError
     from probe.experiments.base import Target, Vantage
     from probe.runner import run_targets
-    from probe.store import StoreError
 
     targets = [Target(s.url, "LAB") for s in lab.sites]
     vantage = Vantage(role=role, probe_cc=LAB_CC, probe_asn=asn, probe_network=network, resolver_asn=asn)

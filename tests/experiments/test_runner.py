@@ -11,11 +11,11 @@ import duckdb
 import pytest
 from loopfarm import Farm, lab_settings
 
+from probe.dataset import already_measured, iter_dataset_files
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock
-from probe.runner import RunSummary, already_measured, run_targets
+from probe.runner import RunSummary, run_targets
 from probe.schema import TcpConnect
-from probe.store import iter_dataset_files
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_resume_of_a_control_run_skips_control_rows(sleepy: _Sleepy, output: Pat
 
 
 def test_a_bad_run_id_is_a_store_error(vantage: Vantage, output: Path) -> None:
-    from probe.store import StoreError
+    from probe.dataset import StoreError
 
     with pytest.raises(StoreError):
         run([Target("http://x.test/")], Settings(), vantage, output, run_id="../etc")

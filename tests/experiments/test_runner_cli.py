@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from loopfarm import Farm
 
+from probe.dataset import read_manifest
 from probe.experiments.anchors import load_anchors, shipped_anchors_path
-from probe.runner import read_manifest
 from vantage.cli import main
 
 

@@ -18,11 +18,11 @@ import duckdb
 import pytest
 from loopfarm import Farm, lab_settings
 
-import probe.store
+import probe.dataset
+from probe.dataset import DatasetWriter, RunLocked, iter_dataset_files, read_manifest, run_lock
 from probe.experiments.base import Target, Vantage
-from probe.runner import read_manifest, run_targets
+from probe.runner import run_targets
 from probe.schema import new_run_id, utcnow
-from probe.store import DatasetWriter, RunLocked, iter_dataset_files, run_lock
 
 N_SITES = 400
 
@@ -70,7 +70,7 @@ def test_the_flush_timer_and_the_final_flush_never_write_one_batch_twice(
 ) -> None:
     """The end-of-run race of issue 13: the timer's flush is still writing (slow disk) when the
     run ends, the timer is cancelled and the final flush starts. Before, both wrote one batch."""
-    real = probe.store.write_table_atomic
+    real = probe.dataset.write_table_atomic
     writers: set[str] = set()
 
     def slow_write(*a: object, **kw: object) -> None:
@@ -78,7 +78,7 @@ def test_the_flush_timer_and_the_final_flush_never_write_one_batch_twice(
         time.sleep(0.3)  # an SD card under load
         real(*a, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(probe.store, "write_table_atomic", slow_write)
+    monkeypatch.setattr(probe.dataset, "write_table_atomic", slow_write)
     targets = [Target(s.url) for s in farm400.sites if s.kind == "ok"][:120]
     summary = asyncio.run(
         run_targets(
@@ -125,7 +125,7 @@ def _record(run_id: str, url: str, cls: type) -> object:
 
 def test_the_run_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path: Path) -> None:
     code = (
-        "import sys, time; from probe.store import run_lock\n"
+        "import sys, time; from probe.dataset import run_lock\n"
         "with run_lock(sys.argv[1], 'r1'):\n    print('held', flush=True); time.sleep(30)\n"
     )
     with subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True) as holder:

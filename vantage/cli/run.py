@@ -14,6 +14,7 @@ import platformdirs
 from rich.console import Console
 from rich.table import Table
 
+from probe.dataset import StoreError, read_manifest, run_files, run_lock, write_manifest
 from probe.experiments import registry
 from probe.experiments.base import Experiment, InputError, Settings, Target, Timeouts, Vantage
 from probe.runner import (
@@ -21,11 +22,8 @@ from probe.runner import (
     DEFAULT_PER_HOST,
     STOP_INTERRUPTED,
     RunSummary,
-    read_manifest,
     run_phases,
-    write_manifest,
 )
-from probe.store import StoreError, run_files, run_lock
 
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (

@@ -1,7 +1,7 @@
 """Import OONI measurements (JSON, JSON-lines, gzip; files or directories) into a Vantage dataset.
 
-Streams every file and writes batches through probe.store's atomic Parquet writer, so memory
-stays flat however much is imported. probe.store is the dataset format, not the probe's network code or its
+Streams every file and writes batches through probe.dataset's atomic Parquet writer, so memory
+stays flat however much is imported. probe.dataset is the dataset format, not the probe's network code or its
 experiments, so analysis/ may use it (docs/ooni.md). The mapping itself lives in
 analysis/ingest/ooni/fields.py (shared data formats) and analysis/ingest/ooni/convert.py (per test).
 """
@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from analysis.ingest.ooni.convert import Converted, NotAMeasurement, convert
 from analysis.ingest.ooni.fields import BodyStats, map_failure
 from analysis.ingest.ooni.read import SourceError, discover, iter_documents
+from probe.dataset import StoreError, iter_dataset_files, partition_dir, write_table_atomic
 from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
 from probe.scrub import scrub_probe_ip
-from probe.store import StoreError, iter_dataset_files, partition_dir, write_table_atomic
 
 __all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert", "one_line"]
 
@@ -111,7 +111,7 @@ def _check(converted: Converted) -> list[dict[str, Any]]:
 
 class _Batches:
     """Checked rows, written per (date, probe_cc) partition in batches, like
-    probe.store.DatasetWriter but without converting each record to a row a second time."""
+    probe.dataset.DatasetWriter but without converting each record to a row a second time."""
 
     def __init__(self, root: Path, run_id: str, batch_size: int) -> None:
         self.root, self.run_id, self.batch_size = root, run_id, batch_size
