@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from analysis import signals as sig
+from analysis.db import open_datasets
 from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
 from analysis.events import (
     EVENT_SCHEMA,
@@ -123,7 +124,7 @@ def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = Non
     200 count and measurements without connectivity form a connectivity event. None: events
     from raw reachability only (``--no-verdicts``).
     """
-    con = sig.open_measurements(datasets)
+    con = open_datasets(datasets)
     try:
         return detect(con, cfg, verdicts=verdicts)
     finally:

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 
 from analysis import scenario as sc
-from analysis.signals import open_measurements
+from analysis.db import open_datasets
 from probe import schema as S
 
 
@@ -44,7 +44,7 @@ def test_dataset_round_trips_through_parquet(small: tuple[sc.Scenario, pa.Table]
     _, table = small
     paths = sc.write_dataset(table, tmp_path)
     assert {p.parent.name for p in paths} == {"probe_cc=IR", "probe_cc=NL"}
-    con = open_measurements([tmp_path])
+    con = open_datasets([tmp_path])
     assert con.sql("SELECT count(*) FROM measurements").fetchall() == [(table.num_rows,)]
     con.close()
 

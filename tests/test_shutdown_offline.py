@@ -13,8 +13,8 @@ from pathlib import Path
 
 import duckdb
 
+from analysis.db import open_datasets
 from analysis.shutdown import detect
-from analysis.signals import open_measurements
 from probe.dataset import iter_dataset_files, measured_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_offline_measurements_keep_real_times_and_survive_restart(tmp_path: Path
     files = list(iter_dataset_files(tmp_path))
     assert {f.parent.parent.name for f in files} == {"date=2026-11-20", "date=2026-11-21"}  # by measurement time
 
-    con = open_measurements([tmp_path])
+    con = open_datasets([tmp_path])
     rows = con.sql("""SELECT epoch(measurement_start_time)::BIGINT AS t FROM measurements
                       ORDER BY measurement_start_time""").fetchall()
     assert len(rows) == 180  # nothing flushed was lost, nothing written twice
@@ -94,6 +94,6 @@ def test_reader_never_sees_half_files(tmp_path: Path) -> None:
     part = next(iter_dataset_files(tmp_path))
     (part.parent / f".{part.name}.999.tmp").write_bytes(b"PAR1 half a file")
     con = duckdb.connect()
-    con = open_measurements([tmp_path], con)
+    con = open_datasets([tmp_path], con)
     assert con.sql("SELECT count(*) FROM measurements").fetchall() == [(20,)]
     con.close()
