@@ -3,7 +3,7 @@ through `vantage run` with default settings, then a --concurrency 1 sample for c
 
 Prints wall time, URLs per second and the peak RSS of the `vantage run` process (from
 os.wait4, so the farm's own memory is not counted). Goal: 1,000 URLs in < 60 s, peak RSS
-< 200 MB on a 2-core machine. Nothing leaves loopback: the farm (tests/experiments/loopfarm.py)
+< 200 MB on a 2-core machine. Nothing leaves loopback: the farm (tests/probe/experiments/loopfarm.py)
 serves the sites and the only resolver the probe is given.
 
     .venv/bin/python benchmarks/probe_throughput.py [--sites 1000] [--sample 20]
@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
-FARM = ROOT / "tests" / "experiments" / "loopfarm.py"
+FARM = ROOT / "tests" / "probe" / "experiments" / "loopfarm.py"
 
 
 @dataclass

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from analysis import scenario as sc
 from analysis.shutdown import (
     Detection,
     detect,
@@ -27,6 +26,7 @@ from analysis.shutdown import (
     write_events,
 )
 from analysis.verdicts import VERDICT_SCHEMA
+from tests.support import scenario as sc
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 11, 1, tzinfo=UTC)

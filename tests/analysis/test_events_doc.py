@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 
 from analysis import events
+from tests.support.paths import DOCS
 
-DOC = (Path(__file__).resolve().parents[1] / "docs" / "shutdowns.md").read_text()
+DOC = (DOCS / "shutdowns.md").read_text()
 SOURCE = Path(events.__file__).read_text()
 
 

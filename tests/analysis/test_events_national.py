@@ -11,9 +11,9 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from analysis import scenario as sc
 from analysis.events import Event
 from analysis.shutdown import Detection, detect, render_events
+from tests.support import scenario as sc
 
 UTC = dt.timezone.utc
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)

@@ -38,9 +38,9 @@ from analysis.fingerprints import (
 from analysis.verdicts import compute_verdicts
 from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7
+from tests.support.paths import REPO
 from vantage.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SHARED = DATA / "fingerprints"
 CP_DIR = DATA / "censoredplanet"

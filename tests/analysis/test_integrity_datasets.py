@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from analysis import scenario as sc
 from analysis.db import discover
+from tests.support import scenario as sc
 from vantage.cli import main
 
 START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from verdict_checks import assert_one_verdict_per_measurement
 
 from analysis import report as report_module
-from analysis import scenario as sc
 from analysis.pipeline import run_stage
 from analysis.report import ReportError, write_report
+from tests.support import scenario as sc
+from tests.support.verdict_checks import assert_one_verdict_per_measurement
 from vantage.cli import main
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)

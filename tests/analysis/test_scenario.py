@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from analysis import scenario as sc
 from analysis.db import open_datasets
 from probe import schema as S
+from tests.support import scenario as sc
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from analysis import scenario as sc
 from analysis.events import Event, network_spans
 from analysis.shutdown import (
     Detection,
@@ -22,6 +21,7 @@ from analysis.shutdown import (
     find_events,
     render_events,
 )
+from tests.support import scenario as sc
 
 HOUR = dt.timedelta(hours=1)
 

@@ -16,8 +16,8 @@ import duckdb
 from analysis.db import open_datasets
 from analysis.shutdown import detect
 from probe.dataset import iter_dataset_files, measured_inputs
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # The outage: two hours before midnight to one hour after, so the queued records also cross a
 # date partition.
 OUTAGE_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.timezone.utc)

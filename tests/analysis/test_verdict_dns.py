@@ -19,6 +19,7 @@ from analysis.db import open_datasets
 from analysis.verdicts import compute_verdicts
 from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, Measurement, TcpConnect
+from tests.support.paths import SHARED_DATA
 
 URL = "https://video.example/"
 CDN = "AS13335"
@@ -160,7 +161,7 @@ def test_bogon_answer_even_with_an_asn_is_dns(tmp_path: Path) -> None:
 
 
 def test_known_blockpage_address_is_confirmed(tmp_path: Path) -> None:
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fingerprints"
+    shared = SHARED_DATA / "fingerprints"
     p = web(url=URL, ips=["8.7.198.45"], asns={"8.7.198.45": CENSOR_NET}, tls_failure="connection_reset")
     c = control_of(p, ips=[CONTROL_IP], asns={CONTROL_IP: CDN})
     v = judge(tmp_path, p, c, fingerprints=[shared / "fingerprints_dns.csv"])

@@ -14,8 +14,9 @@ from test_verdicts import BLOCKPAGE, SITE_IP, control_of, verdicts, vpn, web
 from analysis import rules
 from analysis.rules import RULES, RULES_BY_ID
 from probe.schema import DnsQuery, Measurement, TlsHandshake
+from tests.support.paths import DOCS as DOCS_DIR
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "analysis.md"
+DOCS = DOCS_DIR / "analysis.md"
 LIE = "130.192.182.17"  # a public address that is not the site's
 
 Case = Callable[[], tuple[list[Measurement], Measurement]]

@@ -31,6 +31,7 @@ from probe.schema import (
     VpnPacket,
     new_uuid7,
 )
+from tests.support.paths import SHARED_DATA
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 SITE_IP = "93.184.216.34"
@@ -256,7 +257,7 @@ def test_dns_fingerprint_confirms(tmp_path: Path) -> None:
 
 
 def test_ooni_dns_fingerprint_from_extra_file(tmp_path: Path) -> None:
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fingerprints"
+    shared = SHARED_DATA / "fingerprints"
     p = web(ips=["8.7.198.45"])
     v = judge(tmp_path, p, control_of(p), fingerprints=[shared / "fingerprints_dns.csv"])
     expect(v, "blocked", "dns", "dns.blockpage_ip")
@@ -384,7 +385,7 @@ def test_blockpage_body_fingerprint(tmp_path: Path) -> None:
 
 
 def test_blockpage_header_fingerprint_from_ooni_file(tmp_path: Path) -> None:
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fingerprints"
+    shared = SHARED_DATA / "fingerprints"
     p = web(status=302, body="", title=None, headers=[("Location", "https://internet.mts.by/blocked/?u=x")])
     v = judge(tmp_path, p, control_of(p), fingerprints=[shared / "fingerprints_http.csv"])
     expect(v, "blocked", "http-diff", "http.blockpage:ooni.by_2")

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 
 from analysis.aggregates import aggregate
 from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, HttpRequest, Measurement, TcpConnect, new_uuid7
+from tests.support.verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 from vantage.cli import main
 
 T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)

@@ -29,8 +29,9 @@ from analysis.ingest.ooni import import_ooni
 from analysis.ingest.ooni.convert import NotAMeasurement, convert, origin_key
 from analysis.ingest.ooni.fields import BodyStats
 from analysis.ingest.ooni.read import iter_documents
+from tests.support.paths import SHARED_DATA
 
-OONI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 SEED = 20261201
 MUTATION_CASES = 60  # files of LINES_PER_CASE lines: 2,400 lines, one in six mutated
 LINES_PER_CASE = 40

@@ -25,10 +25,10 @@ from probe.dataset import write_records
 from probe.experiments.base import Settings, Target, Timeouts, Vantage, measure
 from probe.experiments.registry import get as get_experiment
 from probe.runner import run_targets
+from tests.support.paths import DOCS
 from vantage.cli import main
 
 T = TypeVar("T")
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = b"<html><head><title>Control lab</title></head><body>hello from the lab site</body></html>"
 
 

@@ -291,7 +291,7 @@ def test_dns_rebinding_cannot_pass(sites: dict[str, Site], sandbox: list[str]) -
 
 def test_probe_addresses_pass_the_guard_too(sites: dict[str, Site], sandbox: list[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    # The early check refuses private probe addresses with 403 (tests/test_control.py). Were it
+    # The early check refuses private probe addresses with 403 (tests/probe/test_control.py). Were it
     # skipped, the connection guard still refuses them: the TLS/TCP steps of the probe's
     # addresses record the refusal and nothing else.
     async def no_early_check(*args: Any, **kwargs: Any) -> None:

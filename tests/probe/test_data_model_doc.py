@@ -13,8 +13,9 @@ import pytest
 
 from probe import schema as S
 from probe.dataset import write_records
+from tests.support.paths import DOCS
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "data-model.md"
+DOC = DOCS / "data-model.md"
 
 
 def doc_text() -> str:

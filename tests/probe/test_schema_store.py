@@ -17,6 +17,7 @@ import pytest
 
 from probe import schema as S
 from probe.dataset import DatasetWriter, iter_dataset_files, measured_inputs, write_records
+from tests.support.paths import REPO
 
 
 def full_record(**kw: object) -> S.Measurement:
@@ -163,7 +164,7 @@ def test_sigkill_mid_run_leaves_only_complete_files(tmp_path: Path) -> None:
         """
     )
     with subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=REPO
     ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"ready"

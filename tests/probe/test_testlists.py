@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from probe import testlists
+from tests.support.paths import REPO, SHARED_DATA
 from vantage.cli import main
 
-SHARED_LISTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "testlists"
+SHARED_LISTS = SHARED_DATA / "testlists"
 LIST_NAMES = ["global", "by", "cn", "eg", "in", "ir", "kz", "mm", "ru", "tr", "ve"]
 HEADER = "url,category_code,category_description,date_added,source,notes\n"
 
@@ -166,7 +167,7 @@ def test_shipped_list_is_valid_and_varied() -> None:
     anchors, problems = testlists.load_list(testlists.resolve_list("anchors"))
     assert problems == [] and len(anchors) >= 5
     # the user-visible copy in testlists/ is the same file
-    visible = Path(__file__).resolve().parents[1] / "testlists" / "vantage.csv"
+    visible = REPO / "testlists" / "vantage.csv"
     assert visible.read_bytes() == path.read_bytes()
 
 

@@ -1,5 +1,5 @@
 """Checks the tests apply to every verdict table they make, and a read-only directory for the
-write-failure tests (import as ``from verdict_checks import ...``)."""
+write-failure tests (import as ``from tests.support.verdict_checks import ...``)."""
 
 from __future__ import annotations
 

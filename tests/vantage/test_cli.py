@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
 from click.testing import CliRunner
 
+from tests.support.paths import DOCS
 from vantage.cli import main
-
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def walk(command: click.Command, path: tuple[str, ...] = ("vantage",)) -> list[tuple[str, click.Command]]:

@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 
 from probe.dataset import iter_dataset_files
 from probe.schema import row_to_record
+from tests.support.verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 from vantage.cli import main
 from vantage.demo import run_demo
 from vantage.lab import SITES, LoopbackLab

@@ -18,9 +18,10 @@ from analysis.ingest.ooni.convert import convert
 from analysis.ingest.ooni.fields import BodyStats, http_chain, map_failure
 from analysis.ingest.ooni.read import iter_documents
 from probe.schema import is_valid_failure
+from tests.support.paths import SHARED_DATA
 from vantage.cli import main
 
-OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"
 
 

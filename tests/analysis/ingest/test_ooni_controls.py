@@ -16,9 +16,10 @@ from click.testing import CliRunner
 from analysis.ingest.ooni import import_ooni
 from analysis.ingest.ooni.convert import convert, measurement_id
 from analysis.ingest.ooni.fields import BodyStats, as_asn, dns_answers
+from tests.support.paths import SHARED_DATA
 from vantage.cli import main
 
-OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"
 
 # What a probe writes into `control` before the helper answers (v0.4 / Measurement Kit):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +12,9 @@ import pytest
 from analysis.ingest.ooni.fields import map_failure
 from analysis.ingest.ooni.read import iter_documents
 from probe.schema import FAILURES, UNKNOWN_FAILURE_PREFIX, is_valid_failure
+from tests.support.paths import SHARED_DATA
 
-OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 
 # Failure strings of the shared data that deliberately stay unknown_failure:<detail>, reviewed
 # one by one. The closed set names network causes; none of these is one it has a name for.

@@ -2,7 +2,7 @@
 
 Imports ../shared/data/ooni/netem/ with `vantage ooni import`, runs `vantage analyze` over it,
 and compares each verdict with OONI's `blocking`/`accessible` from the index CSV (mapping in
-analysis/ooni_compare.py and docs/ooni.md). Prints the disagreement table.
+tests/support/ooni_compare.py and docs/ooni.md). Prints the disagreement table.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from analysis.ingest.ooni.convert import measurement_id
-from analysis.ooni_compare import agrees, expected
+from tests.support.ooni_compare import agrees, expected
+from tests.support.paths import SHARED_DATA
 from vantage.cli import main
 
-NETEM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni" / "netem"
+NETEM = SHARED_DATA / "ooni" / "netem"
 MIN_AGREEMENT = 0.90
 
 

@@ -15,9 +15,10 @@ from click.testing import CliRunner, Result
 
 from analysis.ingest.ooni import import_ooni
 from analysis.ingest.ooni.convert import origin_key
+from tests.support.paths import SHARED_DATA
 from vantage.cli import main
 
-OONI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 NETEM = OONI / "netem" / "web_connectivity_netem_simulated.jsonl"
 LINES = NETEM.read_text(encoding="utf-8").splitlines()
 

@@ -17,6 +17,7 @@ from loopfarm import Farm
 
 from probe.dataset import read_manifest
 from probe.experiments.anchors import load_anchors, shipped_anchors_path
+from tests.support.paths import REPO
 from vantage.cli import main
 
 
@@ -188,7 +189,7 @@ def test_the_shipped_anchors_list_loads_cleanly() -> None:
     assert problems == []
     assert len(targets) >= 10 and all(t.category == "ANCHOR" for t in targets)
     assert {t.input.split("://")[0] for t in targets} == {"dns", "tcp", "https"}
-    repo_copy = Path(__file__).resolve().parents[2] / "testlists" / "anchors.csv"
+    repo_copy = REPO / "testlists" / "anchors.csv"
     assert repo_copy.read_text() == shipped_anchors_path().read_text()
 
 
