@@ -4,13 +4,14 @@ database file `vantage analyze --db` writes for analysts."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from probe.dataset import atomic_path
 
 # anomaly_count counts every blocked verdict (confirmed ones included, as OONI counts them);
 # confirmed_count those a blockpage fingerprint confirmed; failure_count the probe's own faults.
@@ -98,21 +99,13 @@ def write_database(path: Path, datasets: Sequence[Path | str], verdicts: pa.Tabl
     if path.exists():
         _update_database(path, datasets, verdicts, provenance)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(path) as tmp:
         con = duckdb.connect(str(tmp))
         try:
             _fill(con, datasets, verdicts, provenance)
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        Path(str(tmp) + ".wal").unlink(missing_ok=True)
-        raise
 
 
 def check_database(path: Path) -> None:

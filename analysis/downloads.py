@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from probe.dataset import atomic_write_text, fsync_file, temporary_name
+
 MANIFEST = "manifest.json"
 MAX_DOWNLOAD = 256 * 1024 * 1024  # far above any real file (DB-IP ASN lite is ~40 MB unpacked)
 
@@ -74,12 +76,10 @@ def staged(dest: Path, name: str, data: bytes, validate: Callable[[Path], int]) 
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create {dest}: {exc.strerror or exc}") from None
-    tmp = dest / f".{name}.{os.getpid()}.tmp"
+    tmp = temporary_name(dest / name)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp.write_bytes(data)
+        fsync_file(tmp)
         rows = validate(tmp)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -98,17 +98,7 @@ def commit(dest: Path, staged_files: list[tuple[Path, str]], entries: list[Manif
         old = {e.file: e for e in read_manifest(dest)}
         old.update({e.file: e for e in entries})
         text = json.dumps({"files": [asdict(e) for e in old.values()]}, indent=2) + "\n"
-        tmp = dest / f".{MANIFEST}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest / MANIFEST)
-        fd = os.open(dest, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the renames themselves survive a power cut (SD cards, flaky power)
-        finally:
-            os.close(fd)
+        atomic_write_text(dest / MANIFEST, text)  # also fsyncs dest: the renames above survive a power cut
     except OSError as exc:
         raise DownloadError(f"cannot write into {dest}: {exc.strerror or exc}") from None
     finally:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from analysis.fingerprints import FingerprintSet, load_default_fingerprints, load_fingerprints
 from analysis.geo import default_asn_db
 from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
+from probe.dataset import atomic_path
 
 METADATA_KEY = b"vantage.verdicts"
 FORMAT = "vantage-verdicts"
@@ -344,24 +345,11 @@ def check_output(path: Path) -> None:
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary name beside ``path``; on success rename it to ``path``, on any error
     remove it, so a reader never sees a half file. OSError becomes one-line OutputError."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            yield tmp
     except OSError as exc:
-        _unlink(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 __all__ = ["METADATA_KEY", "AnalysisOptions", "AnalyzeResult", "OutputError", "Verdicts", "VerdictsFileError",

@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from analysis import signals as sig
+from analysis.db import open_datasets
 from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
 from analysis.events import (
     EVENT_SCHEMA,
@@ -33,6 +33,7 @@ from analysis.events import (
     events_to_table,
     merge_events,
 )
+from probe.dataset import write_table_atomic
 
 __all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect",
            "detect_from_signals", "find_events", "write_events", "events_to_table", "render_events"]
@@ -123,7 +124,7 @@ def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = Non
     200 count and measurements without connectivity form a connectivity event. None: events
     from raw reachability only (``--no-verdicts``).
     """
-    con = sig.open_measurements(datasets)
+    con = open_datasets(datasets)
     try:
         return detect(con, cfg, verdicts=verdicts)
     finally:
@@ -136,9 +137,7 @@ def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorC
     ``verdicts`` as for ``find_events``."""
     detection = find_events(paths, cfg, verdicts=verdicts)
     out = Path(output)
-    tmp = out.with_name(f".{out.name}.tmp")
-    pq.write_table(detection.table(), tmp, compression="zstd")
-    tmp.replace(out)
+    write_table_atomic(detection.table(), out)
     return detection
 
 

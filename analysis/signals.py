@@ -7,11 +7,10 @@ per-layer failure counts. Per (country, ASN, input, hour): failures, for the cha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import duckdb
 import pyarrow as pa
+
+from analysis.db import DatasetError, open_datasets  # noqa: F401  (DatasetError: re-exported for analysis/report.py)
 
 # Observations taken to check the path rather than the target (a DNS query sent where no
 # resolver runs must time out) say nothing about reachability.
@@ -134,18 +133,6 @@ def input_hour_failures(con: duckdb.DuckDBPyConnection, *, verdicts: str | None 
         FROM shutdown_facts WHERE role = 'probe' AND NOT is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
 
 
-try:  # the analyzer's error for "no usable measurements here" (names the files)
-    from analysis.db import DatasetError
-except ImportError:  # pragma: no cover - builds without the analyzer's db module
-
-    class DatasetError(Exception):  # type: ignore[no-redef]
-        """No usable measurements in the given paths."""
-
-
-def open_measurements(paths: Sequence[Path | str], con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection with the ``measurements`` view, through the analyzer's one discovery of
-    dataset files (``analysis.db.open_datasets``: bad, misplaced and non-regular files skipped
-    with a warning naming them)."""
-    from analysis.db import open_datasets
-
-    return open_datasets([Path(p) for p in paths], con=con)
+# The one way to open datasets is analysis.db.open_datasets (over probe.dataset's discovery);
+# this name stays only for callers not yet moved to it (analysis/report.py).
+open_measurements = open_datasets

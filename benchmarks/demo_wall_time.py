@@ -48,7 +48,7 @@ def main() -> int:
             out = Path(tmp) / f"run{i}"
             started = time.monotonic()
             proc = subprocess.run(
-                [sys.executable, "-c", "from probe.cli import main; main()", "demo", "--output", str(out)],
+                [sys.executable, "-c", "from vantage.cli import main; main()", "demo", "--output", str(out)],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

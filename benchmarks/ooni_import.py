@@ -83,7 +83,7 @@ def generate(path: Path, start: int, count: int) -> None:
 
 
 def child(sources: list[str], output: str) -> None:
-    from analysis.ooni import import_ooni
+    from analysis.ingest.ooni import import_ooni
 
     t = time.perf_counter()
     summary = import_ooni([Path(s) for s in sources], Path(output))

@@ -3,7 +3,7 @@ through `vantage run` with default settings, then a --concurrency 1 sample for c
 
 Prints wall time, URLs per second and the peak RSS of the `vantage run` process (from
 os.wait4, so the farm's own memory is not counted). Goal: 1,000 URLs in < 60 s, peak RSS
-< 200 MB on a 2-core machine. Nothing leaves loopback: the farm (tests/experiments/loopfarm.py)
+< 200 MB on a 2-core machine. Nothing leaves loopback: the farm (tests/probe/experiments/loopfarm.py)
 serves the sites and the only resolver the probe is given.
 
     .venv/bin/python benchmarks/probe_throughput.py [--sites 1000] [--sample 20]
@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 ROOT = Path(__file__).resolve().parents[1]
-FARM = ROOT / "tests" / "experiments" / "loopfarm.py"
+FARM = ROOT / "tests" / "probe" / "experiments" / "loopfarm.py"
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Result:
 
 
 def vantage_run(args: list[str], output: Path) -> Result:
-    cmd = [sys.executable, "-c", "from probe.cli import main; main()", "run", *args, "--output", str(output), "--no-progress"]
+    cmd = [sys.executable, "-c", "from vantage.cli import main; main()", "run", *args, "--output", str(output), "--no-progress"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait4 gives this child's own rusage (ru_maxrss in KiB on Linux).

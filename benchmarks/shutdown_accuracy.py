@@ -1,6 +1,6 @@
 """Accuracy of event detection over random scenarios: recall and precision per kind.
 
-Each scenario (``analysis.scenario.random_scenario``) has random countries, networks and vantage
+Each scenario (``tests.support.scenario.random_scenario``) has random countries, networks and vantage
 points and randomly placed shutdowns (full or partial, national or one network), new blocks,
 a site outage and a probe fault. A planted event is found when an event of the same kind covers
 its networks (or, for an outage, its target) with start and end within one hour (a probe fault:
@@ -22,9 +22,9 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import scenario as sc  # noqa: E402
 from analysis.events import Event, network_spans  # noqa: E402
 from analysis.shutdown import detect  # noqa: E402
+from tests.support import scenario as sc  # noqa: E402
 
 HOUR = dt.timedelta(hours=1)
 

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import scenario as sc  # noqa: E402
 from analysis.detector import DetectorConfig, cusum_changes  # noqa: E402
 from analysis.events import network_spans  # noqa: E402
 from analysis.shutdown import detect, detect_from_signals  # noqa: E402
+from tests.support import scenario as sc  # noqa: E402
 
 HOUR = dt.timedelta(hours=1)
 

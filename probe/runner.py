@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -26,13 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from probe.dataset import DatasetWriter, StoreError, already_measured, run_lock
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
 from probe.net.scrub import scrub_all_addresses
 from probe.schema import ROLES, Measurement, new_run_id
-from probe.store import DatasetWriter, StoreError, measured_inputs, run_files, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,53 +72,6 @@ class RunSummary:
     @property
     def complete(self) -> bool:
         return self.stopped is None
-
-
-def already_measured(output: Path, run_id: str, experiment: str, role: str) -> set[str]:
-    """Inputs this run already has rows for, for this experiment and role (what resume skips)."""
-    if role == "probe":
-        return {inp for _, inp in measured_inputs(output, run_id, experiment)}
-    done: set[str] = set()
-    for path in run_files(output, run_id):
-        try:
-            table = pq.read_table(path, columns=["experiment", "input", "role", "control_for"])
-        except Exception as exc:  # a corrupt file must not stop a resume; its inputs run again
-            log.warning("skipping unreadable %s: %s", path, exc)
-            continue
-        for exp, inp, r, control_for in zip(*(c.to_pylist() for c in table.columns), strict=True):
-            # Controls fetched for probe rows are not what a control run's resume skips.
-            if exp == experiment and r == role and control_for is None:
-                done.add(inp)
-    return done
-
-
-# --------------------------------------------------------------------------- run manifests
-# What a run was asked to do (lists, experiment, resolvers, vantage), so that
-# `vantage run --resume RUN_ID` can carry on without the options being given again.
-MANIFEST_DIR = "runs"
-
-
-def manifest_path(output: Path | str, run_id: str) -> Path:
-    return Path(output) / MANIFEST_DIR / f"{run_id}.json"
-
-
-def write_manifest(output: Path | str, run_id: str, options: dict[str, Any]) -> Path:
-    path = manifest_path(output, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "options": options}, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(output: Path | str, run_id: str) -> dict[str, Any] | None:
-    """The options a run was started with, or None when it has no (readable) manifest."""
-    try:
-        data = json.loads(manifest_path(output, run_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    options = data.get("options") if isinstance(data, dict) else None
-    return options if isinstance(options, dict) else None
 
 
 ControlFetcher = Callable[[Measurement, Target], Any]  # async: -> list[Measurement]

@@ -19,6 +19,8 @@ from urllib.parse import SplitResult, urlsplit
 import httpx
 import platformdirs
 
+from probe.dataset import atomic_write_bytes
+
 CITIZENLAB_COLUMNS = ("url", "category_code", "category_description", "date_added", "source", "notes")
 WEB_SCHEMES = ("http", "https")
 # Tunnel endpoints are URLs too (DESIGN.md), so one list format serves every experiment.
@@ -345,9 +347,11 @@ def lists_dir() -> Path:
 def resolve_list(spec: str | Path) -> Path:
     """A list given as a path, the name of a downloaded list (``global``, ``ir``) or a shipped one."""
     path = Path(spec)
-    if path.exists():
-        return path
     name = str(spec).lower().removesuffix(".csv")
+    # A bare list name is a name even when a directory of that name sits in the working
+    # directory (the `vantage/` package in a checkout): a directory is never a list.
+    if path.exists() and not (path.is_dir() and name in SHIPPED_LISTS):
+        return path
     if re.fullmatch(r"[a-z0-9_-]+", name):
         downloaded = lists_dir() / f"{name}.csv"
         if downloaded.is_file():
@@ -414,14 +418,7 @@ def update_lists(
 
 
 def _write_atomic(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        return atomic_write_bytes(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise TestListError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path

@@ -32,7 +32,7 @@ echo "== pip install -e .[test]"
 
 set +e
 echo "== ruff"
-.venv/bin/ruff check probe analysis tests benchmarks
+.venv/bin/ruff check probe analysis vantage tests benchmarks
 lint=$?
 
 echo "== pytest"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from probe.lab import LoopbackLab
+from vantage.lab import LoopbackLab
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -25,12 +25,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.ooni import import_ooni
-from analysis.ooni_fields import BodyStats
-from analysis.ooni_read import iter_documents
-from analysis.ooni_tests import NotAMeasurement, convert, origin_key
+from analysis.ingest.ooni import import_ooni
+from analysis.ingest.ooni.convert import NotAMeasurement, convert, origin_key
+from analysis.ingest.ooni.fields import BodyStats
+from analysis.ingest.ooni.read import iter_documents
+from tests.support.paths import SHARED_DATA
 
-OONI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ooni"
+OONI = SHARED_DATA / "ooni"
 SEED = 20261201
 MUTATION_CASES = 60  # files of LINES_PER_CASE lines: 2,400 lines, one in six mutated
 LINES_PER_CASE = 40

@@ -237,7 +237,7 @@ def cli_options(command: str) -> set[str] | None:
     """The option names of a `vantage` command, or None when the build does not have it."""
     import click
 
-    from probe.cli import main
+    from vantage.cli import main
 
     cmd = main.get_command(click.Context(main), command)
     if cmd is None:

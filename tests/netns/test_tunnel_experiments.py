@@ -440,7 +440,7 @@ def test_the_shipped_endpoint_list_parses_for_every_experiment() -> None:
 def test_vantage_run_names_a_malformed_endpoint_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
-    from probe.cli import main
+    from vantage.cli import main
 
     bad = tmp_path / "endpoints.csv"
     bad.write_text("url,category_code\nopenvpn://203.0.113.5:1194/?transport=quic,ANON\n")

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from probe.cli import main
+from vantage.cli import main
 
 
 def run_batch(command_lines: list[list[str]]) -> int:

@@ -1,0 +1,66 @@
+"""The `vantage` command: a thin click layer. Each command group lives in its own module here
+and is registered below; commands parse options, call one library function and render."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from probe import __version__
+
+
+# Each command lives in its own module and is imported only when it runs (or when help lists
+# it), so `vantage run` on a Raspberry Pi does not pay for matplotlib or DuckDB.
+# Registration: one line per command, "name": "module:attribute".
+COMMANDS: dict[str, str] = {
+    "run": "vantage.cli.run:run",
+    "lists": "vantage.cli.lists:lists",
+    "demo": "vantage.cli.demo:demo",
+    "control": "vantage.cli.control:control",
+    "analyze": "vantage.cli.analyze:analyze",
+    "report": "vantage.cli.report:report",
+    "events": "vantage.cli.events:events",
+    "ooni": "vantage.cli.ooni:ooni",
+    "fingerprints": "vantage.cli.fingerprints:fingerprints",
+    "geo": "vantage.cli.geo:geo_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr = spec.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        self.commands[cmd_name] = command
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vantage")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Vantage: measure internet censorship and shutdowns, and analyze the results.
+
+    Volunteers run `vantage run` inside the network they watch; control operators run the same
+    probe (or `vantage control serve`) from an uncensored network; analysts run `vantage
+    analyze` and `vantage report` over the Parquet datasets. `vantage demo` shows the whole
+    pipeline against a small censored internet on loopback.
+    """
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    # Every log line leaves without the probe's addresses (httpx logs request URLs at -v and
+    # raw headers at -vv); a run adds its public address to the same scrubber when learned.
+    from probe.net.scrub import install_log_filter
+
+    install_log_filter()

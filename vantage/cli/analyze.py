@@ -1,0 +1,77 @@
+"""`vantage analyze`: verdicts for every probe measurement of one or more datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vantage.cli.options import (
+    analysis_options,
+    check_datasets,
+    echo_skipped,
+    one_line_errors,
+    output_options,
+)
+
+if TYPE_CHECKING:
+    from analysis.pipeline import AnalysisOptions, AnalyzeResult
+
+
+@click.command("analyze")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Verdicts as Parquet: one row per probe measurement, with the options used in its metadata.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a DuckDB database with the views, the verdicts and the aggregates "
+                   "(an existing one keeps its other tables).")
+@analysis_options
+@output_options
+def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: AnalysisOptions, quiet: bool) -> None:
+    """Judge every probe measurement in DATASETS against its control.
+
+    DATASETS are Vantage dataset directories (probe runs, control runs, OONI imports) or
+    directories of Parquet files. Each probe measurement gets a status (ok, blocked, down,
+    probe_failure, no_control, no_connectivity), the rule that decided, a confidence and, when a
+    blockpage fingerprint matched, confirmed=true. Corrupt or foreign Parquet files are skipped
+    with a warning naming them. `vantage report --verdicts` and `vantage events --verdicts`
+    read the file this writes.
+    """
+    from analysis.pipeline import analyze as run_analysis
+
+    if output.suffix.lower() != ".parquet":
+        raise click.ClickException(f"{output}: --output must be a .parquet file")
+    if db is not None and db.suffix.lower() not in (".duckdb", ".db"):
+        raise click.ClickException(f"{db}: --db must be a .duckdb file")
+    check_datasets(datasets)
+    with one_line_errors("cannot analyze"):
+        result = run_analysis(list(datasets), output, db, options=options)
+    echo_skipped(result.skipped, result.fingerprint_problems)
+    render(result, Console(), quiet=quiet)
+
+
+def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> None:
+    from analysis.pipeline import describe
+
+    n = result.verdicts.num_rows
+    if not quiet:
+        table = Table(title=f"{n:,} probe measurements")
+        table.add_column("status")
+        table.add_column("layer")
+        table.add_column("measurements", justify="right")
+        table.add_column("share", justify="right")
+        for status, layer, count in result.counts():
+            table.add_row(status, layer or "", f"{count:,}", f"{100 * count / n:.1f} %" if n else "")
+        console.print(table)
+        confirmed = sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c)
+        if confirmed:
+            console.print(f"{confirmed:,} confirmed by a blockpage fingerprint", highlight=False)
+        for line in describe(result.metadata)[1:]:  # the sets and options used (the first line is who/when)
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"verdicts: {result.output}", markup=False, highlight=False, soft_wrap=True)
+    if result.db is not None:
+        console.print(f"database: {result.db} (tables/views: verdicts, aggregates, measurements, ...)",
+                      markup=False, highlight=False, soft_wrap=True)
