@@ -520,7 +520,7 @@ def test_probe_addresses_include_late_replies() -> None:
 
 def _serve_config(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[ServerConfig, str]:
     """`vantage control serve ARGS` up to the point it would start serving: the config and what it printed."""
-    from probe.cli import control as control_cli
+    from vantage.cli import control as control_cli
 
     seen: list[ServerConfig] = []
 
