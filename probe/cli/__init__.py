@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "ooni": "probe.cli.ooni:ooni",
     "fingerprints": "probe.cli.fingerprints:fingerprints",
     "geo": "probe.cli.geo:geo_group",
+    "collector": "probe.cli.collector:collector",
+    "upload": "probe.cli.upload:upload",
 }
 
 

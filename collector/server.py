@@ -1,0 +1,51 @@
+"""Running the collector: uvicorn serving the app over HTTP or HTTPS, holding the dataset's
+lock for its whole life, with no access log (submitters stay anonymous)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from collector.app import build_app
+from collector.ingest import Collection, Limits
+from probe.store import run_lock
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "collector"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT or [IPv6]:PORT."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"--listen takes HOST:PORT or [IPv6]:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def serve(listen: str, data: Path, *, cert: Path | None = None, key: Path | None = None,
+          token: str | None = None, limits: Limits | None = None) -> None:
+    """Serve until stopped (SIGINT/SIGTERM). Raises StoreError/RunLocked if the directory is
+    not writable or another collector holds it."""
+    host, port = parse_listen(listen)
+    limits = limits or Limits()
+    data = Path(data)
+    with run_lock(data, LOCK_NAME):
+        collection = Collection(data)
+        log.warning("collector: %d measurements held in %s", len(collection.ids), data)
+        config = uvicorn.Config(
+            build_app(collection, limits=limits, token=token),
+            host=host, port=port,
+            ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None,
+            access_log=False,  # an access log is a list of submitters' addresses
+            log_config=None,  # vantage's own logging (the root logger), no uvicorn handlers
+            proxy_headers=False, server_header=False,
+            # uvicorn answers 503 itself past this many connections: a hard cap under the app's own
+            # limit on submissions in progress (health checks and 503s are cheap connections).
+            limit_concurrency=max(64, 8 * limits.max_concurrent),
+            timeout_keep_alive=5,
+            h11_max_incomplete_event_size=16 * 1024,  # request line and headers
+        )
+        server = uvicorn.Server(config)
+        server.run()
