@@ -128,7 +128,15 @@ def _read_parquet(data: bytes, limits: Limits) -> pa.Table:
     if declared > limits.max_decoded:
         raise Refusal(413, f"the Parquet file decompresses to {declared} bytes; the limit is {limits.max_decoded}")
     check_schema(pf.schema_arrow)
-    return _checked_table(pf.read(), limits)
+    # Dictionary encoding lets a file declare little and decode to much (one long value, many
+    # references to it): decode in slices and stop once the total passes the limit.
+    batches, size = [], 0
+    for b in pf.iter_batches(batch_size=256):
+        size += b.nbytes
+        if size > limits.max_decoded:
+            raise Refusal(413, f"the batch decodes to more than {limits.max_decoded} bytes; the limit is {limits.max_decoded}")
+        batches.append(b)
+    return _checked_table(pa.Table.from_batches(batches, schema=pf.schema_arrow), limits)
 
 
 def _checked_table(table: pa.Table, limits: Limits) -> pa.Table:

@@ -41,9 +41,11 @@ def serve(listen: str, data: Path, *, cert: Path | None = None, key: Path | None
             access_log=False,  # an access log is a list of submitters' addresses
             log_config=None,  # vantage's own logging (the root logger), no uvicorn handlers
             proxy_headers=False, server_header=False,
-            # uvicorn answers 503 itself past this many connections: a hard cap under the app's own
-            # limit on submissions in progress (health checks and 503s are cheap connections).
-            limit_concurrency=max(64, 8 * limits.max_concurrent),
+            # uvicorn answers 503 itself (to every request) past this many open connections; the app
+            # serves max_concurrent submissions and tells the others when to come back, so this cap
+            # is only against running out of memory and descriptors: a connection waiting for its
+            # 503 costs at most its flow-control buffer (64 KB), 1024 of them 64 MB.
+            limit_concurrency=1024,
             timeout_keep_alive=5,
             h11_max_incomplete_event_size=16 * 1024,  # request line and headers
         )

@@ -25,13 +25,15 @@ def collector() -> None:
                    "env VANTAGE_COLLECTOR_TOKEN). Without it submissions are anonymous.")
 @click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
               help="Largest request body (default 16 MiB).")
+@click.option("--max-decoded", type=click.IntRange(min=1024), default=None, metavar="BYTES",
+              help="Largest batch once decompressed and decoded (default 256 MiB): a compression bomb stops here.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Most rows in one batch (default 20,000).")
 @click.option("--max-concurrent", type=click.IntRange(min=1, max=1024), default=None,
               help="Submissions handled at once; more are answered 503 with Retry-After (default 16).")
 @click.option("--read-timeout", type=click.FloatRange(min=0.1), default=None, metavar="S",
               help="Seconds a submitter may send nothing (default 30); slower than 1 KiB/s after that is refused too.")
 def serve(listen: str, data: Path, cert: Path | None, key: Path | None, token: str | None,
-          max_body: int | None, max_rows: int | None, max_concurrent: int | None, read_timeout: float | None) -> None:
+          max_body: int | None, max_decoded: int | None, max_rows: int | None, max_concurrent: int | None, read_timeout: float | None) -> None:
     """Accept measurement batches over HTTP(S) and write each measurement once into DATA.
 
     Probes send with `vantage upload` (or `vantage run --upload`); other tools POST Parquet to
@@ -50,7 +52,7 @@ def serve(listen: str, data: Path, cert: Path | None, key: Path | None, token: s
         parse_listen(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
-    given = {"max_body": max_body, "max_rows": max_rows, "max_concurrent": max_concurrent,
+    given = {"max_body": max_body, "max_decoded": max_decoded, "max_rows": max_rows, "max_concurrent": max_concurrent,
              "read_timeout_s": read_timeout}
     limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
     try:
