@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -209,6 +210,8 @@ def upload(
         raise UploadError(f"a bandwidth cap under {MIN_RATE} bytes/s would trip the collector's slow-client guard")
     if not (output / MEASUREMENTS_DIR).is_dir():
         raise UploadError(f"no dataset in {output} (no {MEASUREMENTS_DIR}/ directory)")
+    if isinstance(verify, (str, Path)):  # a CA bundle (PEM) for a collector with a private CA
+        verify = ssl.create_default_context(cafile=str(verify))
     result = UploadResult()
     try:
         lock = run_lock(output, f"upload-{collector_key(base)}")

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -138,7 +139,7 @@ class CollectorProcess:
 
     @property
     def verify(self) -> Any:
-        return str(self.tls.ca_pem) if self.tls else True
+        return ssl.create_default_context(cafile=str(self.tls.ca_pem)) if self.tls else True
 
     def start(self, timeout: float = 20.0) -> CollectorProcess:
         cmd = [str(VANTAGE), *self.args, "collector", "serve", "--listen", f"{HOST}:{self.port}", "--data", str(self.data)]
@@ -156,6 +157,7 @@ class CollectorProcess:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.kill()
         raise AssertionError(f"collector did not come up: {self.log.read_text()[-2000:]}")
 
     def health(self) -> dict[str, Any]:
@@ -222,9 +224,9 @@ def dante(tmp: Path) -> Iterator[Dante]:
         f"internal: {HOST} port = {port}\n"
         f"external: {HOST}\n"
         "clientmethod: none\nsocksmethod: none\n" + user +
-        "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 log: error }\n"
-        "socks pass { from: 127.0.0.0/8 to: 127.0.0.0/8 command: connect log: connect disconnect error }\n"
-        "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0 log: connect error }\n",
+        "client pass {\n  from: 127.0.0.0/8 to: 0.0.0.0/0\n  log: error\n}\n"
+        "socks pass {\n  from: 127.0.0.0/8 to: 127.0.0.0/8\n  command: connect\n  log: connect disconnect error\n}\n"
+        "socks block {\n  from: 0.0.0.0/0 to: 0.0.0.0/0\n  log: connect error\n}\n",
         encoding="utf-8",
     )
     proc = subprocess.Popen([danted, "-f", str(conf), "-N", "1", "-p", str(tmp / "danted.pid")],
@@ -250,3 +252,5 @@ def dante(tmp: Path) -> Iterator[Dante]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+        if proc.stderr:
+            proc.stderr.close()
