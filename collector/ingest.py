@@ -21,7 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from probe.schema import MEASUREMENT_SCHEMA, new_run_id, row_to_record, validate
-from probe.store import DatasetWriter, StoreError, iter_dataset_files
+from probe.store import DatasetWriter, StoreError, iter_dataset_files, partition_dir, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +240,13 @@ class Counters:
 
 @dataclass
 class Collection:
-    """The collector's dataset: the ids it holds (for dedupe) and one writer (probe.store).
+    """The collector's dataset: the ids it holds (for dedupe) and where its files go.
 
-    One collector per directory: the store's flock is held for the collector's life, so a second
-    collector on the same directory stops at once instead of keeping its own stale id set.
-    Ids are 16 bytes each in memory (~60 MB for a million measurements, with the set's overhead).
+    One collector per directory: the store's flock is held for the collector's life (see
+    collector.server), so a second collector on the same directory stops at once instead of
+    keeping its own stale id set. Ids are 16 bytes each in memory (~60 MB for a million
+    measurements, with the set's overhead). Files are named like a run's parts,
+    ``part-collector-<start>-<n>.parquet``, and published with probe.store's atomic writer.
     """
 
     root: Path
@@ -255,45 +257,61 @@ class Collection:
         self.root = Path(self.root)
         self._lock = threading.Lock()
         self.run_id = "collector-" + new_run_id()
-        self._writer = DatasetWriter(self.root, self.run_id, batch_size=1 << 30, max_age_s=1e12)
+        self._next_n = 0
+        DatasetWriter(self.root, self.run_id)  # removes the temporaries a killed collector left behind
         self.load_ids()
 
     def load_ids(self) -> None:
         for path in iter_dataset_files(self.root):
-            try:
-                column = pq.read_table(path, columns=["measurement_id"]).column("measurement_id")
-            except Exception as exc:  # an unreadable file is the analyst's to look at; keep serving
-                log.warning("skipping unreadable %s: %s", path, exc)
-                continue
-            self.ids.update(_uuid(m).bytes for m in column.to_pylist() if m)
+            self.ids.update(self._file_ids(path))
 
-    def ingest(self, records: list[Any]) -> tuple[int, int]:
-        """Write the measurements not held yet; (accepted, duplicates). Returns only once the
-        files are on disk (fsynced and renamed): a receipt never acknowledges less."""
+    @staticmethod
+    def _file_ids(path: Path) -> list[bytes]:
+        try:
+            column = pq.read_table(path, columns=["measurement_id"]).column("measurement_id")
+        except Exception as exc:  # an unreadable file is the analyst's to look at; keep serving
+            log.warning("skipping unreadable %s: %s", path, exc)
+            return []
+        return [_uuid(m).bytes for m in column.to_pylist() if m]
+
+    def ingest(self, table: pa.Table, records: list[Any]) -> tuple[int, int]:
+        """Write the valid rows (records: (row number, Measurement)) not held yet, one file per
+        partition; (accepted, duplicates). Returns only once the files are on disk (fsynced and
+        renamed): a receipt never acknowledges more than is stored."""
         with self._lock:
-            fresh: dict[bytes, Any] = {}
-            for _i, rec in records:
+            fresh: dict[bytes, tuple[int, Any]] = {}
+            for i, rec in records:
                 key = _uuid(rec.measurement_id).bytes
                 if key not in self.ids and key not in fresh:
-                    fresh[key] = rec
+                    fresh[key] = (i, rec)
             duplicates = len(records) - len(fresh)
-            if fresh:
-                before = len(self._writer.files_written)
+            groups: dict[tuple[str, str], list[tuple[bytes, int]]] = {}
+            for key, (i, rec) in fresh.items():
+                groups.setdefault((rec.date, rec.probe_cc), []).append((key, i))
+            # The rows are stored as they came (already checked to be the schema's columns and
+            # types), in the schema's column order and with its metadata.
+            columns = table.select(list(MEASUREMENT_SCHEMA.names))
+            for (date, cc), members in sorted(groups.items()):
+                part = pa.Table.from_arrays(columns.take(pa.array([i for _, i in members])).columns,
+                                            schema=MEASUREMENT_SCHEMA)
                 try:
-                    for rec in fresh.values():
-                        self._writer.add(rec)
-                    self._writer.flush()
+                    self._publish(part, date, cc)
                 except (StoreError, OSError) as exc:
-                    # Files that did get published hold ids a resend must find; the rest is dropped.
-                    for path in self._writer.files_written[before:]:
-                        column = pq.read_table(path, columns=["measurement_id"]).column("measurement_id")
-                        self.ids.update(_uuid(m).bytes for m in column.to_pylist())
-                    self._writer = DatasetWriter(self.root, self.run_id, batch_size=1 << 30, max_age_s=1e12)
                     raise Refusal(503, f"the collector cannot write right now: {exc}") from None
-                self.ids.update(fresh)
-            self.counters.accepted += len(fresh)
+                self.ids.update(key for key, _ in members)  # stored: a resend is a duplicate
+                self.counters.accepted += len(members)
             self.counters.duplicates += duplicates
             return len(fresh), duplicates
+
+    def _publish(self, table: pa.Table, date: str, cc: str) -> Path:
+        while True:
+            path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{self._next_n:05d}.parquet"
+            self._next_n += 1
+            try:
+                write_table_atomic(table, path, overwrite=False)
+            except FileExistsError:
+                continue
+            return path
 
 
 def process(collection: Collection, body: bytes, *, encoding: str | None, probe_cc: str | None,
@@ -302,7 +320,7 @@ def process(collection: Collection, body: bytes, *, encoding: str | None, probe_
     probe_cc = check_cc(probe_cc)
     table = decode_table(decompress(body, encoding, limits.max_decoded), limits)
     good, bad = check_rows(table, probe_cc)
-    accepted, duplicates = collection.ingest(good)
+    accepted, duplicates = collection.ingest(table, good)
     collection.counters.rejected += len(bad)
     collection.counters.batches += 1
     return {
