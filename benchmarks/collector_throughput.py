@@ -28,7 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7, records_to_table
+from probe.schema import (
+    DnsAnswer,
+    DnsQuery,
+    HttpHeader,
+    HttpRequest,
+    Measurement,
+    TcpConnect,
+    new_uuid7,
+    records_to_table,
+)
 from probe.store import iter_dataset_files, partition_dir, write_table_atomic
 
 VANTAGE = Path(sys.executable).with_name("vantage")
