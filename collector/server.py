@@ -4,6 +4,7 @@ lock for its whole life, with no access log (submitters stay anonymous)."""
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -49,5 +50,14 @@ def serve(listen: str, data: Path, *, cert: Path | None = None, key: Path | None
             timeout_keep_alive=5,
             h11_max_incomplete_event_size=16 * 1024,  # request line and headers
         )
-        server = uvicorn.Server(config)
-        server.run()
+        # Bound here, so that a port in use is an OSError for the command's one-line error.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.set_inheritable(True)
+        uvicorn.Server(config).run(sockets=[sock])

@@ -44,7 +44,7 @@ def serve(listen: str, data: Path, cert: Path | None, key: Path | None, token: s
     from collector.ingest import Limits
     from collector.server import parse_listen
     from collector.server import serve as run_server
-    from probe.store import StoreError
+    from probe.store import RunLocked, StoreError
 
     if (cert is None) != (key is None):
         raise click.ClickException("--cert and --key go together")
@@ -57,6 +57,8 @@ def serve(listen: str, data: Path, cert: Path | None, key: Path | None, token: s
     limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
     try:
         run_server(listen, data, cert=cert, key=key, token=token, limits=limits)
+    except RunLocked:
+        raise click.ClickException(f"another collector is serving {data} right now (one collector per directory)") from None
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

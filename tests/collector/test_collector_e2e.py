@@ -159,7 +159,13 @@ def test_no_submitter_address_in_the_log_at_vv(tmp_path: Path) -> None:
 def test_a_second_collector_on_the_same_directory_stops(tmp_path: Path) -> None:
     with running_collector(tmp_path / "data", tmp_path):
         r = vantage("collector", "serve", "--listen", f"{HOST}:{free_port()}", "--data", str(tmp_path / "data"), timeout=30)
-    assert r.returncode == 1 and "Error:" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "Error: another collector is serving" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with running_collector(tmp_path / "data", tmp_path) as c:
+        r = vantage("collector", "serve", "--listen", f"{HOST}:{c.port}", "--data", str(tmp_path / "other"), timeout=30)
+    assert r.returncode == 1 and "Error: cannot serve on" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
