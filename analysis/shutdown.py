@@ -63,7 +63,7 @@ def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
 
 
 def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
-           verdicts: str | pa.Table | None = None) -> Detection:
+           verdicts: str | pa.Table | None = None, counts: pa.Table | None = None) -> Detection:
     """Events from the ``measurements`` view of ``con``.
 
     ``verdicts``: the verdict table (VERDICT_SCHEMA rows, as ``vantage analyze`` writes them),
@@ -71,6 +71,9 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
     verdict-blocked measurements instead of raw failures, and connectivity loss is read from the
     ``no_connectivity`` verdicts; without it (``--no-verdicts``) from the dark hours of the raw
     signals (anchors all failing, nearly every target failing).
+
+    ``counts``: the hourly signals (``signals.network_hour_signals``' table) made elsewhere, e.g.
+    summed by Spark over shards (analysis/spark_engine.py); None: computed here.
     """
     cfg = cfg or DetectorConfig()
     registered = False
@@ -79,7 +82,8 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
         verdicts, registered = _VERDICTS_NAME, True
     try:
         sig.create_fact_views(con)
-        counts = sig.network_hour_signals(con)
+        if counts is None:
+            counts = sig.network_hour_signals(con)
         if counts.num_rows == 0:
             return Detection([], counts)
         hourly = baselined_signals(con, counts, cfg)
