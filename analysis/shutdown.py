@@ -119,14 +119,20 @@ def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: D
 
 
 def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
-                  verdicts: pa.Table | None = None) -> Detection:
+                  verdicts: pa.Table | None = None, spark_master: str | None = None) -> Detection:
     """Events over dataset directories.
 
     ``verdicts``: the verdict stage's table for these datasets (``analysis.pipeline``,
     VERDICT_SCHEMA), read and never recomputed, so that blocks by blockpages served with HTTP
     200 count and measurements without connectivity form a connectivity event. None: events
-    from raw reachability only (``--no-verdicts``).
+    from raw reachability only (``--no-verdicts``). ``spark_master``: the hourly signals are
+    counted per shard and summed on that Spark cluster (analysis/spark_engine.py); the detector
+    and classifier run here over them.
     """
+    if spark_master is not None:
+        from analysis.spark_engine import find_events_spark
+
+        return find_events_spark(datasets, cfg, verdicts=verdicts, master=spark_master)
     con = sig.open_measurements(datasets)
     try:
         return detect(con, cfg, verdicts=verdicts)
@@ -135,10 +141,10 @@ def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = Non
 
 
 def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None, *,
-                 verdicts: pa.Table | None = None) -> Detection:
+                 verdicts: pa.Table | None = None, spark_master: str | None = None) -> Detection:
     """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically;
     ``verdicts`` as for ``find_events``."""
-    detection = find_events(paths, cfg, verdicts=verdicts)
+    detection = find_events(paths, cfg, verdicts=verdicts, spark_master=spark_master)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp")
     pq.write_table(detection.table(), tmp, compression="zstd")

@@ -106,7 +106,8 @@ def spark_session(master: str, conf: dict[str, str] | None = None) -> Iterator[S
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     active = SparkSession.getActiveSession()
     if active is not None and active.sparkContext.master == master:
-        yield active
+        with _one_line():
+            yield active
         return
     builder = SparkSession.builder.master(master).appName("vantage analyze")
     for k, v in {**_session_conf(), **(conf or {})}.items():
@@ -117,9 +118,25 @@ def spark_session(master: str, conf: dict[str, str] | None = None) -> Iterator[S
         raise SparkEngineError(f"cannot start Spark on {master}: {str(exc).splitlines()[0][:200]}") from None
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        yield spark
+        with _one_line():
+            yield spark
     finally:
         spark.stop()
+
+
+@contextmanager
+def _one_line() -> Iterator[None]:
+    """A failed Spark job (a JVM error, an exception in a shard) becomes one SparkEngineError
+    line; a broken shard invariant keeps its own name in that line."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        invariant = [ln for ln in lines if "ShardInvariantError" in ln]
+        raise SparkEngineError("Spark job failed: " + (invariant or lines or [type(exc).__name__])[-1][:300]) from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -356,7 +373,11 @@ def analyze_spark(paths: Sequence[Path | str], output: Path | str, *, options: A
     from analysis.pipeline import PROVENANCE_FILE, AnalyzeResult, OutputError, check_output, stage_metadata
 
     output = Path(output)
-    check_output(output)
+    if output.is_dir():  # an earlier verdicts dataset is replaced; any other directory never
+        if not (output / PROVENANCE_FILE).is_file():
+            raise OutputError(f"{output}: is a directory that is not a verdicts dataset")
+    else:
+        check_output(output)
     fps, skipped = _checked(paths, options)
     tmp_out = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     with spark_session(options.spark_master or "local[*]", conf) as spark:
