@@ -167,7 +167,8 @@ def main() -> None:
                                               cluster.master_url, args.executor_memory, str(args.rows_per_shard)],
                                              workers)
             assert sampler is not None
-            execs = sorted(sampler.executor_peak.values(), reverse=True)
+            # a worker's short-lived helper processes are not executors
+            execs = sorted((m for m in sampler.executor_peak.values() if m > 100), reverse=True)
             row.update(spark_s=wall, driver_mb=sampler.driver_peak, executors_mb=execs, spark_verdicts=s["verdicts"])
             print(f"{n:,}: Spark {wall:.0f} s (cluster start not included), driver peak {sampler.driver_peak:,.0f} MB, "
                   f"executors peak {', '.join(f'{m:,.0f}' for m in execs)} MB", flush=True)
