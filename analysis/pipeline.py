@@ -388,6 +388,9 @@ def describe(metadata: dict[str, Any]) -> list[str]:
     lines.append("networks treated as public for the bogon rule: " + (", ".join(nets) if nets else "none"))
     window = opts.get("control_window_h")
     lines.append(f"control window: {window:g} hours" if isinstance(window, (int, float)) else "control window: ?")
+    engine = metadata.get("engine") or {}
+    if engine.get("name") == "spark":  # same verdicts as DuckDB's; said for the record
+        lines.append(f"computed on Apache Spark ({engine.get('master') or 'local[*]'}), shard by shard")
     return lines
 
 
