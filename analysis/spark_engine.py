@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -137,7 +138,9 @@ def _one_line() -> Iterator[None]:
     except (PySparkException, Py4JError) as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         invariant = [ln for ln in lines if "ShardInvariantError" in ln]
-        raise SparkEngineError("Spark job failed: " + (invariant or lines or [type(exc).__name__])[-1][:300]) from None
+        errors = [ln for ln in lines if re.match(r"^[\w.$]+(Error|Exception)\b[^:]*:", ln)]
+        line = (invariant or errors or lines or [type(exc).__name__])[-1 if invariant or not errors else 0]
+        raise SparkEngineError(f"Spark job failed: {line[:300]}") from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -233,10 +236,10 @@ def shard_rows(df: DataFrame, offline: DataFrame, window_h: float, buckets: int)
     # a helper's control row measured one probe measurement: it goes where that probe goes
     keys = probes.select(F.col("measurement_id").alias("_pmid"), "_s_bucket", "_s_day").distinct()
     helpers = df.filter((F.col("role") == "control") & F.col("control_for").isNotNull()) \
-        .join(keys, F.col("control_for") == F.col("_pmid")).drop("_pmid")
+        .join(keys.hint("merge"), F.col("control_for") == F.col("_pmid")).drop("_pmid")  # never broadcast: one row per probe
     rows = probes.unionByName(controls).unionByName(helpers)
     flags = offline.select(F.col("mid").alias("_omid"), F.col("role").alias("_orole"), F.lit(True).alias("_offline"))
-    rows = rows.join(flags, (F.col("measurement_id") == F.col("_omid")) & (F.col("role") == F.col("_orole")), "left") \
+    rows = rows.join(flags.hint("merge"), (F.col("measurement_id") == F.col("_omid")) & (F.col("role") == F.col("_orole")), "left") \
         .drop("_omid", "_orole").withColumn("_offline", F.coalesce(F.col("_offline"), F.lit(False)))
     return rows
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,7 @@ def main() -> None:
     from analysis.spark_cluster import LocalCluster, loopback_env
 
     os.environ.update(loopback_env())
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is stopped on the way out
     base = args.keep or Path(tempfile.mkdtemp(prefix="vantage-spark-bench-"))
     results = []
     print(f"machine: {os.cpu_count()} cores; cluster: master + 2 workers x 1 core, executor memory "
