@@ -37,6 +37,8 @@ from test_verdicts import BLOCKPAGE, TEST_FINGERPRINTS, web  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 NETEM = REPO.parent / "shared" / "data" / "ooni" / "netem"
 HAVE_SPARK = shutil.which("java") is not None and __import__("importlib.util").util.find_spec("pyspark") is not None
+# Spark jobs on a 2-core machine shared with other work: a few minutes, not the suite's 300 s.
+SPARK_TIMEOUT_S = 900
 needs_spark = pytest.mark.skipif(not HAVE_SPARK, reason="needs pyspark and a Java runtime: pip install -e '.[spark]' "
                                  "and apt-get install openjdk-17-jre-headless (scripts/test.sh does both)")
 
@@ -187,6 +189,7 @@ def fingerprints(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SPARK_TIMEOUT_S)
 @needs_spark
 def test_edge_cases_and_midnight(spark_master: str, tmp_path: Path, fingerprints: Path) -> None:
     opts = AnalysisOptions(fingerprint_files=(fingerprints,))
@@ -205,6 +208,7 @@ def test_edge_cases_and_midnight(spark_master: str, tmp_path: Path, fingerprints
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SPARK_TIMEOUT_S)
 @needs_spark
 def test_scenario_with_shutdowns(spark_master: str, tmp_path: Path) -> None:
     scn = sc.default_scenario(days=14)
@@ -220,6 +224,7 @@ def test_scenario_with_shutdowns(spark_master: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SPARK_TIMEOUT_S)
 @needs_spark
 def test_ooni_netem_import(spark_master: str, tmp_path: Path) -> None:
     if not (NETEM / "web_connectivity_netem_simulated.jsonl").exists():
@@ -234,6 +239,7 @@ def test_ooni_netem_import(spark_master: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SPARK_TIMEOUT_S)
 @needs_spark
 def test_demo_datasets_through_the_cli(spark_master: str, tmp_path: Path) -> None:
     out = tmp_path / "demo"
