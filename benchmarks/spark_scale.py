@@ -91,7 +91,12 @@ def run_child(args: list[str], sampler_workers: list[int] | None = None) -> tupl
     if sampler_workers is not None:
         sampler = Sampler(proc.pid, sampler_workers)
         sampler.start()
-    out, _ = proc.communicate()
+    try:
+        out, _ = proc.communicate()
+    finally:  # interrupted: the driver goes too (by its PID), before the cluster is stopped
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait()
     wall = time.perf_counter() - t
     if sampler is not None:
         sampler.done.set()
