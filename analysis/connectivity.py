@@ -177,3 +177,17 @@ def connectivity_table(con: duckdb.DuckDBPyConnection) -> pa.Table:
         return con.sql("SELECT * FROM _vt_conn").to_arrow_table().cast(CONNECTIVITY_SCHEMA)
     finally:
         drop_connectivity_tables(con)
+
+
+OFFLINE_SCHEMA = pa.schema([("mid", pa.string()), ("role", pa.string())])
+
+
+def offline_table(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """(mid, role) of every measurement of the ``measurements`` view taken in an hour without
+    connectivity that reached nothing: what ``compute_verdicts(offline=...)`` takes from a
+    caller that judges the data shard by shard (the aggregate needs all rows)."""
+    create_connectivity_tables(con)
+    try:
+        return con.sql("SELECT mid, role FROM _vt_offline ORDER BY mid, role").to_arrow_table().cast(OFFLINE_SCHEMA)
+    finally:
+        drop_connectivity_tables(con)

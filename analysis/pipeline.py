@@ -29,6 +29,11 @@ from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
 from probe.dataset import atomic_path
 
 METADATA_KEY = b"vantage.verdicts"
+# A verdicts Parquet dataset (a directory of parts, as --engine spark writes): the provenance
+# JSON that a single file carries under METADATA_KEY, in this file beside the parts.
+PROVENANCE_FILE = "_vantage_verdicts.json"
+# The order of compute_verdicts' rows (analysis/rules.py), which every engine's table keeps.
+VERDICT_ORDER = [("measurement_start_time", "ascending"), ("measurement_id", "ascending")]
 FORMAT = "vantage-verdicts"
 FORMAT_VERSION = 1
 
@@ -55,6 +60,10 @@ class AnalysisOptions:
     asn_db: Path | None = None
     control_window_h: float = 6.0
     use_defaults: bool = False
+    # Where the verdicts are computed (never what they are): "duckdb" in this process, or "spark"
+    # on the cluster at spark_master (analysis/spark_engine.py; same verdicts, bit for bit).
+    engine: str = "duckdb"
+    spark_master: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public_nets", tuple(self.public_nets))
@@ -168,31 +177,30 @@ def _vantage_version() -> str:
 # --------------------------------------------------------------------------- the stage
 
 
-def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = None, *,
-              written_by: str = "vantage analyze") -> Verdicts:
-    """Open the datasets, compute one verdict per probe measurement, describe how.
+def check_stage_options(paths: Sequence[Path | str], options: AnalysisOptions,
+                        ) -> tuple[FingerprintSet, list[tuple[Path, str]]]:
+    """Before any work, on whichever engine: the options are usable (fingerprint files, ASN
+    database); return the fingerprint set and the dataset files that will be skipped."""
+    from analysis.db import valid_files
 
-    Every command that needs verdicts and has no verdicts file calls this one function.
-    Raises DatasetError, FingerprintError or VerdictError with a one-line message."""
-    from analysis.db import SkippedFileWarning, open_datasets, valid_files
-
-    options = options or AnalysisOptions()
     if options.control_window_h < 0:
         raise VerdictError("--control-window must be zero or more hours")
-    fps, sets = load_fingerprint_set(options)
+    if options.engine not in ("duckdb", "spark"):
+        raise VerdictError(f"--engine must be duckdb or spark (got {options.engine!r})")
+    fps, _ = load_fingerprint_set(options)
     asn_db = resolve_asn_db(options)
-    asn_info = _asn_db_info(asn_db) if asn_db is not None else None  # a foreign file fails here, early
+    if asn_db is not None:
+        _asn_db_info(asn_db)  # a foreign file fails here, early
     _, skipped = valid_files(paths)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
-        con = open_datasets(paths)
-    try:
-        table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
-                                 control_window_h=options.control_window_h, asn_db=asn_db)
-        n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()[0][0]
-    finally:
-        con.close()
-    metadata = {
+    return fps, skipped
+
+
+def stage_metadata(paths: Sequence[Path | str], options: AnalysisOptions, fps: FingerprintSet,
+                   skipped: list[tuple[Path, str]], n_verdicts: int, n_probe: int, written_by: str) -> dict[str, Any]:
+    """The provenance every verdicts file carries, whichever engine made it."""
+    _, sets = load_fingerprint_set(options)
+    asn_db = resolve_asn_db(options)
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vantage_version": _vantage_version(),
@@ -206,12 +214,40 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
             "control_window_h": options.control_window_h,
             "use_defaults": options.use_defaults,
         },
+        "engine": {"name": options.engine, "master": options.spark_master} if options.engine != "duckdb"
+                  else {"name": "duckdb"},
         "fingerprints": {"sets": sets, "total": len(fps), "dns": len(fps.dns), "http": len(fps.http),
                          "problems": len(fps.problems)},
-        "asn_db": asn_info,
-        "counts": {"verdicts": table.num_rows, "probe_measurements": int(n_probe),
-                   "skipped_files": len(skipped)},
+        "asn_db": _asn_db_info(asn_db) if asn_db is not None else None,
+        "counts": {"verdicts": n_verdicts, "probe_measurements": int(n_probe), "skipped_files": len(skipped)},
     }
+
+
+def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = None, *,
+              written_by: str = "vantage analyze") -> Verdicts:
+    """Open the datasets, compute one verdict per probe measurement, describe how.
+
+    Every command that needs verdicts and has no verdicts file calls this one function.
+    Raises DatasetError, FingerprintError or VerdictError with a one-line message."""
+    from analysis.db import SkippedFileWarning, open_datasets
+
+    options = options or AnalysisOptions()
+    if options.engine == "spark":
+        from analysis.spark_engine import run_stage_spark
+
+        return run_stage_spark(paths, options, written_by=written_by)
+    fps, skipped = check_stage_options(paths, options)
+    asn_db = resolve_asn_db(options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
+        con = open_datasets(paths)
+    try:
+        table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
+                                 control_window_h=options.control_window_h, asn_db=asn_db)
+        n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()[0][0]
+    finally:
+        con.close()
+    metadata = stage_metadata(paths, options, fps, skipped, table.num_rows, int(n_probe), written_by)
     return Verdicts(table, metadata, skipped, list(fps.problems))
 
 
@@ -222,6 +258,13 @@ def analyze(paths: Sequence[Path | str], output: Path | str, db: Path | str | No
     from analysis import aggregates
 
     output = Path(output)
+    if options is not None and options.engine == "spark":
+        if db is not None:
+            raise VerdictError("--db is not available with --engine spark; open the verdicts with DuckDB: "
+                               f"read_parquet('{output}/*.parquet')")
+        from analysis.spark_engine import analyze_spark
+
+        return analyze_spark(paths, output, options=options, written_by=written_by)
     check_output(output)
     if db is not None:
         check_output(Path(db))
@@ -254,6 +297,8 @@ def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
     :class:`VerdictsFileError` (one line naming the file) for anything else: a missing file, a
     corrupt one, a Parquet file without Vantage's verdict metadata (e.g. a dataset file)."""
     path = Path(path)
+    if path.is_dir():
+        return _read_verdicts_dataset(path)
     if not path.is_file():
         raise VerdictsFileError(f"{path}: no such verdicts file")
     try:
@@ -274,6 +319,32 @@ def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
     if missing:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (missing columns: {', '.join(missing[:6])})")
     return table.replace_schema_metadata(None), metadata
+
+
+def _read_verdicts_dataset(path: Path) -> tuple[pa.Table, dict[str, Any]]:
+    """A verdicts Parquet dataset (`vantage analyze --engine spark`): the parts, sorted by
+    measurement id as the single file is, and the provenance beside them."""
+    prov = path / PROVENANCE_FILE
+    if not prov.is_file():
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts dataset (no {PROVENANCE_FILE}; "
+                                "write one with `vantage analyze`)")
+    try:
+        metadata = json.loads(prov.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise VerdictsFileError(f"{prov}: corrupt verdicts metadata (not JSON)") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts dataset (metadata format is not {FORMAT!r})")
+    parts = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
+    try:
+        tables = [pq.read_table(p) for p in parts]
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise VerdictsFileError(f"{path}: not a readable Parquet dataset ({str(exc).splitlines()[0][:120]})") from None
+    missing = [n for n in VERDICT_SCHEMA.names if tables and n not in tables[0].schema.names]
+    if missing:
+        raise VerdictsFileError(f"{path}: not a Vantage verdicts dataset (missing columns: {', '.join(missing[:6])})")
+    table = (pa.concat_tables([t.select(VERDICT_SCHEMA.names).replace_schema_metadata(None).cast(VERDICT_SCHEMA)
+                               for t in tables]) if tables else VERDICT_SCHEMA.empty_table())
+    return table.sort_by(VERDICT_ORDER).combine_chunks(), metadata
 
 
 def load_verdicts(path: Path | str) -> Verdicts:
@@ -318,6 +389,9 @@ def describe(metadata: dict[str, Any]) -> list[str]:
     lines.append("networks treated as public for the bogon rule: " + (", ".join(nets) if nets else "none"))
     window = opts.get("control_window_h")
     lines.append(f"control window: {window:g} hours" if isinstance(window, (int, float)) else "control window: ?")
+    engine = metadata.get("engine") or {}
+    if engine.get("name") == "spark":  # same verdicts as DuckDB's; said for the record
+        lines.append(f"computed on Apache Spark ({engine.get('master') or 'local[*]'}), shard by shard")
     return lines
 
 
@@ -352,6 +426,6 @@ def atomic_output(path: Path) -> Iterator[Path]:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-__all__ = ["METADATA_KEY", "AnalysisOptions", "AnalyzeResult", "OutputError", "Verdicts", "VerdictsFileError",
+__all__ = ["METADATA_KEY", "PROVENANCE_FILE", "check_stage_options", "stage_metadata", "AnalysisOptions", "AnalyzeResult", "OutputError", "Verdicts", "VerdictsFileError",
            "analyze", "atomic_output", "check_output", "dataset_paths", "describe", "load_fingerprint_set",
            "load_verdicts", "read_verdicts", "resolve_asn_db", "run_stage", "write_verdicts"]

@@ -64,7 +64,7 @@ def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
 
 
 def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
-           verdicts: str | pa.Table | None = None) -> Detection:
+           verdicts: str | pa.Table | None = None, counts: pa.Table | None = None) -> Detection:
     """Events from the ``measurements`` view of ``con``.
 
     ``verdicts``: the verdict table (VERDICT_SCHEMA rows, as ``vantage analyze`` writes them),
@@ -72,6 +72,9 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
     verdict-blocked measurements instead of raw failures, and connectivity loss is read from the
     ``no_connectivity`` verdicts; without it (``--no-verdicts``) from the dark hours of the raw
     signals (anchors all failing, nearly every target failing).
+
+    ``counts``: the hourly signals (``signals.network_hour_signals``' table) made elsewhere, e.g.
+    summed by Spark over shards (analysis/spark_engine.py); None: computed here.
     """
     cfg = cfg or DetectorConfig()
     registered = False
@@ -80,7 +83,8 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
         verdicts, registered = _VERDICTS_NAME, True
     try:
         sig.create_fact_views(con)
-        counts = sig.network_hour_signals(con)
+        if counts is None:
+            counts = sig.network_hour_signals(con)
         if counts.num_rows == 0:
             return Detection([], counts)
         hourly = baselined_signals(con, counts, cfg)
@@ -116,14 +120,20 @@ def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: D
 
 
 def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = None, *,
-                  verdicts: pa.Table | None = None) -> Detection:
+                  verdicts: pa.Table | None = None, spark_master: str | None = None) -> Detection:
     """Events over dataset directories.
 
     ``verdicts``: the verdict stage's table for these datasets (``analysis.pipeline``,
     VERDICT_SCHEMA), read and never recomputed, so that blocks by blockpages served with HTTP
     200 count and measurements without connectivity form a connectivity event. None: events
-    from raw reachability only (``--no-verdicts``).
+    from raw reachability only (``--no-verdicts``). ``spark_master``: the hourly signals are
+    counted per shard and summed on that Spark cluster (analysis/spark_engine.py); the detector
+    and classifier run here over them.
     """
+    if spark_master is not None:
+        from analysis.spark_engine import find_events_spark
+
+        return find_events_spark(datasets, cfg, verdicts=verdicts, master=spark_master)
     con = open_datasets(datasets)
     try:
         return detect(con, cfg, verdicts=verdicts)
@@ -132,10 +142,10 @@ def find_events(datasets: Sequence[Path | str], cfg: DetectorConfig | None = Non
 
 
 def write_events(paths: Sequence[Path | str], output: Path | str, cfg: DetectorConfig | None = None, *,
-                 verdicts: pa.Table | None = None) -> Detection:
+                 verdicts: pa.Table | None = None, spark_master: str | None = None) -> Detection:
     """Detect events over datasets and write them as Parquet (EVENT_SCHEMA), atomically;
     ``verdicts`` as for ``find_events``."""
-    detection = find_events(paths, cfg, verdicts=verdicts)
+    detection = find_events(paths, cfg, verdicts=verdicts, spark_master=spark_master)
     out = Path(output)
     write_table_atomic(detection.table(), out)
     return detection

@@ -269,6 +269,7 @@ def compute_verdicts(
     fingerprints: FingerprintSet | Iterable[Path | str] | None = None,
     control_window_h: float = 6,
     asn_db: Path | str | None = None,
+    offline: pa.Table | None = None,
 ) -> pa.Table:
     """One verdict row per probe measurement of the ``measurements`` view (see VERDICT_SCHEMA).
 
@@ -279,6 +280,11 @@ def compute_verdicts(
     Connectivity comes first (analysis/connectivity.py): measurements taken where the vantage
     point had no network get ``no_connectivity``. Every verdict's ``method`` is a rule id of
     ``analysis.rules.RULES``. One row per distinct probe measurement id, duplicates or not.
+
+    ``offline``: the measurements taken without connectivity, (mid, role) rows of
+    ``connectivity.offline_table`` computed over ALL rows, for a caller that hands this function
+    a shard of the data (analysis/spark_engine.py): connectivity is a cross-input aggregate per
+    vantage point and hour, which a shard cannot compute alone. None: computed here.
     """
     if control_window_h < 0:
         raise VerdictError("--control-window must be zero or more hours")
@@ -299,7 +305,10 @@ def compute_verdicts(
     _load(con, "_vt_ipinfo", ipinfo)
     con.execute(rules.PENDING)
     _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
-    connectivity.create_connectivity_tables(con)
+    if offline is None:
+        connectivity.create_connectivity_tables(con)
+    else:
+        _load(con, "_vt_offline", offline.select(["mid", "role"]))
     table = con.sql(rules.decision_sql()).to_arrow_table()
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
                  "_vt_ipinfo", "_vt_httpfp"):

@@ -13,6 +13,7 @@ DEB_PACKAGES=(
   strongswan-swanctl charon-systemd strongswan-charon
   chromium
   dante-server curl
+  openjdk-17-jre-headless  # Apache Spark's JVM: `vantage analyze --engine spark` (tests/test_spark_engine.py)
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== apt-get: ${DEB_PACKAGES[*]}"
@@ -27,9 +28,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-echo "== pip install -e .[test]"
+echo "== pip install -e .[test,spark]"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,spark]'
 
 set +e
 echo "== ruff"

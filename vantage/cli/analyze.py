@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 @click.command("analyze")
 @click.argument("datasets", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Verdicts as Parquet: one row per probe measurement, with the options used in its metadata.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Verdicts as Parquet: one row per probe measurement, with the options used in its metadata "
+                   "(with --engine spark a directory of Parquet parts).")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a DuckDB database with the views, the verdicts and the aggregates "
                    "(an existing one keeps its other tables).")
@@ -44,6 +45,9 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: 
 
     if output.suffix.lower() != ".parquet":
         raise click.ClickException(f"{output}: --output must be a .parquet file")
+    if db is not None and options.engine == "spark":
+        raise click.ClickException("--db is not available with --engine spark; open the verdicts directory with "
+                                   f"DuckDB: read_parquet('{output}/*.parquet')")
     if db is not None and db.suffix.lower() not in (".duckdb", ".db"):
         raise click.ClickException(f"{db}: --db must be a .duckdb file")
     check_datasets(datasets)

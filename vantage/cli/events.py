@@ -72,7 +72,9 @@ def events(datasets: tuple[Path, ...], output: Path, warning: float, critical: f
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                detection = write_events(paths, output, cfg, verdicts=table)
+                detection = write_events(paths, output, cfg, verdicts=table,
+                                         spark_master=(options.spark_master or "local[*]") if options.engine == "spark"
+                                         else None)
             except OSError as exc:
                 raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
             finally:

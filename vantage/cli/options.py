@@ -40,7 +40,7 @@ class UsageLineError(click.ClickException):
 
 def build_options(public_nets: Sequence[str] = (), fingerprint_files: Sequence[Path | str] = (),
                   asn_db: Path | str | None = None, control_window: float = DEFAULT_CONTROL_WINDOW_H,
-                  ) -> AnalysisOptions:
+                  engine: str = "duckdb", spark_master: str | None = None) -> AnalysisOptions:
     """The analysis options of a command line (checked), as every command hands them to the
     verdict stage. `vantage demo` builds its own through this function too."""
     from analysis.pipeline import AnalysisOptions
@@ -52,12 +52,23 @@ def build_options(public_nets: Sequence[str] = (), fingerprint_files: Sequence[P
             raise UsageLineError(f"--public-net {net!r} is not a CIDR network") from None
     if control_window < 0:
         raise UsageLineError(f"--control-window must be zero or more hours (got {control_window:g})")
+    if spark_master is not None and engine != "spark":
+        raise UsageLineError("--spark-master needs --engine spark")
+    if engine == "spark":
+        from analysis.spark_engine import SparkEngineError, require_pyspark
+
+        try:
+            require_pyspark()
+        except SparkEngineError as exc:
+            raise click.ClickException(str(exc)) from None
+        if spark_master is not None and not spark_master.startswith(("spark://", "local")):
+            raise UsageLineError(f"--spark-master {spark_master!r}: give spark://HOST:PORT or local[N]")
     # DEFAULTS: use_defaults=True makes the stage add the downloaded default fingerprint sets and
     # ASN database when present: the two one-line hooks are in analysis/pipeline.py
     # (load_fingerprint_set and resolve_asn_db, each marked "# DEFAULTS:").
     return AnalysisOptions(public_nets=tuple(public_nets), fingerprint_files=tuple(Path(p) for p in fingerprint_files),
                            asn_db=Path(asn_db) if asn_db is not None else None, control_window_h=control_window,
-                           use_defaults=True)
+                           use_defaults=True, engine=engine, spark_master=spark_master)
 
 
 def command_args(options: AnalysisOptions) -> list[str]:
@@ -72,6 +83,10 @@ def command_args(options: AnalysisOptions) -> list[str]:
         args += ["--asn-db", str(options.asn_db)]
     if options.control_window_h != DEFAULT_CONTROL_WINDOW_H:
         args += ["--control-window", f"{options.control_window_h:g}"]
+    if options.engine != "duckdb":
+        args += ["--engine", options.engine]
+    if options.spark_master is not None:
+        args += ["--spark-master", options.spark_master]
     return args
 
 
@@ -87,7 +102,8 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def wrapper(*args: Any, public_nets: tuple[str, ...], fingerprint_files: tuple[Path, ...],
-                asn_db: Path | None, control_window: float, **kwargs: Any) -> Any:
+                asn_db: Path | None, control_window: float, engine: str, spark_master: str | None,
+                **kwargs: Any) -> Any:
         if kwargs.get("verdicts_file") is not None:
             ctx = click.get_current_context()
             given = [_FLAG[p] for p in ANALYSIS_PARAMS
@@ -95,7 +111,7 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
             if given:
                 raise UsageLineError(f"{given[0]} cannot be combined with --verdicts: the verdicts file records the "
                                      "options it was made with (`vantage report` prints them)")
-        options = build_options(public_nets, fingerprint_files, asn_db, control_window)
+        options = build_options(public_nets, fingerprint_files, asn_db, control_window, engine, spark_master)
         return f(*args, options=options, **kwargs)
 
     decorators = [
@@ -109,6 +125,12 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--control-window", "control_window", type=float, default=DEFAULT_CONTROL_WINDOW_H,
                       show_default=True, metavar="HOURS",
                       help="How far apart in time a control run may be to pair with a probe measurement."),
+        click.option("--engine", type=click.Choice(["duckdb", "spark"]), default="duckdb", show_default=True,
+                     help="Where verdicts are computed: DuckDB in this process, or an Apache Spark cluster "
+                          "(pip install 'vantage[spark]'; same verdicts; see docs/scale.md)."),
+        click.option("--spark-master", metavar="URL",
+                     help="With --engine spark: spark://HOST:PORT of a standalone cluster, or local[N] "
+                          "[default: local[*]]."),
     ]
     for deco in reversed(decorators):
         wrapper = deco(wrapper)
@@ -118,7 +140,7 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def verdicts_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--verdicts FILE``: read the verdicts `vantage analyze` wrote instead of computing them
     (the command receives ``verdicts_file``)."""
-    return click.option("--verdicts", "verdicts_file", type=click.Path(dir_okay=False, path_type=Path),
+    return click.option("--verdicts", "verdicts_file", type=click.Path(path_type=Path),
                         metavar="FILE",
                         help="Verdicts written by `vantage analyze` (with the options they were made with); "
                              "DATASETS then default to those the verdicts were made from.")(f)
