@@ -64,6 +64,7 @@ class AnalysisOptions:
     # on the cluster at spark_master (analysis/spark_engine.py; same verdicts, bit for bit).
     engine: str = "duckdb"
     spark_master: str | None = None
+    memory_limit: int | None = None  # bytes for DuckDB (--memory); None: from the machine's memory
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public_nets", tuple(self.public_nets))
@@ -174,6 +175,58 @@ def _vantage_version() -> str:
         return "unknown"
 
 
+# --------------------------------------------------------------------------- the connection
+
+# DuckDB takes 80 % of the machine's memory by default and spills nothing until then: 2 GB of
+# peak memory per million probe rows, which a small server (the 1-4 GB machines the analysis
+# also runs on) cannot give. A quarter of the memory, at most 512 MiB, keeps the whole
+# process under 1 GB (Python, the fingerprint matcher and the verdict table come on top);
+# the joins and sorts spill to disk beyond it, which costs little time at that size (issue 19,
+# benchmarks/issue19.py).
+_MIN_MEMORY = 128 << 20
+_MAX_DEFAULT_MEMORY = 512 << 20
+
+
+def machine_memory() -> int | None:
+    """The memory this process may use: the cgroup's limit when there is one, else physical memory."""
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            return int(text)
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_limit() -> int:
+    total = machine_memory()
+    if total is None:
+        return _MAX_DEFAULT_MEMORY
+    return max(_MIN_MEMORY, min(total // 4, _MAX_DEFAULT_MEMORY))
+
+
+@contextmanager
+def analysis_connection(memory_limit: int | None = None) -> Iterator[Any]:
+    """A DuckDB connection in bounded memory: ``memory_limit`` bytes (default
+    :func:`default_memory_limit`), spilling to a temporary directory removed afterwards, without
+    insertion-order preservation (every result the stage reads is ordered or keyed)."""
+    import tempfile
+
+    import duckdb
+
+    limit = max(_MIN_MEMORY, memory_limit or default_memory_limit())
+    with tempfile.TemporaryDirectory(prefix="vantage-duckdb-") as spill:
+        con = duckdb.connect(config={"memory_limit": f"{limit // (1 << 20)}MiB", "temp_directory": spill,
+                                     "preserve_insertion_order": False})
+        try:
+            yield con
+        finally:
+            con.close()
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -238,15 +291,13 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
         return run_stage_spark(paths, options, written_by=written_by)
     fps, skipped = check_stage_options(paths, options)
     asn_db = resolve_asn_db(options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
-        con = open_datasets(paths)
-    try:
+    with analysis_connection(options.memory_limit) as con:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
+            open_datasets(paths, con=con)
         table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
                                  control_window_h=options.control_window_h, asn_db=asn_db)
         n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()[0][0]
-    finally:
-        con.close()
     metadata = stage_metadata(paths, options, fps, skipped, table.num_rows, int(n_probe), written_by)
     return Verdicts(table, metadata, skipped, list(fps.problems))
 

@@ -345,7 +345,6 @@ WITH f AS (
         'url': x.url, 'failure': x.failure, 'status': x.status_code, 'blen': x.body_length,
         'trunc': coalesce(x.body_truncated, false), 'sha': x.body_sha256, 'title': x.title,
         'headers': x.headers}})[-1] AS fin,
-    m.http AS http_hops,
     m.http[1].ip AS first_hop_ip,
     len(m.vpn) AS vpn_n,
     -- CASE evaluates its branch only for the rows that need it (most rows have no tunnel).
@@ -362,7 +361,7 @@ WITH f AS (
   LEFT JOIN _vt_cf c ON c.cid = p.cid
   WHERE m.role = 'probe'
 ), k AS (
-  SELECT f.* EXCLUDE (dq, http_hops, tcp_fail, tls_fail, redirect_dns),
+  SELECT f.* EXCLUDE (dq, tcp_fail, tls_fail, redirect_dns),
     coalesce(list_bool_or(list_transform(dq, lambda q: len(q.ips) > 0)), false) AS p_has_ips,
     len(list_filter(dq, lambda q: len(q.ips) > 0)) AS p_answered_queries,
     list_filter(dq, lambda q: q.qtype = 'A' AND (q.failure LIKE 'dns\\_%' ESCAPE '\\' OR q.failure = 'generic_timeout'))[1].failure AS p_dns_failure,
@@ -403,8 +402,7 @@ WITH f AS (
     http_n > 0 AND fin.failure IS NULL AND fin.status IS NOT NULL AS p_fin_ok,
     coalesce(c_http_n > 0 AND c_fin.failure IS NULL AND c_fin.status IS NOT NULL, false) AS c_fin_ok,
     coalesce(http_n > 0 AND fin.failure IS NULL AND fin.status IS NOT NULL
-             AND starts_with(lower(fin.url), 'https://'), false) AS https_ok,
-    http_hops
+             AND starts_with(lower(fin.url), 'https://'), false) AS https_ok
   FROM f
 ), h AS (
   SELECT k.*,
@@ -453,11 +451,19 @@ SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_f
        ELSE 'header' END AS diff_kind,
   -- Responses worth testing against blockpage fingerprints: not a validated HTTPS page and not
   -- already matching the control's body (same digest, or within OONI's 70 % length proportion).
-  CASE WHEN http_n > 0 AND failure IS NULL AND NOT https_ok AND NOT coalesce(body_match, false)
-       THEN list_transform(http_hops, lambda x: {{'body': x.body_sample,
-                                                 'headers': list_transform(x.headers, lambda y: [y.name, y.value])}})
-       END AS fp_input
+  -- Only the flag: the body samples are read for these rows alone (FP_INPUT), never carried
+  -- through this step (they were most of its memory).
+  coalesce(http_n > 0 AND failure IS NULL AND NOT https_ok AND NOT coalesce(body_match, false), false) AS fp_candidate
 FROM d
+"""
+
+# The responses of the fingerprint candidates, hop by hop: body sample and headers.
+FP_INPUT = """
+SELECT m.measurement_id AS mid,
+  list_transform(m.http, lambda x: {'body': x.body_sample,
+                                    'headers': list_transform(x.headers, lambda y: [y.name, y.value])}) AS fp_input
+FROM measurements m
+WHERE m.role = 'probe' AND m.measurement_id IN (SELECT mid FROM _vt_v WHERE fp_candidate)
 """
 
 # Distinct DNS answer values that need classifying in Python (bogon, network, ASN, DNS

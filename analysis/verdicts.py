@@ -239,9 +239,8 @@ def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet
     if not fps.http:
         return pa.table(out, schema=schema)
     matcher = fps.http_matcher
-    rel = con.sql("SELECT mid, fp_input FROM _vt_v WHERE fp_input IS NOT NULL")
-    batches = rel.to_arrow_table().to_batches(max_chunksize=50_000)
-    for batch in batches:
+    # Streamed in batches: only the candidates' body samples, never all of them at once.
+    for batch in con.sql(rules.FP_INPUT).to_arrow_reader(batch_size=10_000):
         for mid, hops in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True):
             hit: Fingerprint | None = None
             for hop in hops or []:

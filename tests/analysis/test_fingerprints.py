@@ -13,7 +13,6 @@ import json
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,21 +190,14 @@ def test_fast_matcher_agrees_with_plain_matching() -> None:
     assert m.match_headers([("server", "Filter/1.0 extra")]) is None
 
 
-def test_full_sets_load_and_match_fast() -> None:
-    t0 = time.perf_counter()
+def test_full_sets_load_and_match() -> None:
+    # Speed is measured by benchmarks/fingerprint_matching.py (no timed assertion here).
     fps = load_fingerprints([SHARED / "fingerprints_dns.csv", SHARED / "fingerprints_http.csv",
                              CP_BLOCKPAGES, CP_FALSE_POSITIVES])
     m = fps.http_matcher
-    load_s = time.perf_counter() - t0
     assert len(fps.http) >= 1729 + 622
-    # Well under a second on a Raspberry Pi class machine: measured ~0.1 s here.
-    assert load_s < 1.0, load_s
     body = "<html><body>" + "lorem ipsum dolor sit amet " * 400 + "</body></html>"
-    t0 = time.perf_counter()
-    for _ in range(200):
-        assert m.match_body(body) is None
-    per_body = (time.perf_counter() - t0) / 200
-    assert per_body < 0.01, per_body  # ~0.5 ms for 10 KB: a 100,000-page dataset in under a minute
+    assert m.match_body(body) is None
 
 
 def test_bad_rows_are_reported_as_file_line_reason(tmp_path: Path) -> None:

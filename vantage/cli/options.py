@@ -11,9 +11,11 @@ work failed (bad data, unwritable output), 2 the command line is wrong (:class:`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -71,6 +73,23 @@ def build_options(public_nets: Sequence[str] = (), fingerprint_files: Sequence[P
                            use_defaults=True, engine=engine, spark_master=spark_master)
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def memory_bytes(text: str) -> int:
+    """``--memory`` as bytes: a number and a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB;
+    none means bytes); at least 128 MiB, below which DuckDB cannot run the verdict stage."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise UsageLineError(f"--memory {text!r} is not a size (e.g. 512MB, 2GB)")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value < 128 << 20:
+        raise UsageLineError(f"--memory {text!r} is too small: the analysis needs at least 128MiB")
+    return value
+
+
 def command_args(options: AnalysisOptions) -> list[str]:
     """The flags that give ``options`` on a `vantage analyze|report|events` command line
     (the inverse of :func:`build_options`): what the demo prints for a reader to re-run."""
@@ -103,6 +122,7 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, public_nets: tuple[str, ...], fingerprint_files: tuple[Path, ...],
                 asn_db: Path | None, control_window: float, engine: str, spark_master: str | None,
+                memory: str | None,
                 **kwargs: Any) -> Any:
         if kwargs.get("verdicts_file") is not None:
             ctx = click.get_current_context()
@@ -112,6 +132,8 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 raise UsageLineError(f"{given[0]} cannot be combined with --verdicts: the verdicts file records the "
                                      "options it was made with (`vantage report` prints them)")
         options = build_options(public_nets, fingerprint_files, asn_db, control_window, engine, spark_master)
+        if memory is not None:  # how much memory, not which verdicts: not recorded with them
+            options = dataclasses.replace(options, memory_limit=memory_bytes(memory))
         return f(*args, options=options, **kwargs)
 
     decorators = [
@@ -131,6 +153,9 @@ def analysis_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--spark-master", metavar="URL",
                      help="With --engine spark: spark://HOST:PORT of a standalone cluster, or local[N] "
                           "[default: local[*]]."),
+        click.option("--memory", metavar="SIZE",
+                     help="Memory for the analysis' database, e.g. 512MB or 2GB (default: a quarter of the "
+                          "machine's, at most 512 MB); beyond it, work spills to a temporary directory."),
     ]
     for deco in reversed(decorators):
         wrapper = deco(wrapper)
@@ -214,4 +239,5 @@ def echo_skipped(skipped: Sequence[tuple[Path, str]], problems: Sequence[str] = 
 
 
 __all__ = ["UsageLineError", "analysis_options", "build_options", "check_datasets", "command_args", "echo_skipped",
+           "memory_bytes",
            "one_line_errors", "output_options", "shell_line", "verdicts_option"]

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import html
 import ipaddress
@@ -288,6 +289,19 @@ def dns_queries(q: dict[str, Any]) -> list[DnsQuery]:
 
 
 def _ip_version(value: str) -> int | None:
+    if type(value) is str:
+        return ip_version(value)
+    try:
+        return ipaddress.ip_address(value).version
+    except ValueError:
+        return None
+
+
+# Parsing an address is most of the cost of a DNS answer; a day of OONI data repeats the same
+# addresses (resolvers, CDNs, test helpers) over and over, so the answers are remembered.
+@functools.lru_cache(maxsize=1 << 16)
+def ip_version(value: str) -> int | None:
+    """4, 6, or None when ``value`` is not an IP address."""
     try:
         return ipaddress.ip_address(value).version
     except ValueError:
@@ -550,6 +564,16 @@ def http_chain(
 
 
 def is_public_ip(value: str) -> bool:
+    if type(value) is str:
+        return _is_public(value)
+    try:
+        return ipaddress.ip_address(value).is_global
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _is_public(value: str) -> bool:
     try:
         return ipaddress.ip_address(value).is_global
     except ValueError:

@@ -8,6 +8,7 @@ analysis/ingest/ooni/fields.py (shared data formats) and analysis/ingest/ooni/co
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from collections import Counter, defaultdict
@@ -87,57 +88,124 @@ def _existing_keys(output: Path) -> set[str]:
     return keys
 
 
-_ROW_TYPE = pa.struct([*MEASUREMENT_SCHEMA, pa.field("probe_cc", pa.string())])
-
-
 class _Unfit(ValueError):
     """A converted measurement that the dataset's Arrow schema cannot hold."""
 
 
-def _check(converted: Converted) -> list[dict[str, Any]]:
-    """Everything that could fail when the batch is written fails here, for this line alone:
-    the record contract, then Arrow's types (an int beyond int32/int64, a lone surrogate, ...).
-    Returns the rows, ready for the batch."""
+# Arrow's errors when a value does not fit its column (an int beyond int64, a lone surrogate, ...).
+_ARROW_ERRORS = (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError)
+_UTC = dt.timezone.utc
+
+
+def _record_classes() -> dict[type, tuple[str, ...]]:
+    """Field names of every record class of the schema: the rows are built from these, without
+    asking ``dataclasses.is_dataclass`` of every leaf value (most of the cost of a row)."""
+    from probe import schema
+
+    return {cls: tuple(f.name for f in dataclasses.fields(cls))
+            for cls in vars(schema).values()
+            if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == schema.__name__}
+
+
+_FIELDS = _record_classes()
+
+
+def _row(value: Any) -> dict[str, Any]:
+    """A record as the dict Arrow converts: the same as ``Measurement.to_row`` (leaf values
+    shared, nested records and lists of records converted), faster."""
+    row = {}
+    for name in _FIELDS[type(value)]:
+        item = getattr(value, name)
+        kind = type(item)
+        if kind is list:
+            if item and type(item[0]) in _FIELDS:
+                item = [_row(v) for v in item]
+        elif kind in _FIELDS:
+            item = _row(item)
+        row[name] = item
+    return row
+
+
+@dataclass(slots=True)
+class _Line:
+    """One converted measurement waiting in a batch: its rows are coerced to Arrow with the
+    batch, and only when the batch fails, on their own, to find the line that does not fit."""
+
+    where: str
+    key: str
+    converted: Converted
+    stats: BodyStats
+    rows: list[dict[str, Any]]
+    partition: tuple[str, str]
+
+
+def _rows(converted: Converted) -> tuple[list[dict[str, Any]], tuple[str, str]]:
+    """The record contract checked, the rows built, and the (date, probe_cc) partition."""
     for record in converted.records:
         validate(record)
-    rows = [r.to_row() for r in converted.records]
+    rows = [_row(r) for r in converted.records]
+    probe = converted.records[0]
+    date = probe.measurement_start_time.astimezone(_UTC).date().isoformat()
+    for row in rows:  # a control row has its probe row's time and country (convert)
+        row.pop("probe_cc")
+    return rows, (date, probe.probe_cc)
+
+
+def _fits(line: _Line) -> str | None:
+    """None, or why this line's rows do not fit the dataset schema."""
     try:
-        # The conversion the batch write does, as one struct array (cheaper than a table).
-        pa.array(rows, type=_ROW_TYPE)
-    except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError) as exc:
-        raise _Unfit(f"does not fit the dataset schema ({type(exc).__name__}: {exc})") from exc
-    return rows
+        pa.Table.from_pylist(line.rows, schema=MEASUREMENT_SCHEMA)
+    except _ARROW_ERRORS as exc:
+        return f"does not fit the dataset schema ({type(exc).__name__}: {exc})"
+    return None
 
 
 class _Batches:
-    """Checked rows, written per (date, probe_cc) partition in batches, like
-    probe.dataset.DatasetWriter but without converting each record to a row a second time."""
+    """Converted lines, written per (date, probe_cc) partition in batches like
+    probe.dataset.DatasetWriter. Each partition's rows are coerced to Arrow once; when that
+    fails, each line is coerced on its own, the lines that do not fit come back as bad, and
+    every other line is written."""
 
     def __init__(self, root: Path, run_id: str, batch_size: int) -> None:
         self.root, self.run_id, self.batch_size = root, run_id, batch_size
-        self.groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.pending: list[_Line] = []
         self.buffered = 0
         self.parts = itertools.count()  # the run id is new: no earlier part to continue after
         self.files_written: list[Path] = []
 
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            date = row["measurement_start_time"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
-            self.groups[(date, row.pop("probe_cc"))].append(row)
-        self.buffered += len(rows)
-        if self.buffered >= self.batch_size:
-            self.flush()
+    def add(self, line: _Line) -> bool:
+        """Queue a line; True when the batch is full and should be flushed."""
+        self.pending.append(line)
+        self.buffered += len(line.rows)
+        return self.buffered >= self.batch_size
 
-    def flush(self) -> None:
-        for (date, cc), rows in sorted(self.groups.items()):
+    def flush(self) -> tuple[list[_Line], list[tuple[_Line, str]]]:
+        """Write the queued lines; returns (written, [(not written, reason)]), each in line order."""
+        pending = self.pending
+        groups: dict[tuple[str, str], list[_Line]] = defaultdict(list)
+        for line in pending:
+            groups[line.partition].append(line)
+        self.pending, self.buffered = [], 0
+        bad: dict[int, str] = {}
+        for (date, cc), lines in sorted(groups.items()):
+            try:
+                table = pa.Table.from_pylist([r for ln in lines for r in ln.rows], schema=MEASUREMENT_SCHEMA)
+            except _ARROW_ERRORS:
+                for ln in lines:
+                    reason = _fits(ln)
+                    if reason is not None:
+                        bad[id(ln)] = reason
+                lines = [ln for ln in lines if id(ln) not in bad]
+                if not lines:
+                    continue
+                table = pa.Table.from_pylist([r for ln in lines for r in ln.rows], schema=MEASUREMENT_SCHEMA)
             path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self.parts):05d}.parquet"
             try:
-                write_table_atomic(pa.Table.from_pylist(rows, schema=MEASUREMENT_SCHEMA), path)
+                write_table_atomic(table, path)
             except OSError as exc:
                 raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
             self.files_written.append(path)
-        self.groups.clear()
-        self.buffered = 0
+        return ([ln for ln in pending if id(ln) not in bad], [(ln, bad[id(ln)]) for ln in pending if id(ln) in bad])
 
 
 def _reason(exc: Exception) -> str:
@@ -190,6 +258,45 @@ def import_ooni(
             on_error(line)
 
     writer = _Batches(output, writer_run, batch_size)
+    queued: dict[str, _Line] = {}  # key -> its line in the current batch
+    held: list[_Line] = []  # lines whose key is queued: duplicates, unless the queued line does not fit
+
+    def commit(line: _Line) -> None:
+        written.add(line.key)
+        converted = line.converted
+        stats.base64_bodies += line.stats.base64_bodies
+        stats.odd_encodings += line.stats.odd_encodings
+        summary.measurements += 1
+        summary.controls += len(converted.records) - 1
+        summary.by_test[converted.test_name] += 1
+        summary.missing_test_keys += converted.missing_test_keys
+        summary.null_controls += converted.null_control
+        if on_progress is not None and summary.measurements % 1000 == 0:
+            on_progress(summary)
+
+    def queue(line: _Line) -> None:
+        if line.key in written:
+            summary.duplicates += 1
+        elif line.key in queued:
+            held.append(line)
+        else:
+            queued[line.key] = line
+            if writer.add(line):
+                flush()
+
+    def flush() -> None:
+        while writer.pending:
+            good, bad = writer.flush()
+            queued.clear()
+            for line in good:
+                commit(line)
+            for line, reason in bad:
+                skip(line.where, reason)
+            waiting = held[:]
+            held.clear()
+            for line in waiting:  # a duplicate of a line that did not fit is imported after all
+                queue(line)
+
     try:
         try:
             for path in files:
@@ -203,7 +310,7 @@ def import_ooni(
                         try:
                             converted = convert(raw.doc, raw.raw, line_stats)
                             scrub_probe_ip(converted.records, raw.doc.get("probe_ip"))
-                            rows = _check(converted)
+                            rows, partition = _rows(converted)
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
                             skip(where, _reason(exc))
                             continue
@@ -211,24 +318,11 @@ def import_ooni(
                         if key in existing:
                             summary.already_present += 1
                             continue
-                        if key in written:
-                            summary.duplicates += 1
-                            continue
-                        written.add(key)
-                        writer.add(rows)
-                        stats.base64_bodies += line_stats.base64_bodies
-                        stats.odd_encodings += line_stats.odd_encodings
-                        summary.measurements += 1
-                        summary.controls += len(converted.records) - 1
-                        summary.by_test[converted.test_name] += 1
-                        summary.missing_test_keys += converted.missing_test_keys
-                        summary.null_controls += converted.null_control
-                        if on_progress is not None and summary.measurements % 1000 == 0:
-                            on_progress(summary)
+                        queue(_Line(where, key, converted, line_stats, rows, partition))
                 except SourceError as exc:
                     skip(str(path), str(exc))
         finally:
-            writer.flush()  # what was checked is written, also when the import stops early
+            flush()  # what was converted is written, also when the import stops early
     except StoreError as exc:
         raise OoniImportError(str(exc)) from exc
     summary.base64_bodies = stats.base64_bodies

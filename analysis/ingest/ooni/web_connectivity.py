@@ -15,6 +15,7 @@ from analysis.ingest.ooni.fields import (
     as_list,
     as_text,
     http_headers,
+    ip_version,
     map_failure,
     split_endpoint,
 )
@@ -144,6 +145,8 @@ def unrecorded_hop(tk: dict[str, Any], hops: list[HttpRequest]) -> HttpRequest |
 
 
 def _version(address: str) -> int | None:
+    if type(address) is str:
+        return ip_version(address)
     try:
         return ipaddress.ip_address(address).version
     except ValueError:

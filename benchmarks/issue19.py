@@ -1,0 +1,184 @@
+"""Issue 19's table, old code and new side by side, measured in one run (paired, as ratios).
+
+"old" is the code at a given commit (default: the main commit this work started from),
+unpacked with ``git archive`` into a temporary directory; "new" is this checkout.
+Every measurement runs in a fresh child process (its own peak RSS), old and new one after the
+other on the same input, and the outputs are compared (imported rows, verdicts): a row whose
+outputs differ says so.
+
+    .venv/bin/python benchmarks/issue19.py                          # small sizes, a few minutes
+    .venv/bin/python benchmarks/issue19.py --import-lines 100000 --analyze-rows 1000000
+    .venv/bin/python benchmarks/issue19.py --dataset DIR            # an analyze_throughput.py --keep dataset
+
+Rows: OONI import (vs a bare ``json.loads`` loop and DuckDB's ``read_json`` of the same file),
+analyze peak RSS and time at one or more sizes. The probe rows of the issue (DNS late-response
+window) and the events rows are not measured here (not addressed in this change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.ooni_import import generate as generate_ooni  # noqa: E402
+
+OLD_COMMIT = "11ec441"
+
+# The child: run one job with the code at ROOT first on sys.path; print one JSON line.
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+job, args = sys.argv[2], sys.argv[3:]
+from pathlib import Path
+cpu, t = time.process_time(), time.perf_counter()
+out = {}
+if job == "import":
+    from analysis.ingest.ooni import import_ooni
+    s = import_ooni([Path(args[0])], Path(args[1]))
+    out = {"measurements": s.measurements, "controls": s.controls, "malformed": s.malformed}
+elif job == "analyze":
+    import pyarrow.parquet as pq
+    from analysis.pipeline import AnalysisOptions, run_stage
+    v = run_stage([Path(args[0])], AnalysisOptions(fingerprint_files=tuple(Path(p) for p in args[2:])))
+    pq.write_table(v.table, args[1])
+    out = {"verdicts": v.table.num_rows}
+elif job == "json":
+    import json as j
+    n = 0
+    with open(args[0], "rb") as fh:
+        for line in fh:
+            j.loads(line)
+            n += 1
+    out = {"lines": n}
+elif job == "read_json":
+    import duckdb
+    con = duckdb.connect()
+    # Materialised, so every column is parsed (a count alone may skip them).
+    con.execute(f"CREATE TABLE t AS SELECT * FROM read_json('{args[0]}', format='newline_delimited', "
+                "maximum_object_size=100000000)")
+    out = {"rows": con.sql("SELECT count(*) FROM t").fetchall()[0][0]}
+out.update(seconds=time.perf_counter() - t, cpu=time.process_time() - cpu,
+           rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, module=sys.modules["analysis"].__file__
+           if "analysis" in sys.modules else None)
+print(json.dumps(out))
+"""
+
+
+def run(root: Path, job: str, *args: object) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(root), job, *map(str, args)], cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{job} in {root} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result.get("module") and not result["module"].startswith(str(root)):
+        raise SystemExit(f"{job}: imported {result['module']}, not the code in {root}")
+    return result
+
+
+def old_checkout(commit: str, where: Path) -> Path:
+    where.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
+
+
+def sorted_table(path: Path):  # noqa: ANN201 - pyarrow imported lazily
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    return table.sort_by([(c, "ascending") for c in ("measurement_id", "role")])
+
+
+def row(what: str, old: float, new: float, unit: str, note: str = "") -> None:
+    ratio = new / old if old else float("nan")
+    print(f"| {what} | {old:,.1f} {unit} | {new:,.1f} {unit} | {ratio:.2f} | {note} |", flush=True)
+
+
+def bench_import(old: Path, new: Path, tmp: Path, lines: int) -> None:
+    src = tmp / "ooni.jsonl"
+    generate_ooni(src, 0, lines)
+    bare = run(new, "json", src)
+    duck = run(new, "read_json", src)
+    r_old = run(old, "import", src, tmp / "import-old")
+    r_new = run(new, "import", src, tmp / "import-new")
+    same = sorted_table(tmp / "import-old").equals(sorted_table(tmp / "import-new"))
+    assert r_old["measurements"] == r_new["measurements"] == lines, (r_old, r_new)
+    print(f"\nOONI import, {lines:,} web_connectivity lines (one .jsonl file); imported rows old = new: {same}")
+    print("| what | old | new | new/old | bound or peer |\n|---|---|---|---|---|")
+    row("import, wall s", r_old["seconds"], r_new["seconds"], "s")
+    row("import, CPU s", r_old["cpu"], r_new["cpu"], "s")
+    row("import, measurements/s (wall)", lines / r_old["seconds"], lines / r_new["seconds"], "/s")
+    row("import, peak RSS", r_old["rss_mib"], r_new["rss_mib"], "MiB")
+    # On a shared machine wall time follows the load; CPU time much less: both ratios are given.
+    for name, short, peer, unit in (("bare json.loads loop", "json.loads", bare, "lines"),
+                                    ("DuckDB read_json", "read_json", duck, "rows")):
+        print(f"| {name} | {lines / peer['seconds']:,.0f} {unit}/s ({peer['cpu']:.2f} CPU s) | | | import/{short} "
+              f"wall: old {r_old['seconds'] / peer['seconds']:.1f}x, new {r_new['seconds'] / peer['seconds']:.1f}x; "
+              f"CPU: old {r_old['cpu'] / peer['cpu']:.1f}x, new {r_new['cpu'] / peer['cpu']:.1f}x |")
+    if not same:
+        print("!! the imported rows differ between old and new")
+
+
+def bench_analyze(old: Path, new: Path, tmp: Path, dataset: Path, label: str) -> None:
+    from benchmarks.analyze_throughput import OONI_FINGERPRINTS
+
+    v_old, v_new = tmp / f"verdicts-old-{label}.parquet", tmp / f"verdicts-new-{label}.parquet"
+    r_old = run(old, "analyze", dataset, v_old, *OONI_FINGERPRINTS)
+    r_new = run(new, "analyze", dataset, v_new, *OONI_FINGERPRINTS)
+    import pyarrow.parquet as pq
+
+    a = pq.read_table(v_old).sort_by("measurement_id")
+    b = pq.read_table(v_new).sort_by("measurement_id")
+    same = a.equals(b)
+    print(f"\nanalyze (run_stage: verdicts), {label} probe rows: verdicts old = new: {same} ({a.num_rows:,} rows)")
+    print("| what | old | new | new/old | goal |\n|---|---|---|---|---|")
+    row("analyze, peak RSS", r_old["rss_mib"], r_new["rss_mib"], "MiB", "< 1 GB")
+    row("analyze, wall s", r_old["seconds"], r_new["seconds"], "s", "<= 1.5x")
+    row("analyze, CPU s", r_old["cpu"], r_new["cpu"], "s")
+    if not same:
+        print("!! the verdicts differ between old and new")
+
+
+def generate_dataset(rows: int, where: Path) -> Path:
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "analyze_throughput.py"), "--rows", str(rows),
+                    "--keep", str(where), "--generate-only"], check=True, capture_output=True)
+    return where
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", default=OLD_COMMIT, help=f"commit of the old code (default {OLD_COMMIT})")
+    ap.add_argument("--import-lines", type=int, default=20_000)
+    ap.add_argument("--analyze-rows", type=int, nargs="*", default=[100_000],
+                    help="probe rows of generated analyze datasets (several sizes: the memory bound per size)")
+    ap.add_argument("--dataset", type=Path, action="append", default=[],
+                    help="an existing analyze_throughput.py --keep dataset to analyze as well")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="issue19-"))
+    old = old_checkout(args.old, tmp / "old")
+    try:
+        print(f"old: {args.old} ({old}); new: {REPO}; {os.cpu_count()} cores; load before: {os.getloadavg()[0]:.1f}")
+        t = time.perf_counter()
+        if args.import_lines:
+            bench_import(old, REPO, tmp, args.import_lines)
+        for n in args.analyze_rows:
+            bench_analyze(old, REPO, tmp, generate_dataset(n, tmp / f"ds-{n}"), f"{n:,}")
+        for d in args.dataset:
+            bench_analyze(old, REPO, tmp, d, d.name)
+        print(f"\n({time.perf_counter() - t:.0f} s in all)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

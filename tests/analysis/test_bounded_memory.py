@@ -1,0 +1,94 @@
+"""Analysis in bounded memory (issue 19): DuckDB's memory limit (from the machine, or
+`--memory`), a spill directory, no insertion-order preservation, and body samples read only
+for fingerprint candidates. The verdicts do not change: the bounded stage gives the verdicts of
+a plain DuckDB connection (default limit, order preserved) on the netem import and a generated
+benchmark dataset. (benchmarks/issue19.py compares with the code before the change.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from analysis.db import open_datasets
+from analysis.ingest.ooni import import_ooni
+from analysis.pipeline import AnalysisOptions, analysis_connection, default_memory_limit, run_stage
+from analysis.verdicts import compute_verdicts
+from benchmarks.analyze_throughput import generate
+from tests.support.paths import SHARED_DATA
+from vantage.cli import main
+from vantage.cli.options import UsageLineError, memory_bytes
+
+NETEM = SHARED_DATA / "ooni" / "netem" / "web_connectivity_netem_simulated.jsonl"
+
+
+def _setting(con: duckdb.DuckDBPyConnection, name: str) -> str:
+    return con.sql(f"SELECT value FROM duckdb_settings() WHERE name = '{name}'").fetchall()[0][0]
+
+
+def test_connection_is_bounded_and_spills_to_a_directory_removed_after() -> None:
+    with analysis_connection(256 << 20) as con:
+        limit = _setting(con, "memory_limit")
+        spill = Path(_setting(con, "temp_directory"))
+        assert _setting(con, "preserve_insertion_order") == "false"
+        assert spill.is_dir()
+    # DuckDB prints the limit in its own units (e.g. "256.0 MiB").
+    assert limit.replace(" ", "").upper().startswith("256.0MIB"), limit
+    assert not spill.exists()
+
+
+def test_default_limit_is_a_bounded_share_of_the_machine() -> None:
+    limit = default_memory_limit()
+    assert 128 << 20 <= limit <= 512 << 20, limit
+
+
+@pytest.mark.parametrize(("text", "expected"), [("512MB", 512 * 10**6), ("2GB", 2 * 10**9), ("1GiB", 1 << 30),
+                                                ("300 mib", 300 << 20), ("1.5GB", 1_500_000_000)])
+def test_memory_sizes(text: str, expected: int) -> None:
+    assert memory_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "2XB", "-1GB", "100MB", "1e9"])
+def test_memory_sizes_refused(text: str) -> None:
+    with pytest.raises(UsageLineError):
+        memory_bytes(text)
+
+
+def _verdicts_plain(paths: list[Path]) -> pa.Table:
+    """The verdicts on a plain connection: DuckDB's defaults, nothing bounded."""
+    con = duckdb.connect()
+    try:
+        open_datasets(paths, con=con)
+        return compute_verdicts(con)
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bounded")
+    import_ooni([NETEM], root / "netem")
+    generate(root / "bench", rows=3000, inputs=300, days=2)
+    return {"netem": root / "netem", "bench": root / "bench"}
+
+
+@pytest.mark.parametrize("name", ["netem", "bench"])
+def test_bounded_stage_gives_the_plain_verdicts(datasets: dict[str, Path], name: str) -> None:
+    plain = _verdicts_plain([datasets[name]])
+    bounded = run_stage([datasets[name]], AnalysisOptions(memory_limit=128 << 20)).table
+    assert bounded.num_rows == plain.num_rows > 0
+    assert bounded.sort_by("measurement_id").equals(plain.sort_by("measurement_id"))
+    if name == "bench":  # the generated blockpages are matched (their bodies were read)
+        assert "http.blockpage" in {m.split(":")[0] for m in bounded.column("method").to_pylist()}
+
+
+def test_cli_memory_option(datasets: dict[str, Path], tmp_path: Path) -> None:
+    ok = CliRunner().invoke(main, ["analyze", str(datasets["netem"]), "-o", str(tmp_path / "v.parquet"),
+                                   "--memory", "256MB", "-q"])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(main, ["analyze", str(datasets["netem"]), "-o", str(tmp_path / "w.parquet"),
+                                    "--memory", "lots"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--memory" in bad.output, bad.output
