@@ -6,7 +6,8 @@ Input: ``ikev2://IP:PORT/`` (port 500 usually; 4500 for NAT traversal is not cov
 
 from __future__ import annotations
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.context import MeasurementContext
 from probe.experiments.tunnels.endpoints import Endpoint, parse_endpoint
 from probe.experiments.tunnels.ikev2_wire import (
     GROUP_CURVE25519,
@@ -17,7 +18,7 @@ from probe.experiments.tunnels.ikev2_wire import (
     build_sa_init,
     check_reply,
 )
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
+from probe.experiments.tunnels.transport import Verdict, handshake_record, preload
 
 RETRANSMIT_S = 2.0
 
@@ -46,11 +47,11 @@ class Ikev2(Experiment):
         except InputError:
             return target.input
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         ep = parse_ikev2(target.input)
         await preload("scapy.contrib.ikev2")
-        clock = current_clock()
-        log = PacketLog(clock)
+        clock = net.clock
+        log = net.packet_log()
         t0 = clock.now()
         group, cookie = GROUP_CURVE25519, None
         previous: Request | None = None
@@ -74,10 +75,10 @@ class Ikev2(Experiment):
             def message(_attempt: int, request: Request = request) -> bytes:
                 return request.message  # a retransmission repeats the request exactly
 
-            remaining = settings.timeouts.tls - (clock.now() - t0)
-            outcome = await udp_exchange(ep.ip, ep.port, message, log=log, validate=validate,
-                                         timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
-                                         summary=f"IKE_SA_INIT request (KE group {group})")
+            remaining = net.timeouts.tls - (clock.now() - t0)
+            outcome = await net.udp_exchange(ep.ip, ep.port, message, log=log, validate=validate,
+                                             timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
+                                             summary=f"IKE_SA_INIT request (KE group {group})")
             if outcome.reply is None or not replies:
                 break
             reply = replies[-1]

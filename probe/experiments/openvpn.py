@@ -15,7 +15,8 @@ import ssl
 import struct
 from collections.abc import Callable
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.context import MeasurementContext
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.openvpn_wire import (
     ControlPacket,
@@ -29,13 +30,10 @@ from probe.experiments.tunnels.openvpn_wire import (
 )
 from probe.experiments.tunnels.transport import (
     Outcome,
-    PacketLog,
-    UdpSession,
     Verdict,
     close_writer,
     guarded,
     handshake_record,
-    tcp_open,
 )
 from probe.net.errors import classify
 
@@ -81,10 +79,10 @@ class OpenVpn(Experiment):
         except InputError:
             return target.input
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         ep, tls_auth = parse_openvpn(target.input)
-        clock = current_clock()
-        log = PacketLog(clock)
+        clock = net.clock
+        log = net.packet_log()
         session = os.urandom(8)
         signed = " tls-auth" if tls_auth else ""
         server: list[ControlPacket] = []  # the server's hard reset, once it came
@@ -110,10 +108,10 @@ class OpenVpn(Experiment):
             return client_hello(session, server[0], tls_auth, tls_client_hello(), packet_id=2 + n)
 
         t0 = clock.now()
-        timeout = settings.timeouts.tls
+        timeout = net.timeouts.tls
         if ep.transport == "udp":
             try:
-                async with UdpSession(ep.ip, ep.port) as udp:
+                async with net.udp_session(ep.ip, ep.port) as udp:
                     outcome = await udp.exchange(
                         lambda n: client_hard_reset(session, tls_auth, packet_id=1 + n), log=log,
                         validate=validate_reset, timeout=timeout, summary="P_CONTROL_HARD_RESET_CLIENT_V2" + signed,
@@ -128,8 +126,7 @@ class OpenVpn(Experiment):
             return [handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                      failure=outcome.failure, detail=outcome.detail)]
 
-        connect, reader, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                                 tag="openvpn", log=log)
+        connect, reader, writer = await net.tcp_open(ep.ip, ep.port, tag="openvpn", log=log)
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]

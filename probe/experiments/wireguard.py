@@ -8,9 +8,10 @@ public key, or it stays silent by design).
 
 from __future__ import annotations
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.context import MeasurementContext
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
+from probe.experiments.tunnels.transport import Verdict, handshake_record, preload
 from probe.experiments.tunnels.wireguard_wire import WireError, build_initiation, check_reply
 
 # wireguard-go retries after 5 s (REKEY_TIMEOUT) plus jitter; servers accept at most one
@@ -46,11 +47,11 @@ class WireGuard(Experiment):
         except InputError:
             return target.input
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         ep, server_public, client_private, psk = parse_wireguard(target.input)
         await preload("scapy.contrib.wireguard")
-        clock = current_clock()
-        log = PacketLog(clock)
+        clock = net.clock
+        log = net.packet_log()
         inits = []
 
         def initiation(attempt: int) -> bytes:
@@ -68,8 +69,8 @@ class WireGuard(Experiment):
             return "bad", errors[0] if errors else "no initiation sent"
 
         t0 = clock.now()
-        outcome = await udp_exchange(ep.ip, ep.port, initiation, log=log, validate=validate,
-                                     timeout=settings.timeouts.tls, retransmit=RETRANSMIT_S,
-                                     summary="handshake initiation")
+        outcome = await net.udp_exchange(ep.ip, ep.port, initiation, log=log, validate=validate,
+                                         timeout=net.timeouts.tls, retransmit=RETRANSMIT_S,
+                                         summary="handshake initiation")
         return [handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                  failure=outcome.failure, detail=outcome.detail)]
