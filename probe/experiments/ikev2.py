@@ -6,19 +6,20 @@ Input: ``ikev2://IP:PORT/`` (port 500 usually; 4500 for NAT traversal is not cov
 
 from __future__ import annotations
 
-from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.base import InputError, Observation
 from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, parse_endpoint
 from probe.experiments.tunnels.ikev2_wire import (
     GROUP_CURVE25519,
     SUPPORTED_GROUPS,
     Reply,
     Request,
-    WireError,
     build_sa_init,
     check_reply,
 )
-from probe.experiments.tunnels.transport import Verdict, handshake_record, preload
+from probe.experiments.tunnels.transport import Verdict, handshake_record
+from probe.experiments.tunnels.wire import WireError
 
 RETRANSMIT_S = 2.0
 
@@ -30,26 +31,15 @@ def parse_ikev2(url: str) -> Endpoint:
     return ep
 
 
-class Ikev2(Experiment):
+class Ikev2(TunnelExperiment[None]):
     name = "ikev2"
     version = "0.1.0"
+    wire_module = "scapy.contrib.ikev2"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_ikev2(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, None]:
+        return parse_ikev2(url), None
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_ikev2(target.input).ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
-        ep = parse_ikev2(target.input)
-        await preload("scapy.contrib.ikev2")
+    async def handshake(self, ep: Endpoint, config: None, net: MeasurementContext) -> list[Observation]:
         clock = net.clock
         log = net.packet_log()
         t0 = clock.now()

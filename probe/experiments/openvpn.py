@@ -15,13 +15,13 @@ import ssl
 import struct
 from collections.abc import Callable
 
-from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.base import InputError, Observation
 from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.openvpn_wire import (
     ControlPacket,
     TlsAuth,
-    WireError,
     check_control_reply,
     check_server_reset,
     client_hard_reset,
@@ -35,6 +35,7 @@ from probe.experiments.tunnels.transport import (
     guarded,
     handshake_record,
 )
+from probe.experiments.tunnels.wire import WireError
 from probe.net.errors import classify
 
 MAX_TCP_PACKET = 2048  # a hard reset is well under 200 bytes; more is not an OpenVPN answer
@@ -62,25 +63,14 @@ def parse_openvpn(url: str) -> tuple[Endpoint, TlsAuth | None]:
     return ep, tls_auth
 
 
-class OpenVpn(Experiment):
+class OpenVpn(TunnelExperiment[TlsAuth | None]):
     name = "openvpn"
     version = "0.1.0"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_openvpn(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, TlsAuth | None]:
+        return parse_openvpn(url)
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_openvpn(target.input)[0].ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
-        ep, tls_auth = parse_openvpn(target.input)
+    async def handshake(self, ep: Endpoint, tls_auth: TlsAuth | None, net: MeasurementContext) -> list[Observation]:
         clock = net.clock
         log = net.packet_log()
         session = os.urandom(8)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.base import InputError, Observation
 from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.tor_link import (
     CMD_CERTS,
     OUR_VERSIONS,
-    LinkError,
     PtError,
     obfs4_client,
     obfs4proxy_path,
@@ -33,6 +33,7 @@ from probe.experiments.tunnels.transport import (
     guarded,
     handshake_record,
 )
+from probe.experiments.tunnels.wire import WireError
 from probe.net.clock import Clock
 from probe.net.errors import classify
 from probe.schema import TlsHandshake
@@ -67,7 +68,7 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     await writer.drain()
     try:
         theirs, cell = await read_versions(reader)
-    except LinkError as exc:
+    except WireError as exc:
         log.received(exc.data, "not a VERSIONS cell")
         return Outcome(failure="vpn_handshake_failure", detail=str(exc))
     log.received(cell, f"VERSIONS {theirs}")
@@ -81,7 +82,7 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         log.received(body, "CERTS" if cmd == CMD_CERTS else f"cell {cmd}")
         if cmd == CMD_CERTS:
             detail += ", CERTS received"
-    except (asyncio.TimeoutError, LinkError, asyncio.IncompleteReadError):
+    except (asyncio.TimeoutError, WireError, asyncio.IncompleteReadError):
         pass  # VERSIONS already proves a Tor relay answered; CERTS only adds to the detail
     return Outcome(reply=b"ok", detail=detail)
 
@@ -101,25 +102,14 @@ async def _tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ep: E
     return rec
 
 
-class Tor(Experiment):
+class Tor(TunnelExperiment[str | None]):
     name = "tor"
     version = "0.1.0"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_tor(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, str | None]:
+        return parse_tor(url)
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_tor(target.input)[0].ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
-        ep, pt_args = parse_tor(target.input)
+    async def handshake(self, ep: Endpoint, pt_args: str | None, net: MeasurementContext) -> list[Observation]:
         if pt_args is None:
             return await self._relay(ep, net)
         binary = obfs4proxy_path()

@@ -244,3 +244,17 @@ def test_fake_records_are_real_schema_records() -> None:
     out = asyncio.run(registry.get("web_connectivity").run(Target("https://a.test/"), net))
     types = {type(o) for o in out}
     assert types == {DnsQuery, TcpConnect, TlsHandshake, HttpRequest}
+
+
+def test_every_tunnel_wire_format_raises_the_one_wire_error() -> None:
+    from probe.experiments.tunnels import ikev2_wire, openvpn_wire, tor_link, wireguard_wire
+    from probe.experiments.tunnels.base import TunnelExperiment
+    from probe.experiments.tunnels.wire import WireError
+
+    assert openvpn_wire.WireError is wireguard_wire.WireError is ikev2_wire.WireError is WireError
+    with pytest.raises(WireError):
+        tor_link.parse_versions(b"\0\0\x07\0\x01", b"\0")  # odd length: malformed VERSIONS
+    with pytest.raises(WireError):
+        openvpn_wire.parse_static_key(b"not a key")
+    for name in ("openvpn", "wireguard", "tor", "ikev2"):
+        assert isinstance(registry.get(name), TunnelExperiment)
