@@ -46,6 +46,7 @@ from probe.control import (
     parse_address,
     valid_id,
 )
+from probe.errors import VantageError
 from probe.experiments import registry
 from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, measure
 from probe.experiments.common import gather_all, resolved_addresses
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 PROBE_ADDRESS_TAG = "probe_address"
 
 
-class HttpError(Exception):
+class HttpError(VantageError):
     """An error answer: status, a stable code, a one-line message and optional details."""
 
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
@@ -69,7 +70,7 @@ class HttpError(Exception):
         self.details = details
 
 
-class ControlSetupError(Exception):
+class ControlSetupError(VantageError):
     """The server cannot start (bad database file, address in use): one line."""
 
 

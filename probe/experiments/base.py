@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe import __version__
+from probe.errors import VantageError
 from probe.schema import (
     DnsQuery,
     HttpRequest,
@@ -109,7 +110,7 @@ class Target:
     category: str | None = None
 
 
-class InputError(Exception):
+class InputError(VantageError):
     """The target cannot be measured by this experiment (bad URL, wrong scheme)."""
 
 

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from probe.errors import VantageError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
 _DECODER = json.JSONDecoder(strict=False)
 
 
-class SourceError(Exception):
+class SourceError(VantageError):
     """A source path that cannot be read at all (missing, not a measurement file)."""
 
 

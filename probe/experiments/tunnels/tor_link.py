@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from probe.errors import VantageError
 from probe.experiments.tunnels.wire import WireError
 
 CMD_VERSIONS = 7
@@ -83,7 +84,7 @@ def tor_tls_context() -> ssl.SSLContext:
 # --------------------------------------------------------------------------- obfs4proxy
 
 
-class PtError(Exception):
+class PtError(VantageError):
     """obfs4proxy could not be started or would not connect; ``failure`` is the failure string."""
 
     def __init__(self, failure: str, detail: str):

@@ -3,8 +3,10 @@ Tor cells, IKEv2): bytes that are not what the protocol says they are."""
 
 from __future__ import annotations
 
+from probe.errors import VantageError
 
-class WireError(ValueError):
+
+class WireError(VantageError, ValueError):
     """A packet or reply that is not what it claims to be (truncated, wrong HMAC or MAC, wrong
     opcode or command, not an answer to our request). ``data`` is what was read of it, when the
     packet log should show it. A validator turns it into a ``vpn_handshake_failure`` detail."""
