@@ -210,7 +210,8 @@ def with_probe_addresses(inner: Experiment, addresses: Sequence[str]) -> Experim
     # The record carries the inner experiment's name and version: a subclass per call keeps
     # them class attributes, as Experiment declares them.
     cls = type(f"Control{type(inner).__name__}", (_ProbeAddressesWrapper,), {"name": inner.name, "version": inner.version})
-    return cls(inner, addresses)
+    wrapper: Experiment = cls(inner, addresses)
+    return wrapper
 
 
 # --------------------------------------------------------------------------- requests

@@ -383,7 +383,7 @@ def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
             if f.name in gf and gf[f.name] != f.type and not _compatible(gf[f.name], f.type):
                 return False
         return True
-    return pa.types.is_integer(got) and pa.types.is_integer(want)
+    return bool(pa.types.is_integer(got) and pa.types.is_integer(want))
 
 
 def valid_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[tuple[Path, str]]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from probe.experiments.tunnels.wire import WireError
+from probe.experiments.tunnels.wire import WireError as WireError  # re-exported: the parsers raise it
 
 if TYPE_CHECKING:
     from scapy.packet import Packet

@@ -15,7 +15,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from probe.experiments.tunnels.wire import WireError
+from probe.experiments.tunnels.wire import WireError as WireError  # re-exported: the parsers raise it
 
 P_CONTROL_V1 = 4
 P_ACK_V1 = 5
