@@ -17,6 +17,7 @@ The tree (module: class, what it means)::
     ├── probe.control_server: ControlSetupError       the helper server cannot start
     ├── probe.control_server: HttpError               the helper's error answer (status, code)
     ├── probe.net.stun: StunError                     no usable STUN answer
+    ├── probe.upload: UploadError                     a batch cannot be sent to the collector
     ├── analysis.geo: GeoError                        a geo database cannot be used
     ├── analysis.fingerprints: FingerprintError       a fingerprint file cannot be used
     ├── analysis.verdicts: VerdictError               verdicts cannot be computed (bad option)

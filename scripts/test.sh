@@ -12,6 +12,7 @@ DEB_PACKAGES=(
   openvpn wireguard-go wireguard-tools tor obfs4proxy
   strongswan-swanctl charon-systemd strongswan-charon
   chromium
+  dante-server curl
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== apt-get: ${DEB_PACKAGES[*]}"
@@ -32,7 +33,7 @@ echo "== pip install -e .[test]"
 
 set +e
 echo "== ruff"
-.venv/bin/ruff check probe analysis vantage tests benchmarks
+.venv/bin/ruff check probe analysis vantage collector tests benchmarks
 lint=$?
 
 echo "== pytest"

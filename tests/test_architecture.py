@@ -1,7 +1,8 @@
 """The house's corridors (docs/architecture.md), read from the imports themselves (ast, every
 import in a module, also those inside functions): the probe never imports the analyzer or the
 command; the analyzer reads from the probe only its ground floor (schema, scrub, dataset); the
-schema imports nothing of the project; experiments never write files (no dataset module)."""
+schema imports nothing of the project; experiments never write files (no dataset module); the
+collector reads the same ground floor as the analyzer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.support.paths import REPO
 
-PACKAGES = ("probe", "analysis", "vantage")
+PACKAGES = ("probe", "analysis", "vantage", "collector")
 # What the analyzer may import from the probe: the data model, the scrubber, the dataset on
 # disk and the exception root. Everything else of the probe (network layer, experiments,
 # runner) is the probe's.
@@ -48,7 +49,7 @@ def is_module(name: str) -> bool:
 def test_every_package_has_modules() -> None:
     # The rules below would pass vacuously over a renamed or empty package.
     for package in PACKAGES:
-        assert len(modules(package)) >= 5, package
+        assert len(modules(package)) >= 3, package
 
 
 def test_probe_never_imports_the_analyzer_or_the_command() -> None:
@@ -67,6 +68,16 @@ def test_analysis_reads_only_the_probes_ground_floor() -> None:
             elif n.split(".")[0] == "probe" and is_module(n) and n not in ANALYSIS_MAY_IMPORT:
                 bad.append((p.relative_to(REPO), n))
     assert bad == []
+
+
+def test_the_collector_reads_only_the_probes_ground_floor() -> None:
+    # The collector validates rows with the probe's own contract and writes with the one
+    # dataset module; it never measures, judges or runs commands.
+    bad = [(p.relative_to(REPO), n) for p in modules("collector") for n in project(imports(p))
+           if n.split(".")[0] in ("analysis", "vantage")
+           or (n.split(".")[0] == "probe" and is_module(n) and n not in ANALYSIS_MAY_IMPORT)]
+    assert bad == []
+    assert any(n.startswith("probe.dataset") for p in modules("collector") for n in imports(p))
 
 
 def test_the_schema_imports_nothing_of_the_project() -> None:

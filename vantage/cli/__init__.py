@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "ooni": "vantage.cli.ooni:ooni",
     "fingerprints": "vantage.cli.fingerprints:fingerprints",
     "geo": "vantage.cli.geo:geo_group",
+    "collector": "vantage.cli.collector:collector",
+    "upload": "vantage.cli.upload:upload",
 }
 
 

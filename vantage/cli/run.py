@@ -24,6 +24,7 @@ from probe.runner import (
     RunSummary,
     run_phases,
 )
+from vantage.cli.upload import do_upload, upload_options
 
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
@@ -153,6 +154,8 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
               help="Treat this network as public addresses (labs, intranets): when the public "
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
+@click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
+@upload_options
 @click.pass_context
 def run(ctx: click.Context, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
@@ -255,6 +258,9 @@ def run(ctx: click.Context, **opts: Any) -> None:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     _render(summary)
+    if opts["upload_url"]:  # what was measured stays queued if the collector is out of reach
+        do_upload(output, opts["upload_url"], proxy=opts["proxy"], token=opts["token"], collector_ca=opts["collector_ca"],
+                  max_rate=opts["max_rate"], progress=not opts["no_progress"], fail_offline=False)
     if summary.stopped == STOP_INTERRUPTED:
         sys.exit(130)
 
