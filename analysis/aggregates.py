@@ -12,6 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from probe.dataset import atomic_path
+from probe.errors import VantageError
 
 # anomaly_count counts every blocked verdict (confirmed ones included, as OONI counts them);
 # confirmed_count those a blockpage fingerprint confirmed; failure_count the probe's own faults.
@@ -50,7 +51,7 @@ def aggregate(verdicts: pa.Table) -> pa.Table:
         con.close()
 
 
-class DatabaseError(Exception):
+class DatabaseError(VantageError):
     """The database file cannot take Vantage's tables (one line naming it and why)."""
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 import httpx
 
 from probe.dataset import atomic_write_text, fsync_file, temporary_name
+from probe.errors import VantageError
 
 MANIFEST = "manifest.json"
 MAX_DOWNLOAD = 256 * 1024 * 1024  # far above any real file (DB-IP ASN lite is ~40 MB unpacked)
 
 
-class DownloadError(Exception):
+class DownloadError(VantageError):
     """A download failed (offline, HTTP error, not the expected file); nothing was replaced."""
 
 

@@ -26,6 +26,7 @@ import platformdirs
 from analysis import downloads
 from analysis.downloads import DownloadError
 from analysis.fingerprint_matching import HttpMatcher, header_block, regex_literal
+from probe.errors import VantageError
 
 __all__ = [
     "Fingerprint", "FingerprintError", "FingerprintSet", "FingerprintSource", "HttpMatcher", "header_block",
@@ -75,7 +76,7 @@ DOWNLOADS = (
 )
 
 
-class FingerprintError(Exception):
+class FingerprintError(VantageError):
     """A fingerprint file cannot be used at all (missing, not CSV, wrong columns, foreign)."""
 
 

@@ -21,6 +21,7 @@ import platformdirs
 
 from analysis import downloads
 from analysis.downloads import DownloadError
+from probe.errors import VantageError
 
 UPSTREAM = "https://download.db-ip.com/free"
 URL_BASE_ENV = "VANTAGE_GEO_URL_BASE"
@@ -35,7 +36,7 @@ LABELS = {"asn": "IP-to-ASN", "country": "IP-to-country"}
 ATTRIBUTION = '<a href="https://db-ip.com">IP Geolocation by DB-IP</a> (CC BY 4.0)'
 
 
-class GeoError(Exception):
+class GeoError(VantageError):
     """A geo database cannot be used (missing, corrupt, or not the kind asked for); the message
     names the file."""
 

@@ -27,6 +27,7 @@ from analysis.fingerprints import FingerprintSet, load_default_fingerprints, loa
 from analysis.geo import default_asn_db
 from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
 from probe.dataset import atomic_path
+from probe.errors import VantageError
 
 METADATA_KEY = b"vantage.verdicts"
 # A verdicts Parquet dataset (a directory of parts, as --engine spark writes): the provenance
@@ -38,11 +39,11 @@ FORMAT = "vantage-verdicts"
 FORMAT_VERSION = 1
 
 
-class VerdictsFileError(Exception):
+class VerdictsFileError(VantageError):
     """A file given as verdicts is not a Vantage verdicts file, or is corrupt (one line, naming it)."""
 
 
-class OutputError(Exception):
+class OutputError(VantageError):
     """An output file cannot be written (one line, naming it); nothing was left half-written."""
 
 

@@ -27,6 +27,7 @@ from analysis.events import Event
 from analysis.pipeline import AnalysisOptions, OutputError, Verdicts, check_output, describe, run_stage
 from analysis.shutdown import Detection, detect
 from analysis.signals import DatasetError, open_measurements
+from probe.errors import VantageError
 
 # Events whose hours say nothing about blocking in their network: its rows are set aside from
 # "what is blocked" (a dead uplink fails every target; so does a shutdown or a broken probe).
@@ -46,7 +47,7 @@ _LOST_TEXT = ("Connectivity was lost at a vantage point (its anchors and nearly 
               "and the hours of these events are left out of what is blocked below.")
 
 
-class ReportError(Exception):
+class ReportError(VantageError):
     """The report cannot be written (the message says why, in one line)."""
 
 

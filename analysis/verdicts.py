@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from analysis import connectivity, rules
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
+from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ BOGON_NETS = (
 )  # fmt: skip
 
 
-class VerdictError(Exception):
+class VerdictError(VantageError):
     """Verdicts cannot be computed (bad option value); the message says which."""
 
 

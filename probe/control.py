@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 import pyarrow as pa
 
+from probe.errors import VantageError
 from probe.schema import (
     Measurement,
     records_to_table,
@@ -54,7 +55,7 @@ DEFAULT_TIMEOUT = 120.0
 _ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-class ControlError(Exception):
+class ControlError(VantageError):
     """The control helper could not be reached or refused the request (one line, no probe IP)."""
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None,

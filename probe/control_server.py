@@ -6,10 +6,11 @@ HTTP/1.1 is parsed by h11, one request per connection. The caller's address is u
 and network; it is never logged.
 
 Every connection a measurement makes is checked against the address policy (the connection
-guard, ``probe.net._client.address_guard``), after name resolution and on every redirect hop;
-a refused connection is recorded as ``unknown_failure:address_refused`` and nothing behind
-it is read. Slow clients are bounded by read deadlines and by evicting the oldest
-connection still sending its request when too many are.
+guard, ``Settings.address_guard``, which each measurement's context switches on), after name
+resolution and on every redirect hop; a refused connection is recorded as
+``unknown_failure:address_refused`` and nothing behind it is read. Slow clients are bounded
+by read deadlines and by evicting the oldest connection still sending its request when too
+many are.
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ from probe.control import (
     parse_address,
     valid_id,
 )
+from probe.errors import VantageError
 from probe.experiments import registry
-from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock, measure
-from probe.experiments.common import ask_resolvers, gather_all, resolved_addresses
-from probe.net import tcp, tls
-from probe.net._client import address_guard
-from probe.net.clock import Clock
+from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, measure
+from probe.experiments.common import gather_all, resolved_addresses
+from probe.experiments.context import MeasurementContext
 from probe.schema import Measurement, TcpConnect, new_run_id
 from probe.testlists import input_problem
 
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 PROBE_ADDRESS_TAG = "probe_address"
 
 
-class HttpError(Exception):
+class HttpError(VantageError):
     """An error answer: status, a stable code, a one-line message and optional details."""
 
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
@@ -70,7 +70,7 @@ class HttpError(Exception):
         self.details = details
 
 
-class ControlSetupError(Exception):
+class ControlSetupError(VantageError):
     """The server cannot start (bad database file, address in use): one line."""
 
 
@@ -180,8 +180,8 @@ class _ProbeAddressesWrapper(Experiment):
         self.inner = inner
         self.addresses = list(addresses)
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
-        observations = await self.inner.run(target, settings)
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
+        observations = await self.inner.run(target, net)
         parts = urlsplit(target.input)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -190,19 +190,12 @@ class _ProbeAddressesWrapper(Experiment):
         reached = {o.ip for o in observations if isinstance(o, TcpConnect) and o.port == port}
         extra = [a for a in self.addresses if a not in reached]
         sni = parts.hostname if scheme == "https" else None
-        clock = current_clock()
 
         async def endpoint(ip: str) -> list[Observation]:
-            t = settings.timeouts
-            connect = await tcp.tcp_connect(ip, port, clock=clock, timeout=t.connect, tag=PROBE_ADDRESS_TAG)
+            connect = await net.tcp_connect(ip, port, tag=PROBE_ADDRESS_TAG)
             steps: list[Observation] = [connect]
             if sni is not None and connect.failure is None:
-                steps.append(
-                    await tls.tls_handshake(
-                        ip, port, sni, clock=clock, timeout=t.tls, ca_bundle=settings.ca_bundle,
-                        scrubber=settings.scrubber, tag=PROBE_ADDRESS_TAG,
-                    )
-                )
+                steps.append(await net.tls_handshake(ip, port, sni, tag=PROBE_ADDRESS_TAG))
             return steps
 
         for steps in await gather_all(endpoint(ip) for ip in extra):
@@ -217,7 +210,8 @@ def with_probe_addresses(inner: Experiment, addresses: Sequence[str]) -> Experim
     # The record carries the inner experiment's name and version: a subclass per call keeps
     # them class attributes, as Experiment declares them.
     cls = type(f"Control{type(inner).__name__}", (_ProbeAddressesWrapper,), {"name": inner.name, "version": inner.version})
-    return cls(inner, addresses)
+    wrapper: Experiment = cls(inner, addresses)
+    return wrapper
 
 
 # --------------------------------------------------------------------------- requests
@@ -340,7 +334,7 @@ async def check_policy(
 
 def _resolver_like(settings: Settings) -> Callable[[str], Awaitable[list[str]]]:
     async def resolve(host: str) -> list[str]:
-        queries = await ask_resolvers(host, settings, Clock())
+        queries = await MeasurementContext(settings).dns_lookup(host)
         return resolved_addresses(queries, limit=64)
 
     return resolve
@@ -625,9 +619,6 @@ class ControlServer:
             raise HttpError(503, "busy", f"{self.limits.max_concurrent} requests are being measured; try again later")
         async with self._busy:
             self._in_progress += 1
-            # Every connection of these measurements (and of the tasks they start) passes the
-            # guard; the context is copied into the task wait_for creates.
-            token = address_guard.set(None if self.config.allow_private else self._guard)
             try:
                 records = await asyncio.wait_for(self._run(request), self.limits.request_timeout)
             except asyncio.TimeoutError:
@@ -635,18 +626,22 @@ class ControlServer:
                     504, "timeout", f"the measurements took longer than {self.limits.request_timeout:g} s"
                 ) from None
             finally:
-                address_guard.reset(token)
                 self._in_progress -= 1
         return {"measurements": [measurement_to_json(m) for m in records]}
 
     async def _run(self, request: MeasureRequest) -> list[Measurement]:
         experiment = registry.get(request.experiment)
         run_id = request.run_id or new_run_id()
+        # Every connection of these measurements (and of the tasks they start) passes the
+        # guard: each measurement's context switches it on.
+        settings = dataclasses.replace(
+            self.config.settings, address_guard=None if self.config.allow_private else self._guard
+        )
 
         async def one(t: ControlTarget) -> Measurement:
             exp = with_probe_addresses(experiment, t.addresses) if t.addresses else experiment
             return await measure(
-                exp, Target(t.input, t.category), self.config.settings, self.config.vantage, run_id,
+                exp, Target(t.input, t.category), settings, self.config.vantage, run_id,
                 control_for=t.control_for,
             )
 

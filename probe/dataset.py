@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from probe.errors import VantageError
 from probe.schema import MEASUREMENT_SCHEMA, Measurement, records_to_table, validate
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class StoreError(Exception):
+class StoreError(VantageError):
     """A dataset cannot be written or read (the message names the path)."""
 
 
@@ -178,7 +179,7 @@ def _publish_no_replace(tmp: Path, path: Path) -> None:
 REQUIRED_COLUMNS = tuple(MEASUREMENT_SCHEMA.names)
 
 
-class DatasetError(Exception):
+class DatasetError(VantageError):
     """No usable measurements in the given paths (the message says why, naming them)."""
 
 
@@ -382,7 +383,7 @@ def _compatible(got: pa.DataType, want: pa.DataType) -> bool:
             if f.name in gf and gf[f.name] != f.type and not _compatible(gf[f.name], f.type):
                 return False
         return True
-    return pa.types.is_integer(got) and pa.types.is_integer(want)
+    return bool(pa.types.is_integer(got) and pa.types.is_integer(want))
 
 
 def valid_files(paths: Iterable[Path | str]) -> tuple[list[Path], list[tuple[Path, str]]]:

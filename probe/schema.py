@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -424,8 +424,11 @@ def records_to_table(records: Iterable[Measurement]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MEASUREMENT_SCHEMA)
 
 
-def _build(cls: type, data: Mapping[str, Any]) -> Any:
-    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+_R = TypeVar("_R")
+
+
+def _build(cls: type[_R], data: Mapping[str, Any]) -> _R:
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})  # type: ignore[arg-type]
 
 
 def row_to_record(row: Mapping[str, Any]) -> Measurement:

@@ -20,6 +20,7 @@ import httpx
 import platformdirs
 
 from probe.dataset import atomic_write_bytes
+from probe.errors import VantageError
 
 CITIZENLAB_COLUMNS = ("url", "category_code", "category_description", "date_added", "source", "notes")
 WEB_SCHEMES = ("http", "https")
@@ -44,7 +45,7 @@ SHOWN_MAX = 200  # characters of a bad input quoted in a problem line
 _LABEL_RE = re.compile(r"^(?!-)[\w-]{1,63}(?<!-)$", re.UNICODE)
 
 
-class TestListError(Exception):
+class TestListError(VantageError):
     """A list cannot be read at all (missing file, not a list, download failed): one line."""
 
     __test__ = False  # not a pytest test class, despite the name

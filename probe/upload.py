@@ -29,6 +29,7 @@ import httpx
 import pyarrow.parquet as pq
 
 from probe.dataset import MEASUREMENTS_DIR, StoreError, iter_dataset_files, run_lock
+from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ BACKOFF_MAX_S = 300.0
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class UploadError(Exception):
+class UploadError(VantageError):
     """The upload cannot go on (bad token, bad proxy, unreadable dataset): one line for the user."""
 
 
@@ -250,7 +251,7 @@ def upload(
                 finished[0] += path.stat().st_size
                 if progress:
                     progress(finished[0], total)
-                ack = {"file": _rel(output, path), "size": path.stat().st_size, "collector": base,
+                ack: dict[str, Any] = {"file": _rel(output, path), "size": path.stat().st_size, "collector": base,
                        "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
                 if refused is not None:
                     ack["refused"] = refused

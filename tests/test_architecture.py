@@ -14,9 +14,10 @@ import pytest
 from tests.support.paths import REPO
 
 PACKAGES = ("probe", "analysis", "vantage", "collector")
-# What the analyzer may import from the probe: the data model, the scrubber and the dataset
-# on disk. Everything else of the probe (network layer, experiments, runner) is the probe's.
-ANALYSIS_MAY_IMPORT = ("probe", "probe.schema", "probe.scrub", "probe.dataset")
+# What the analyzer may import from the probe: the data model, the scrubber, the dataset on
+# disk and the exception root. Everything else of the probe (network layer, experiments,
+# runner) is the probe's.
+ANALYSIS_MAY_IMPORT = ("probe", "probe.schema", "probe.scrub", "probe.dataset", "probe.errors")
 
 
 def modules(package: str) -> list[Path]:
@@ -81,6 +82,25 @@ def test_the_collector_reads_only_the_probes_ground_floor() -> None:
 
 def test_the_schema_imports_nothing_of_the_project() -> None:
     assert project(imports(REPO / "probe" / "schema.py")) == set()
+
+
+def test_the_exception_root_imports_nothing_and_every_error_descends_from_it() -> None:
+    # The root sits on the ground floor: every package may import it.
+    assert imports(REPO / "probe" / "errors.py") == {"__future__", "__future__.annotations"}
+    outside = []
+    for package in PACKAGES:
+        for p in modules(package):
+            for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and node.name.endswith("Error") and node.name != "VantageError":
+                    bases = {ast.unparse(b) for b in node.bases}
+                    if "Exception" in bases or not bases & {"VantageError"} and not bases & _OUTSIDE_OK:
+                        outside.append(f"{p.relative_to(REPO)}:{node.name}({', '.join(sorted(bases))})")
+    assert outside == []
+
+
+# Errors deliberately outside the tree (probe/errors.py says why): network errors that
+# classify() turns into failure strings, and click's own exceptions.
+_OUTSIDE_OK = {"OSError", "httpcore.ConnectError", "click.ClickException"}
 
 
 def test_experiments_never_write_files() -> None:

@@ -15,14 +15,9 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
-from probe.experiments.common import (
-    ask_resolvers,
-    ip_literal,
-    parse_web_url,
-    resolved_addresses,
-)
-from probe.net import dns, http, tcp
+from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.common import ip_literal, parse_web_url, resolved_addresses
+from probe.experiments.context import MeasurementContext
 from probe.schema import Measurement
 
 ANCHOR_SCHEMES = ("tcp", "dns", "http", "https")
@@ -34,25 +29,20 @@ class Anchors(Experiment):
     name = "anchors"
     version = "0.1.0"
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         try:
             parts = urlsplit(target.input)
             port = parts.port
         except ValueError as exc:
             raise InputError(f"malformed anchor {target.input!r}: {exc}") from None
         scheme = parts.scheme.lower()
-        clock = current_clock()
         host = parts.hostname or ""
 
         if scheme == "tcp":
             ip = ip_literal(host)
             if ip is None or port is None:
                 raise InputError(f"a tcp anchor is tcp://IP:PORT, got {target.input!r}")
-            return [
-                await tcp.tcp_connect(
-                    ip, port, clock=clock, timeout=settings.timeouts.connect, scrubber=settings.scrubber
-                )
-            ]
+            return [await net.tcp_connect(ip, port)]
 
         if scheme == "dns":
             ip = ip_literal(host)
@@ -62,11 +52,7 @@ class Anchors(Experiment):
             name = query.get("name", ["."])[0]
             qtype = query.get("qtype", ["NS"])[0].upper()
             resolver = f"[{ip}]:{port or 53}" if ":" in ip else f"{ip}:{port or 53}"
-            return [
-                await dns.resolve_udp(
-                    name, resolver, qtype, clock=clock, timeout=settings.timeouts.dns, scrubber=settings.scrubber
-                )
-            ]
+            return [await net.dns_udp(name, resolver, qtype)]
 
         if scheme in ("http", "https"):
             web = parse_web_url(target.input)
@@ -75,21 +61,14 @@ class Anchors(Experiment):
             if literal is not None:
                 addresses = [literal]
             else:
-                queries = await ask_resolvers(web.hostname or "", settings, clock)
+                queries = await net.dns_lookup(web.hostname or "")
                 observations.extend(queries)
                 addresses = resolved_addresses(queries)
                 if not addresses:
                     return observations
             observations.extend(
-                await http.http_get(
-                    target.input,
-                    clock=clock,
-                    timeout=settings.timeouts.http,
-                    address_map={web.hostname or "": addresses},
-                    ca_bundle=settings.ca_bundle,
-                    max_redirects=0,
-                    body_cap=ANCHOR_BODY_CAP,
-                    scrubber=settings.scrubber,
+                await net.http_get(
+                    target.input, address_map={web.hostname or "": addresses}, max_redirects=0, body_cap=ANCHOR_BODY_CAP
                 )
             )
             return observations

@@ -5,15 +5,15 @@ interface, and `measure()`, which turns one run of an experiment into one Measur
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
 import platform as _platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from probe import __version__
+from probe.errors import VantageError
 from probe.schema import (
     DnsQuery,
     HttpRequest,
@@ -29,7 +29,7 @@ from probe.schema import (
 from probe.scrub import scrub_record
 
 if TYPE_CHECKING:
-    from probe.net.clock import Clock
+    from probe.experiments.context import MeasurementContext
     from probe.net.scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ class Settings:
     ca_bundle: str | None = None
     scrubber: Scrubber | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Why an (address, port) may not be connected to, or None: the control helper's policy,
+    # checked by probe.net on every address actually connected to (redirects included).
+    address_guard: Callable[[str, int], str | None] | None = None
     # A safety net for a bug in a step that ignores its timeout: a measurement never runs
     # longer than this (DNS + connect + TLS + a full redirect chain fits well inside).
     measurement_timeout: float = 180.0
@@ -107,23 +110,23 @@ class Target:
     category: str | None = None
 
 
-class InputError(Exception):
+class InputError(VantageError):
     """The target cannot be measured by this experiment (bad URL, wrong scheme)."""
 
 
 class Experiment:
     """One kind of test. Subclasses set ``name`` and ``version`` and implement ``run()``.
 
-    ``run()`` performs the steps through probe.net (which never raises for network failures)
-    and returns the observations in the order they were made. It never writes files. The
-    measurement's clock is ``current_clock()``; pass it to every probe.net call.
+    ``run()`` performs the steps through ``net``, the measurement context (its steps never
+    raise for network failures; its settings are ``net.settings``), and returns the
+    observations in the order they were made. It never writes files.
     Raise InputError when the input is not something this experiment can measure.
     """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0.1.0"
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         raise NotImplementedError
 
     def input_problem(self, input_: str) -> str | None:
@@ -155,23 +158,6 @@ class Experiment:
             return False
         observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
         return bool(observations) and all(o.failure is None for o in observations)
-
-
-# --------------------------------------------------------------------------- the clock
-
-_clock: contextvars.ContextVar[Clock] = contextvars.ContextVar("vantage_measurement_clock")
-
-
-def current_clock() -> Clock:
-    """The clock of the measurement being run (a fresh one when called outside measure())."""
-    try:
-        return _clock.get()
-    except LookupError:
-        from probe.net.clock import Clock
-
-        clock = Clock()
-        _clock.set(clock)
-        return clock
 
 
 # --------------------------------------------------------------------------- measure()
@@ -215,16 +201,20 @@ async def measure(
     run_id: str,
     *,
     control_for: str | None = None,
+    net: MeasurementContext | None = None,
 ) -> Measurement:
     """Run ``experiment`` on ``target`` and return the full record; a record is always returned.
 
     Anything unexpected from the experiment becomes ``failure = unknown_failure:<detail>``
     on the record (with no observations). Cancellation (Ctrl-C, run budget) propagates: the
-    runner decides what to do with a measurement that was cut short.
+    runner decides what to do with a measurement that was cut short. ``net`` is the
+    measurement context (default: a fresh one over ``settings``; tests pass a fake).
     """
-    from probe.net.clock import Clock
+    from probe.experiments.context import MeasurementContext
 
-    clock = Clock()
+    if net is None:
+        net = MeasurementContext(settings)
+    clock = net.clock
     start = utcnow()
     m = Measurement(
         measurement_id=new_uuid7(),
@@ -243,9 +233,9 @@ async def measure(
         software_version=vantage.software_version,
         control_for=control_for,
     )
-    token = _clock.set(clock)
     try:
-        observations = await asyncio.wait_for(experiment.run(target, settings), settings.measurement_timeout)
+        with net.guarded():
+            observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
         sort_observations(m, observations)
     except asyncio.TimeoutError:
         # Only the safety net fires here (every step has its own, shorter timeout).
@@ -258,8 +248,6 @@ async def measure(
             # The failure string, not the exception: its text has every IP literal removed,
             # so no log line can carry the probe's address.
             log.warning("experiment %s failed on %s: %s", experiment.name, target.input, m.failure)
-    finally:
-        _clock.reset(token)
     m.runtime_s = round(clock.now(), 6)
     if settings.scrubber is not None:
         # The one place a record is finished: every string of it, nested ones included.

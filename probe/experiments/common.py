@@ -1,16 +1,15 @@
-"""Steps several experiments share: parsing an input, asking every configured resolver."""
+"""What several experiments share: parsing an input, running steps side by side, the addresses
+a set of DNS queries resolved (the steps themselves are the measurement context's)."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 from urllib.parse import SplitResult, urlsplit
 
-from probe.experiments.base import InputError, Settings
-from probe.net import dns
-from probe.net.clock import Clock
+from probe.experiments.base import InputError
 from probe.schema import DnsQuery
 
 # A hostile resolver may answer with hundreds of addresses; measuring each one would turn a
@@ -52,64 +51,6 @@ def is_doh(resolver: str) -> bool:
     return resolver.lower().startswith("https://")
 
 
-async def ask_resolvers(
-    hostname: str,
-    settings: Settings,
-    clock: Clock,
-    *,
-    qtypes: Iterable[str] = ("A", "AAAA"),
-    tcp: bool = False,
-) -> list[DnsQuery]:
-    """Every configured resolver asked concurrently; system first, then resolvers in order.
-
-    Plain resolvers are asked over UDP (and also over TCP when ``tcp``), DoH URLs over HTTPS.
-    """
-    timeout = settings.timeouts.dns
-    qtypes = tuple(qtypes)
-    scrubber = settings.scrubber
-    jobs: list[Awaitable[DnsQuery | list[DnsQuery]]] = []
-    if settings.use_system_resolver:
-        jobs.append(dns.resolve_system(hostname, clock=clock, timeout=timeout, scrubber=scrubber))
-    for resolver in settings.resolvers:
-        for qtype in qtypes:
-            if is_doh(resolver):
-                jobs.append(
-                    dns.resolve_doh(
-                        hostname, resolver, qtype, clock=clock, timeout=timeout,
-                        verify=settings.ca_bundle or True, resolve=doh_name_resolver(settings, clock),
-                        scrubber=scrubber,
-                    )
-                )
-                continue
-            jobs.append(dns.resolve_udp(hostname, resolver, qtype, clock=clock, timeout=timeout, scrubber=scrubber))
-            if tcp:
-                jobs.append(
-                    dns.resolve_tcp(hostname, resolver, qtype, clock=clock, timeout=timeout, scrubber=scrubber)
-                )
-    queries: list[DnsQuery] = []
-    for result in await gather_all(jobs):
-        queries.extend(result if isinstance(result, list) else [result])
-    return queries
-
-
-def doh_name_resolver(settings: Settings, clock: Clock) -> Callable[[str], Awaitable[list[str]]] | None:
-    """How the name of a DoH server is found: the system resolver (None: probe.net's default),
-    or, when the system resolver is off, the configured plain resolvers only."""
-    if settings.use_system_resolver:
-        return None
-    plain = [r for r in settings.resolvers if not is_doh(r)]
-
-    async def resolve(host: str) -> list[str]:
-        queries = await gather_all(
-            dns.resolve_udp(host, r, qtype, clock=clock, timeout=settings.timeouts.dns)
-            for r in plain
-            for qtype in ("A", "AAAA")
-        )
-        return resolved_addresses(queries)
-
-    return resolve
-
-
 async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
     """Run concurrently and return results in order; if one raises, cancel the rest first.
 
@@ -124,20 +65,6 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-def redirect_resolver(
-    settings: Settings, clock: Clock, record: list[DnsQuery]
-) -> Callable[[str], Awaitable[list[str]]]:
-    """How HTTP finds a host it is redirected to: the same resolvers the experiment uses,
-    with every query kept in ``record`` (so the record shows how the redirect was resolved)."""
-
-    async def resolve(host: str) -> list[str]:
-        queries = await ask_resolvers(host, settings, clock)
-        record.extend(queries)
-        return resolved_addresses(queries)
-
-    return resolve
 
 
 def resolved_addresses(queries: Iterable[DnsQuery], limit: int = MAX_ADDRESSES) -> list[str]:

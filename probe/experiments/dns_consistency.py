@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
-from probe.experiments.common import ask_resolvers, gather_all, ip_literal
-from probe.net import dns
+from probe.experiments.base import Experiment, InputError, Observation, Target
+from probe.experiments.common import gather_all, ip_literal
+from probe.experiments.context import MeasurementContext
 from probe.schema import DnsQuery, Measurement
 
 INJECTION_TAG = "injection_check"
@@ -42,24 +42,20 @@ class DnsConsistency(Experiment):
     name = "dns_consistency"
     version = "0.1.0"
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         host = hostname_of(target.input)
-        clock = current_clock()
+        settings = net.settings
         use_tcp = bool(settings.extra.get("dns_tcp", True))
         injection_target = settings.extra.get("injection_target")
 
         async def resolvers() -> list[DnsQuery]:
-            return await ask_resolvers(host, settings, clock, tcp=use_tcp)
+            return await net.dns_lookup(host, tcp=use_tcp)
 
         async def injection() -> list[DnsQuery]:
             if not injection_target:
                 return []
             timeout = float(settings.extra.get("injection_timeout", DEFAULT_INJECTION_TIMEOUT))
-            q = await dns.resolve_udp(
-                host, str(injection_target), "A", clock=clock, timeout=timeout,
-                scrubber=settings.scrubber, tag=INJECTION_TAG,
-            )
-            return [q]
+            return [await net.dns_udp(host, str(injection_target), "A", timeout=timeout, tag=INJECTION_TAG)]
 
         results = await gather_all([resolvers(), injection()])
         return [*results[0], *results[1]]

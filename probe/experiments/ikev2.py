@@ -6,18 +6,20 @@ Input: ``ikev2://IP:PORT/`` (port 500 usually; 4500 for NAT traversal is not cov
 
 from __future__ import annotations
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import InputError, Observation
+from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, parse_endpoint
 from probe.experiments.tunnels.ikev2_wire import (
     GROUP_CURVE25519,
     SUPPORTED_GROUPS,
     Reply,
     Request,
-    WireError,
     build_sa_init,
     check_reply,
 )
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
+from probe.experiments.tunnels.transport import Verdict, handshake_record
+from probe.experiments.tunnels.wire import WireError
 
 RETRANSMIT_S = 2.0
 
@@ -29,28 +31,17 @@ def parse_ikev2(url: str) -> Endpoint:
     return ep
 
 
-class Ikev2(Experiment):
+class Ikev2(TunnelExperiment[None]):
     name = "ikev2"
     version = "0.1.0"
+    wire_module = "scapy.contrib.ikev2"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_ikev2(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, None]:
+        return parse_ikev2(url), None
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_ikev2(target.input).ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
-        ep = parse_ikev2(target.input)
-        await preload("scapy.contrib.ikev2")
-        clock = current_clock()
-        log = PacketLog(clock)
+    async def handshake(self, ep: Endpoint, config: None, net: MeasurementContext) -> list[Observation]:
+        clock = net.clock
+        log = net.packet_log()
         t0 = clock.now()
         group, cookie = GROUP_CURVE25519, None
         previous: Request | None = None
@@ -74,10 +65,10 @@ class Ikev2(Experiment):
             def message(_attempt: int, request: Request = request) -> bytes:
                 return request.message  # a retransmission repeats the request exactly
 
-            remaining = settings.timeouts.tls - (clock.now() - t0)
-            outcome = await udp_exchange(ep.ip, ep.port, message, log=log, validate=validate,
-                                         timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
-                                         summary=f"IKE_SA_INIT request (KE group {group})")
+            remaining = net.timeouts.tls - (clock.now() - t0)
+            outcome = await net.udp_exchange(ep.ip, ep.port, message, log=log, validate=validate,
+                                             timeout=max(remaining, 0.5), retransmit=RETRANSMIT_S,
+                                             summary=f"IKE_SA_INIT request (KE group {group})")
             if outcome.reply is None or not replies:
                 break
             reply = replies[-1]

@@ -15,12 +15,13 @@ import ssl
 import struct
 from collections.abc import Callable
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import InputError, Observation
+from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.openvpn_wire import (
     ControlPacket,
     TlsAuth,
-    WireError,
     check_control_reply,
     check_server_reset,
     client_hard_reset,
@@ -29,14 +30,12 @@ from probe.experiments.tunnels.openvpn_wire import (
 )
 from probe.experiments.tunnels.transport import (
     Outcome,
-    PacketLog,
-    UdpSession,
     Verdict,
     close_writer,
     guarded,
     handshake_record,
-    tcp_open,
 )
+from probe.experiments.tunnels.wire import WireError
 from probe.net.errors import classify
 
 MAX_TCP_PACKET = 2048  # a hard reset is well under 200 bytes; more is not an OpenVPN answer
@@ -64,27 +63,16 @@ def parse_openvpn(url: str) -> tuple[Endpoint, TlsAuth | None]:
     return ep, tls_auth
 
 
-class OpenVpn(Experiment):
+class OpenVpn(TunnelExperiment[TlsAuth | None]):
     name = "openvpn"
     version = "0.1.0"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_openvpn(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, TlsAuth | None]:
+        return parse_openvpn(url)
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_openvpn(target.input)[0].ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
-        ep, tls_auth = parse_openvpn(target.input)
-        clock = current_clock()
-        log = PacketLog(clock)
+    async def handshake(self, ep: Endpoint, tls_auth: TlsAuth | None, net: MeasurementContext) -> list[Observation]:
+        clock = net.clock
+        log = net.packet_log()
         session = os.urandom(8)
         signed = " tls-auth" if tls_auth else ""
         server: list[ControlPacket] = []  # the server's hard reset, once it came
@@ -110,10 +98,10 @@ class OpenVpn(Experiment):
             return client_hello(session, server[0], tls_auth, tls_client_hello(), packet_id=2 + n)
 
         t0 = clock.now()
-        timeout = settings.timeouts.tls
+        timeout = net.timeouts.tls
         if ep.transport == "udp":
             try:
-                async with UdpSession(ep.ip, ep.port) as udp:
+                async with net.udp_session(ep.ip, ep.port) as udp:
                     outcome = await udp.exchange(
                         lambda n: client_hard_reset(session, tls_auth, packet_id=1 + n), log=log,
                         validate=validate_reset, timeout=timeout, summary="P_CONTROL_HARD_RESET_CLIENT_V2" + signed,
@@ -128,8 +116,7 @@ class OpenVpn(Experiment):
             return [handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                      failure=outcome.failure, detail=outcome.detail)]
 
-        connect, reader, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                                 tag="openvpn", log=log)
+        connect, reader, writer = await net.tcp_open(ep.ip, ep.port, tag="openvpn", log=log)
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import InputError, Observation
+from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
 from probe.experiments.tunnels.tor_link import (
     CMD_CERTS,
     OUR_VERSIONS,
-    LinkError,
     PtError,
     obfs4_client,
     obfs4proxy_path,
@@ -31,8 +32,8 @@ from probe.experiments.tunnels.transport import (
     close_writer,
     guarded,
     handshake_record,
-    tcp_open,
 )
+from probe.experiments.tunnels.wire import WireError
 from probe.net.clock import Clock
 from probe.net.errors import classify
 from probe.schema import TlsHandshake
@@ -67,7 +68,7 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     await writer.drain()
     try:
         theirs, cell = await read_versions(reader)
-    except LinkError as exc:
+    except WireError as exc:
         log.received(exc.data, "not a VERSIONS cell")
         return Outcome(failure="vpn_handshake_failure", detail=str(exc))
     log.received(cell, f"VERSIONS {theirs}")
@@ -81,7 +82,7 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         log.received(body, "CERTS" if cmd == CMD_CERTS else f"cell {cmd}")
         if cmd == CMD_CERTS:
             detail += ", CERTS received"
-    except (asyncio.TimeoutError, LinkError, asyncio.IncompleteReadError):
+    except (asyncio.TimeoutError, WireError, asyncio.IncompleteReadError):
         pass  # VERSIONS already proves a Tor relay answered; CERTS only adds to the detail
     return Outcome(reply=b"ok", detail=detail)
 
@@ -101,79 +102,65 @@ async def _tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ep: E
     return rec
 
 
-class Tor(Experiment):
+class Tor(TunnelExperiment[str | None]):
     name = "tor"
     version = "0.1.0"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_tor(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, str | None]:
+        return parse_tor(url)
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_tor(target.input)[0].ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
-        ep, pt_args = parse_tor(target.input)
+    async def handshake(self, ep: Endpoint, pt_args: str | None, net: MeasurementContext) -> list[Observation]:
         if pt_args is None:
-            return await self._relay(ep, settings)
+            return await self._relay(ep, net)
         binary = obfs4proxy_path()
         if binary is None:
-            return await self._tcp_only(ep, settings)
-        return await self._obfs4(ep, pt_args, binary, settings)
+            return await self._tcp_only(ep, net)
+        return await self._obfs4(ep, pt_args, binary, net)
 
-    async def _relay(self, ep: Endpoint, settings: Settings) -> list[Observation]:
-        clock = current_clock()
-        log = PacketLog(clock)
+    async def _relay(self, ep: Endpoint, net: MeasurementContext) -> list[Observation]:
+        clock = net.clock
+        log = net.packet_log()
         t0 = clock.now()
-        connect, reader, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                                 tag="tor", log=log)
+        connect, reader, writer = await net.tcp_open(ep.ip, ep.port, tag="tor", log=log)
         if reader is None or writer is None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]
         try:
-            tls = await _tls(reader, writer, ep, clock, settings.timeouts.tls)
+            tls = await _tls(reader, writer, ep, clock, net.timeouts.tls)
             if tls.failure is not None:
                 return [connect, tls, handshake_record(ep, clock, t0, log, ok=False, failure=tls.failure,
                                                        detail="TLS handshake failed")]
-            outcome = await guarded(link_handshake(reader, writer, log), settings.timeouts.tls)
+            outcome = await guarded(link_handshake(reader, writer, log), net.timeouts.tls)
         finally:
             await close_writer(writer)
         return [connect, tls, handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                                failure=outcome.failure, detail=outcome.detail)]
 
-    async def _tcp_only(self, ep: Endpoint, settings: Settings) -> list[Observation]:
-        clock = current_clock()
+    async def _tcp_only(self, ep: Endpoint, net: MeasurementContext) -> list[Observation]:
+        clock = net.clock
         t0 = clock.now()
-        log = PacketLog(clock)
-        connect, _, writer = await tcp_open(ep.ip, ep.port, clock=clock, timeout=settings.timeouts.connect,
-                                            tag="obfs4", log=log)
+        log = net.packet_log()
+        connect, _, writer = await net.tcp_open(ep.ip, ep.port, tag="obfs4", log=log)
         await close_writer(writer)
         rec = handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                detail="obfs4proxy is not installed: TCP reachability only", tag="tcp_only")
         rec.failure = connect.failure  # TCP worked: no failure, but no handshake either
         return [connect, rec]
 
-    async def _obfs4(self, ep: Endpoint, pt_args: str, binary: str, settings: Settings) -> list[Observation]:
-        clock = current_clock()
-        log = PacketLog(clock)
+    async def _obfs4(self, ep: Endpoint, pt_args: str, binary: str, net: MeasurementContext) -> list[Observation]:
+        clock = net.clock
+        log = net.packet_log()
         t0 = clock.now()
-        timeout = settings.timeouts.connect + settings.timeouts.tls
+        timeout = net.timeouts.connect + net.timeouts.tls
         # obfs4proxy reports every dial error as "general failure": a direct TCP connect first
         # says whether the bridge's port is reachable at all (refused, reset, silent).
-        connect, _, probe_writer = await tcp_open(ep.ip, ep.port, clock=clock,
-                                                  timeout=settings.timeouts.connect, tag="obfs4", log=log)
+        connect, _, probe_writer = await net.tcp_open(ep.ip, ep.port, tag="obfs4", log=log)
         await close_writer(probe_writer)
         if connect.failure is not None:
             return [connect, handshake_record(ep, clock, t0, log, ok=False, failure=connect.failure,
                                               detail="tcp connect failed")]
         try:
-            async with obfs4_client(binary, settings.timeouts.connect) as client:
+            async with obfs4_client(binary, net.timeouts.connect) as client:
                 reader, writer = await asyncio.open_connection(*client.socks)
 
                 async def through_bridge() -> Outcome:

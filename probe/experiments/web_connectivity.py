@@ -7,17 +7,9 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
-from probe.experiments.base import Experiment, Observation, Settings, Target, current_clock
-from probe.experiments.common import (
-    ask_resolvers,
-    gather_all,
-    ip_literal,
-    parse_web_url,
-    redirect_resolver,
-    resolved_addresses,
-    url_port,
-)
-from probe.net import http, tcp, tls
+from probe.experiments.base import Experiment, Observation, Target
+from probe.experiments.common import gather_all, ip_literal, parse_web_url, resolved_addresses, url_port
+from probe.experiments.context import MeasurementContext
 from probe.schema import DnsQuery, Measurement
 
 
@@ -25,9 +17,8 @@ class WebConnectivity(Experiment):
     name = "web_connectivity"
     version = "0.1.0"
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         parts = parse_web_url(target.input)
-        clock = current_clock()
         host = parts.hostname or ""
         observations: list[Observation] = []
 
@@ -35,7 +26,7 @@ class WebConnectivity(Experiment):
         if literal is not None:
             addresses = [literal]
         else:
-            queries = await ask_resolvers(host, settings, clock)
+            queries = await net.dns_lookup(host)
             observations.extend(queries)
             addresses = resolved_addresses(queries)
         if not addresses:
@@ -44,10 +35,7 @@ class WebConnectivity(Experiment):
         # Every address at once: a black-holed address costs one timeout, not one per address.
         https = parts.scheme.lower() == "https"
         port = url_port(parts)
-        connects = await gather_all(
-            tcp.tcp_connect(ip, port, clock=clock, timeout=settings.timeouts.connect, scrubber=settings.scrubber)
-            for ip in addresses
-        )
+        connects = await gather_all(net.tcp_connect(ip, port) for ip in addresses)
         observations.extend(connects)
         reachable = [c.ip for c in connects if c.failure is None]
         if not reachable:
@@ -59,27 +47,13 @@ class WebConnectivity(Experiment):
         steps: list[Awaitable[Any]] = []
         if https:
             sni = None if literal is not None else host
-            steps += [
-                tls.tls_handshake(
-                    ip, port, sni, clock=clock, timeout=settings.timeouts.tls, ca_bundle=settings.ca_bundle,
-                    scrubber=settings.scrubber,
-                )
-                for ip in reachable
-            ]
+            steps += [net.tls_handshake(ip, port, sni) for ip in reachable]
         # HTTP is pinned to what this measurement resolved (reachable addresses first); a
         # redirect to another host is resolved through the same resolvers, on the record.
         address_map = {host: reachable + [ip for ip in addresses if ip not in reachable]}
         redirect_queries: list[DnsQuery] = []
         steps.append(
-            http.http_get(
-                target.input,
-                clock=clock,
-                timeout=settings.timeouts.http,
-                address_map=address_map,
-                ca_bundle=settings.ca_bundle,
-                resolve=redirect_resolver(settings, clock, redirect_queries),
-                scrubber=settings.scrubber,
-            )
+            net.http_get(target.input, address_map=address_map, resolve=net.redirect_resolver(redirect_queries))
         )
         *handshakes, hops = await gather_all(steps)
         observations.extend(handshakes)

@@ -8,10 +8,13 @@ public key, or it stays silent by design).
 
 from __future__ import annotations
 
-from probe.experiments.base import Experiment, InputError, Observation, Settings, Target, current_clock
+from probe.experiments.base import Observation
+from probe.experiments.context import MeasurementContext
+from probe.experiments.tunnels.base import TunnelExperiment
 from probe.experiments.tunnels.endpoints import Endpoint, decode_key, parse_endpoint
-from probe.experiments.tunnels.transport import PacketLog, Verdict, handshake_record, preload, udp_exchange
-from probe.experiments.tunnels.wireguard_wire import WireError, build_initiation, check_reply
+from probe.experiments.tunnels.transport import Verdict, handshake_record
+from probe.experiments.tunnels.wire import WireError
+from probe.experiments.tunnels.wireguard_wire import build_initiation, check_reply
 
 # wireguard-go retries after 5 s (REKEY_TIMEOUT) plus jitter; servers accept at most one
 # initiation per peer every 20 ms and only with a newer timestamp, so a retry helps when
@@ -29,28 +32,22 @@ def parse_wireguard(url: str) -> tuple[Endpoint, bytes, bytes, bytes | None]:
     return ep, server_public, client_private, decode_key(url, "preshared_key", psk, size=32) if psk else None
 
 
-class WireGuard(Experiment):
+Keys = tuple[bytes, bytes, bytes | None]  # the server's public, our private, the preshared key
+
+
+class WireGuard(TunnelExperiment[Keys]):
     name = "wireguard"
     version = "0.1.0"
+    wire_module = "scapy.contrib.wireguard"
 
-    def input_problem(self, input_: str) -> str | None:
-        try:
-            parse_wireguard(input_)
-        except InputError as exc:
-            return str(exc)
-        return None
+    def parse(self, url: str) -> tuple[Endpoint, Keys]:
+        ep, server_public, client_private, psk = parse_wireguard(url)
+        return ep, (server_public, client_private, psk)
 
-    def host_key(self, target: Target) -> str:
-        try:
-            return parse_wireguard(target.input)[0].ip
-        except InputError:
-            return target.input
-
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
-        ep, server_public, client_private, psk = parse_wireguard(target.input)
-        await preload("scapy.contrib.wireguard")
-        clock = current_clock()
-        log = PacketLog(clock)
+    async def handshake(self, ep: Endpoint, keys: Keys, net: MeasurementContext) -> list[Observation]:
+        server_public, client_private, psk = keys
+        clock = net.clock
+        log = net.packet_log()
         inits = []
 
         def initiation(attempt: int) -> bytes:
@@ -68,8 +65,8 @@ class WireGuard(Experiment):
             return "bad", errors[0] if errors else "no initiation sent"
 
         t0 = clock.now()
-        outcome = await udp_exchange(ep.ip, ep.port, initiation, log=log, validate=validate,
-                                     timeout=settings.timeouts.tls, retransmit=RETRANSMIT_S,
-                                     summary="handshake initiation")
+        outcome = await net.udp_exchange(ep.ip, ep.port, initiation, log=log, validate=validate,
+                                         timeout=net.timeouts.tls, retransmit=RETRANSMIT_S,
+                                         summary="handshake initiation")
         return [handshake_record(ep, clock, t0, log, ok=outcome.reply is not None,
                                  failure=outcome.failure, detail=outcome.detail)]

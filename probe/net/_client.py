@@ -81,8 +81,9 @@ def ip_literal(host: str) -> str | None:
         return None
 
 
-# A check of every (address, port) about to be connected to, set by a caller for its task (the
-# control helper: its address policy). Returns why it is refused, or None. It runs on the
+# A check of every (address, port) about to be connected to, set for a measurement by its
+# context (probe.experiments.context, from Settings.address_guard: the control helper's
+# address policy). Returns why it is refused, or None. It runs on the
 # address actually connected to, after name resolution, so DNS rebinding cannot pass it.
 address_guard: contextvars.ContextVar[Callable[[str, int], str | None] | None] = contextvars.ContextVar(
     "address_guard", default=None

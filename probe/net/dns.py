@@ -90,7 +90,7 @@ def _answers(msg: dns.message.Message, scrubber: Scrubber | None) -> list[DnsAns
             if len(out) >= MAX_ANSWERS:
                 return out
             if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                value = _own_address_scrubbed(rdata.address, scrubber)  # type: ignore[attr-defined]
+                value = _own_address_scrubbed(rdata.address, scrubber)
             else:
                 value = rdata.to_text()[:MAX_VALUE_LEN]
                 if scrubber is not None:

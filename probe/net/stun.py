@@ -12,6 +12,8 @@ import logging
 
 from aioice import stun
 
+from probe.errors import VantageError
+
 log = logging.getLogger(__name__)
 
 # RFC 5389 7.2.1: retransmit after 500 ms, doubling; three tries are enough to tell a server
@@ -20,7 +22,7 @@ _RTO = 0.5
 _TRIES = 3
 
 
-class StunError(Exception):
+class StunError(VantageError):
     """No usable answer from the STUN server (one line, no address of ours)."""
 
 

@@ -25,6 +25,7 @@ from netns.address_forms import find, forms
 import probe.control
 import probe.schema as S
 from probe.experiments.base import Experiment, Settings, Target, Vantage, measure
+from probe.experiments.context import MeasurementContext
 from probe.net.scrub import LogScrubFilter
 from probe.net.scrub import Scrubber as NetScrubber
 from probe.scrub import REPLACEMENT, Scrubber, scrub_probe_ip, scrub_record
@@ -147,7 +148,7 @@ def test_known_address_mode_keeps_other_literals() -> None:
 class _Echo(Experiment):
     name = "echo_test"
 
-    async def run(self, target: Target, settings: Settings) -> list[Any]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Any]:
         return [S.HttpRequest(0, 0.1, f"unknown_failure:bind {OWN} failed", f"http://x/?me={OWN}",
                               headers=[S.HttpHeader("x-you", forms(OWN)["hex"])])]
 

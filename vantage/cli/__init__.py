@@ -9,6 +9,7 @@ import logging
 import click
 
 from probe import __version__
+from probe.errors import VantageError
 
 
 # Each command lives in its own module and is imported only when it runs (or when help lists
@@ -46,6 +47,13 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(importlib.import_module(module), attr)
         self.commands[cmd_name] = command
         return command
+
+    def invoke(self, ctx: click.Context) -> object:
+        # Any error of the project (probe.errors.VantageError) is one line, never a traceback.
+        try:
+            return super().invoke(ctx)
+        except VantageError as exc:
+            raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

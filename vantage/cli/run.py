@@ -199,8 +199,6 @@ def run(ctx: click.Context, **opts: Any) -> None:
     control_url = opts["control"]
     public: str | None = None
     if control_url:
-        if not _control_available():
-            raise click.ClickException("--control: this installation has no control helper client (probe.control)")
         public = _vantage_from_helper(vantage, control_url, settings.ca_bundle, opts)
         if public is not None and not ipaddress.ip_address(public).is_loopback:
             # In memory only: scrubbed from records and logs. (A helper on this machine sees
@@ -393,14 +391,6 @@ def _announce_privacy(scrubber: Any, *, learned: bool, public_nets: tuple[str, .
         "IP address in captured text that is not one of a measurement's own targets"
     )
     Console(stderr=True).print(line, highlight=False, markup=False, soft_wrap=True)
-
-
-def _control_available() -> bool:
-    try:
-        from probe import control
-    except ImportError:
-        return False
-    return hasattr(control, "fetch_control")
 
 
 def _vantage_from_helper(vantage: Vantage, control_url: str, ca_bundle: str | None, opts: dict[str, Any]) -> str | None:

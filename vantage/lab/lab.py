@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import trustme
 
+from probe.errors import VantageError
 from vantage.lab import plan
 from vantage.lab.dns_server import DnsServer, LabZone
 from vantage.lab.streams import drain_tasks
@@ -33,7 +34,7 @@ FINGERPRINTS = Path(__file__).with_name("fingerprints.csv")  # OONI blocking-fin
 _START_TIMEOUT = 30.0
 
 
-class LabError(RuntimeError):
+class LabError(VantageError, RuntimeError):
     """The lab could not start (no free ports, addresses unavailable)."""
 
 

@@ -24,6 +24,7 @@ from analysis.ingest.ooni.convert import Converted, NotAMeasurement, convert
 from analysis.ingest.ooni.fields import BodyStats, map_failure
 from analysis.ingest.ooni.read import SourceError, discover, iter_documents
 from probe.dataset import StoreError, iter_dataset_files, partition_dir, write_table_atomic
+from probe.errors import VantageError
 from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
 from probe.scrub import scrub_probe_ip
 
@@ -33,7 +34,7 @@ MAX_REPORTED_ERRORS = 50  # the summary keeps the first ones; all are counted (a
 _MAX_REASON = 300
 
 
-class OoniImportError(Exception):
+class OoniImportError(VantageError):
     """An import that cannot start (bad source path, unwritable output); one line."""
 
 

@@ -18,13 +18,15 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from probe.errors import VantageError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
 _DECODER = json.JSONDecoder(strict=False)
 _LONG_DIGITS = re.compile(r"\d{19}")
 
 
-class SourceError(Exception):
+class SourceError(VantageError):
     """A source path that cannot be read at all (missing, not a measurement file)."""
 
 

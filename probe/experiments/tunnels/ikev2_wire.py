@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from probe.experiments.tunnels.wire import WireError as WireError  # re-exported: the parsers raise it
+
 if TYPE_CHECKING:
     from scapy.packet import Packet
 
@@ -35,10 +37,6 @@ MODP2048_P = int(
     16,
 )
 SUPPORTED_GROUPS = (GROUP_CURVE25519, GROUP_MODP2048)
-
-
-class WireError(ValueError):
-    """A reply that is not an IKE_SA_INIT response to our request."""
 
 
 def key_exchange(group: int) -> bytes:

@@ -15,6 +15,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from probe.experiments.tunnels.wire import WireError as WireError  # re-exported: the parsers raise it
+
 P_CONTROL_V1 = 4
 P_ACK_V1 = 5
 P_CONTROL_HARD_RESET_CLIENT_V2 = 7
@@ -37,10 +39,6 @@ OPCODES = {
 }
 STATIC_KEY_SIZE = 256  # 2048-bit OpenVPN static key: 2 x (64-byte cipher key, 64-byte HMAC key)
 DIGESTS = {"SHA1": "sha1", "SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512"}
-
-
-class WireError(ValueError):
-    """A packet that is not what it claims to be (truncated, wrong HMAC, wrong opcode)."""
 
 
 def parse_static_key(data: bytes) -> bytes:

@@ -17,18 +17,15 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from probe.errors import VantageError
+from probe.experiments.tunnels.wire import WireError
+
 CMD_VERSIONS = 7
 CMD_CERTS = 129
 OUR_VERSIONS = (3, 4, 5)
 MAX_VAR_CELL = 65535
 
 
-class LinkError(ValueError):
-    """The peer's answer is not Tor's link handshake; ``data`` is what was read of it."""
-
-    def __init__(self, message: str, data: bytes = b""):
-        super().__init__(message)
-        self.data = data
 
 
 def versions_cell(versions: tuple[int, ...] = OUR_VERSIONS) -> bytes:
@@ -40,12 +37,12 @@ def versions_cell(versions: tuple[int, ...] = OUR_VERSIONS) -> bytes:
 def parse_versions(header: bytes, body: bytes) -> list[int]:
     circ, cmd, length = struct.unpack("!HBH", header)
     if cmd != CMD_VERSIONS:
-        raise LinkError(f"expected a VERSIONS cell, got command {cmd}")
+        raise WireError(f"expected a VERSIONS cell, got command {cmd}")
     if circ != 0 or length % 2 or length != len(body):
-        raise LinkError("malformed VERSIONS cell")
+        raise WireError("malformed VERSIONS cell")
     versions = [v for (v,) in struct.iter_unpack("!H", body)]
     if not versions:
-        raise LinkError("empty VERSIONS cell")
+        raise WireError("empty VERSIONS cell")
     return versions
 
 
@@ -54,14 +51,14 @@ async def read_versions(reader: asyncio.StreamReader) -> tuple[list[int], bytes]
     header = await reader.readexactly(5)
     length = struct.unpack("!H", header[3:5])[0]
     if header[2] != CMD_VERSIONS:
-        raise LinkError(f"expected a VERSIONS cell, got {header.hex()}", header)
+        raise WireError(f"expected a VERSIONS cell, got {header.hex()}", header)
     if length > 1024:
-        raise LinkError(f"implausible VERSIONS length {length}", header)
+        raise WireError(f"implausible VERSIONS length {length}", header)
     body = await reader.readexactly(length)
     try:
         return parse_versions(header, body), header + body
-    except LinkError as exc:
-        raise LinkError(str(exc), header + body) from None
+    except WireError as exc:
+        raise WireError(str(exc), header + body) from None
 
 
 async def read_var_cell(reader: asyncio.StreamReader, circ_id_len: int) -> tuple[int, bytes]:
@@ -70,7 +67,7 @@ async def read_var_cell(reader: asyncio.StreamReader, circ_id_len: int) -> tuple
     header = await reader.readexactly(circ_id_len + 3)
     cmd = header[circ_id_len]
     if cmd < 128 and cmd != CMD_VERSIONS:
-        raise LinkError(f"expected a variable-length cell, got command {cmd}")
+        raise WireError(f"expected a variable-length cell, got command {cmd}")
     length = struct.unpack("!H", header[circ_id_len + 1 :])[0]
     return cmd, header + await reader.readexactly(length)
 
@@ -87,7 +84,7 @@ def tor_tls_context() -> ssl.SSLContext:
 # --------------------------------------------------------------------------- obfs4proxy
 
 
-class PtError(Exception):
+class PtError(VantageError):
     """obfs4proxy could not be started or would not connect; ``failure`` is the failure string."""
 
     def __init__(self, failure: str, detail: str):

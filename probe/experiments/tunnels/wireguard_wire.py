@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from probe.experiments.tunnels.wire import WireError as WireError  # re-exported: the parsers raise it
+
 CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
 IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
 LABEL_MAC1 = b"mac1----"
@@ -26,10 +28,6 @@ RESPONSE_SIZE = 92
 COOKIE_REPLY_SIZE = 64
 MSG_INITIATION, MSG_RESPONSE, MSG_COOKIE_REPLY, MSG_TRANSPORT = 1, 2, 3, 4
 TAI64_BASE = 0x400000000000000A
-
-
-class WireError(ValueError):
-    """A reply that is not a valid handshake response to our initiation."""
 
 
 def _hash(*parts: bytes) -> bytes:

@@ -13,7 +13,8 @@ from loopfarm import Farm, lab_settings
 
 from probe.dataset import already_measured, iter_dataset_files
 from probe.experiments import registry
-from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage, current_clock
+from probe.experiments.base import Experiment, Observation, Settings, Target, Vantage
+from probe.experiments.context import MeasurementContext
 from probe.runner import RunSummary, run_targets
 from probe.schema import TcpConnect
 
@@ -109,13 +110,13 @@ class _Sleepy(Experiment):
         self.total_now = 0
         self.total_peak = 0
 
-    async def run(self, target: Target, settings: Settings) -> list[Observation]:
+    async def run(self, target: Target, net: MeasurementContext) -> list[Observation]:
         host = self.host_key(target)
         self.now[host] = self.now.get(host, 0) + 1
         self.total_now += 1
         self.peak[host] = max(self.peak.get(host, 0), self.now[host])
         self.total_peak = max(self.total_peak, self.total_now)
-        clock = current_clock()
+        clock = net.clock
         t0 = clock.now()
         try:
             await asyncio.sleep(self.delay)

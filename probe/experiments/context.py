@@ -1,0 +1,223 @@
+"""The measurement context: the one object through which an experiment reaches the network
+(after ooni/probe-cli's ``Trace`` and httpx's ``Client``).
+
+It holds what every step of one measurement shares: the clock (every ``t0``/``t`` of a record
+comes from it), the run's settings (resolvers, CA bundle, timeouts, scrubber) and the address
+guard the control helper switches on. Experiments write ``await net.tcp_connect(ip, port)``
+and never pass a clock, a timeout or a scrubber themselves; a test hands them a fake context
+(tests/support/fake_net.py) and checks their decisions in milliseconds, without sockets.
+
+The record is scrubbed once, where ``measure()`` finishes it; the context passes the scrubber
+to probe.net only where the layer needs it before the record exists (a body is hashed over its
+scrubbed bytes, answers equal to the probe's own address are dropped at parse time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from probe.net import dns, http, tcp, tls
+from probe.net._client import address_guard as _address_guard_var
+from probe.net.clock import Clock
+from probe.schema import DnsQuery, HttpRequest, TcpConnect, TlsHandshake
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from probe.experiments.base import Settings, Timeouts
+    from probe.experiments.tunnels.transport import Outcome, PacketLog, UdpSession, Validator
+    from probe.net.scrub import Scrubber
+
+Resolve = Callable[[str], Awaitable[list[str]]]
+AddressGuard = Callable[[str, int], str | None]
+
+
+class MeasurementContext:
+    """Clock, settings and the network steps of one measurement (``net`` in experiments)."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock if clock is not None else Clock()
+
+    # ----------------------------------------------------------------- what it holds
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self.settings.timeouts
+
+    @property
+    def scrubber(self) -> Scrubber | None:
+        return self.settings.scrubber
+
+    @property
+    def ca_bundle(self) -> str | None:
+        return self.settings.ca_bundle
+
+    @property
+    def address_guard(self) -> AddressGuard | None:
+        return self.settings.address_guard
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Every connection made inside (tasks started inside included) passes the address
+        guard, when one is set; probe.net checks it on the address actually connected to."""
+        if self.address_guard is None:
+            yield
+            return
+        token = _address_guard_var.set(self.address_guard)
+        try:
+            yield
+        finally:
+            _address_guard_var.reset(token)
+
+    # ----------------------------------------------------------------- steps
+
+    async def tcp_connect(self, ip: str, port: int, *, tag: str | None = None) -> TcpConnect:
+        return await tcp.tcp_connect(
+            ip, port, clock=self.clock, timeout=self.timeouts.connect, scrubber=self.scrubber, tag=tag
+        )
+
+    async def tls_handshake(self, ip: str, port: int, sni: str | None, *, tag: str | None = None) -> TlsHandshake:
+        return await tls.tls_handshake(
+            ip, port, sni, clock=self.clock, timeout=self.timeouts.tls, ca_bundle=self.ca_bundle,
+            scrubber=self.scrubber, tag=tag,
+        )
+
+    async def http_get(
+        self,
+        url: str,
+        *,
+        address_map: dict[str, list[str]] | None,
+        resolve: Resolve | None = None,
+        max_redirects: int = 10,
+        body_cap: int = http.DEFAULT_BODY_CAP,
+        tag: str | None = None,
+    ) -> list[HttpRequest]:
+        return await http.http_get(
+            url, clock=self.clock, timeout=self.timeouts.http, address_map=address_map, ca_bundle=self.ca_bundle,
+            max_redirects=max_redirects, body_cap=body_cap, resolve=resolve, scrubber=self.scrubber, tag=tag,
+        )
+
+    async def dns_system(self, hostname: str, *, tag: str | None = None) -> list[DnsQuery]:
+        return await dns.resolve_system(
+            hostname, clock=self.clock, timeout=self.timeouts.dns, scrubber=self.scrubber, tag=tag
+        )
+
+    async def dns_udp(
+        self, hostname: str, resolver: str, qtype: str = "A", *, timeout: float | None = None, tag: str | None = None
+    ) -> DnsQuery:
+        return await dns.resolve_udp(
+            hostname, resolver, qtype, clock=self.clock, timeout=self.timeouts.dns if timeout is None else timeout,
+            scrubber=self.scrubber, tag=tag,
+        )
+
+    async def dns_tcp(self, hostname: str, resolver: str, qtype: str = "A", *, tag: str | None = None) -> DnsQuery:
+        return await dns.resolve_tcp(
+            hostname, resolver, qtype, clock=self.clock, timeout=self.timeouts.dns, scrubber=self.scrubber, tag=tag
+        )
+
+    async def dns_doh(self, hostname: str, url: str, qtype: str = "A", *, tag: str | None = None) -> DnsQuery:
+        return await dns.resolve_doh(
+            hostname, url, qtype, clock=self.clock, timeout=self.timeouts.dns, verify=self.ca_bundle or True,
+            resolve=self.doh_name_resolver(), scrubber=self.scrubber, tag=tag,
+        )
+
+    async def dns_lookup(
+        self, hostname: str, *, qtypes: Iterable[str] = ("A", "AAAA"), tcp: bool = False
+    ) -> list[DnsQuery]:
+        """Every configured resolver asked concurrently; system first, then resolvers in order.
+
+        Plain resolvers are asked over UDP (and also over TCP when ``tcp``), DoH URLs over HTTPS.
+        """
+        from probe.experiments.common import gather_all, is_doh
+
+        qtypes = tuple(qtypes)
+        jobs: list[Awaitable[DnsQuery | list[DnsQuery]]] = []
+        if self.settings.use_system_resolver:
+            jobs.append(self.dns_system(hostname))
+        for resolver in self.settings.resolvers:
+            for qtype in qtypes:
+                if is_doh(resolver):
+                    jobs.append(self.dns_doh(hostname, resolver, qtype))
+                    continue
+                jobs.append(self.dns_udp(hostname, resolver, qtype))
+                if tcp:
+                    jobs.append(self.dns_tcp(hostname, resolver, qtype))
+        queries: list[DnsQuery] = []
+        for result in await gather_all(jobs):
+            queries.extend(result if isinstance(result, list) else [result])
+        return queries
+
+    def doh_name_resolver(self) -> Resolve | None:
+        """How the name of a DoH server is found: the system resolver (None: probe.net's
+        default), or, when the system resolver is off, the configured plain resolvers only."""
+        from probe.experiments.common import gather_all, is_doh, resolved_addresses
+
+        if self.settings.use_system_resolver:
+            return None
+        plain = [r for r in self.settings.resolvers if not is_doh(r)]
+        clock, timeout = self.clock, self.timeouts.dns
+
+        async def resolve(host: str) -> list[str]:
+            # No scrubber: these answers are only connected to, never stored.
+            queries = await gather_all(
+                dns.resolve_udp(host, r, qtype, clock=clock, timeout=timeout) for r in plain for qtype in ("A", "AAAA")
+            )
+            return resolved_addresses(queries)
+
+        return resolve
+
+    def redirect_resolver(self, record: list[DnsQuery]) -> Resolve:
+        """How HTTP finds a host it is redirected to: the same resolvers the experiment uses,
+        with every query kept in ``record`` (so the record shows how the redirect was resolved)."""
+        from probe.experiments.common import resolved_addresses
+
+        async def resolve(host: str) -> list[str]:
+            queries = await self.dns_lookup(host)
+            record.extend(queries)
+            return resolved_addresses(queries)
+
+        return resolve
+
+    # ----------------------------------------------------------------- tunnels' transport
+
+    def packet_log(self) -> PacketLog:
+        from probe.experiments.tunnels.transport import PacketLog
+
+        return PacketLog(self.clock)
+
+    async def tcp_open(
+        self, ip: str, port: int, *, tag: str | None = None, log: PacketLog | None = None
+    ) -> tuple[TcpConnect, asyncio.StreamReader | None, asyncio.StreamWriter | None]:
+        from probe.experiments.tunnels.transport import tcp_open
+
+        return await tcp_open(ip, port, clock=self.clock, timeout=self.timeouts.connect, tag=tag, log=log)
+
+    async def udp_exchange(
+        self,
+        ip: str,
+        port: int,
+        payload: Callable[[int], bytes],
+        *,
+        log: PacketLog,
+        validate: Validator,
+        timeout: float,
+        retransmit: float = 1.5,
+        summary: str | None = None,
+    ) -> Outcome:
+        from probe.experiments.tunnels.transport import udp_exchange
+
+        return await udp_exchange(ip, port, payload, log=log, validate=validate, timeout=timeout,
+                                  retransmit=retransmit, summary=summary)
+
+    @contextlib.asynccontextmanager
+    async def udp_session(self, ip: str, port: int) -> AsyncIterator[UdpSession]:
+        from probe.experiments.tunnels.transport import UdpSession
+
+        async with UdpSession(ip, port) as session:
+            yield session
