@@ -89,11 +89,13 @@ def _wilson_upper(k: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
         den = 1 + z * z / n
         centre = p + z * z / (2 * n)
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        return np.minimum(1.0, (centre + half) / den)
+        bound: np.ndarray = np.minimum(1.0, (centre + half) / den)
+        return bound
 
 
 def _col(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False).astype(float)
+    values: np.ndarray = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+    return values
 
 
 def _median_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

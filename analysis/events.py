@@ -89,11 +89,12 @@ class Event:
 def _utc(value: Any) -> dt.datetime:
     if isinstance(value, np.datetime64):
         value = value.astype("datetime64[us]").astype(dt.datetime)
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    moment: dt.datetime = value
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def _naive(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 # --------------------------------------------------------------------------- network anomalies
@@ -121,7 +122,7 @@ class Classifier:
         return self.con.execute(sql, params).fetchall()
 
     def _window(self, where: str, start: dt.datetime, end: dt.datetime | None) -> tuple[str, list[Any]]:
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
+        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
         return f"{where} AND hour >= ? AND hour < ?", [_naive(start), _naive(end)]
 
     def control_rate(self, inputs: list[str] | None, start: dt.datetime, end: dt.datetime | None) -> tuple[float | None, int]:
@@ -532,7 +533,7 @@ def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]
     if not per:
         return {n: (e.start, e.end) for n in e.networks}
     out: dict[str, tuple[dt.datetime, dt.datetime | None]] = {}
-    far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
     for key, ev in per.items():
         span = ev.get("span")
         start, end = (dt.datetime.fromisoformat(span[0]), dt.datetime.fromisoformat(span[1]) if span[1] else None) \
@@ -596,10 +597,11 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
         if host is None:
             network_events.append(c)
         else:
-            host.evidence.setdefault("connectivity_lost", []).append(
-                {"span": [c.start.isoformat(), c.end.isoformat() if c.end else None], "rule": c.rule,
-                 **{k: c.evidence[k] for k in ("dark_hours", "anchors", "targets", "inputs", "source")
-                    if k in c.evidence}})
+            lost: dict[str, Any] = {"span": [c.start.isoformat(), c.end.isoformat() if c.end else None],
+                                    "rule": c.rule}
+            lost.update({k: c.evidence[k] for k in ("dark_hours", "anchors", "targets", "inputs", "source")
+                         if k in c.evidence})
+            host.evidence.setdefault("connectivity_lost", []).append(lost)
     # 1. per country: same-kind network anomalies that overlap (or nearly) become one event
     merged = _merge_by_country(network_events, gap)
     # 1b. connectivity lost in several networks of a country at once cannot be one household's
@@ -678,7 +680,7 @@ def _absorb(into: Event, ev: Event) -> None:
     while name in per:  # the same network again (a fault seen in pieces): keep both
         name, n = f"{key}#{n}", n + 1
     per[name] = {**ev.evidence, "span": [ev.start.isoformat(), ev.end.isoformat() if ev.end else None]}
-    far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
     into.start = min(into.start, ev.start)
     end = max(into.end or far, ev.end or far)
     into.end = None if end == far else end

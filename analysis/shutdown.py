@@ -59,7 +59,7 @@ class Detection:
 def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
     hours = hourly.column("hour").to_numpy().astype("datetime64[h]")
     lo, hi = hours.min(), hours.max()
-    start = lo.astype("datetime64[us]").astype(dt.datetime).replace(tzinfo=dt.timezone.utc)
+    start = lo.astype("datetime64[us]").astype(dt.datetime).replace(tzinfo=dt.UTC)
     return start, int((hi - lo).astype(int)) + 1
 
 

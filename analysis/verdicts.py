@@ -9,6 +9,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
@@ -142,7 +143,7 @@ def classify_values(
     """One row per distinct DNS answer value: bogon?, network, ASN, DNS fingerprint. The ASN is
     the one the measuring side recorded with the answer (``answer_asns``, OONI's per-answer
     ASN), else ``asn_lookup``'s (an IP-to-ASN database)."""
-    cols: dict[str, list] = {name: [] for name in IPINFO_SCHEMA.names}
+    cols: dict[str, list[Any]] = {name: [] for name in IPINFO_SCHEMA.names}
     for v in values:
         fp = dns_fingerprints.get(v.rstrip("."))
         try:
@@ -235,7 +236,7 @@ def _as_fingerprint_set(fingerprints: FingerprintSet | Iterable[Path | str] | No
 def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet) -> pa.Table:
     """Blockpage matches for the candidate probe measurements: (mid, http_fp, http_fp_conf)."""
     schema = pa.schema([("mid", pa.string()), ("http_fp", pa.string()), ("http_fp_conf", pa.float64())])
-    out: dict[str, list] = {"mid": [], "http_fp": [], "http_fp_conf": []}
+    out: dict[str, list[Any]] = {"mid": [], "http_fp": [], "http_fp_conf": []}
     if not fps.http:
         return pa.table(out, schema=schema)
     matcher = fps.http_matcher

@@ -35,6 +35,12 @@ echo "== ruff"
 .venv/bin/ruff check probe analysis vantage tests benchmarks
 lint=$?
 
+echo "== mypy --strict"
+# probe/ joins when it is strict-clean: then this line becomes `mypy analysis vantage probe`
+# (and pyproject's follow_imports override for probe.* goes).
+.venv/bin/mypy analysis vantage
+types=$?
+
 echo "== pytest"
 .venv/bin/python -m pytest "$@"
 rc=$?
@@ -45,6 +51,10 @@ if [ "$rc" = 5 ]; then
 fi
 if [ "$lint" != 0 ]; then
   echo "ruff found problems: failing" >&2
+  [ "$rc" != 0 ] || rc=1
+fi
+if [ "$types" != 0 ]; then
+  echo "mypy found problems: failing" >&2
   [ "$rc" != 0 ] || rc=1
 fi
 exit "$rc"

@@ -247,7 +247,7 @@ async def measure(
     try:
         observations = await asyncio.wait_for(experiment.run(target, settings), settings.measurement_timeout)
         sort_observations(m, observations)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         # Only the safety net fires here (every step has its own, shorter timeout).
         _clear_observations(m)
         m.failure = "generic_timeout"

@@ -29,7 +29,7 @@ from tests.support.verdict_checks import assert_one_verdict_per_measurement
 from vantage.cli import main
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 SOCIAL = "https://social-a.example/"
 BLOCKPAGE_URL = "http://blog-b.example/"
 # The analyzer names the rule that fired (tls.reset_sni); raw reachability (events
@@ -267,7 +267,7 @@ def test_commands_have_help() -> None:
 
 # --------------------------------------------------------------------------- connectivity lost first
 
-DARK_START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+DARK_START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 DARK_NETS = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi",), 3),
              sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
 NEWS_B = "https://news-b.example/"

@@ -19,7 +19,7 @@ from probe.schema import DnsAnswer, DnsQuery, HttpRequest, Measurement, TcpConne
 from tests.support.verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 from vantage.cli import main
 
-T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
 
 def web(role: str, tcp_failure: str | None = None, control_for: str | None = None, url: str = "http://a.example/",
@@ -225,8 +225,8 @@ def test_verdicts_file_records_its_provenance(tmp_path: Path) -> None:
     from importlib.metadata import version
 
     assert meta["vantage_version"] == version("vantage")
-    made = _dt.datetime.strptime(meta["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    assert abs((_dt.datetime.now(_dt.timezone.utc) - made).total_seconds()) < 600
+    made = _dt.datetime.strptime(meta["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
+    assert abs((_dt.datetime.now(_dt.UTC) - made).total_seconds()) < 600
     assert meta["counts"] == {"verdicts": 3, "probe_measurements": 3, "skipped_files": 0}
 
 

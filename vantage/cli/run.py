@@ -154,7 +154,7 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.pass_context
-def run(ctx: click.Context, **opts: Any) -> None:
+def run(ctx: click.Context, /, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
 
     Each input of the lists (or --url) is measured once by the experiment and stored as one

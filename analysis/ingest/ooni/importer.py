@@ -122,7 +122,7 @@ class _Batches:
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            date = row["measurement_start_time"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+            date = row["measurement_start_time"].astimezone(dt.UTC).strftime("%Y-%m-%d")
             self.groups[(date, row.pop("probe_cc"))].append(row)
         self.buffered += len(rows)
         if self.buffered >= self.batch_size:
