@@ -22,6 +22,9 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+from duckdb import ColumnExpression as C
+from duckdb import ConstantExpression as K
+from duckdb import FunctionExpression as F
 
 from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
 
@@ -105,9 +108,9 @@ class Classifier:
     from the signals alone)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
-                 verdicts: str | None = None) -> None:
+                 verdicts: duckdb.DuckDBPyRelation | None = None) -> None:
         self.con = con
-        self.verdicts = verdicts  # a registered compute_verdicts table: its methods name blocks
+        self.verdicts = verdicts  # compute_verdicts rows, a relation of con: its methods name blocks
         self.hourly = hourly
         self.cfg = cfg
         self.hours = hourly.column("hour").to_numpy()
@@ -169,17 +172,23 @@ class Classifier:
             [cc, asn, *params])]
 
     def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
-        if self.verdicts:
-            where, params = self._window("f.role = 'probe' AND f.cc = ? AND f.asn = ? AND list_contains(?, f.input) "
-                                         "AND (v.status = 'blocked' OR NOT f.ok)", start, end)
-            sql = (f"SELECT coalesce(CASE WHEN v.status = 'blocked' THEN v.method END, f.method) AS m, count(*) "
-                   f"FROM shutdown_facts f "
-                   f"LEFT JOIN {self.verdicts} v USING (measurement_id) WHERE {where} GROUP BY ALL")
+        assert self.con is not None
+        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        # values enter as constant expressions (the relation API's bound parameters)
+        where = ((C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
+                 & F("list_contains", K(inputs), C("input"))
+                 & (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end))))
+        facts = self.con.table("shutdown_facts")
+        if self.verdicts is not None:
+            facts = facts.join(self.verdicts.select("measurement_id, status AS v_status, method AS v_method"),
+                               "measurement_id", how="left")
+            method = "coalesce(CASE WHEN v_status = 'blocked' THEN v_method END, method)"
+            rows = facts.filter(where & ((C("v_status") == K("blocked")) | ~C("ok")))
         else:
-            where, params = self._window("role = 'probe' AND NOT ok AND cc = ? AND asn = ? AND list_contains(?, input)",
-                                         start, end)
-            sql = f"SELECT method, count(*) FROM shutdown_facts WHERE {where} GROUP BY ALL"
-        return Counter({m: n for m, n in self._q(sql, [cc, asn, inputs, *params]) if m is not None})
+            method = "method"
+            rows = facts.filter(where & ~C("ok"))
+        counted = rows.aggregate(f"{method} AS m, count(*) AS n", method).fetchall()
+        return Counter({m: n for m, n in counted if m is not None})
 
     # -- classification
     def classify_run(self, run: AlertRun) -> Event | None:
@@ -399,11 +408,12 @@ class Classifier:
             ev.confidence = 0.4
             tail = f"but controls failed too (ok rate {ctrl:.0%}): the loss may be wider or the targets down"
         ev.reason = f"connectivity lost at {where_else}: {failed}, {tail}: shutdown or local fault"
-        if source == "verdicts":
-            evidence["no_connectivity_verdicts"] = int(self._q(
-                f"SELECT count(*) FROM {self.verdicts} WHERE status = 'no_connectivity' AND probe_cc = ? "
-                "AND coalesce(probe_asn, 'AS0') = ? AND measurement_start_time >= ? AND measurement_start_time < ?",
-                [cc, asn, start, end])[0][0])
+        if source == "verdicts" and self.verdicts is not None:
+            lost = self.verdicts.filter(
+                (C("status") == K("no_connectivity")) & (C("probe_cc") == K(cc))
+                & (duckdb.CoalesceOperator(C("probe_asn"), K("AS0")) == K(asn))
+                & (C("measurement_start_time") >= K(start)) & (C("measurement_start_time") < K(end)))
+            evidence["no_connectivity_verdicts"] = len(lost)
         ev.evidence = evidence
         return ev
 
@@ -471,16 +481,18 @@ def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str
     return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
 
 
-def dark_hours_from_verdicts(con: duckdb.DuckDBPyConnection, verdicts: str) -> list[tuple[str, str, dt.datetime, int]]:
+def dark_hours_from_verdicts(verdicts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
     """(cc, asn, hour, measurements) of the hours the verdict stage called ``no_connectivity``
     (rule ``connectivity.lost``): the verdicts are the one judgement every command shows."""
-    cols = {r[0] for r in con.execute(f"DESCRIBE {verdicts}").fetchall()}
-    if not {"status", "probe_cc", "probe_asn", "measurement_start_time"} <= cols:
+    if not {"status", "probe_cc", "probe_asn", "measurement_start_time"} <= set(verdicts.columns):
         return []
-    rows = con.execute(f"""
+    # "v" names the verdicts relation for this one query
+    hours = verdicts.query("v", """
         SELECT probe_cc, coalesce(probe_asn, 'AS0'), date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC'),
                count(*)
-        FROM {verdicts} WHERE status = 'no_connectivity' GROUP BY ALL ORDER BY ALL""").fetchall()
+        FROM v WHERE status = 'no_connectivity' GROUP BY ALL ORDER BY ALL""")
+    assert hours is not None  # a SELECT always gives a relation
+    rows = hours.fetchall()
     return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rows]
 
 

@@ -145,7 +145,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
 
     Verdicts first: the change detector then also sees blockpages served with HTTP 200."""
     con.register("report_verdicts", verdicts.table)
-    detection = detect(con, detector_config, verdicts="report_verdicts")
+    detection = detect(con, detector_config, verdicts=con.table("report_verdicts"))
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)).replace(tzinfo=None)}
              for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]

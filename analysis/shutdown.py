@@ -38,7 +38,6 @@ from probe.dataset import write_table_atomic
 __all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect",
            "detect_from_signals", "find_events", "write_events", "events_to_table", "render_events"]
 
-_VERDICTS_NAME = "_event_verdicts"
 
 
 @dataclass
@@ -64,42 +63,40 @@ def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
 
 
 def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
-           verdicts: str | pa.Table | None = None) -> Detection:
+           verdicts: pa.Table | duckdb.DuckDBPyRelation | None = None) -> Detection:
     """Events from the ``measurements`` view of ``con``.
 
     ``verdicts``: the verdict table (VERDICT_SCHEMA rows, as ``vantage analyze`` writes them),
-    or the name of such a table registered in ``con``. With it the change detector counts
+    as an Arrow table or a relation of ``con``. With it the change detector counts
     verdict-blocked measurements instead of raw failures, and connectivity loss is read from the
     ``no_connectivity`` verdicts; without it (``--no-verdicts``) from the dark hours of the raw
     signals (anchors all failing, nearly every target failing).
     """
     cfg = cfg or DetectorConfig()
-    registered = False
+    # the verdict stage's rows, as a relation of this connection
+    rel: duckdb.DuckDBPyRelation | None = None
     if isinstance(verdicts, pa.Table):
-        con.register(_VERDICTS_NAME, verdicts)
-        verdicts, registered = _VERDICTS_NAME, True
-    try:
-        sig.create_fact_views(con)
-        counts = sig.network_hour_signals(con)
-        if counts.num_rows == 0:
-            return Detection([], counts)
-        hourly = baselined_signals(con, counts, cfg)
-        classifier = Classifier(con, hourly, cfg, verdicts)
-        network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
-        if verdicts:
-            dark = connectivity_events(classifier, dark_hours_from_verdicts(con, verdicts), "verdicts")
-        else:
-            dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
-        hour0, n_hours = _hour0(hourly)
-        failures = sig.input_hour_failures(con, verdicts=verdicts)
-        changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
-        change_events = [classifier.classify_change(c, hour0) for c in changes]
-        events = merge_events(network_events, change_events, cfg, dark)
-        annotate_scope(events, hourly)
-        return Detection(events, hourly, changes, hour0, failures)
-    finally:
-        if registered:
-            con.unregister(_VERDICTS_NAME)
+        rel = con.from_arrow(verdicts)
+    elif isinstance(verdicts, duckdb.DuckDBPyRelation):
+        rel = verdicts
+    sig.create_fact_views(con)
+    counts = sig.network_hour_signals(con)
+    if counts.num_rows == 0:
+        return Detection([], counts)
+    hourly = baselined_signals(con, counts, cfg)
+    classifier = Classifier(con, hourly, cfg, rel)
+    network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
+    if rel is not None:
+        dark = connectivity_events(classifier, dark_hours_from_verdicts(rel), "verdicts")
+    else:
+        dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
+    hour0, n_hours = _hour0(hourly)
+    failures = sig.input_hour_failures(con, verdicts=rel)
+    changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
+    change_events = [classifier.classify_change(c, hour0) for c in changes]
+    events = merge_events(network_events, change_events, cfg, dark)
+    annotate_scope(events, hourly)
+    return Detection(events, hourly, changes, hour0, failures)
 
 
 def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:
