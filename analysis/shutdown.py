@@ -20,18 +20,13 @@ import pyarrow as pa
 from analysis import signals as sig
 from analysis.db import open_datasets
 from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
-from analysis.events import (
-    EVENT_SCHEMA,
-    KINDS,
+from analysis.events import EVENT_SCHEMA, KINDS, Event, annotate_scope, events_to_table, merge_events
+from analysis.evidence import (
     Classifier,
-    Event,
-    annotate_scope,
     connectivity_events,
     dark_hours_from_facts,
     dark_hours_from_signals,
     dark_hours_from_verdicts,
-    events_to_table,
-    merge_events,
 )
 from probe.dataset import write_table_atomic
 
