@@ -141,6 +141,7 @@ def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
 
 
+@pytest.mark.slow  # a headless Chromium renders the page: ~3 s
 def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs the Debian package): cannot render the report")
@@ -167,6 +168,7 @@ def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_p
     assert ((px[:, 0] > 150) & (px[:, 1] < 100) & (px[:, 2] < 100)).any()
 
 
+@pytest.mark.slow  # charts rendered to PNG files: ~3 s
 def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.md"
     write_report([dataset], out)
@@ -195,6 +197,7 @@ def test_the_report_uses_the_verdict_stage_and_says_how(html_report: tuple[Path,
     assert not hasattr(report_module, "raw_verdicts") and not hasattr(report_module, "verdicts_for")
 
 
+@pytest.mark.slow  # report and events through the CLI: ~5 s
 def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["report", str(dataset), "-o", str(tmp_path / "r.html"), "--csv", str(tmp_path / "v.csv"),

@@ -63,6 +63,7 @@ def _print(scn: sc.Scenario, d: Detection) -> None:
     console.print(table)
 
 
+@pytest.mark.slow  # a week of synthetic measurements per seed: ~10 s
 def test_every_planted_shutdown_found_dated_and_classified(detected: tuple[sc.Scenario, Detection]) -> None:
     scn, d = detected
     planted = [p for p in scn.planted if p.kind == "shutdown"]
@@ -195,6 +196,7 @@ def test_shutdown_without_anchors(tmp_path: Path) -> None:
     con.close()
 
 
+@pytest.mark.slow  # random topologies: ~4 s
 def test_random_topology_shutdowns() -> None:
     # Another topology and random placement (benchmarks/shutdown_accuracy.py runs many more).
     scn = sc.random_scenario(102)
