@@ -11,6 +11,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from analysis.db import quote_ident, quote_literal
 from probe.dataset import atomic_path
 from probe.errors import VantageError
 
@@ -30,23 +31,25 @@ SELECT CAST(measurement_start_time AT TIME ZONE 'UTC' AS DATE) AS day,
        count(*) FILTER (WHERE status = 'no_connectivity') AS no_connectivity_count,
        mode(layer) FILTER (WHERE status = 'blocked') AS top_layer,
        mode(method) FILTER (WHERE status = 'blocked') AS top_method
-FROM {verdicts}
+FROM verdicts
 GROUP BY ALL
 ORDER BY day, probe_cc, probe_asn, input, experiment
 """
 
 
-def create_aggregates_view(con: duckdb.DuckDBPyConnection, verdicts: str = "verdicts") -> None:
-    """View ``aggregates`` over a verdicts table or view already in ``con``."""
-    con.execute(f"CREATE OR REPLACE VIEW aggregates AS {AGGREGATES_SQL.format(verdicts=verdicts)}")
+def create_aggregates_view(con: duckdb.DuckDBPyConnection) -> None:
+    """View ``aggregates`` over the table ``verdicts`` of the database file ``con`` writes."""
+    con.execute(f"CREATE OR REPLACE VIEW aggregates AS {AGGREGATES_SQL}")
 
 
 def aggregate(verdicts: pa.Table) -> pa.Table:
     """Aggregates of a verdicts table (as returned by compute_verdicts)."""
     con = duckdb.connect()
     try:
-        con.register("v", verdicts)
-        return con.sql(AGGREGATES_SQL.format(verdicts="v")).to_arrow_table()
+        # the SQL reads the Arrow table under the name "verdicts", for this one query only
+        rel = con.from_arrow(verdicts).query("verdicts", AGGREGATES_SQL)
+        assert rel is not None  # a SELECT always gives a relation
+        return rel.to_arrow_table()
     finally:
         con.close()
 
@@ -76,15 +79,17 @@ def _fill(con: duckdb.DuckDBPyConnection, datasets: Sequence[Path | str], verdic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # already reported by the caller
         open_datasets([Path(p).resolve() for p in datasets], con)
-    con.register("_verdicts_arrow", verdicts)
-    con.execute("CREATE OR REPLACE TABLE verdicts AS SELECT * FROM _verdicts_arrow")
-    con.unregister("_verdicts_arrow")
+    # the verdict stage's Arrow table becomes the file's table (replacing Vantage's own, as
+    # _refuse_foreign checked)
+    con.execute("DROP TABLE IF EXISTS verdicts")
+    con.from_arrow(verdicts).create("verdicts")
     create_aggregates_view(con)
     for name in vantage_objects():
         kind = "TABLE" if name == "verdicts" else "VIEW"
         text = MARK if name != "verdicts" or provenance is None else f"{MARK}; provenance: {json.dumps(provenance)}"
-        # COMMENT takes no bound parameter: the text is quoted as an SQL string literal
-        con.execute(f"COMMENT ON {kind} {name} IS '" + text.replace("'", "''") + "'")
+        # COMMENT takes no bound parameter: the name is quoted as an identifier, the text as an
+        # SQL string literal
+        con.execute(f"COMMENT ON {kind} {quote_ident(name)} IS {quote_literal(text)}")
 
 
 def write_database(path: Path, datasets: Sequence[Path | str], verdicts: pa.Table,

@@ -15,6 +15,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from analysis.events import Event  # noqa: E402
 
@@ -22,7 +23,7 @@ _STATUS_COLORS = {"blocked": "#c0392b", "down": "#7f8c8d", "probe_failure": "#8e
                   "no_connectivity": "#34495e"}
 
 
-def _png(fig: plt.Figure) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
     plt.close(fig)
@@ -59,7 +60,8 @@ def anomalies_over_time(daily: pa.Table) -> bytes:
     # one tick per day at most; with a single day matplotlib would otherwise pad the axis to
     # years of empty ticks
     first, last = np.datetime64(all_days[0], "D"), np.datetime64(all_days[-1], "D")
-    ax.set_xlim(first - np.timedelta64(1, "D"), last + np.timedelta64(1, "D"))
+    # matplotlib's date units convert datetime64 limits; its stubs only name floats
+    ax.set_xlim(first - np.timedelta64(1, "D"), last + np.timedelta64(1, "D"))  # type: ignore[arg-type]
     span_days = int((last - first) / np.timedelta64(1, "D")) + 3
     ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span_days // 8)))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))

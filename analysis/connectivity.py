@@ -14,6 +14,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from analysis.db import quote_ident
+
 # Failures that say the packets went nowhere, whatever the target: no route, or the step was
 # never answered. A censor's usual tools answer instead (a lie, NXDOMAIN, a reset, a blockpage),
 # and those are not counted.
@@ -166,7 +168,7 @@ def create_connectivity_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 def drop_connectivity_tables(con: duckdb.DuckDBPyConnection) -> None:
     for name in ("_vt_conn_rows", "_vt_conn", "_vt_offline"):
-        con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
 
 
 def connectivity_table(con: duckdb.DuckDBPyConnection) -> pa.Table:

@@ -29,12 +29,20 @@ class SkippedFileWarning(UserWarning):
 
 
 
-def _sql_str(value: str) -> str:
+def quote_literal(value: str) -> str:
+    """``value`` as an SQL string literal, for the places DuckDB takes no bound parameter
+    (view definitions, COMMENT ON)."""
     return "'" + value.replace("'", "''") + "'"
 
 
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (table, view or column names cannot be bound)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _file_list(files: Sequence[Path]) -> str:
-    return "[" + ", ".join(_sql_str(str(f)) for f in files) + "]"
+    # spliced, not bound: a view's definition cannot hold parameters
+    return "[" + ", ".join(quote_literal(str(f)) for f in files) + "]"
 
 
 def open_datasets(

@@ -71,15 +71,12 @@ def baselined_signals(con: duckdb.DuckDBPyConnection, signals: pa.Table, cfg: De
     are held out of every baseline for up to ``hold_out_h`` hours, so a week-long shutdown stays
     critical to its end instead of becoming the new normal after three and a half days.
     """
-    con.register("_vantage_signal_counts", signals)
     rates = []
+    # column names come from RATE_SIGNALS, this module's constants (identifiers cannot be bound)
     for name, (num, den) in RATE_SIGNALS.items():
         value = f"{num}::DOUBLE / {den}" if num.endswith("_ok") else f"1 - {num}::DOUBLE / {den}"
         rates.append(f"CASE WHEN {den} > 0 THEN {value} END AS {name}")
-    try:
-        table = con.sql(f"SELECT *, {', '.join(rates)} FROM _vantage_signal_counts ORDER BY cc, asn, hour").to_arrow_table()
-    finally:
-        con.unregister("_vantage_signal_counts")
+    table = con.from_arrow(signals).select(f"*, {', '.join(rates)}").order("cc, asn, hour").to_arrow_table()
     return _levels(table, cfg)
 
 
@@ -89,11 +86,13 @@ def _wilson_upper(k: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
         den = 1 + z * z / n
         centre = p + z * z / (2 * n)
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-        return np.minimum(1.0, (centre + half) / den)
+        bound: np.ndarray = np.minimum(1.0, (centre + half) / den)
+        return bound
 
 
 def _col(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False).astype(float)
+    values: np.ndarray = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+    return values
 
 
 def _median_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

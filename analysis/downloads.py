@@ -126,6 +126,6 @@ def read_manifest(dest: Path) -> list[ManifestEntry]:
 
 
 def entry(name: str, url: str, data: bytes, rows: int, now: dt.datetime | None = None) -> ManifestEntry:
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return ManifestEntry(file=name, url=url, sha256=hashlib.sha256(data).hexdigest(),
                          downloaded_at=now.date().isoformat(), rows=rows)

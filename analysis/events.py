@@ -1,11 +1,9 @@
-"""Events: alert runs and CUSUM changes classified as shutdown, service blocking, site outage or
-probe fault, and runs of dark hours (connectivity lost at a vantage point, no history needed),
-merged across networks and inputs, with their evidence.
+"""Events: what the classifier found (alert runs and CUSUM changes classified as shutdown,
+service blocking, site outage or probe fault, and runs of dark hours), merged across networks
+and inputs, with their scope and evidence; EVENT_SCHEMA is their Parquet form.
 
-Classification uses what only raw measurements can tell: which vantage points failed (a
-vantage point is its network name, platform and software version; runs tell vantage points
-apart within an hour), whether controls elsewhere reached the same targets, and which layer
-failed first (the method).
+The evidence is gathered in SQL by ``analysis.evidence`` and judged by the pure functions of
+``analysis.classify``; this module holds the event record, merging, scope and the table.
 """
 
 from __future__ import annotations
@@ -19,11 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
-from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
+from analysis.classify import (
+    scope_of,
+    scoped_reason,
+)
+from analysis.detector import LEVELS, DetectorConfig
 
 KINDS = ("connectivity_lost", "shutdown", "service_blocking", "site_outage", "probe_fault", "unclassified")
 # How far an event reaches (the `scope` column): see docs/shutdowns.md.
@@ -89,440 +90,12 @@ class Event:
 def _utc(value: Any) -> dt.datetime:
     if isinstance(value, np.datetime64):
         value = value.astype("datetime64[us]").astype(dt.datetime)
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    moment: dt.datetime = value
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def _naive(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-
-
-# --------------------------------------------------------------------------- network anomalies
-
-
-class Classifier:
-    """Classifies alert runs and changes against the ``shutdown_facts`` table (or, without it,
-    from the signals alone)."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
-                 verdicts: str | None = None) -> None:
-        self.con = con
-        self.verdicts = verdicts  # a registered compute_verdicts table: its methods name blocks
-        self.hourly = hourly
-        self.cfg = cfg
-        self.hours = hourly.column("hour").to_numpy()
-        self._levels = {c: hourly.column(c).to_numpy() for c in hourly.column_names if c.endswith("_level")}
-        # columns as numpy once: classifying thousands of runs must not convert them each time
-        self._np = {c: hourly.column(c).to_numpy(zero_copy_only=False)
-                    for c in hourly.column_names if c not in ("cc", "asn", "hour")}
-
-    # -- helpers over the facts table
-    def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        assert self.con is not None
-        return self.con.execute(sql, params).fetchall()
-
-    def _window(self, where: str, start: dt.datetime, end: dt.datetime | None) -> tuple[str, list[Any]]:
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)
-        return f"{where} AND hour >= ? AND hour < ?", [_naive(start), _naive(end)]
-
-    def control_rate(self, inputs: list[str] | None, start: dt.datetime, end: dt.datetime | None) -> tuple[float | None, int]:
-        """Share of control measurements (same targets, any network) that reached the target."""
-        where, params = self._window("role = 'control' AND NOT is_anchor", start, end)
-        if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        n, ok = self._q(f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", params)[0]
-        return (ok / n if n else None), int(n)
-
-    def vantage_breakdown(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None,
-                          inputs: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Per vantage point in the window: runs, failing runs, measurements, software version."""
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        params = [cc, asn, *params]
-        if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        rows = self._q(f"""
-            WITH r AS (
-                SELECT vantage, run_id, any_value(software_version) AS version, count(*) AS n,
-                       count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE is_anchor) AS an,
-                       count(*) FILTER (WHERE is_anchor AND ok) AS aok
-                FROM shutdown_facts WHERE {where} GROUP BY ALL)
-            SELECT vantage, any_value(version), count(*) AS runs,
-                   count(*) FILTER (WHERE CASE WHEN an > 0 THEN aok < an * 0.5 ELSE ok < n * 0.5 END) AS failing,
-                   sum(n)::BIGINT, sum(ok)::BIGINT
-            FROM r GROUP BY ALL ORDER BY ALL""", params)
-        return {v: {"version": ver, "runs": runs, "failing_runs": failing, "measurements": n, "ok": ok}
-                for v, ver, runs, failing, n, ok in rows}
-
-    def versions_before(self, cc: str, asn: str, start: dt.datetime) -> set[str]:
-        rows = self._q("""SELECT DISTINCT software_version FROM shutdown_facts WHERE role = 'probe' AND cc = ?
-                          AND asn = ? AND hour < ? AND hour >= ? AND ok""",
-                       [cc, asn, _naive(start), _naive(start - dt.timedelta(days=self.cfg.baseline_days))])
-        return {r[0] for r in rows if r[0] is not None}
-
-    def failing_inputs(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None) -> list[tuple[str, float, str | None]]:
-        where, params = self._window("role = 'probe' AND NOT is_anchor AND cc = ? AND asn = ?", start, end)
-        return [(i, r, m) for i, r, m in self._q(f"""
-            SELECT input, avg(CASE WHEN ok THEN 0 ELSE 1 END) AS fail, mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where} GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""",
-            [cc, asn, *params])]
-
-    def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
-        if self.verdicts:
-            where, params = self._window("f.role = 'probe' AND f.cc = ? AND f.asn = ? AND list_contains(?, f.input) "
-                                         "AND (v.status = 'blocked' OR NOT f.ok)", start, end)
-            sql = (f"SELECT coalesce(CASE WHEN v.status = 'blocked' THEN v.method END, f.method) AS m, count(*) "
-                   f"FROM shutdown_facts f "
-                   f"LEFT JOIN {self.verdicts} v USING (measurement_id) WHERE {where} GROUP BY ALL")
-        else:
-            where, params = self._window("role = 'probe' AND NOT ok AND cc = ? AND asn = ? AND list_contains(?, input)",
-                                         start, end)
-            sql = f"SELECT method, count(*) FROM shutdown_facts WHERE {where} GROUP BY ALL"
-        return Counter({m: n for m, n in self._q(sql, [cc, asn, inputs, *params]) if m is not None})
-
-    # -- classification
-    def classify_run(self, run: AlertRun) -> Event | None:
-        cfg = self.cfg
-        sl = slice(run.start_idx, run.end_idx)
-        start = _utc(self.hours[run.start_idx])
-        end = _utc(self.hours[run.end_idx - 1]) + HOUR
-        lv = {name: self._levels[f"{name}_level"][sl] for name in ("volume", "anchor_success", "target_success")}
-        anchor_drop = bool((lv["anchor_success"] > 0).any())
-        target_drop = bool((lv["target_success"] > 0).any())
-        # Datasets without anchors (OONI imports, old probes): a critical fall of every target
-        # must stand in for the anchors, with less confidence.
-        no_anchors = bool(np.isnan(self._np["anchor_success_ratio"][sl]).all())
-        # Without anchors a shutdown often leaves few measurements per hour (OONI probes in a dark
-        # network measure and upload little: volume falls to a fifth), and 0 of 2 failing in an hour
-        # is not significant alone (Wilson upper bound 57 %). Every target failing hour after hour
-        # is: the run's measurements are pooled and judged like one hour.
-        pooled = self._pooled_level("target_success", sl) if no_anchors else 0
-        target_drop = target_drop or pooled >= 2
-        dark = anchor_drop or (no_anchors and (bool((lv["target_success"] >= 2).any()) or pooled >= 2))
-        rate_driven = any(bool((self._levels[f"{s}_level"][sl] > 0).any()) for s in cfg.alert_signals if s != "volume")
-        rate_driven = rate_driven or pooled >= 2
-        volume_hours = int((lv["volume"] >= LEVELS.index(cfg.volume_alone)).sum())
-        if not (self._rate_evidence(sl) or pooled >= 2) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
-            # one mildly low hour of a rate, or a missed run or two: noise, not an event
-            return None
-        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "signals": self._signal_evidence(sl)}
-        severity = LEVELS[run.level]
-        base = Event("unclassified", severity, start, end, [run.cc], [run.asn], evidence=evidence)
-        if pooled:
-            evidence["pooled_target_success"] = self._pooled_evidence("target_success", sl)
-        vol = self._np["volume"][sl]
-        base.measurements = int(vol.sum())
-        base.rule = "unclassified.signals"
-        if self.con is None:  # signals only: no vantage points or controls to look at
-            if dark and target_drop:
-                base.kind, base.reason, base.confidence = "shutdown", "anchors and targets dropped together", 0.6
-                base.rule = "shutdown.signals"
-                if no_anchors:
-                    base.reason, base.confidence = "every target dropped (no anchors measured)", 0.4
-                    base.rule = "shutdown.signals_no_anchors"
-            elif target_drop:
-                base.kind, base.reason, base.confidence = "service_blocking", "targets dropped, anchors did not", 0.4
-                base.rule = "service_blocking.signals"
-            base.vantage_points = int(self._np["vantage_points"][sl].max())
-            return base
-
-        vantages = self.vantage_breakdown(run.cc, run.asn, start, end)
-        base.vantage_points = len(vantages)
-        failing = {v: d for v, d in vantages.items() if d["failing_runs"] * 2 > d["runs"]}
-        # healthy means clearly fine, not merely "not failing": in a partial shutdown every
-        # vantage point is degraded, and one that is half-failing must not pass for a control
-        healthy = {v: d for v, d in vantages.items() if v not in failing and d["failing_runs"] * 4 <= d["runs"]
-                   and d["ok"] >= 0.6 * d["measurements"]}
-        evidence["vantage_points"] = {v: {**d, "failing": v in failing, "healthy": v in healthy}
-                                      for v, d in vantages.items()}
-        failing_versions = {d["version"] for d in failing.values()}
-        before = self.versions_before(run.cc, run.asn, start)
-        ctrl, ctrl_n = self.control_rate(None, start, end)
-        evidence["controls"] = {"ok_rate": ctrl, "measurements": ctrl_n}
-
-        if failing and healthy and len(failing) == 1 and len(failing) + len(healthy) == len(vantages):
-            name = next(iter(failing))
-            base.kind, base.confidence, base.rule = "probe_fault", 0.8, "probe_fault.one_vantage_point"
-            base.reason = f"one vantage point alone ({name}); {len(healthy)} other(s) in the network fine"
-        elif failing and failing_versions and not (failing_versions & before) and before:
-            base.kind, base.confidence, base.rule = "probe_fault", 0.7, "probe_fault.new_version"
-            base.reason = (f"failures tied to software version {', '.join(sorted(map(str, failing_versions)))}, "
-                           f"new in this network (before: {', '.join(sorted(before))})")
-        elif dark and target_drop and not healthy:
-            if ctrl is None or ctrl >= cfg.warning:
-                base.kind = "shutdown"
-                base.rule = "shutdown.no_anchors" if no_anchors else "shutdown.anchors_and_targets"
-                base.confidence = 0.9 if ctrl is not None and len(failing) > 1 else 0.7 if ctrl is not None else 0.5
-                what = "targets failed (no anchors measured)" if no_anchors else "anchors and targets failed together"
-                base.reason = (f"{what} on {len(failing)} vantage point(s); controls "
-                               + ("reached the targets" if ctrl is not None else "absent"))
-                if no_anchors:
-                    base.confidence = round(base.confidence - 0.2, 2)
-            else:
-                base.kind, base.confidence, base.rule = "site_outage", 0.6, "site_outage.controls_failed"
-                base.reason = f"anchors and targets failed, but controls failed too (ok rate {ctrl:.0%})"
-        elif target_drop and not anchor_drop:
-            bad = self.failing_inputs(run.cc, run.asn, start, end)
-            base.inputs = [i for i, _, _ in bad]
-            base.methods = sorted({m for _, _, m in bad if m})
-            ctrl_in, _ = self.control_rate(base.inputs, start, end) if base.inputs else (None, 0)
-            if ctrl_in is not None and ctrl_in < cfg.critical:
-                base.kind, base.confidence, base.reason = "site_outage", 0.7, "targets failed at controls too"
-                base.rule = "site_outage.controls_failed"
-            else:
-                base.kind, base.confidence, base.rule = "service_blocking", 0.6, "service_blocking.targets_not_anchors"
-                base.reason = f"{len(base.inputs)} target(s) failed while anchors answered"
-        elif not rate_driven:
-            silent = self._silent_vantages(run.cc, run.asn, start, vantages)
-            evidence["silent_vantage_points"] = silent
-            if len(silent) == 1 and vantages:
-                base.kind, base.confidence, base.rule = "probe_fault", 0.5, "probe_fault.silent"
-                base.reason = f"vantage point stopped reporting ({silent[0]}); others fine"
-            else:
-                base.reason = "measurement volume dropped; anchors and targets fine where measured"
-        else:
-            base.reason = "signals dropped without a clear pattern"
-        return base
-
-    def _pooled(self, name: str, sl: slice) -> tuple[int, int, float | None]:
-        """(successes, measurements, baseline) of a rate signal over the hours of a run."""
-        num, den = RATE_SIGNALS[name]
-        n = int(self._np[den][sl].sum())
-        k = int(self._np[num][sl].sum()) if num.endswith("_ok") else n - int(self._np[num][sl].sum())
-        valid = ~np.isnan(self._np[f"{name}_ratio"][sl])  # hours whose baseline could judge them
-        base = float(np.median(self._np[f"{name}_base"][sl][valid])) if valid.any() else None
-        return k, n, base
-
-    def _pooled_level(self, name: str, sl: slice) -> int:
-        k, n, base = self._pooled(name, sl)
-        if not n or base is None or base < self.cfg.min_rate_baseline:
-            return 0
-        upper = _wilson_upper(np.asarray([k], float), np.asarray([n], float), self.cfg.z)
-        return int(_grade(upper / base, self.cfg)[0])
-
-    def _pooled_evidence(self, name: str, sl: slice) -> dict[str, Any]:
-        k, n, base = self._pooled(name, sl)
-        return {"ok": k, "measurements": n, "baseline": _num(base), "level": LEVELS[self._pooled_level(name, sl)]}
-
-    def _rate_evidence(self, sl: slice) -> bool:
-        """A rate signal critical in some hour, or alerting in two hours or more."""
-        rate = np.zeros(sl.stop - sl.start, dtype=np.int8)
-        for s in self.cfg.alert_signals:
-            if s != "volume":
-                rate = np.maximum(rate, self._levels[f"{s}_level"][sl])
-        return bool(rate.max(initial=0) >= 2 or (rate > 0).sum() >= 2)
-
-    def _silent_vantages(self, cc: str, asn: str, start: dt.datetime, now: dict[str, Any]) -> list[str]:
-        rows = self._q("""SELECT DISTINCT vantage FROM shutdown_facts WHERE role = 'probe' AND cc = ? AND asn = ?
-                          AND hour >= ? AND hour < ?""", [cc, asn, _naive(start - dt.timedelta(days=1)), _naive(start)])
-        return sorted(r[0] for r in rows if r[0] not in now)
-
-    def _signal_evidence(self, sl: slice) -> dict[str, Any]:
-        out = {}
-        for name in ("volume", "anchor_success", "target_success", "dns_success", "tcp_success", "tls_success",
-                     "http_success"):
-            ratio = self._np[f"{name}_ratio"][sl]
-            if np.isnan(ratio).all():
-                continue
-            i = int(np.nanargmin(ratio))
-            value = self._np[name][sl][i]
-            baseline = self._np[f"{name}_base"][sl][i]
-            out[name] = {"worst_hour": _utc(self.hours[sl][i]).isoformat(), "value": _num(value),
-                         "baseline": _num(baseline), "ratio": _num(ratio[i]),
-                         "alert_hours": int((self._levels[f"{name}_level"][sl] > 0).sum())}
-        return out
-
-    # -- connectivity lost
-    def classify_dark_run(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime, dark_hours: int,
-                          source: str) -> Event:
-        """A run of dark hours of one network, judged with no history: what failed here, and
-        whether controls and anchors elsewhere were up in the same hours."""
-        ev = Event("connectivity_lost", "critical", start, end, [cc], [asn], rule="connectivity.lost")
-        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
-                                    "source": source}
-        if self.con is None:  # hourly counts only
-            sel = ((self.hourly.column("cc").to_numpy(zero_copy_only=False) == cc)
-                   & (self.hourly.column("asn").to_numpy(zero_copy_only=False) == asn))
-            hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
-            inside = np.asarray([start <= h < end for h in hours], dtype=bool)
-            get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
-                                                                    "target_ok")}
-            ev.measurements = get["volume"]
-            ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
-            evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
-                            targets={"failed": get["target_n"] - get["target_ok"], "total": get["target_n"]})
-            ev.confidence = 0.5
-            ev.reason = (f"connectivity lost at this vantage point: {_frac(evidence['anchors'])} anchors and "
-                         f"{_frac(evidence['targets'])} target measurements failed; no controls to compare: "
-                         "shutdown or local fault")
-            ev.evidence = evidence
-            return ev
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(f"""
-            SELECT count(*), count(DISTINCT vantage), count(DISTINCT run_id),
-                   count(*) FILTER (WHERE is_anchor), count(*) FILTER (WHERE is_anchor AND NOT ok),
-                   count(*) FILTER (WHERE NOT is_anchor), count(*) FILTER (WHERE NOT is_anchor AND NOT ok),
-                   count(DISTINCT input) FILTER (WHERE NOT is_anchor),
-                   count(DISTINCT input) FILTER (WHERE NOT is_anchor AND ok),
-                   mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where}""", [cc, asn, *params])
-        ev.measurements, ev.vantage_points = int(n), int(vps)
-        ev.methods = [top] if top else []
-        ctrl, ctrl_n = self.control_rate(None, start, end)
-        where, params = self._window("is_anchor AND NOT (role = 'probe' AND cc = ? AND asn = ?)", start, end)
-        (elsewhere_n, elsewhere_ok), = self._q(
-            f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", [cc, asn, *params])
-        # controls elsewhere are "fine" on the same test as a shutdown's: they reached at least
-        # the warning share of the targets (a few sites are always down somewhere)
-        controls_fine = ctrl is not None and ctrl >= self.cfg.warning
-        evidence.update(
-            measurements=int(n), vantage_points=int(vps), runs=int(runs),
-            anchors={"failed": int(afail), "total": int(an)},
-            targets={"failed": int(tfail), "total": int(tn)},
-            inputs={"failed": int(inputs) - int(inputs_ok), "total": int(inputs)},
-            controls={"ok_rate": ctrl, "measurements": ctrl_n, "fine": controls_fine},
-            anchors_elsewhere={"ok_rate": elsewhere_ok / elsewhere_n if elsewhere_n else None,
-                               "measurements": int(elsewhere_n)},
-            top_failure=top)
-        where_else = "this vantage point" if vps <= 1 else f"{vps} vantage points of this network"
-        failed = (f"{_frac(evidence['anchors'])} anchors and {_frac(evidence['inputs'])} inputs failed"
-                  + (f" ({top})" if top else ""))
-        if controls_fine:
-            ev.confidence = 0.8
-            tail = (f"while controls elsewhere reached {ctrl:.0%} of the targets"
-                    + (f" and anchors elsewhere answered {elsewhere_ok / elsewhere_n:.0%}" if elsewhere_n else ""))
-        elif ctrl is None:
-            ev.confidence = 0.6
-            tail = "no controls measured in these hours to compare with"
-        else:
-            ev.confidence = 0.4
-            tail = f"but controls failed too (ok rate {ctrl:.0%}): the loss may be wider or the targets down"
-        ev.reason = f"connectivity lost at {where_else}: {failed}, {tail}: shutdown or local fault"
-        if source == "verdicts":
-            evidence["no_connectivity_verdicts"] = int(self._q(
-                f"SELECT count(*) FROM {self.verdicts} WHERE status = 'no_connectivity' AND probe_cc = ? "
-                "AND coalesce(probe_asn, 'AS0') = ? AND measurement_start_time >= ? AND measurement_start_time < ?",
-                [cc, asn, start, end])[0][0])
-        ev.evidence = evidence
-        return ev
-
-    # -- changes
-    def classify_change(self, ch: Change, hour0: dt.datetime) -> Event:
-        start = hour0 + ch.start_h * HOUR
-        end = None if ch.end_h is None else hour0 + ch.end_h * HOUR
-        rate = ch.failed / ch.n if ch.n else 0.0
-        ev = Event("service_blocking", "critical" if rate >= 0.5 else "warning", start, end, [ch.cc], [ch.asn],
-                   [ch.input], measurements=ch.n, confidence=0.6, rule="service_blocking.change",
-                   evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
-        if self.con is None:
-            ev.reason = "failed rate rose (CUSUM)"
-            return ev
-        methods = self.methods(ch.cc, ch.asn, [ch.input], start, end)
-        ev.methods = [m for m, _ in methods.most_common(3)]
-        ctrl, ctrl_n = self.control_rate([ch.input], start, end)
-        vantages = self.vantage_breakdown(ch.cc, ch.asn, start, end, [ch.input])
-        ev.vantage_points = len(vantages)
-        ev.evidence.update(controls={"ok_rate": ctrl, "measurements": ctrl_n},
-                           methods=dict(methods.most_common(5)))
-        failing = [v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"]]
-        if ctrl is not None and ctrl < self.cfg.critical:
-            ev.kind, ev.confidence, ev.reason = "site_outage", 0.8, f"controls failed too (ok rate {ctrl:.0%})"
-            ev.rule = "site_outage.change_controls_failed"
-        elif len(failing) == 1 and len(vantages) > 1:
-            ev.kind, ev.confidence, ev.reason = "probe_fault", 0.6, f"only {failing[0]} failed"
-            ev.rule = "probe_fault.change_one_vantage_point"
-        else:
-            top = methods.most_common(1)
-            share = top[0][1] / sum(methods.values()) if top else 0.0
-            ev.confidence = round(min(0.95, 0.5 + 0.4 * share + (0.05 if ctrl is not None else 0)), 2)
-            ev.reason = (f"failed rate {ch.baseline_rate:.0%} -> {rate:.0%}; "
-                         + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
-                         + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
-        return ev
-
-
-# --------------------------------------------------------------------------- connectivity lost
-
-# A dark hour of a network: its anchors were measured and none answered, nearly no target was
-# reached (a probe cut off from the Internet reaches nothing; a censor leaves most of a test list
-# and every anchor reachable, so 95 % of targets failing together with every anchor is not
-# censorship), and enough measurements failed that it is not one unlucky timeout (a single
-# failed measurement in an otherwise fine hour is noise). Software faults
-# (`measurement.unknown_failure:...`) are no network failure and do not count.
-DARK_MIN_MEASUREMENTS = 3
-DARK_MAX_TARGET_OK = 0.05
-DARK_MIN_NETWORK_FAILED = 0.9  # share of the hour's measurements that failed at the network level
-
-DARK_FACTS_SQL = f"""
-SELECT cc, asn, hour, count(*) AS n
-FROM shutdown_facts WHERE role = 'probe' GROUP BY ALL
-HAVING count(*) >= {DARK_MIN_MEASUREMENTS}
-   AND count(*) FILTER (WHERE is_anchor) > 0 AND count(*) FILTER (WHERE is_anchor AND ok) = 0
-   AND count(*) FILTER (WHERE NOT is_anchor AND ok) <= {DARK_MAX_TARGET_OK} * count(*) FILTER (WHERE NOT is_anchor)
-   AND count(*) FILTER (WHERE NOT ok AND coalesce(method, '') NOT LIKE 'measurement.unknown_failure%')
-       >= {DARK_MIN_NETWORK_FAILED} * count(*)
-ORDER BY ALL
-"""
-
-
-def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, dt.datetime, int]]:
-    """(cc, asn, hour, measurements) of every dark hour in ``shutdown_facts`` (``--no-verdicts``)."""
-    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
-
-
-def dark_hours_from_verdicts(con: duckdb.DuckDBPyConnection, verdicts: str) -> list[tuple[str, str, dt.datetime, int]]:
-    """(cc, asn, hour, measurements) of the hours the verdict stage called ``no_connectivity``
-    (rule ``connectivity.lost``): the verdicts are the one judgement every command shows."""
-    cols = {r[0] for r in con.execute(f"DESCRIBE {verdicts}").fetchall()}
-    if not {"status", "probe_cc", "probe_asn", "measurement_start_time"} <= cols:
-        return []
-    rows = con.execute(f"""
-        SELECT probe_cc, coalesce(probe_asn, 'AS0'), date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC'),
-               count(*)
-        FROM {verdicts} WHERE status = 'no_connectivity' GROUP BY ALL ORDER BY ALL""").fetchall()
-    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rows]
-
-
-def dark_hours_from_signals(hourly: pa.Table) -> list[tuple[str, str, dt.datetime, int]]:
-    """Dark hours from hourly counts alone (no facts: ``detect_from_signals``)."""
-    c = {k: hourly.column(k).to_numpy(zero_copy_only=False) for k in
-         ("volume", "anchor_n", "anchor_ok", "target_n", "target_ok")}
-    dark = ((c["volume"] >= DARK_MIN_MEASUREMENTS) & (c["anchor_n"] > 0) & (c["anchor_ok"] == 0)
-            & (c["target_ok"] <= DARK_MAX_TARGET_OK * c["target_n"]))
-    idx = np.flatnonzero(dark)
-    if not len(idx):
-        return []
-    cc, asn, hours = (hourly.column(k).take(pa.array(idx)).to_pylist() for k in ("cc", "asn", "hour"))
-    return [(a, b, _utc(h), int(c["volume"][i])) for a, b, h, i in zip(cc, asn, hours, idx.tolist(), strict=True)]
-
-
-def connectivity_events(classifier: Classifier, dark: list[tuple[str, str, dt.datetime, int]], source: str) -> list[Event]:
-    """One ``connectivity_lost`` event per run of dark hours of a network. Dark hours separated
-    only by hours in which the network measured nothing are one run (a dark probe that measures
-    every few hours is still dark in between); an hour with measurements that were not dark ends
-    the run."""
-    if not dark:
-        return []
-    volume: dict[tuple[str, str], dict[dt.datetime, int]] = {}
-    nets = {(cc, asn) for cc, asn, _, _ in dark}
-    hourly = classifier.hourly
-    for cc, asn, h, v in zip(hourly.column("cc").to_pylist(), hourly.column("asn").to_pylist(),
-                             hourly.column("hour").to_pylist(),
-                             classifier._np["volume"].tolist(), strict=True):
-        if (cc, asn) in nets and v:
-            volume.setdefault((cc, asn), {})[_utc(h)] = int(v)
-    runs: dict[tuple[str, str], list[list[dt.datetime]]] = {}
-    for cc, asn, hour, _ in sorted(dark):
-        seen = runs.setdefault((cc, asn), [])
-        if seen:
-            last = seen[-1][-1]
-            between = [h for h in volume.get((cc, asn), {}) if last < h < hour]
-            if not between:
-                seen[-1].append(hour)
-                continue
-        seen.append([hour])
-    return [classifier.classify_dark_run(cc, asn, hours[0], hours[-1] + HOUR, len(hours), source)
-            for (cc, asn), spans in sorted(runs.items()) for hours in spans]
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]:
@@ -532,7 +105,7 @@ def network_spans(e: Event) -> dict[str, tuple[dt.datetime, dt.datetime | None]]
     if not per:
         return {n: (e.start, e.end) for n in e.networks}
     out: dict[str, tuple[dt.datetime, dt.datetime | None]] = {}
-    far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
     for key, ev in per.items():
         span = ev.get("span")
         start, end = (dt.datetime.fromisoformat(span[0]), dt.datetime.fromisoformat(span[1]) if span[1] else None) \
@@ -596,10 +169,11 @@ def merge_events(network_events: list[Event], change_events: list[Event], cfg: D
         if host is None:
             network_events.append(c)
         else:
-            host.evidence.setdefault("connectivity_lost", []).append(
-                {"span": [c.start.isoformat(), c.end.isoformat() if c.end else None], "rule": c.rule,
-                 **{k: c.evidence[k] for k in ("dark_hours", "anchors", "targets", "inputs", "source")
-                    if k in c.evidence}})
+            lost: dict[str, Any] = {"span": [c.start.isoformat(), c.end.isoformat() if c.end else None],
+                                    "rule": c.rule}
+            lost.update({k: c.evidence[k] for k in ("dark_hours", "anchors", "targets", "inputs", "source")
+                         if k in c.evidence})
+            host.evidence.setdefault("connectivity_lost", []).append(lost)
     # 1. per country: same-kind network anomalies that overlap (or nearly) become one event
     merged = _merge_by_country(network_events, gap)
     # 1b. connectivity lost in several networks of a country at once cannot be one household's
@@ -678,7 +252,7 @@ def _absorb(into: Event, ev: Event) -> None:
     while name in per:  # the same network again (a fault seen in pieces): keep both
         name, n = f"{key}#{n}", n + 1
     per[name] = {**ev.evidence, "span": [ev.start.isoformat(), ev.end.isoformat() if ev.end else None]}
-    far = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
     into.start = min(into.start, ev.start)
     end = max(into.end or far, ev.end or far)
     into.end = None if end == far else end
@@ -737,20 +311,8 @@ def annotate_scope(events: Sequence[Event], hourly: pa.Table) -> None:
             if e.end is not None:
                 sel &= hour < np.datetime64(_naive(e.end), "us")
             e.country_networks = len(set(asn[sel].tolist()) | set(e.networks))
-        if len(e.regions) > 1:
-            e.scope = "international"
-        elif e.kind == "probe_fault" or (e.kind == "connectivity_lost" and e.vantage_points <= 1):
-            e.scope = "vantage_point"
-        elif len(e.networks) <= 1:
-            e.scope = "network"
-        elif e.country_networks is not None and len(e.networks) >= e.country_networks:
-            e.scope = "national"
-        else:
-            e.scope = "networks"
-        if e.kind == "shutdown" and len(e.networks) > 1 and e.country_networks and not e.reason.startswith(
-                ("national", "regional")):
-            what = "national" if e.scope == "national" else "regional"
-            e.reason = f"{what}: {len(e.networks)} of {e.country_networks} networks of {e.country}; {e.reason}"
+        e.scope = scope_of(e.kind, len(e.regions), len(e.networks), e.vantage_points, e.country_networks)
+        e.reason = scoped_reason(e.kind, e.scope, e.reason, len(e.networks), e.country_networks, e.country)
 
 
 def events_to_table(events: list[Event]) -> pa.Table:

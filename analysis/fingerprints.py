@@ -366,7 +366,7 @@ def _cp_signature(line: str, false_positive: bool) -> Fingerprint:
 
 def _source(path: Path, count: int, origin: str) -> FingerprintSource:
     try:
-        date: str | None = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).date().isoformat()
+        date: str | None = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).date().isoformat()
     except OSError:
         date = None
     return FingerprintSource(name=path.name, path=str(path), date=date, count=count, origin=origin)

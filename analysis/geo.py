@@ -16,6 +16,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -68,7 +69,7 @@ def default_country_db(data_dir: Path | None = None) -> Path | None:
 # --------------------------------------------------------------------------- reading
 
 
-def _asn_of(rec: dict) -> tuple[str | None, str | None]:
+def _asn_of(rec: dict[str, Any]) -> tuple[str | None, str | None]:
     n = rec.get("autonomous_system_number", rec.get("asn"))
     org = rec.get("autonomous_system_organization", rec.get("as_name"))
     asn: str | None = None
@@ -80,7 +81,7 @@ def _asn_of(rec: dict) -> tuple[str | None, str | None]:
     return asn, org if isinstance(org, str) and org else None
 
 
-def _country_of(rec: dict) -> str | None:
+def _country_of(rec: dict[str, Any]) -> str | None:
     c = rec.get("country")
     code = c.get("iso_code") if isinstance(c, dict) else rec.get("country_code")
     if code is None and isinstance(rec.get("registered_country"), dict):
@@ -139,7 +140,7 @@ def _database_kind(reader: object) -> str | None:
         kind = _kind_of_record(rec)
         if kind:
             return kind
-    for i, (_, rec) in enumerate(reader):  # type: ignore[attr-defined]
+    for i, (_, rec) in enumerate(reader):  # type: ignore[arg-type]
         kind = _kind_of_record(rec)
         if kind or i > 100:
             return kind
@@ -161,7 +162,7 @@ class GeoLookup:
         a, c = default_asn_db(data_dir), default_country_db(data_dir)
         return cls(a, c) if (a or c) else None
 
-    def _get(self, reader: object, path: Path | None, ip: str) -> dict | None:
+    def _get(self, reader: object, path: Path | None, ip: str) -> dict[str, Any] | None:
         try:
             rec = reader.get(ip)  # type: ignore[attr-defined]
         except ValueError:  # not an address, or IPv6 in an IPv4-only database
@@ -255,7 +256,7 @@ def update_geo(*, url_base: str | None = None, dest: Path | None = None, timeout
     """
     dest = Path(dest) if dest is not None else geo_dir()
     base = (url_base or os.environ.get(URL_BASE_ENV) or UPSTREAM).rstrip("/")
-    months = _months(today or dt.datetime.now(dt.timezone.utc).date())
+    months = _months(today or dt.datetime.now(dt.UTC).date())
     staged: list[tuple[Path, str]] = []
     entries: list[downloads.ManifestEntry] = []
     try:

@@ -111,7 +111,7 @@ def _file_info(path: Path, count: int | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {"name": path.stem, "path": str(path.resolve())}
     try:
         st = path.stat()
-        info["date"] = dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).strftime("%Y-%m-%d")
+        info["date"] = dt.datetime.fromtimestamp(st.st_mtime, dt.UTC).strftime("%Y-%m-%d")
         h = hashlib.sha256()
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -161,7 +161,7 @@ def _asn_db_info(path: Path) -> dict[str, Any]:
         with maxminddb.open_database(str(path)) as reader:
             meta = reader.metadata()
             info["type"] = meta.database_type
-            info["date"] = dt.datetime.fromtimestamp(meta.build_epoch, dt.timezone.utc).strftime("%Y-%m-%d")
+            info["date"] = dt.datetime.fromtimestamp(meta.build_epoch, dt.UTC).strftime("%Y-%m-%d")
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
         raise VerdictError(f"{path}: not a MaxMind ASN database ({str(exc).splitlines()[0]})") from None
     return info
@@ -259,7 +259,7 @@ def stage_metadata(paths: Sequence[Path | str], options: AnalysisOptions, fps: F
         "format_version": FORMAT_VERSION,
         "vantage_version": _vantage_version(),
         "written_by": written_by,
-        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "datasets": [str(Path(p).resolve()) for p in paths],
         "options": {
             "public_nets": list(options.public_nets),

@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from analysis import charts
+from analysis.db import DatasetError
 from analysis.detector import DetectorConfig
 from analysis.events import Event
 from analysis.pipeline import AnalysisOptions, OutputError, Verdicts, check_output, describe, run_stage
 from analysis.shutdown import Detection, detect
-from analysis.signals import DatasetError, open_measurements
+from analysis.signals import open_measurements
 from probe.errors import VantageError
 
 # Events whose hours say nothing about blocking in their network: its rows are set aside from
@@ -134,7 +135,7 @@ ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
 
 
 def _ts(us: int | None) -> dt.datetime | None:
-    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+    return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
 def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sources: Sequence[str] = (),
@@ -145,9 +146,9 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
 
     Verdicts first: the change detector then also sees blockpages served with HTTP 200."""
     con.register("report_verdicts", verdicts.table)
-    detection = detect(con, detector_config, verdicts="report_verdicts")
+    detection = detect(con, detector_config, verdicts=con.table("report_verdicts"))
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
-              "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc)).replace(tzinfo=None)}
+              "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)).replace(tzinfo=None)}
              for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]
     con.register("report_quiet", pa.Table.from_pylist(quiet, schema=pa.schema(
         [("cc", pa.string()), ("asn", pa.string()), ("start_h", pa.timestamp("us")), ("end_h", pa.timestamp("us"))])))
@@ -192,7 +193,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
                          WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
     data = ReportData(
         title=title or "Vantage anomaly report",
-        generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         sources=[str(s) for s in sources], verdict_source=verdict_source, provenance=describe(verdicts.metadata),
         overview=overview, blocked=rows,
         detection=detection,

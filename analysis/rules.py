@@ -268,8 +268,10 @@ WITH prb AS (
 )
 SELECT p.mid, p.input, p.experiment, p.t, coalesce(d.cid, n.cid) AS cid
 FROM prb p LEFT JOIN _vt_direct d USING (mid) LEFT JOIN near n USING (mid);
-CREATE OR REPLACE TEMP TABLE _vt_hosts AS SELECT DISTINCT input FROM _vt_pair;
 """
+# $window_s is bound: con.execute(PAIRING, {"window_s": seconds}); DuckDB binds parameters of the
+# last statement only, so the _vt_pair statement ends PAIRING and the hosts come after it.
+PAIRED_HOSTS = "CREATE OR REPLACE TEMP TABLE _vt_hosts AS SELECT DISTINCT input FROM _vt_pair"
 
 # What the rules need of each control: compact sets, computed once per control row.
 CONTROL_FEATURES = """

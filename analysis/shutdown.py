@@ -20,25 +20,19 @@ import pyarrow as pa
 from analysis import signals as sig
 from analysis.db import open_datasets
 from analysis.detector import Change, DetectorConfig, alert_runs, baselined_signals, cusum_changes
-from analysis.events import (
-    EVENT_SCHEMA,
-    KINDS,
+from analysis.events import EVENT_SCHEMA, KINDS, Event, annotate_scope, events_to_table, merge_events
+from analysis.evidence import (
     Classifier,
-    Event,
-    annotate_scope,
     connectivity_events,
     dark_hours_from_facts,
     dark_hours_from_signals,
     dark_hours_from_verdicts,
-    events_to_table,
-    merge_events,
 )
 from probe.dataset import write_table_atomic
 
 __all__ = ["EVENT_SCHEMA", "KINDS", "DetectorConfig", "Detection", "Event", "detect",
            "detect_from_signals", "find_events", "write_events", "events_to_table", "render_events"]
 
-_VERDICTS_NAME = "_event_verdicts"
 
 
 @dataclass
@@ -59,16 +53,17 @@ class Detection:
 def _hour0(hourly: pa.Table) -> tuple[dt.datetime, int]:
     hours = hourly.column("hour").to_numpy().astype("datetime64[h]")
     lo, hi = hours.min(), hours.max()
-    start = lo.astype("datetime64[us]").astype(dt.datetime).replace(tzinfo=dt.timezone.utc)
+    start = lo.astype("datetime64[us]").astype(dt.datetime).replace(tzinfo=dt.UTC)
     return start, int((hi - lo).astype(int)) + 1
 
 
 def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
-           verdicts: str | pa.Table | None = None, counts: pa.Table | None = None) -> Detection:
+           verdicts: pa.Table | duckdb.DuckDBPyRelation | None = None,
+           counts: pa.Table | None = None) -> Detection:
     """Events from the ``measurements`` view of ``con``.
 
     ``verdicts``: the verdict table (VERDICT_SCHEMA rows, as ``vantage analyze`` writes them),
-    or the name of such a table registered in ``con``. With it the change detector counts
+    as an Arrow table or a relation of ``con``. With it the change detector counts
     verdict-blocked measurements instead of raw failures, and connectivity loss is read from the
     ``no_connectivity`` verdicts; without it (``--no-verdicts``) from the dark hours of the raw
     signals (anchors all failing, nearly every target failing).
@@ -77,33 +72,31 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
     summed by Spark over shards (analysis/spark_engine.py); None: computed here.
     """
     cfg = cfg or DetectorConfig()
-    registered = False
+    # the verdict stage's rows, as a relation of this connection
+    rel: duckdb.DuckDBPyRelation | None = None
     if isinstance(verdicts, pa.Table):
-        con.register(_VERDICTS_NAME, verdicts)
-        verdicts, registered = _VERDICTS_NAME, True
-    try:
-        sig.create_fact_views(con)
-        if counts is None:
-            counts = sig.network_hour_signals(con)
-        if counts.num_rows == 0:
-            return Detection([], counts)
-        hourly = baselined_signals(con, counts, cfg)
-        classifier = Classifier(con, hourly, cfg, verdicts)
-        network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
-        if verdicts:
-            dark = connectivity_events(classifier, dark_hours_from_verdicts(con, verdicts), "verdicts")
-        else:
-            dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
-        hour0, n_hours = _hour0(hourly)
-        failures = sig.input_hour_failures(con, verdicts=verdicts)
-        changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
-        change_events = [classifier.classify_change(c, hour0) for c in changes]
-        events = merge_events(network_events, change_events, cfg, dark)
-        annotate_scope(events, hourly)
-        return Detection(events, hourly, changes, hour0, failures)
-    finally:
-        if registered:
-            con.unregister(_VERDICTS_NAME)
+        rel = con.from_arrow(verdicts)
+    elif isinstance(verdicts, duckdb.DuckDBPyRelation):
+        rel = verdicts
+    sig.create_fact_views(con)
+    if counts is None:
+        counts = sig.network_hour_signals(con)
+    if counts.num_rows == 0:
+        return Detection([], counts)
+    hourly = baselined_signals(con, counts, cfg)
+    classifier = Classifier(con, hourly, cfg, rel)
+    network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
+    if rel is not None:
+        dark = connectivity_events(classifier, dark_hours_from_verdicts(rel), "verdicts")
+    else:
+        dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
+    hour0, n_hours = _hour0(hourly)
+    failures = sig.input_hour_failures(con, verdicts=rel)
+    changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
+    change_events = [classifier.classify_change(c, hour0) for c in changes]
+    events = merge_events(network_events, change_events, cfg, dark)
+    annotate_scope(events, hourly)
+    return Detection(events, hourly, changes, hour0, failures)
 
 
 def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:

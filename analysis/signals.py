@@ -69,6 +69,7 @@ def measurement_facts_sql(source: str = "measurements") -> str:
 
 def create_fact_views(con: duckdb.DuckDBPyConnection, source: str = "measurements") -> None:
     """Materialize ``shutdown_facts`` (one row per measurement) so later queries reuse it."""
+    # the source is a relation name of the caller's SQL (a table or view; identifiers cannot be bound)
     con.execute(f"CREATE OR REPLACE TEMP TABLE shutdown_facts AS {measurement_facts_sql(source)}")
 
 
@@ -109,28 +110,29 @@ COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "t
 
 def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Counts per (cc, asn, hour), dense in hours; rates are derived by the detector."""
+    # column names are this module's constants (identifiers cannot be bound parameters)
     counts = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS)
     return con.sql(NETWORK_HOUR_SQL.format(counts=counts)).to_arrow_table()
 
 
-def input_hour_failures(con: duckdb.DuckDBPyConnection, *, verdicts: str | None = None) -> pa.Table:
+def input_hour_failures(con: duckdb.DuckDBPyConnection, *,
+                        verdicts: duckdb.DuckDBPyRelation | None = None) -> pa.Table:
     """(cc, asn, input, hour, n, failed) for probe target measurements.
 
     "Failed" is the raw "not reached", which the event classifier then sorts into blocking,
-    outage or fault using controls and vantage points; with a verdict table (``compute_verdicts``
-    output registered under ``verdicts``) a verdict of blocked counts too, so blockpages served
-    with HTTP 200 are seen.
+    outage or fault using controls and vantage points; with the verdict stage's rows (a relation
+    of ``con`` over ``compute_verdicts`` output) a verdict of blocked counts too, so blockpages
+    served with HTTP 200 are seen.
     """
-    if verdicts:
-        return con.sql(f"""
-            SELECT f.cc, f.asn, f.input, f.hour, count(*) AS n,
-                   -- blocked by the verdict (blockpages look reachable) or not reached at all
-                   count(*) FILTER (WHERE v.status = 'blocked' OR NOT f.ok) AS failed
-            FROM shutdown_facts f LEFT JOIN {verdicts} v USING (measurement_id)
-            WHERE f.role = 'probe' AND NOT f.is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
-    return con.sql("""
-        SELECT cc, asn, input, hour, count(*) AS n, count(*) FILTER (WHERE NOT ok) AS failed
-        FROM shutdown_facts WHERE role = 'probe' AND NOT is_anchor GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    facts = con.table("shutdown_facts").filter("role = 'probe' AND NOT is_anchor")
+    if verdicts is not None:
+        facts = facts.join(verdicts.select("measurement_id, status AS v_status"), "measurement_id", how="left")
+        # blocked by the verdict (blockpages look reachable) or not reached at all
+        failed = "count(*) FILTER (WHERE v_status = 'blocked' OR NOT ok) AS failed"
+    else:
+        failed = "count(*) FILTER (WHERE NOT ok) AS failed"
+    groups = "cc, asn, input, hour"
+    return facts.aggregate(f"{groups}, count(*) AS n, {failed}", groups).order(groups).to_arrow_table()
 
 
 # The one way to open datasets is analysis.db.open_datasets (over probe.dataset's discovery);

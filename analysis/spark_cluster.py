@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -94,11 +95,12 @@ class LocalCluster:
             raise
         return self
 
-    def status(self) -> dict | None:
+    def status(self) -> dict[str, Any] | None:
         """The master's JSON status (its web UI on loopback), None while it is not up."""
         try:
             with urllib.request.urlopen(f"http://{LOOPBACK}:{self.ui_port}/json/", timeout=2) as r:
-                return json.loads(r.read())
+                data = json.loads(r.read())
+                return data if isinstance(data, dict) else None
         except (OSError, ValueError):
             return None
 

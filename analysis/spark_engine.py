@@ -177,7 +177,7 @@ def read_measurements(spark: SparkSession, paths: Sequence[Path | str]) -> DataF
 # --------------------------------------------------------------------------- shipping files
 
 
-def _ship_files(spark: SparkSession, options: AnalysisOptions) -> tuple[list[str], str | None, tempfile.TemporaryDirectory]:
+def _ship_files(spark: SparkSession, options: AnalysisOptions) -> tuple[list[str], str | None, tempfile.TemporaryDirectory[str]]:
     """Copy the fingerprint sets (in the order the driver loaded them) and the ASN database under
     unique names and add them to the job; return the names executors ask SparkFiles for."""
     from analysis.pipeline import load_fingerprint_set, resolve_asn_db
@@ -324,7 +324,7 @@ def _offline_on_driver(paths: Sequence[Path | str]) -> pa.Table:
 
 
 def verdicts_frame(spark: SparkSession, paths: Sequence[Path | str], options: AnalysisOptions, *,
-                   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> tuple[DataFrame, DataFrame, tempfile.TemporaryDirectory]:
+                   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> tuple[DataFrame, DataFrame, tempfile.TemporaryDirectory[str]]:
     """(verdicts DataFrame, sharded rows) for the datasets; the files the job ships live as long
     as the returned temporary directory."""
     from pyspark.sql import functions as F

@@ -9,12 +9,14 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
 import pyarrow as pa
 
 from analysis import connectivity, rules
+from analysis.db import quote_ident
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
 from probe.errors import VantageError
 
@@ -143,7 +145,7 @@ def classify_values(
     """One row per distinct DNS answer value: bogon?, network, ASN, DNS fingerprint. The ASN is
     the one the measuring side recorded with the answer (``answer_asns``, OONI's per-answer
     ASN), else ``asn_lookup``'s (an IP-to-ASN database)."""
-    cols: dict[str, list] = {name: [] for name in IPINFO_SCHEMA.names}
+    cols: dict[str, list[Any]] = {name: [] for name in IPINFO_SCHEMA.names}
     for v in values:
         fp = dns_fingerprints.get(v.rstrip("."))
         try:
@@ -236,7 +238,7 @@ def _as_fingerprint_set(fingerprints: FingerprintSet | Iterable[Path | str] | No
 def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet) -> pa.Table:
     """Blockpage matches for the candidate probe measurements: (mid, http_fp, http_fp_conf)."""
     schema = pa.schema([("mid", pa.string()), ("http_fp", pa.string()), ("http_fp_conf", pa.float64())])
-    out: dict[str, list] = {"mid": [], "http_fp": [], "http_fp_conf": []}
+    out: dict[str, list[Any]] = {"mid": [], "http_fp": [], "http_fp_conf": []}
     if not fps.http:
         return pa.table(out, schema=schema)
     matcher = fps.http_matcher
@@ -257,9 +259,13 @@ def _match_http_fingerprints(con: duckdb.DuckDBPyConnection, fps: FingerprintSet
 
 
 def _load(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    con.register(f"{name}_arrow", table)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
-    con.unregister(f"{name}_arrow")
+    """An Arrow table computed in Python becomes the temp table ``name`` that rules' SQL reads.
+    These names are the verdict stage's own scratch tables, private to compute_verdicts."""
+    view = quote_ident(name + "_arrow")
+    con.register(name + "_arrow", table)
+    # DDL takes no bound identifiers: both names are quoted
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {quote_ident(name)} AS SELECT * FROM {view}")
+    con.unregister(name + "_arrow")
 
 
 def compute_verdicts(
@@ -293,7 +299,8 @@ def compute_verdicts(
     asn_lookup = maxmind_asn_lookup(asn_db) if asn_db else None
     for macro in rules.MACROS:
         con.execute(macro)
-    con.execute(rules.PAIRING.replace("$window_s", repr(float(control_window_h) * 3600.0)))
+    con.execute(rules.PAIRING, {"window_s": float(control_window_h) * 3600.0})
+    con.execute(rules.PAIRED_HOSTS)
     inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
     hosts = pa.table({"input": inputs, "host": [host_of(i) for i in inputs]})
     _load(con, "_vt_hosts", hosts)
@@ -312,6 +319,6 @@ def compute_verdicts(
     table = con.sql(rules.decision_sql()).to_arrow_table()
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
                  "_vt_ipinfo", "_vt_httpfp"):
-        con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
     connectivity.drop_connectivity_tables(con)
     return table.cast(VERDICT_SCHEMA)

@@ -46,7 +46,7 @@ COUNTRIES = ("IR", "RU", "CN", "TR", "MM", "PK", "EG", "VN")
 
 def template(n: int, cc: str) -> pa.Table:
     """n distinct web_connectivity rows as a probe writes them (DNS, TCP, HTTP with a body sample)."""
-    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     rows = []
     for i in range(n):
         url = f"http://site{i}.example/"
@@ -67,7 +67,7 @@ def template(n: int, cc: str) -> pa.Table:
 
 def probe_dataset(root: Path, cc: str, rows: int, file_rows: int, base: pa.Table) -> None:
     """rows measurements: the template repeated, each row with a new id and its own second."""
-    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=1)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
     date = start.strftime("%Y-%m-%d")
     for n, first in enumerate(range(0, rows, file_rows)):
         count = min(file_rows, rows - first)

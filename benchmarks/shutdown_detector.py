@@ -76,7 +76,7 @@ def main() -> None:
     hour0 = np.datetime64("2026-10-01T00:00")
     changes = cusum_changes(inp.table, hour0, args.days * 24, DetectorConfig())
     t_cusum = time.perf_counter() - t0
-    start0 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+    start0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     hits = 0
     for p in inp.events:
         for c in changes:

@@ -34,7 +34,7 @@ _CC = re.compile(r"[A-Z]{2}")
 # probe uploads) measured can be older. A Raspberry Pi without a real-time clock that has not
 # reached NTP yet starts in 1970 (or at its last fake-hwclock save): such rows have a wrong
 # date, so they are refused instead of landing in a partition an analyst would never look at.
-EARLIEST = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST = dt.datetime(2012, 1, 1, tzinfo=dt.UTC)
 # A day of slack for clocks that run fast; a later start time is a broken clock, not a measurement.
 FUTURE_SLACK = dt.timedelta(days=1)
 _MAX_REASONS = 100  # per receipt: a batch of 20,000 broken rows needs no 20,000 lines to be fixed
@@ -188,7 +188,7 @@ def check_rows(table: pa.Table, probe_cc: str | None, now: dt.datetime | None = 
     for what makes a partition: its country and its date. Rows become Python objects a slice
     at a time, and only what the store needs of a valid row is kept (memory: four batches of
     20,000 rows with body samples at once would otherwise take gigabytes)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     has_cc = "probe_cc" in table.column_names
     if not has_cc and probe_cc is None:
         raise Refusal(422, "no probe_cc: send it as a column or as ?probe_cc=XX")

@@ -72,7 +72,7 @@ class ControlError(VantageError):
 def measurement_to_json(m: Measurement) -> dict[str, Any]:
     """A Measurement as plain JSON types (the start time as an ISO 8601 UTC string)."""
     data = dataclasses.asdict(m)
-    data["measurement_start_time"] = m.measurement_start_time.astimezone(dt.timezone.utc).isoformat()
+    data["measurement_start_time"] = m.measurement_start_time.astimezone(dt.UTC).isoformat()
     return data
 
 
@@ -94,7 +94,7 @@ def measurement_from_json(data: Any) -> Measurement:
         raise ValueError(f"bad measurement_start_time {start!r}") from exc
     if when.tzinfo is None:
         raise ValueError("measurement_start_time must carry a time zone")
-    data["measurement_start_time"] = when.astimezone(dt.timezone.utc)
+    data["measurement_start_time"] = when.astimezone(dt.UTC)
     try:
         record = row_to_record(data)
         validate(record)
@@ -309,7 +309,7 @@ async def host_refusal(
                 asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM), timeout
             )
             addresses = [str(info[4][0]) for info in infos]
-    except (OSError, asyncio.TimeoutError, UnicodeError):
+    except (TimeoutError, OSError, UnicodeError):
         return None
     for address in addresses:
         reason = check(address)

@@ -465,7 +465,7 @@ class ControlServer:
                 await self._respond(writer, status, payload, headers)
                 if status == 413:
                     await self._discard_rest(reader)
-        except (ConnectionError, ssl.SSLError, asyncio.TimeoutError):  # the caller went away
+        except (TimeoutError, ConnectionError, ssl.SSLError):  # the caller went away
             pass
         finally:
             writer.close()
@@ -526,9 +526,9 @@ class ControlServer:
                 left = started + limit - loop.time()
                 try:
                     if left <= 0:
-                        raise asyncio.TimeoutError
+                        raise TimeoutError
                     data = await asyncio.wait_for(reader.read(64 * 1024), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     what = "headers" if request is None else "request"
                     raise HttpError(408, "request_timeout", f"the {what} did not arrive within {limit:g} s") from None
                 conn.receive_data(data)
@@ -621,7 +621,7 @@ class ControlServer:
             self._in_progress += 1
             try:
                 records = await asyncio.wait_for(self._run(request), self.limits.request_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HttpError(
                     504, "timeout", f"the measurements took longer than {self.limits.request_timeout:g} s"
                 ) from None

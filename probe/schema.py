@@ -218,7 +218,7 @@ class Measurement:
 
     @property
     def date(self) -> str:
-        return self.measurement_start_time.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+        return self.measurement_start_time.astimezone(dt.UTC).strftime("%Y-%m-%d")
 
     def to_row(self) -> dict[str, Any]:
         return _plain(self)  # type: ignore[no-any-return]
@@ -254,12 +254,12 @@ def new_uuid7(now: float | None = None) -> str:
 
 def new_run_id(now: dt.datetime | None = None) -> str:
     """A run id that sorts by start time and is safe in file names: 20261122T101500Z-1a2b3c4d."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(4).hex()
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # --------------------------------------------------------------------------- Arrow schema
@@ -466,5 +466,5 @@ def row_to_record(row: Mapping[str, Any]) -> Measurement:
     data["tcp"] = [_build(TcpConnect, c) for c in data.get("tcp") or []]
     start = data["measurement_start_time"]
     if isinstance(start, dt.datetime) and start.tzinfo is None:
-        data["measurement_start_time"] = start.replace(tzinfo=dt.timezone.utc)
+        data["measurement_start_time"] = start.replace(tzinfo=dt.UTC)
     return _build(Measurement, data)

@@ -252,7 +252,7 @@ def upload(
                 if progress:
                     progress(finished[0], total)
                 ack: dict[str, Any] = {"file": _rel(output, path), "size": path.stat().st_size, "collector": base,
-                       "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                       "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
                 if refused is not None:
                     ack["refused"] = refused
                     result.refused.append((_rel(output, path), refused))

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the tests need (Debian packages for the labs when run as root, the
 # Python package with its test extras in ./.venv) and runs the whole suite.
-# Usage: bash scripts/test.sh [pytest args...]
+# Usage: bash scripts/test.sh [--quick] [pytest args...]
+#   --quick: leave out the tests marked slow and the network-namespace labs
+#            (pytest -m "not slow and not netns"); CI runs everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+QUICK=()
+if [ "${1:-}" = --quick ]; then
+  shift
+  QUICK=(-m "not slow and not netns")
+fi
 
 # Real servers and tools for the labs; the network-namespace lab needs root anyway.
 DEB_PACKAGES=(
@@ -37,8 +45,12 @@ echo "== ruff"
 .venv/bin/ruff check probe analysis vantage collector tests benchmarks
 lint=$?
 
+echo "== mypy --strict"
+.venv/bin/mypy probe analysis vantage collector
+types=$?
+
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest ${QUICK[@]+"${QUICK[@]}"} "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then
@@ -47,6 +59,10 @@ if [ "$rc" = 5 ]; then
 fi
 if [ "$lint" != 0 ]; then
   echo "ruff found problems: failing" >&2
+  [ "$rc" != 0 ] || rc=1
+fi
+if [ "$types" != 0 ]; then
+  echo "mypy found problems: failing" >&2
   [ "$rc" != 0 ] || rc=1
 fi
 exit "$rc"

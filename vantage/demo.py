@@ -78,7 +78,7 @@ class DemoResult:
 
 def default_output(now: dt.datetime | None = None) -> Path:
     """A fresh directory per demo run: ./vantage-demo/<UTC timestamp>/."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return DEFAULT_PARENT / now.strftime("%Y%m%dT%H%M%SZ")
 
 
@@ -144,9 +144,10 @@ def reproduce_line(datasets: list[Path], verdicts: Path, db: Path, report: Path,
     the same verdicts (and the report reads the verdicts file, with the options recorded in it)."""
     from vantage.cli.options import command_args, shell_line
 
-    analyze = ["vantage", "analyze", *datasets, "--output", verdicts, "--db", db, *command_args(options)]
-    report = ["vantage", "report", "--verdicts", verdicts, "--output", report]
-    return shell_line(analyze) + " && " + shell_line(report)
+    analyze: list[str | Path] = ["vantage", "analyze", *datasets, "--output", verdicts, "--db", db,
+                                 *command_args(options)]
+    render: list[str | Path] = ["vantage", "report", "--verdicts", verdicts, "--output", report]
+    return shell_line(analyze) + " && " + shell_line(render)
 
 
 def run_demo(

@@ -237,7 +237,7 @@ async def measure(
         with net.guarded():
             observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
         sort_observations(m, observations)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         # Only the safety net fires here (every step has its own, shorter timeout).
         _clear_observations(m)
         m.failure = "generic_timeout"

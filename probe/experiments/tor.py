@@ -82,7 +82,7 @@ async def link_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         log.received(body, "CERTS" if cmd == CMD_CERTS else f"cell {cmd}")
         if cmd == CMD_CERTS:
             detail += ", CERTS received"
-    except (asyncio.TimeoutError, WireError, asyncio.IncompleteReadError):
+    except (TimeoutError, WireError, asyncio.IncompleteReadError):
         pass  # VERSIONS already proves a Tor relay answered; CERTS only adds to the detail
     return Outcome(reply=b"ok", detail=detail)
 

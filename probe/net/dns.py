@@ -278,7 +278,7 @@ async def resolve_udp(
                 break
             try:
                 data, err = await asyncio.wait_for(proto.queue.get(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if err is not None:
                 if first_at is None:

@@ -59,7 +59,7 @@ async def public_address(server: str, *, timeout: float = 3.0) -> str:
         transport, proto = await asyncio.wait_for(
             loop.create_datagram_endpoint(_Client, remote_addr=(host, port)), timeout
         )
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise StunError(f"STUN server {server}: cannot send ({type(exc).__name__})") from None
     try:
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
@@ -71,7 +71,7 @@ async def public_address(server: str, *, timeout: float = 3.0) -> str:
             while (left := wait_until - loop.time()) > 0:
                 try:
                     data = await asyncio.wait_for(proto.replies.get(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 address = _mapped_address(data, request.transaction_id)
                 if address is not None:

@@ -23,7 +23,7 @@ from probe.schema import (
     records_to_table,
 )
 
-T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
 
 def record(cc: str = "IR", role: str = "probe", hops: int = 2) -> Measurement:

@@ -28,7 +28,7 @@ from analysis.shutdown import (
 from analysis.verdicts import VERDICT_SCHEMA
 from tests.support import scenario as sc
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 START = dt.datetime(2026, 11, 1, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 PROBE = sc.Network("IR", "AS1001", "Example Telecom IR", ("pi",), 3)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from analysis import events
+from analysis import classify, events, evidence
 from tests.support.paths import DOCS
 
 DOC = (DOCS / "shutdowns.md").read_text()
-SOURCE = Path(events.__file__).read_text()
+# the rule ids are given by the decisions (classify), the evidence gathering and the merging
+SOURCE = "".join(Path(m.__file__).read_text() for m in (classify, evidence, events))
 
 
 def _section(title: str) -> str:

@@ -15,7 +15,7 @@ from analysis.events import Event
 from analysis.shutdown import Detection, detect, render_events
 from tests.support import scenario as sc
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 START = dt.datetime(2026, 10, 1, tzinfo=UTC)
 MM = ("AS2001", "AS2002", "AS2003")
 NEWS_A = "https://news-a.example/"

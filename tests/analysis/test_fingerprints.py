@@ -393,7 +393,7 @@ def test_update_then_default_set_names_its_sources(upstream: _Server, data_home:
     assert result.dest == data_home
     assert sorted(upstream.hits) == sorted(f"/fp/{name}" for name, _, _ in DOWNLOADS)
     manifest = json.loads((data_home / "manifest.json").read_text())
-    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    today = dt.datetime.now(dt.UTC).date().isoformat()
     by_file = {e["file"]: e for e in manifest["files"]}
     for name, src in UPSTREAM_FILES.items():
         assert (data_home / name).read_bytes() == src.read_bytes()
@@ -427,7 +427,7 @@ def test_indonesian_blockpage_matches_with_the_default_set(upstream: _Server, da
 
 
 def web(url: str, body: str, *, role: str, title: str, control_for: str | None = None,
-        at: dt.datetime = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)) -> Measurement:
+        at: dt.datetime = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)) -> Measurement:
     """A plain-HTTP web_connectivity measurement that got HTTP 200 with ``body``."""
     m = Measurement(measurement_id=new_uuid7(), run_id=f"run-{role}", experiment="web_connectivity",
                     experiment_version="0.1.0", input=url, measurement_start_time=at, role=role, probe_cc="ID",

@@ -138,7 +138,7 @@ class _Server:
         self.httpd.server_close()
 
 
-THIS_MONTH = dt.datetime.now(dt.timezone.utc).date().strftime("%Y-%m")
+THIS_MONTH = dt.datetime.now(dt.UTC).date().strftime("%Y-%m")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from analysis.db import discover
 from tests.support import scenario as sc
 from vantage.cli import main
 
-START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 COMMANDS = ("analyze", "events", "report")
 
 

@@ -29,7 +29,7 @@ from tests.support.verdict_checks import assert_one_verdict_per_measurement
 from vantage.cli import main
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-START = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+START = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 SOCIAL = "https://social-a.example/"
 BLOCKPAGE_URL = "http://blog-b.example/"
 # The analyzer names the rule that fired (tls.reset_sni); raw reachability (events
@@ -141,6 +141,7 @@ def _chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp)
 
 
+@pytest.mark.slow  # a headless Chromium renders the page: ~3 s
 def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (CI installs the Debian package): cannot render the report")
@@ -167,6 +168,7 @@ def test_html_renders_in_headless_chromium(html_report: tuple[Path, Path], tmp_p
     assert ((px[:, 0] > 150) & (px[:, 1] < 100) & (px[:, 2] < 100)).any()
 
 
+@pytest.mark.slow  # charts rendered to PNG files: ~3 s
 def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.md"
     write_report([dataset], out)
@@ -195,6 +197,7 @@ def test_the_report_uses_the_verdict_stage_and_says_how(html_report: tuple[Path,
     assert not hasattr(report_module, "raw_verdicts") and not hasattr(report_module, "verdicts_for")
 
 
+@pytest.mark.slow  # report and events through the CLI: ~5 s
 def test_cli_report_and_events(dataset: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["report", str(dataset), "-o", str(tmp_path / "r.html"), "--csv", str(tmp_path / "v.csv"),
@@ -267,7 +270,7 @@ def test_commands_have_help() -> None:
 
 # --------------------------------------------------------------------------- connectivity lost first
 
-DARK_START = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+DARK_START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 DARK_NETS = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi",), 3),
              sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
 NEWS_B = "https://news-b.example/"

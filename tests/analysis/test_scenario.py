@@ -18,7 +18,7 @@ from tests.support import scenario as sc
 
 @pytest.fixture(scope="module")
 def small() -> tuple[sc.Scenario, pa.Table]:
-    start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     nets = [sc.Network("IR", "AS1001", "Example Telecom IR", ("pi", "laptop", "laptop"), 3),
             sc.Network("NL", "AS9001", "Example Cloud NL", ("pi",), 1, role="control")]
     events = [sc.PlantedEvent("shutdown", start + dt.timedelta(days=2, hours=10), start + dt.timedelta(days=2, hours=14),
@@ -86,7 +86,7 @@ def test_signals_for_the_benchmark() -> None:
     assert sig.table.num_rows == 10 * 9 * 24 and len(sig.events) == 3
     for p in sig.events:
         rows = sig.table.filter(pc.equal(sig.table["asn"], p.asns[0])).to_pylist()
-        dark = [r for r in rows if p.active(r["hour"].replace(tzinfo=dt.timezone.utc))]
+        dark = [r for r in rows if p.active(r["hour"].replace(tzinfo=dt.UTC))]
         assert dark and all(r["anchor_ok"] == 0 for r in dark)
 
 

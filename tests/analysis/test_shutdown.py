@@ -63,6 +63,7 @@ def _print(scn: sc.Scenario, d: Detection) -> None:
     console.print(table)
 
 
+@pytest.mark.slow  # a week of synthetic measurements per seed: ~10 s
 def test_every_planted_shutdown_found_dated_and_classified(detected: tuple[sc.Scenario, Detection]) -> None:
     scn, d = detected
     planted = [p for p in scn.planted if p.kind == "shutdown"]
@@ -129,7 +130,7 @@ def test_nothing_but_planted_events(detected: tuple[sc.Scenario, Detection]) -> 
 def test_fault_tied_to_software_version_on_a_lone_probe(tmp_path: Path) -> None:
     # One vantage point only: nothing to compare it with in its network, but its failures start
     # with a software version that network never ran before.
-    start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     fault = sc.PlantedEvent("probe_fault", start + dt.timedelta(days=9, hours=5), start + dt.timedelta(days=9, hours=11),
                             "MM", ("AS2002",), vantage=0, software_version="0.2.0.dev1", label="bad upgrade")
     shut = sc.PlantedEvent("shutdown", start + dt.timedelta(days=10, hours=5), start + dt.timedelta(days=10, hours=9),
@@ -175,7 +176,7 @@ def test_events_parquet_roundtrip(detected: tuple[sc.Scenario, Detection], tmp_p
 def test_shutdown_without_anchors(tmp_path: Path) -> None:
     # OONI imports and old probes have no anchors: a critical fall of every target still
     # dates a shutdown (with less confidence), and a blocked target alone is still blocking.
-    start = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
     shut = sc.PlantedEvent("shutdown", start + dt.timedelta(days=9, hours=3), start + dt.timedelta(days=9, hours=9),
                            "MM", ("AS2001",), label="dark")
     block = sc.PlantedEvent("service_blocking", start + dt.timedelta(days=10, hours=12), None, "MM", ("AS2001",),
@@ -195,6 +196,7 @@ def test_shutdown_without_anchors(tmp_path: Path) -> None:
     con.close()
 
 
+@pytest.mark.slow  # random topologies: ~4 s
 def test_random_topology_shutdowns() -> None:
     # Another topology and random placement (benchmarks/shutdown_accuracy.py runs many more).
     scn = sc.random_scenario(102)

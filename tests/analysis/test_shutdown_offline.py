@@ -20,7 +20,7 @@ from tests.support.paths import REPO
 
 # The outage: two hours before midnight to one hour after, so the queued records also cross a
 # date partition.
-OUTAGE_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.timezone.utc)
+OUTAGE_START = dt.datetime(2026, 11, 20, 22, 0, tzinfo=dt.UTC)
 
 _WRITER = """
 import datetime as dt, sys, time

@@ -14,7 +14,7 @@ from analysis import signals
 from analysis.detector import DetectorConfig, alert_runs, baselined_signals, cusum_changes
 from probe import schema as S
 
-T0 = dt.datetime(2026, 11, 1, 10, 5, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 10, 5, tzinfo=dt.UTC)
 
 
 def _m(input_: str, *, experiment: str = "web_connectivity", start: dt.datetime = T0, **obs: object) -> S.Measurement:

@@ -100,7 +100,7 @@ def assert_same_events(paths: list[Path], duck: pa.Table, spark: pa.Table, maste
 
 def edge_cases(root: Path) -> list[Path]:
     """The verdict rules' awkward inputs in one dataset, one input each."""
-    t0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
     records: list[Measurement] = []
 
     def pair(url: str, at: dt.datetime, **kw: object) -> Measurement:
@@ -160,7 +160,7 @@ def midnight(root: Path) -> list[Path]:
     """Four days; each night probes just after midnight pair with controls of 23:50 the day
     before, probes just before midnight with controls of 00:20 the day after."""
     records: list[Measurement] = []
-    start = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     for day in range(4):
         midnight_t = start + dt.timedelta(days=day)
         for i in range(6):

@@ -33,7 +33,7 @@ from probe.schema import (
 )
 from tests.support.paths import SHARED_DATA
 
-T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 SITE_IP = "93.184.216.34"
 TITLE = "Example Domain Welcome Page"
 PAGE = f"<html><head><title>{TITLE}</title></head><body>{'lorem ipsum ' * 200}</body></html>"

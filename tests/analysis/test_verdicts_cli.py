@@ -19,7 +19,7 @@ from probe.schema import DnsAnswer, DnsQuery, HttpRequest, Measurement, TcpConne
 from tests.support.verdict_checks import assert_one_verdict_per_measurement, read_only_dir
 from vantage.cli import main
 
-T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 
 
 def web(role: str, tcp_failure: str | None = None, control_for: str | None = None, url: str = "http://a.example/",
@@ -165,6 +165,7 @@ def _rows(path: Path) -> dict[str, tuple]:
             for r in pq.read_table(path).to_pylist()}
 
 
+@pytest.mark.slow  # three commands over one dataset: ~5 s
 def test_analyze_report_and_events_agree_row_for_row(tmp_path: Path) -> None:
     root, fp, ids = options_dataset(tmp_path)
     runner = CliRunner()
@@ -225,8 +226,8 @@ def test_verdicts_file_records_its_provenance(tmp_path: Path) -> None:
     from importlib.metadata import version
 
     assert meta["vantage_version"] == version("vantage")
-    made = _dt.datetime.strptime(meta["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    assert abs((_dt.datetime.now(_dt.timezone.utc) - made).total_seconds()) < 600
+    made = _dt.datetime.strptime(meta["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
+    assert abs((_dt.datetime.now(_dt.UTC) - made).total_seconds()) < 600
     assert meta["counts"] == {"verdicts": 3, "probe_measurements": 3, "skipped_files": 0}
 
 
@@ -330,6 +331,7 @@ def test_printed_options_parse_back_to_the_same_options(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- --db and write failures
 
 
+@pytest.mark.slow  # several analyses into one database: ~3 s
 def test_db_onto_an_analysts_database_keeps_their_tables(tmp_path: Path) -> None:
     root, _ = dataset(tmp_path)
     db = tmp_path / "work.duckdb"
@@ -379,6 +381,7 @@ def test_db_never_replaces_an_analysts_table_of_the_same_name(tmp_path: Path) ->
     assert not (tmp_path / "v.parquet").exists()  # refused before any work
 
 
+@pytest.mark.slow  # one analysis per failing output: ~5 s
 def test_write_failures_are_one_line_and_leave_nothing_half_written(tmp_path: Path) -> None:
     root, _ = dataset(tmp_path)
     (tmp_path / "a-file").write_text("x")
@@ -409,6 +412,7 @@ def test_write_failures_are_one_line_and_leave_nothing_half_written(tmp_path: Pa
     assert_one_verdict_per_measurement(out / "new" / "v.csv", [root])
 
 
+@pytest.mark.slow  # an analysis per failing write: ~4 s
 def test_a_write_failing_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills after the report's temporary file was written, while the CSV is: neither
     file appears, no temporary one stays, and the error is one line naming the CSV."""

@@ -118,8 +118,8 @@ def test_partition_value_with_a_path(coll: CollectorProcess, untouched: None) ->
 
 
 def test_future_and_ancient_dates(coll: CollectorProcess, untouched: None) -> None:
-    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=3)
-    ancient = dt.datetime(1970, 1, 1, 0, 0, 5, tzinfo=dt.timezone.utc)  # a Pi without a clock, before NTP
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    ancient = dt.datetime(1970, 1, 1, 0, 0, 5, tzinfo=dt.UTC)  # a Pi without a clock, before NTP
     rows = pa.concat_tables([batch(2, at=future), batch(2, at=ancient)])
     receipt = post(coll, parquet(rows)).json()
     assert (receipt["accepted"], receipt["rejected"]) == (0, 4)
@@ -129,8 +129,8 @@ def test_future_and_ancient_dates(coll: CollectorProcess, untouched: None) -> No
 
 def test_dates_trap(coll: CollectorProcess) -> None:
     """A clock a few hours fast and an old measurement (2012, OONI's first year) are accepted."""
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=5)
-    old = dt.datetime(2012, 6, 1, tzinfo=dt.timezone.utc)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(hours=5)
+    old = dt.datetime(2012, 6, 1, tzinfo=dt.UTC)
     receipt = post(coll, parquet(pa.concat_tables([batch(1, at=soon), batch(1, at=old)]))).json()
     assert (receipt["accepted"], receipt["rejected"]) == (2, 0)
 

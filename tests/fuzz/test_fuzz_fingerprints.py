@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,7 @@ def _row(values: dict[str, str], name: str) -> dict[str, str]:
     return row
 
 
+@pytest.mark.slow  # hypothesis examples: ~6 s
 @FUZZ
 @given(
     rows=st.lists(st.one_of(GOOD_ROW.map(lambda r: ("good", r)), BAD_VALUES.map(lambda r: ("bad", r)),

@@ -115,6 +115,7 @@ def _count_kept(good: list[tuple[int, str]], entries: list) -> None:  # type: ig
 # ----------------------------------------------------------------------------- plain lists
 
 
+@pytest.mark.slow  # hypothesis examples: ~7 s
 @FUZZ_FILES
 @given(st.lists(st.tuples(st.booleans(), good_url, junk_line), min_size=1, max_size=30), st.sampled_from([b"\n", b"\r\n"]))
 def test_plain_list_good_lines_survive_any_junk(rows: list[tuple[bool, str, bytes]], eol: bytes) -> None:

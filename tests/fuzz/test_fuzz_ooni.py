@@ -153,6 +153,7 @@ def _dump(value: Any) -> str:
     return json.dumps(value)  # escapes lone surrogates; writes NaN/Infinity as Python's json reads them
 
 
+@pytest.mark.slow  # hypothesis examples: ~6 s
 def test_converter_never_raises_anything_but_a_clean_rejection() -> None:
     """convert() either returns records or raises NotAMeasurement (no start time, no test name)."""
     tally = Tally()
@@ -178,6 +179,7 @@ def test_converter_never_raises_anything_but_a_clean_rejection() -> None:
     assert 0 < tally.clean_errors < tally.cases  # both kinds of documents were generated
 
 
+@pytest.mark.slow  # hypothesis examples through the import: ~10 s
 def test_import_of_arbitrary_measurement_shaped_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     no_fsync(monkeypatch)
     tally = Tally()
@@ -280,6 +282,7 @@ def _write(path: Path, text: str) -> None:
     path.write_bytes(data)
 
 
+@pytest.mark.slow  # a mutation corpus through the whole import: ~45 s
 def test_mutation_corpus_through_the_whole_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     no_fsync(monkeypatch)
     rng = random.Random(SEED)

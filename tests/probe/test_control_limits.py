@@ -242,7 +242,7 @@ def test_200_slow_clients_do_not_starve_a_real_probe(site: str) -> None:
                     await writer.drain()
                     try:
                         await asyncio.wait_for(stop.wait(), 0.3)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             except ConnectionError:
                 pass  # evicted

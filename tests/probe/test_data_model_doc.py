@@ -72,7 +72,7 @@ def test_every_failure_string_is_documented() -> None:
 
 
 def sample_records() -> list[S.Measurement]:
-    start = dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 11, 22, 9, 30, tzinfo=dt.UTC)
     probe = S.Measurement(
         measurement_id=S.new_uuid7(), run_id="20261122T093000Z-00000001", experiment="web_connectivity",
         experiment_version="0.1.0", input="https://example.org/", input_category="NEWS",

@@ -21,7 +21,7 @@ from tests.support.paths import REPO
 
 
 def full_record(**kw: object) -> S.Measurement:
-    start = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=dt.UTC)
     rec = S.Measurement(
         measurement_id=S.new_uuid7(),
         run_id="20261122T100000Z-abcd1234",

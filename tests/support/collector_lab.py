@@ -46,7 +46,7 @@ def free_port(host: str = HOST) -> int:
 def measurements(n: int, cc: str, *, at: dt.datetime | None = None, run: str = "run") -> list[Measurement]:
     """n probe measurements of one vantage point: a mix of ok, DNS-blocked, reset and blockpage
     rows (so the verdicts differ), each at its own minute."""
-    at = at or dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(days=1)
+    at = at or dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=1)
     out = []
     for i in range(n):
         url = f"http://site{i}.example/"

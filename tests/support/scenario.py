@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from probe import schema as S
 
 HOUR = dt.timedelta(hours=1)
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 # Outcomes a single measurement can have; each becomes a template row per input.
 OK, DNS_NXDOMAIN, DNS_TIMEOUT, TCP_TIMEOUT, TCP_RESET, TLS_RESET, HTTP_RESET, SITE_DOWN, OFFLINE, FAULT, BLOCKPAGE = \

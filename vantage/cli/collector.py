@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -52,7 +53,7 @@ def serve(listen: str, data: Path, cert: Path | None, key: Path | None, token: s
         parse_listen(listen)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
-    given = {"max_body": max_body, "max_decoded": max_decoded, "max_rows": max_rows, "max_concurrent": max_concurrent,
+    given: dict[str, Any] = {"max_body": max_body, "max_decoded": max_decoded, "max_rows": max_rows, "max_concurrent": max_concurrent,
              "read_timeout_s": read_timeout}
     limits = dataclasses.replace(Limits(), **{k: v for k, v in given.items() if v is not None})
     try:

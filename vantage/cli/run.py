@@ -157,7 +157,7 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
 @upload_options
 @click.pass_context
-def run(ctx: click.Context, **opts: Any) -> None:
+def run(ctx: click.Context, /, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
 
     Each input of the lists (or --url) is measured once by the experiment and stored as one

@@ -14,7 +14,6 @@ import logging
 import socket
 import ssl
 import struct
-import sys
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,21 +100,8 @@ def _host_of(head: bytes) -> str:
 
 
 async def _start_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ssl.SSLContext) -> None:
-    """Upgrade a server-side stream to TLS in place (StreamWriter.start_tls on Python 3.11+)."""
-    if sys.version_info >= (3, 11):
-        await writer.start_tls(ctx, ssl_handshake_timeout=IO_TIMEOUT)
-        return
-    # Python 3.10 has only loop.start_tls: swap the new transport in where 3.11 does.
-    loop = asyncio.get_running_loop()
-    protocol = writer.transport.get_protocol()
-    transport = await loop.start_tls(
-        writer.transport, protocol, ctx, server_side=True, ssl_handshake_timeout=IO_TIMEOUT
-    )
-    assert transport is not None
-    writer._transport = transport  # type: ignore[attr-defined, unused-ignore]
-    protocol._transport = transport  # type: ignore[attr-defined, unused-ignore]
-    protocol._over_ssl = True  # type: ignore[attr-defined, unused-ignore]
-    reader._transport = transport  # type: ignore[attr-defined, unused-ignore]
+    """Upgrade a server-side stream to TLS in place."""
+    await writer.start_tls(ctx, ssl_handshake_timeout=IO_TIMEOUT)
 
 
 def _set_linger_zero(writer: asyncio.StreamWriter, on: bool) -> None:
@@ -181,13 +167,7 @@ class WebListener:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
             writer.write(self._answer(head, action))
             await writer.drain()
-        except (
-            OSError,
-            EOFError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            asyncio.TimeoutError,
-        ):
+        except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # clients hang up, time out and send garbage; the lab just moves on
         finally:
             if not reset:

@@ -214,18 +214,18 @@ def parse_time(value: Any) -> dt.datetime | None:
         return None
     if isinstance(value, (int, float)):
         try:
-            return dt.datetime.fromtimestamp(float(value), dt.timezone.utc)
+            return dt.datetime.fromtimestamp(float(value), dt.UTC)
         except (OverflowError, OSError, ValueError):
             return None
     text = str(value).strip().replace("T", " ").rstrip("Z")
     try:  # the usual "2016-10-25 13:49:24", fast
         when = dt.datetime.fromisoformat(text)
-        return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+        return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
     except ValueError:
         pass
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"):
         try:
-            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc)
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
         except ValueError:
             continue
     return None

@@ -95,7 +95,7 @@ class _Unfit(ValueError):
 
 # Arrow's errors when a value does not fit its column (an int beyond int64, a lone surrogate, ...).
 _ARROW_ERRORS = (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError)
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def _record_classes() -> dict[type, tuple[str, ...]]:

@@ -133,7 +133,7 @@ async def obfs4_client(binary: str, timeout: float) -> AsyncIterator[Obfs4Client
         try:
             socks = await asyncio.wait_for(_cmethod(proc), timeout)
             yield Obfs4Client(proc, socks)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PtError("unknown_failure:obfs4proxy_did_not_start", "obfs4proxy did not report a SOCKS port") from None
         finally:
             if proc.stdin is not None:
@@ -143,7 +143,7 @@ async def obfs4_client(binary: str, timeout: float) -> AsyncIterator[Obfs4Client
                     proc.terminate()
             try:
                 await asyncio.wait_for(proc.wait(), 3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()

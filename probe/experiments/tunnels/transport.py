@@ -120,7 +120,7 @@ class UdpSession:
                 next_send = now + retransmit * random.uniform(0.75, 1.25)
             try:
                 item = await asyncio.wait_for(self.proto.queue.get(), min(next_send, deadline) - loop.time())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if isinstance(item, Exception):
                 return Outcome(failure=classify(item))
@@ -211,7 +211,7 @@ async def guarded(step: Awaitable[Outcome], timeout: float) -> Outcome:
     """Run a TCP conversation step within ``timeout``; network errors become failures."""
     try:
         return await asyncio.wait_for(step, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Outcome(failure="generic_timeout")
     except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
         return Outcome(failure=classify(exc))

@@ -246,7 +246,7 @@ class Farm:
             try:
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, OSError):
+                except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
                     return
                 if site.kind == "blackhole":
                     await reader.read()  # until the client gives up and closes

@@ -153,6 +153,7 @@ def _wait_for_parts(output: Path, proc: subprocess.Popen[str], n: int, timeout: 
     pytest.fail(f"no {n} part file(s) after {timeout}s")
 
 
+@pytest.mark.slow  # killed and resumed runs: ~20 s
 def test_sigkill_midway_then_resume_then_racing_resumes_leave_each_row_once(farm400: Farm, tmp_path: Path) -> None:
     lst = tmp_path / "list.txt"
     urls = write_list(lst, farm400)

@@ -41,7 +41,7 @@ CASES: list[tuple[BaseException, str]] = [
     (ConnectionResetError("Connection lost"), "connection_reset"),
     (ConnectionResetError(), "eof"),  # asyncio: FIN during the TLS handshake
     (TimeoutError(), "generic_timeout"),
-    (asyncio.TimeoutError(), "generic_timeout"),
+    (TimeoutError(), "generic_timeout"),
     (asyncio.IncompleteReadError(b"", 2), "eof"),
     (_verify_error(62), "ssl_invalid_hostname"),
     (_verify_error(20), "ssl_unknown_authority"),

@@ -392,7 +392,7 @@ def test_records_round_trip_through_the_arrow_schema(lab: SimpleNamespace, n: in
             tcp = await tcp_connect("127.0.0.1", port, clock=clock, timeout=TIMEOUT)
         return Measurement(measurement_id=new_uuid7(), run_id=new_run_id(), experiment="web_connectivity",
                            experiment_version="0", input="http://rt.test/",
-                           measurement_start_time=dt.datetime.now(dt.timezone.utc), http=hops, tcp=[tcp])
+                           measurement_start_time=dt.datetime.now(dt.UTC), http=hops, tcp=[tcp])
 
     m = asyncio.run(main())
     validate(m)

@@ -86,7 +86,7 @@ async def _server_cert(port: int) -> bytes:
 )
 def test_tls_invalid_certificate_still_recorded(lab: SimpleNamespace, tls_ctx, ca_bundle, case: str, failure: str) -> None:  # type: ignore[no-untyped-def]
     if case == "expired":
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         server_ctx = tls_ctx("site.test", not_before=now - dt.timedelta(days=10), not_after=now - dt.timedelta(days=1))
     else:
         server_ctx = tls_ctx("blockpage.test" if case == "wrong_name" else "site.test")

@@ -1,0 +1,438 @@
+"""The classifier's evidence, gathered in SQL over the ``shutdown_facts`` table (or from the
+hourly signals alone), and handed to the pure decisions of ``analysis.classify``.
+
+Classification uses what only raw measurements can tell: which vantage points failed (a
+vantage point is its network name, platform and software version; runs tell vantage points
+apart within an hour), whether controls elsewhere reached the same targets, and which layer
+failed first (the method).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from duckdb import ColumnExpression as C
+from duckdb import ConstantExpression as K
+from duckdb import FunctionExpression as F
+
+from analysis.classify import (
+    DarkEvidence,
+    Decision,
+    RunSignals,
+    TargetEvidence,
+    Thresholds,
+    VantageEvidence,
+    controls_fine,
+    decide_dark,
+    decide_dark_signals_only,
+    decide_run,
+    decide_signals_only,
+    evidence_needed,
+)
+from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
+from analysis.events import HOUR, Event, _naive, _num, _utc
+
+
+def _apply(event: Event, decision: Decision) -> None:
+    event.kind, event.rule = decision.kind, decision.rule
+    event.confidence, event.reason = decision.confidence, decision.reason
+
+
+# --------------------------------------------------------------------------- network anomalies
+
+
+class Classifier:
+    """Classifies alert runs and changes against the ``shutdown_facts`` table (or, without it,
+    from the signals alone)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
+                 verdicts: duckdb.DuckDBPyRelation | None = None) -> None:
+        self.con = con
+        self.verdicts = verdicts  # compute_verdicts rows, a relation of con: its methods name blocks
+        self.hourly = hourly
+        self.cfg = cfg
+        self._thresholds = Thresholds(warning=cfg.warning, critical=cfg.critical)
+        self.hours = hourly.column("hour").to_numpy()
+        self._levels = {c: hourly.column(c).to_numpy() for c in hourly.column_names if c.endswith("_level")}
+        # columns as numpy once: classifying thousands of runs must not convert them each time
+        self._np = {c: hourly.column(c).to_numpy(zero_copy_only=False)
+                    for c in hourly.column_names if c not in ("cc", "asn", "hour")}
+
+    # -- helpers over the facts table
+    def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        assert self.con is not None
+        return self.con.execute(sql, params).fetchall()
+
+    def _window(self, where: str, start: dt.datetime, end: dt.datetime | None) -> tuple[str, list[Any]]:
+        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        return f"{where} AND hour >= ? AND hour < ?", [_naive(start), _naive(end)]
+
+    def control_rate(self, inputs: list[str] | None, start: dt.datetime, end: dt.datetime | None) -> tuple[float | None, int]:
+        """Share of control measurements (same targets, any network) that reached the target."""
+        where, params = self._window("role = 'control' AND NOT is_anchor", start, end)
+        if inputs is not None:
+            where += " AND list_contains(?, input)"
+            params.append(inputs)
+        n, ok = self._q(f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", params)[0]
+        return (ok / n if n else None), int(n)
+
+    def vantage_breakdown(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None,
+                          inputs: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per vantage point in the window: runs, failing runs, measurements, software version."""
+        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
+        params = [cc, asn, *params]
+        if inputs is not None:
+            where += " AND list_contains(?, input)"
+            params.append(inputs)
+        rows = self._q(f"""
+            WITH r AS (
+                SELECT vantage, run_id, any_value(software_version) AS version, count(*) AS n,
+                       count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE is_anchor) AS an,
+                       count(*) FILTER (WHERE is_anchor AND ok) AS aok
+                FROM shutdown_facts WHERE {where} GROUP BY ALL)
+            SELECT vantage, any_value(version), count(*) AS runs,
+                   count(*) FILTER (WHERE CASE WHEN an > 0 THEN aok < an * 0.5 ELSE ok < n * 0.5 END) AS failing,
+                   sum(n)::BIGINT, sum(ok)::BIGINT
+            FROM r GROUP BY ALL ORDER BY ALL""", params)
+        return {v: {"version": ver, "runs": runs, "failing_runs": failing, "measurements": n, "ok": ok}
+                for v, ver, runs, failing, n, ok in rows}
+
+    def versions_before(self, cc: str, asn: str, start: dt.datetime) -> set[str]:
+        rows = self._q("""SELECT DISTINCT software_version FROM shutdown_facts WHERE role = 'probe' AND cc = ?
+                          AND asn = ? AND hour < ? AND hour >= ? AND ok""",
+                       [cc, asn, _naive(start), _naive(start - dt.timedelta(days=self.cfg.baseline_days))])
+        return {r[0] for r in rows if r[0] is not None}
+
+    def failing_inputs(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None) -> list[tuple[str, float, str | None]]:
+        where, params = self._window("role = 'probe' AND NOT is_anchor AND cc = ? AND asn = ?", start, end)
+        return [(i, r, m) for i, r, m in self._q(f"""
+            SELECT input, avg(CASE WHEN ok THEN 0 ELSE 1 END) AS fail, mode(method) FILTER (WHERE NOT ok)
+            FROM shutdown_facts WHERE {where} GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""",
+            [cc, asn, *params])]
+
+    def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
+        assert self.con is not None
+        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        # values enter as constant expressions (the relation API's bound parameters)
+        where = ((C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
+                 & F("list_contains", K(inputs), C("input"))
+                 & (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end))))
+        facts = self.con.table("shutdown_facts")
+        if self.verdicts is not None:
+            facts = facts.join(self.verdicts.select("measurement_id, status AS v_status, method AS v_method"),
+                               "measurement_id", how="left")
+            method = "coalesce(CASE WHEN v_status = 'blocked' THEN v_method END, method)"
+            rows = facts.filter(where & ((C("v_status") == K("blocked")) | ~C("ok")))
+        else:
+            method = "method"
+            rows = facts.filter(where & ~C("ok"))
+        counted = rows.aggregate(f"{method} AS m, count(*) AS n", method).fetchall()
+        return Counter({m: n for m, n in counted if m is not None})
+
+    # -- classification
+    def classify_run(self, run: AlertRun) -> Event | None:
+        cfg = self.cfg
+        sl = slice(run.start_idx, run.end_idx)
+        start = _utc(self.hours[run.start_idx])
+        end = _utc(self.hours[run.end_idx - 1]) + HOUR
+        lv = {name: self._levels[f"{name}_level"][sl] for name in ("volume", "anchor_success", "target_success")}
+        anchor_drop = bool((lv["anchor_success"] > 0).any())
+        target_drop = bool((lv["target_success"] > 0).any())
+        # Datasets without anchors (OONI imports, old probes): a critical fall of every target
+        # must stand in for the anchors, with less confidence.
+        no_anchors = bool(np.isnan(self._np["anchor_success_ratio"][sl]).all())
+        # Without anchors a shutdown often leaves few measurements per hour (OONI probes in a dark
+        # network measure and upload little: volume falls to a fifth), and 0 of 2 failing in an hour
+        # is not significant alone (Wilson upper bound 57 %). Every target failing hour after hour
+        # is: the run's measurements are pooled and judged like one hour.
+        pooled = self._pooled_level("target_success", sl) if no_anchors else 0
+        target_drop = target_drop or pooled >= 2
+        dark = anchor_drop or (no_anchors and (bool((lv["target_success"] >= 2).any()) or pooled >= 2))
+        rate_driven = any(bool((self._levels[f"{s}_level"][sl] > 0).any()) for s in cfg.alert_signals if s != "volume")
+        rate_driven = rate_driven or pooled >= 2
+        volume_hours = int((lv["volume"] >= LEVELS.index(cfg.volume_alone)).sum())
+        if not (self._rate_evidence(sl) or pooled >= 2) and volume_hours < cfg.extra.get("volume_alone_min_hours", 3):
+            # one mildly low hour of a rate, or a missed run or two: noise, not an event
+            return None
+        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "signals": self._signal_evidence(sl)}
+        severity = LEVELS[run.level]
+        base = Event("unclassified", severity, start, end, [run.cc], [run.asn], evidence=evidence)
+        if pooled:
+            evidence["pooled_target_success"] = self._pooled_evidence("target_success", sl)
+        vol = self._np["volume"][sl]
+        base.measurements = int(vol.sum())
+        base.rule = "unclassified.signals"
+        signals = RunSignals(dark=dark, target_drop=target_drop, anchor_drop=anchor_drop, no_anchors=no_anchors,
+                             rate_driven=rate_driven)
+        if self.con is None:  # signals only: no vantage points or controls to look at
+            _apply(base, decide_signals_only(signals))
+            base.vantage_points = int(self._np["vantage_points"][sl].max())
+            return base
+
+        vantages = self.vantage_breakdown(run.cc, run.asn, start, end)
+        base.vantage_points = len(vantages)
+        failing = {v: d for v, d in vantages.items() if d["failing_runs"] * 2 > d["runs"]}
+        # healthy means clearly fine, not merely "not failing": in a partial shutdown every
+        # vantage point is degraded, and one that is half-failing must not pass for a control
+        healthy = {v: d for v, d in vantages.items() if v not in failing and d["failing_runs"] * 4 <= d["runs"]
+                   and d["ok"] >= 0.6 * d["measurements"]}
+        evidence["vantage_points"] = {v: {**d, "failing": v in failing, "healthy": v in healthy}
+                                      for v, d in vantages.items()}
+        failing_versions = {d["version"] for d in failing.values()}
+        before = self.versions_before(run.cc, run.asn, start)
+        ctrl, ctrl_n = self.control_rate(None, start, end)
+        evidence["controls"] = {"ok_rate": ctrl, "measurements": ctrl_n}
+        seen = VantageEvidence(failing=tuple(failing), healthy=len(healthy), total=len(vantages),
+                               failing_versions=frozenset(failing_versions), versions_before=frozenset(before),
+                               control_rate=ctrl)
+        targets: TargetEvidence | None = None
+        silent: list[str] | None = None
+        needed = evidence_needed(signals, seen)
+        if needed == "targets":
+            bad = self.failing_inputs(run.cc, run.asn, start, end)
+            base.inputs = [i for i, _, _ in bad]
+            base.methods = sorted({m for _, _, m in bad if m})
+            ctrl_in, _ = self.control_rate(base.inputs, start, end) if base.inputs else (None, 0)
+            targets = TargetEvidence(tuple(base.inputs), ctrl_in)
+        elif needed == "silent":
+            silent = self._silent_vantages(run.cc, run.asn, start, vantages)
+            evidence["silent_vantage_points"] = silent
+        _apply(base, decide_run(signals, seen, self._thresholds, targets=targets,
+                                silent=None if silent is None else tuple(silent)))
+        return base
+
+    def _pooled(self, name: str, sl: slice) -> tuple[int, int, float | None]:
+        """(successes, measurements, baseline) of a rate signal over the hours of a run."""
+        num, den = RATE_SIGNALS[name]
+        n = int(self._np[den][sl].sum())
+        k = int(self._np[num][sl].sum()) if num.endswith("_ok") else n - int(self._np[num][sl].sum())
+        valid = ~np.isnan(self._np[f"{name}_ratio"][sl])  # hours whose baseline could judge them
+        base = float(np.median(self._np[f"{name}_base"][sl][valid])) if valid.any() else None
+        return k, n, base
+
+    def _pooled_level(self, name: str, sl: slice) -> int:
+        k, n, base = self._pooled(name, sl)
+        if not n or base is None or base < self.cfg.min_rate_baseline:
+            return 0
+        upper = _wilson_upper(np.asarray([k], float), np.asarray([n], float), self.cfg.z)
+        return int(_grade(upper / base, self.cfg)[0])
+
+    def _pooled_evidence(self, name: str, sl: slice) -> dict[str, Any]:
+        k, n, base = self._pooled(name, sl)
+        return {"ok": k, "measurements": n, "baseline": _num(base), "level": LEVELS[self._pooled_level(name, sl)]}
+
+    def _rate_evidence(self, sl: slice) -> bool:
+        """A rate signal critical in some hour, or alerting in two hours or more."""
+        rate = np.zeros(sl.stop - sl.start, dtype=np.int8)
+        for s in self.cfg.alert_signals:
+            if s != "volume":
+                rate = np.maximum(rate, self._levels[f"{s}_level"][sl])
+        return bool(rate.max(initial=0) >= 2 or (rate > 0).sum() >= 2)
+
+    def _silent_vantages(self, cc: str, asn: str, start: dt.datetime, now: dict[str, Any]) -> list[str]:
+        rows = self._q("""SELECT DISTINCT vantage FROM shutdown_facts WHERE role = 'probe' AND cc = ? AND asn = ?
+                          AND hour >= ? AND hour < ?""", [cc, asn, _naive(start - dt.timedelta(days=1)), _naive(start)])
+        return sorted(r[0] for r in rows if r[0] not in now)
+
+    def _signal_evidence(self, sl: slice) -> dict[str, Any]:
+        out = {}
+        for name in ("volume", "anchor_success", "target_success", "dns_success", "tcp_success", "tls_success",
+                     "http_success"):
+            ratio = self._np[f"{name}_ratio"][sl]
+            if np.isnan(ratio).all():
+                continue
+            i = int(np.nanargmin(ratio))
+            value = self._np[name][sl][i]
+            baseline = self._np[f"{name}_base"][sl][i]
+            out[name] = {"worst_hour": _utc(self.hours[sl][i]).isoformat(), "value": _num(value),
+                         "baseline": _num(baseline), "ratio": _num(ratio[i]),
+                         "alert_hours": int((self._levels[f"{name}_level"][sl] > 0).sum())}
+        return out
+
+    # -- connectivity lost
+    def classify_dark_run(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime, dark_hours: int,
+                          source: str) -> Event:
+        """A run of dark hours of one network, judged with no history: what failed here, and
+        whether controls and anchors elsewhere were up in the same hours."""
+        ev = Event("connectivity_lost", "critical", start, end, [cc], [asn], rule="connectivity.lost")
+        evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
+                                    "source": source}
+        if self.con is None:  # hourly counts only
+            sel = ((self.hourly.column("cc").to_numpy(zero_copy_only=False) == cc)
+                   & (self.hourly.column("asn").to_numpy(zero_copy_only=False) == asn))
+            hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
+            inside = np.asarray([start <= h < end for h in hours], dtype=bool)
+            get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
+                                                                    "target_ok")}
+            ev.measurements = get["volume"]
+            ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
+            evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
+                            targets={"failed": get["target_n"] - get["target_ok"], "total": get["target_n"]})
+            _apply(ev, decide_dark_signals_only(get["anchor_n"] - get["anchor_ok"], get["anchor_n"],
+                                                get["target_n"] - get["target_ok"], get["target_n"]))
+            ev.evidence = evidence
+            return ev
+        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
+        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(f"""
+            SELECT count(*), count(DISTINCT vantage), count(DISTINCT run_id),
+                   count(*) FILTER (WHERE is_anchor), count(*) FILTER (WHERE is_anchor AND NOT ok),
+                   count(*) FILTER (WHERE NOT is_anchor), count(*) FILTER (WHERE NOT is_anchor AND NOT ok),
+                   count(DISTINCT input) FILTER (WHERE NOT is_anchor),
+                   count(DISTINCT input) FILTER (WHERE NOT is_anchor AND ok),
+                   mode(method) FILTER (WHERE NOT ok)
+            FROM shutdown_facts WHERE {where}""", [cc, asn, *params])
+        ev.measurements, ev.vantage_points = int(n), int(vps)
+        ev.methods = [top] if top else []
+        ctrl, ctrl_n = self.control_rate(None, start, end)
+        where, params = self._window("is_anchor AND NOT (role = 'probe' AND cc = ? AND asn = ?)", start, end)
+        (elsewhere_n, elsewhere_ok), = self._q(
+            f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", [cc, asn, *params])
+        fine = controls_fine(ctrl, self._thresholds)
+        evidence.update(
+            measurements=int(n), vantage_points=int(vps), runs=int(runs),
+            anchors={"failed": int(afail), "total": int(an)},
+            targets={"failed": int(tfail), "total": int(tn)},
+            inputs={"failed": int(inputs) - int(inputs_ok), "total": int(inputs)},
+            controls={"ok_rate": ctrl, "measurements": ctrl_n, "fine": fine},
+            anchors_elsewhere={"ok_rate": elsewhere_ok / elsewhere_n if elsewhere_n else None,
+                               "measurements": int(elsewhere_n)},
+            top_failure=top)
+        _apply(ev, decide_dark(DarkEvidence(
+            vantage_points=int(vps), anchors_failed=int(afail), anchors_total=int(an),
+            inputs_failed=int(inputs) - int(inputs_ok), inputs_total=int(inputs), top_failure=top,
+            control_rate=ctrl, anchors_elsewhere=int(elsewhere_n), anchors_elsewhere_ok=int(elsewhere_ok)),
+            self._thresholds))
+        if source == "verdicts" and self.verdicts is not None:
+            lost = self.verdicts.filter(
+                (C("status") == K("no_connectivity")) & (C("probe_cc") == K(cc))
+                & (duckdb.CoalesceOperator(C("probe_asn"), K("AS0")) == K(asn))
+                & (C("measurement_start_time") >= K(start)) & (C("measurement_start_time") < K(end)))
+            evidence["no_connectivity_verdicts"] = len(lost)
+        ev.evidence = evidence
+        return ev
+
+    # -- changes
+    def classify_change(self, ch: Change, hour0: dt.datetime) -> Event:
+        start = hour0 + ch.start_h * HOUR
+        end = None if ch.end_h is None else hour0 + ch.end_h * HOUR
+        rate = ch.failed / ch.n if ch.n else 0.0
+        ev = Event("service_blocking", "critical" if rate >= 0.5 else "warning", start, end, [ch.cc], [ch.asn],
+                   [ch.input], measurements=ch.n, confidence=0.6, rule="service_blocking.change",
+                   evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
+        if self.con is None:
+            ev.reason = "failed rate rose (CUSUM)"
+            return ev
+        methods = self.methods(ch.cc, ch.asn, [ch.input], start, end)
+        ev.methods = [m for m, _ in methods.most_common(3)]
+        ctrl, ctrl_n = self.control_rate([ch.input], start, end)
+        vantages = self.vantage_breakdown(ch.cc, ch.asn, start, end, [ch.input])
+        ev.vantage_points = len(vantages)
+        ev.evidence.update(controls={"ok_rate": ctrl, "measurements": ctrl_n},
+                           methods=dict(methods.most_common(5)))
+        failing = [v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"]]
+        if ctrl is not None and ctrl < self.cfg.critical:
+            ev.kind, ev.confidence, ev.reason = "site_outage", 0.8, f"controls failed too (ok rate {ctrl:.0%})"
+            ev.rule = "site_outage.change_controls_failed"
+        elif len(failing) == 1 and len(vantages) > 1:
+            ev.kind, ev.confidence, ev.reason = "probe_fault", 0.6, f"only {failing[0]} failed"
+            ev.rule = "probe_fault.change_one_vantage_point"
+        else:
+            top = methods.most_common(1)
+            share = top[0][1] / sum(methods.values()) if top else 0.0
+            ev.confidence = round(min(0.95, 0.5 + 0.4 * share + (0.05 if ctrl is not None else 0)), 2)
+            ev.reason = (f"failed rate {ch.baseline_rate:.0%} -> {rate:.0%}; "
+                         + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
+                         + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
+        return ev
+
+
+# --------------------------------------------------------------------------- connectivity lost
+
+# A dark hour of a network: its anchors were measured and none answered, nearly no target was
+# reached (a probe cut off from the Internet reaches nothing; a censor leaves most of a test list
+# and every anchor reachable, so 95 % of targets failing together with every anchor is not
+# censorship), and enough measurements failed that it is not one unlucky timeout (a single
+# failed measurement in an otherwise fine hour is noise). Software faults
+# (`measurement.unknown_failure:...`) are no network failure and do not count.
+DARK_MIN_MEASUREMENTS = 3
+DARK_MAX_TARGET_OK = 0.05
+DARK_MIN_NETWORK_FAILED = 0.9  # share of the hour's measurements that failed at the network level
+
+DARK_FACTS_SQL = f"""
+SELECT cc, asn, hour, count(*) AS n
+FROM shutdown_facts WHERE role = 'probe' GROUP BY ALL
+HAVING count(*) >= {DARK_MIN_MEASUREMENTS}
+   AND count(*) FILTER (WHERE is_anchor) > 0 AND count(*) FILTER (WHERE is_anchor AND ok) = 0
+   AND count(*) FILTER (WHERE NOT is_anchor AND ok) <= {DARK_MAX_TARGET_OK} * count(*) FILTER (WHERE NOT is_anchor)
+   AND count(*) FILTER (WHERE NOT ok AND coalesce(method, '') NOT LIKE 'measurement.unknown_failure%')
+       >= {DARK_MIN_NETWORK_FAILED} * count(*)
+ORDER BY ALL
+"""
+
+
+def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of every dark hour in ``shutdown_facts`` (``--no-verdicts``)."""
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
+
+
+def dark_hours_from_verdicts(verdicts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of the hours the verdict stage called ``no_connectivity``
+    (rule ``connectivity.lost``): the verdicts are the one judgement every command shows."""
+    if not {"status", "probe_cc", "probe_asn", "measurement_start_time"} <= set(verdicts.columns):
+        return []
+    # "v" names the verdicts relation for this one query
+    hours = verdicts.query("v", """
+        SELECT probe_cc, coalesce(probe_asn, 'AS0'), date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC'),
+               count(*)
+        FROM v WHERE status = 'no_connectivity' GROUP BY ALL ORDER BY ALL""")
+    assert hours is not None  # a SELECT always gives a relation
+    rows = hours.fetchall()
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rows]
+
+
+def dark_hours_from_signals(hourly: pa.Table) -> list[tuple[str, str, dt.datetime, int]]:
+    """Dark hours from hourly counts alone (no facts: ``detect_from_signals``)."""
+    c = {k: hourly.column(k).to_numpy(zero_copy_only=False) for k in
+         ("volume", "anchor_n", "anchor_ok", "target_n", "target_ok")}
+    dark = ((c["volume"] >= DARK_MIN_MEASUREMENTS) & (c["anchor_n"] > 0) & (c["anchor_ok"] == 0)
+            & (c["target_ok"] <= DARK_MAX_TARGET_OK * c["target_n"]))
+    idx = np.flatnonzero(dark)
+    if not len(idx):
+        return []
+    cc, asn, hours = (hourly.column(k).take(pa.array(idx)).to_pylist() for k in ("cc", "asn", "hour"))
+    return [(a, b, _utc(h), int(c["volume"][i])) for a, b, h, i in zip(cc, asn, hours, idx.tolist(), strict=True)]
+
+
+def connectivity_events(classifier: Classifier, dark: list[tuple[str, str, dt.datetime, int]], source: str) -> list[Event]:
+    """One ``connectivity_lost`` event per run of dark hours of a network. Dark hours separated
+    only by hours in which the network measured nothing are one run (a dark probe that measures
+    every few hours is still dark in between); an hour with measurements that were not dark ends
+    the run."""
+    if not dark:
+        return []
+    volume: dict[tuple[str, str], dict[dt.datetime, int]] = {}
+    nets = {(cc, asn) for cc, asn, _, _ in dark}
+    hourly = classifier.hourly
+    for cc, asn, h, v in zip(hourly.column("cc").to_pylist(), hourly.column("asn").to_pylist(),
+                             hourly.column("hour").to_pylist(),
+                             classifier._np["volume"].tolist(), strict=True):
+        if (cc, asn) in nets and v:
+            volume.setdefault((cc, asn), {})[_utc(h)] = int(v)
+    runs: dict[tuple[str, str], list[list[dt.datetime]]] = {}
+    for cc, asn, hour, _ in sorted(dark):
+        seen = runs.setdefault((cc, asn), [])
+        if seen:
+            last = seen[-1][-1]
+            between = [h for h in volume.get((cc, asn), {}) if last < h < hour]
+            if not between:
+                seen[-1].append(hour)
+                continue
+        seen.append([hour])
+    return [classifier.classify_dark_run(cc, asn, hours[0], hours[-1] + HOUR, len(hours), source)
+            for (cc, asn), spans in sorted(runs.items()) for hours in spans]
+
