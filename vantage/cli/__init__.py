@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "ooni": "vantage.cli.ooni:ooni",
     "fingerprints": "vantage.cli.fingerprints:fingerprints",
     "geo": "vantage.cli.geo:geo_group",
+    "consent": "vantage.cli.consent:consent",
+    "config": "vantage.cli.config:config_group",
 }
 
 

@@ -14,6 +14,7 @@ import platformdirs
 from rich.console import Console
 from rich.table import Table
 
+from probe.config import SETTINGS, ConfigError, effective
 from probe.dataset import StoreError, read_manifest, run_files, run_lock, write_manifest
 from probe.experiments import registry
 from probe.experiments.base import Experiment, InputError, Settings, Target, Timeouts, Vantage
@@ -24,6 +25,8 @@ from probe.runner import (
     RunSummary,
     run_phases,
 )
+from vantage.cli.consent import ensure_consent
+from vantage.cli.options import output_options
 
 # Options a resumed run takes from its manifest unless given again on the command line.
 _RESUMABLE = (
@@ -153,26 +156,36 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
               help="Treat this network as public addresses (labs, intranets): when the public "
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
+@output_options
 @click.pass_context
-def run(ctx: click.Context, **opts: Any) -> None:
+def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
 
     Each input of the lists (or --url) is measured once by the experiment and stored as one
     row under OUTPUT/measurements/. Ctrl-C stops cleanly: what was measured is written, and
-    `vantage run --resume RUN_ID` measures the rest.
+    `vantage run --resume RUN_ID` measures the rest. Without --list or --url: the configured
+    lists, else the global list plus the country's (downloaded by `vantage lists update`).
+    Options not given come from VANTAGE_* variables, then the config file (`vantage config show`).
     """
+    budgets = _apply_config(ctx, opts)
     output: Path = opts["output"] or default_output()
     run_id: str | None = opts["resume"]
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
     if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
-        raise click.ClickException(
-            "nothing to measure: give --list LIST (e.g. --list vantage, the shipped list) or --url URL"
-        )
+        opts["lists"] = _default_lists(opts["cc"])
     targets = _targets(opts, experiment)
     if not targets:
         raise click.ClickException("nothing to measure: the lists and --url gave no usable input")
+    ensure_consent()
+    from probe.budget import bytes_left_today
+
+    left = bytes_left_today(output, budgets.get("budget.bytes_per_day"))
+    if left is not None and left <= 0:
+        raise click.ClickException(
+            f"the daily data budget ({budgets['budget.bytes_per_day']} bytes, budget.bytes_per_day) is spent; "
+            "the next run after midnight UTC measures again")
 
     timeouts = Timeouts.uniform(opts["timeout"]) if opts["timeout"] else Timeouts()
     extra: dict[str, Any] = {}
@@ -256,9 +269,82 @@ def run(ctx: click.Context, **opts: Any) -> None:
         )
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    _render(summary)
+    _after_run(summary, output, budgets, quiet)
+    if not quiet:
+        _render(summary)
     if summary.stopped == STOP_INTERRUPTED:
         sys.exit(130)
+
+
+# Config keys -> `vantage run` parameters (flags win; then VANTAGE_*, then the file).
+_CONFIG_PARAMS = {
+    "probe.cc": ("cc", _cc), "probe.asn": ("asn", _asn), "probe.network": ("network", None),
+    "probe.lists": ("lists", None), "probe.categories": ("categories", None),
+    "probe.resolvers": ("resolvers", _resolver), "probe.control": ("control", None),
+    "probe.output": ("output", None), "budget.max_runtime_s": ("max_runtime", None),
+}
+
+
+def _apply_config(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """Fill options not given on the command line from the environment and the config file;
+    returns the budget settings."""
+    try:
+        eff = effective()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for key, (param, check) in _CONFIG_PARAMS.items():
+        value, source = eff[key]
+        if source == "default" or ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        if check is not None:
+            try:
+                value = check(ctx, None, value)  # type: ignore[arg-type]
+            except click.BadParameter as exc:
+                where = SETTINGS[key].env if source == "env" else f"{key} in the config file"
+                raise click.ClickException(f"{where}: {exc.message}") from None
+        if param == "output":
+            value = Path(value).expanduser()
+        opts[param] = value
+    return {k: v for k, (v, _) in eff.items() if k.startswith("budget.")}
+
+
+def _default_lists(cc: str | None) -> tuple[str, ...]:
+    """As OONI Probe does: the global list plus the country's, when `lists update` fetched them."""
+    from probe.testlists import lists_dir
+
+    d = lists_dir()
+    if not (d / "global.csv").exists():
+        raise click.ClickException(
+            "nothing to measure: no --list given and no downloaded lists; run `vantage lists update --country CC` "
+            "(or give --list vantage, the shipped list, or --url URL)")
+    chosen = ["global"]
+    if cc and (d / f"{cc.lower()}.csv").exists():
+        chosen.append(cc.lower())
+    return tuple(chosen)
+
+
+def _after_run(summary: RunSummary, output: Path, budgets: dict[str, Any], quiet: bool) -> None:
+    """Budget accounting: the bytes this run used (estimated from its records), then the disk quota."""
+    from probe.budget import enforce_disk_quota, record_run_bytes
+
+    err = Console(stderr=True)
+    try:
+        used = record_run_bytes(output, summary.run_id, summary.files)
+        quota = budgets.get("budget.disk_quota_mb")
+        if quota is not None:
+            report = enforce_disk_quota(output, int(quota * 1024 * 1024))
+            if report.deleted:
+                err.print(f"disk quota: deleted {len(report.deleted)} uploaded file(s) "
+                          f"({report.freed} bytes)", highlight=False, markup=False)
+            if report.over_by > 0:
+                err.print(f"disk quota: still {report.over_by} bytes over {quota:g} MB: the rest is not uploaded yet "
+                          "and is never deleted", highlight=False, markup=False)
+    except OSError as exc:
+        raise click.ClickException(f"budget accounting in {output}: {exc.strerror or exc}") from None
+    if not quiet:
+        err.print(f"data used (estimated from the records): {used} bytes", highlight=False, markup=False)
 
 
 def _apply_manifest(ctx: click.Context, opts: dict[str, Any], output: Path, run_id: str) -> None:
