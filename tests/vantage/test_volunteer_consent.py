@@ -4,13 +4,11 @@ only target is a tiny HTTP server on 127.0.0.1 and the only resolver given is a 
 
 from __future__ import annotations
 
-import http.server
 import os
 import pty
 import select
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,31 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from probe.config import consent_recorded, load_file
+from tests.support.loopback_site import loopback_site
 from vantage.cli import main
 from vantage.lab import LoopbackLab
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        body = b"<html><title>ok</title>hello</html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with loopback_site() as url:
+        yield url
 
 
 def _run_in_pty(args: list[str], env: dict[str, str], answer: bytes, timeout: float = 60) -> tuple[int, str]:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "geo": "vantage.cli.geo:geo_group",
     "consent": "vantage.cli.consent:consent",
     "config": "vantage.cli.config:config_group",
+    "runs": "vantage.cli.runs:runs",
 }
 
 

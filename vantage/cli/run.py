@@ -310,6 +310,17 @@ def _apply_config(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, (v, _) in eff.items() if k.startswith("budget.")}
 
 
+def planned_lists() -> tuple[str, ...]:
+    """The lists a `vantage run` without --list would measure (config, else global + country)."""
+    try:
+        eff = effective()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if eff["probe.lists"][0]:
+        return tuple(eff["probe.lists"][0])
+    return _default_lists(eff["probe.cc"][0])
+
+
 def _default_lists(cc: str | None) -> tuple[str, ...]:
     """As OONI Probe does: the global list plus the country's, when `lists update` fetched them."""
     from probe.testlists import lists_dir
