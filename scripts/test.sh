@@ -12,6 +12,7 @@ DEB_PACKAGES=(
   openvpn wireguard-go wireguard-tools tor obfs4proxy
   strongswan-swanctl charon-systemd strongswan-charon
   chromium
+  systemd
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== apt-get: ${DEB_PACKAGES[*]}"

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "consent": "vantage.cli.consent:consent",
     "config": "vantage.cli.config:config_group",
     "runs": "vantage.cli.runs:runs",
+    "schedule": "vantage.cli.schedule:schedule",
 }
 
 

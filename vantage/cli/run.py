@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probe.config import SETTINGS, ConfigError, effective
-from probe.dataset import StoreError, read_manifest, run_files, run_lock, write_manifest
+from probe.dataset import StoreError, atomic_write_text, read_manifest, run_files, run_lock, write_manifest
 from probe.experiments import registry
 from probe.experiments.base import Experiment, InputError, Settings, Target, Timeouts, Vantage
 from probe.runner import (
@@ -156,6 +156,9 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
               help="Treat this network as public addresses (labs, intranets): when the public "
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
+@click.option("--continue-unfinished", is_flag=True,
+              help="Resume the newest run a budget or Ctrl-C stopped, if any; else start a new run "
+                   "(what `vantage schedule` runs).")
 @output_options
 @click.pass_context
 def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
@@ -170,6 +173,8 @@ def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
     budgets = _apply_config(ctx, opts)
     output: Path = opts["output"] or default_output()
     run_id: str | None = opts["resume"]
+    if run_id is None and opts["continue_unfinished"]:
+        run_id = _unfinished_run(output)
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
@@ -341,7 +346,12 @@ def _after_run(summary: RunSummary, output: Path, budgets: dict[str, Any], quiet
     from probe.budget import enforce_disk_quota, record_run_bytes
 
     err = Console(stderr=True)
+    marker = output / "runs" / f"{summary.run_id}.unfinished"
     try:
+        if summary.stopped:
+            atomic_write_text(marker, summary.stopped)
+        else:
+            marker.unlink(missing_ok=True)
         used = record_run_bytes(output, summary.run_id, summary.files)
         quota = budgets.get("budget.disk_quota_mb")
         if quota is not None:
@@ -356,6 +366,12 @@ def _after_run(summary: RunSummary, output: Path, budgets: dict[str, Any], quiet
         raise click.ClickException(f"budget accounting in {output}: {exc.strerror or exc}") from None
     if not quiet:
         err.print(f"data used (estimated from the records): {used} bytes", highlight=False, markup=False)
+
+
+def _unfinished_run(output: Path) -> str | None:
+    """The newest run a budget or an interruption stopped (run ids sort by start time)."""
+    markers = sorted((output / "runs").glob("*.unfinished"))
+    return markers[-1].name.removesuffix(".unfinished") if markers else None
 
 
 def _apply_manifest(ctx: click.Context, opts: dict[str, Any], output: Path, run_id: str) -> None:
