@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -50,7 +51,10 @@ def _run_in_pty(args: list[str], env: dict[str, str], answer: bytes, timeout: fl
                     break
                 seen += chunk
                 if not answered and b"[y/N]" in seen:
-                    os.write(master, answer)
+                    if answer == b"\x03":  # what Ctrl-C does: SIGINT to the foreground process
+                        proc.send_signal(signal.SIGINT)
+                    else:
+                        os.write(master, answer)
                     answered = True
             elif proc.poll() is not None:
                 break
@@ -126,4 +130,11 @@ def test_the_demo_needs_no_consent(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("VANTAGE_CONFIG", str(tmp_path / "config.toml"))
     result = run_demo(tmp_path / "demo", lab=loopback_lab)
     assert result is not None
+    assert not (tmp_path / "config.toml").exists()
+
+
+def test_ctrl_c_at_the_question_is_130_and_records_nothing(tmp_path: Path) -> None:
+    code, screen = _run_in_pty(["consent"], _env(tmp_path), b"\x03")
+    assert code == 130, screen
+    assert "Traceback" not in screen
     assert not (tmp_path / "config.toml").exists()

@@ -49,6 +49,20 @@ class LazyGroup(click.Group):
         self.commands[cmd_name] = command
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        # Ctrl-C is exit status 130 for every command (the shell convention, 128 + SIGINT), also
+        # at a prompt, where click turns it into Abort; click's own default would be 1.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(130) from None
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                click.echo("Interrupted.", err=True)
+                raise click.exceptions.Exit(130) from None
+            raise
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vantage")

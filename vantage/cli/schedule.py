@@ -47,7 +47,7 @@ def probe_command() -> list[str]:
     """The command the schedule runs: this installation's `vantage`, absolute."""
     script = Path(sys.executable).parent / "vantage"
     exe = [str(script)] if script.exists() else (
-        [found] if (found := shutil.which("vantage")) else [sys.executable, "-m", "vantage.cli"])
+        [found] if (found := shutil.which("vantage")) else [sys.executable, "-c", "from vantage.cli import main; main()"])
     return [*exe, "run", "--no-progress", "--continue-unfinished"]
 
 
