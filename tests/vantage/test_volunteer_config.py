@@ -154,3 +154,36 @@ def test_runs_list_and_show(volunteer: Path, site: str) -> None:
     assert code == 0 and run["run_id"] in text
     code, text = invoke("runs", "show", "20200101T000000Z-00000000", "--output", str(out))
     assert code == 1 and "no run" in text and "Traceback" not in text
+
+
+def test_country_and_network_from_the_local_geo_database(volunteer: Path, site: str, tmp_path: Path) -> None:
+    """Not typed: the public address a STUN server saw, looked up in the databases `vantage geo
+    update` keeps in the data directory. Trap: a flag still wins over the lookup."""
+    import netaddr  # mmdb-writer's dependency (test extra)
+    from mmdb_writer import MMDBWriter
+
+    from tests.probe.test_scrub_stun import NAT_ADDR, stun_thread
+
+    geo = volunteer / "data" / "vantage" / "geo"
+    geo.mkdir(parents=True)
+    net = netaddr.IPSet([f"{NAT_ADDR}/32"])
+    country = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+    country.insert_network(net, {"country": {"iso_code": "KZ", "names": {"en": "Kazakhstan"}}})
+    country.to_db_file(str(geo / "country.mmdb"))
+    asn = MMDBWriter(ip_version=6, database_type="GeoLite2-ASN", ipv4_compatible=True)
+    asn.insert_network(net, {"autonomous_system_number": 64511, "autonomous_system_organization": "Steppe Net"})
+    asn.to_db_file(str(geo / "asn.mmdb"))
+    stun = stun_thread()
+    server = next(stun)
+    try:
+        out = volunteer / "geo-out"
+        run = ("run", "--url", site, "--resolver", "127.0.0.1:9", "--stun", server, "--no-progress")
+        assert invoke(*run, "--output", str(out))[0] == 0
+        con = duckdb.connect()
+        got = con.sql(f"select distinct probe_cc, probe_asn, probe_network from read_parquet("
+                      f"'{out}/measurements/**/*.parquet', hive_partitioning=true)").fetchall()
+        assert got == [("KZ", "AS64511", "Steppe Net")]
+        assert invoke(*run, "--output", str(volunteer / "flag-out"), "--cc", "UZ")[0] == 0
+        assert ccs(volunteer / "flag-out") == {"UZ"}
+    finally:
+        stun.close()

@@ -221,8 +221,11 @@ def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
             # In memory only: scrubbed from records and logs. (A helper on this machine sees
             # loopback: nothing stands between, the interface addresses are known already.)
             scrubber.add(public)
-    learned = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
-    learned = learned or (bool(control_url) and public is not None)
+    seen = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
+    if public is not None:
+        seen.append(public)
+    learned = bool(seen)
+    _vantage_from_geo_db(vantage, seen, opts)
 
     if opts["anchors_file"] and not opts["anchors"]:
         raise click.UsageError("--anchors-file goes with --anchors")
@@ -458,11 +461,12 @@ def _scrubber() -> Any:
     return default_scrubber()  # the one the log filter uses
 
 
-def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> bool:
-    """Ask each --stun server; True when one answered (its answer goes to the scrubber only)."""
+def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> list[str]:
+    """Ask each --stun server; the addresses they saw (in memory only: the scrubber and the
+    local geo lookup, never written)."""
     from probe.net.stun import StunError, parse_server, public_address
 
-    learned = False
+    learned: list[str] = []
     for server in servers:
         try:
             host, _ = parse_server(server)
@@ -477,8 +481,33 @@ def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_config
             Console(stderr=True).print(str(exc), highlight=False, markup=False, soft_wrap=True)
             continue
         scrubber.add(seen)
-        learned = True
+        learned.append(seen)
     return learned
+
+
+def _vantage_from_geo_db(vantage: Vantage, addresses: list[str], opts: dict[str, Any]) -> None:
+    """Country and network not given (nor told by the control helper): look the public address
+    up in the local databases `vantage geo update` downloaded, when there are any. The address
+    itself is not kept."""
+    if not addresses or (vantage.probe_cc not in (None, "ZZ") and vantage.probe_asn):
+        return
+    from analysis.geo import GeoError, GeoLookup
+
+    try:
+        geo = GeoLookup.default()
+        if geo is None:
+            return
+        with geo:
+            info = geo.lookup(addresses[0])
+    except GeoError as exc:
+        Console(stderr=True).print(f"geo database: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return
+    if not opts["cc"] and vantage.probe_cc in (None, "ZZ") and info.country:
+        vantage.probe_cc = info.country
+    if not opts["asn"] and not vantage.probe_asn and info.asn:
+        vantage.probe_asn = info.asn
+    if not opts["network"] and not vantage.probe_network and info.org:
+        vantage.probe_network = info.org
 
 
 def _ip_or_none(host: str) -> str | None:
