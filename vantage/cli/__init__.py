@@ -46,7 +46,9 @@ class LazyGroup(click.Group):
             return None
         module, attr = spec.split(":")
         command: click.Command = getattr(importlib.import_module(module), attr)
-        self.commands[cmd_name] = command
+        from vantage.cli.options import add_output_conventions
+
+        self.commands[cmd_name] = add_output_conventions(command)  # -v/-q on every command
         return command
 
     def invoke(self, ctx: click.Context) -> object:
