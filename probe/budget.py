@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,19 @@ HTTP_EXCHANGE_BYTES = 1200
 VPN_PACKET_OVERHEAD = 60
 
 
+def estimate_row(row: dict[str, Any]) -> int:
+    """Bytes one measurement sent and received (a stored row or ``Measurement.to_row()``)."""
+    total = DNS_QUERY_BYTES * len(row.get("dns") or ())
+    total += TCP_CONNECT_BYTES * len(row.get("tcp") or ())
+    total += TLS_HANDSHAKE_BYTES * len(row.get("tls") or ())
+    for h in row.get("http") or ():
+        total += HTTP_EXCHANGE_BYTES + int(h.get("body_length") or 0)
+    for v in row.get("vpn") or ():
+        for pkt in v.get("packets") or ():
+            total += VPN_PACKET_OVERHEAD + int(pkt.get("size") or 0)
+    return total
+
+
 def estimate_bytes(files: Iterable[Path]) -> int:
     """Bytes sent and received by the measurements in these Parquet files (estimate, see above)."""
     total = 0
@@ -50,16 +63,23 @@ def estimate_bytes(files: Iterable[Path]) -> int:
             table = pq.read_table(path, columns=["dns", "tcp", "tls", "http", "vpn"], partitioning=None)
         except (OSError, ValueError, KeyError):
             continue
-        for row in table.to_pylist():
-            total += DNS_QUERY_BYTES * len(row["dns"] or ())
-            total += TCP_CONNECT_BYTES * len(row["tcp"] or ())
-            total += TLS_HANDSHAKE_BYTES * len(row["tls"] or ())
-            for h in row["http"] or ():
-                total += HTTP_EXCHANGE_BYTES + int(h.get("body_length") or 0)
-            for v in row["vpn"] or ():
-                for pkt in v.get("packets") or ():
-                    total += VPN_PACKET_OVERHEAD + int(pkt.get("size") or 0)
+        total += sum(estimate_row(row) for row in table.to_pylist())
     return total
+
+
+STOP_BYTES = "bytes_per_day"
+
+
+def byte_budget_check(left: int) -> Callable[[Any], str | None]:
+    """For the runner's ``stop_check``: stop once this run's records reach ``left`` bytes."""
+    used = 0
+
+    def check(m: Any) -> str | None:
+        nonlocal used
+        used += estimate_row(m.to_row())
+        return STOP_BYTES if used >= left else None
+
+    return check
 
 
 def _today() -> str:

@@ -108,3 +108,34 @@ def test_a_spent_daily_data_budget_refuses_the_run(tmp_path: Path, monkeypatch: 
     r = CliRunner().invoke(main, run, env={"VANTAGE_BYTES_PER_DAY": "1M"})
     assert r.exit_code == 0, r.output
     assert len(json.loads(ledger_path(out).read_text())) == 2
+
+
+def test_the_data_budget_stops_a_run_cleanly_and_the_next_run_resumes(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.loopback_site import loopback_site
+
+    monkeypatch.setenv("VANTAGE_CONFIG", str(tmp_path / "config.toml"))
+    record_consent(True, tmp_path / "config.toml")
+    out = tmp_path / "out"
+    with loopback_site() as site:
+        urls = [f"{site}{i}" for i in range(3)]
+        args = ["--resolver", "127.0.0.1:9", "--output", str(out), "--no-progress", "--concurrency", "1"]
+        # One page on loopback is estimated at a TCP connection + an HTTP exchange + its body
+        # (about 1.7 KB): a 2,000-byte budget is met by the second measurement.
+        r = CliRunner().invoke(main, ["run", *[a for u in urls for a in ("--url", u)], *args,
+                                      "--continue-unfinished"], env={"VANTAGE_BYTES_PER_DAY": "2000"})
+        assert r.exit_code == 0, r.output
+        assert "daily data budget" in r.output and "stopped early" in r.output
+        (marker,) = (out / "runs").glob("*.unfinished")
+        run_id = marker.name.removesuffix(".unfinished")
+        runs = json.loads(CliRunner().invoke(main, ["runs", "list", "--output", str(out), "--json"]).output)
+        assert [x["inputs"] for x in runs] == [2]
+        # The next day's (here: a larger) budget lets the scheduled run finish the same run.
+        r = CliRunner().invoke(main, ["run", *args, "--continue-unfinished"], env={"VANTAGE_BYTES_PER_DAY": "1M"})
+        assert r.exit_code == 0, r.output
+        assert f"run {run_id}" in r.output and "already measured (resume): 2" in r.output
+        runs = json.loads(CliRunner().invoke(main, ["runs", "list", "--output", str(out), "--json"]).output)
+        assert [(x["run_id"], x["inputs"], x["ok"]) for x in runs] == [(run_id, 3, 3)]
+        assert not list((out / "runs").glob("*.unfinished"))
+        # The ledger holds both invocations' bytes under the one run id.
+        assert list(json.loads(ledger_path(out).read_text())) == [run_id]

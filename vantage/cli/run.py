@@ -184,7 +184,7 @@ def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
     if not targets:
         raise click.ClickException("nothing to measure: the lists and --url gave no usable input")
     ensure_consent()
-    from probe.budget import bytes_left_today
+    from probe.budget import byte_budget_check, bytes_left_today
 
     left = bytes_left_today(output, budgets.get("budget.bytes_per_day"))
     if left is not None and left <= 0:
@@ -273,6 +273,7 @@ def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
                 max_runtime=opts["max_runtime"],
                 progress=not opts["no_progress"],
                 control_url=control_url,
+                stop_check=byte_budget_check(left) if left is not None else None,
             )
         )
     except StoreError as exc:
@@ -574,7 +575,8 @@ def _render(summary: RunSummary) -> None:
     if summary.controls:
         lines.append(f"control measurements: {summary.controls}")
     if summary.stopped:
-        why = {"max_runtime": "the --max-runtime budget ran out", "interrupted": "interrupted"}.get(
+        why = {"max_runtime": "the --max-runtime budget ran out", "interrupted": "interrupted",
+               "bytes_per_day": "the daily data budget (budget.bytes_per_day) is spent"}.get(
             summary.stopped, summary.stopped
         )
         left = summary.cancelled + (summary.not_started or 0)
