@@ -139,3 +139,29 @@ def test_the_data_budget_stops_a_run_cleanly_and_the_next_run_resumes(tmp_path: 
         assert not list((out / "runs").glob("*.unfinished"))
         # The ledger holds both invocations' bytes under the one run id.
         assert list(json.loads(ledger_path(out).read_text())) == [run_id]
+
+
+def test_a_run_enforces_the_disk_quota_and_history_shows_uploads(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.support.loopback_site import loopback_site
+
+    monkeypatch.setenv("VANTAGE_CONFIG", str(tmp_path / "config.toml"))
+    record_consent(True, tmp_path / "config.toml")
+    out = tmp_path / "out"
+    args = ["--resolver", "127.0.0.1:9", "--output", str(out), "--no-progress"]
+    with loopback_site() as site:
+        assert CliRunner().invoke(main, ["run", "--url", site, *args]).exit_code == 0
+        (first,) = list((out / "measurements").rglob("*.parquet"))
+        t = first.stat().st_mtime - 3600
+        os.utime(first, (t, t))
+        ack(out, receipt(first))
+        runs = json.loads(CliRunner().invoke(main, ["runs", "list", "--output", str(out), "--json"]).output)
+        assert [x["uploaded"] for x in runs] == ["yes"]
+        # A quota smaller than two files: the run's own new file (not uploaded) stays, the
+        # uploaded older one goes.
+        quota_mb = first.stat().st_size * 1.5 / (1024 * 1024)
+        r = CliRunner().invoke(main, ["run", "--url", site, *args], env={"VANTAGE_DISK_QUOTA_MB": f"{quota_mb:.6f}"})
+        assert r.exit_code == 0, r.output
+        assert "disk quota: deleted 1 uploaded file(s)" in r.output
+        left = list((out / "measurements").rglob("*.parquet"))
+        assert len(left) == 1 and left[0] != first and not first.exists()
