@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+import pytest
 from click.testing import CliRunner
 
 from vantage.cli import main
@@ -54,3 +57,22 @@ def test_verbose_on_a_subcommand_raises_the_log_level() -> None:
         assert root.level == logging.DEBUG
     finally:
         root.setLevel(before)
+
+
+def test_json_summaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from probe.config import record_consent
+    from tests.support.loopback_site import loopback_site
+
+    shown = [json.loads(ln) for ln in CliRunner().invoke(main, ["lists", "show", "--json"]).stdout.splitlines()]
+    assert shown[0]["entries"] == sum(c["entries"] for c in shown[0]["categories"]) > 0
+    monkeypatch.setenv("VANTAGE_CONFIG", str(tmp_path / "config.toml"))
+    record_consent(True, tmp_path / "config.toml")
+    with loopback_site() as site:
+        r = CliRunner().invoke(main, ["run", "--url", site, "--resolver", "127.0.0.1:9", "--output",
+                                      str(tmp_path / "out"), "--no-progress", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["counts"]["web_connectivity"] == {"measured": 1, "ok": 1, "failed": 0}
+    assert summary["stopped"] is None and summary["records_written"] == 1

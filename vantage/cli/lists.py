@@ -31,7 +31,9 @@ def lists() -> None:
 )
 @click.option("--urls", is_flag=True,
               help="Print every URL with its category; without LIST, the lists `vantage run` would measure.")
-@click.option("--json", "as_json", is_flag=True, help="With --urls: one JSON object per line (list, url, category).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: with --urls one object per line (list, url, category); else one per list "
+                   "(list, entries, categories).")
 def show(lists_: tuple[str, ...], categories: tuple[str, ...], urls: bool, as_json: bool) -> None:
     """Print each list's size by category; skipped rows are reported on stderr by line number.
 
@@ -51,6 +53,12 @@ def show(lists_: tuple[str, ...], categories: tuple[str, ...], urls: bool, as_js
             entries, problems = testlists.load_list(path, categories=categories or None)
         except testlists.TestListError as exc:
             raise click.ClickException(str(exc)) from exc
+        if as_json:
+            import json
+
+            click.echo(json.dumps({"list": str(path), "entries": len(entries), "categories": [
+                {"code": c, "description": d, "entries": n} for c, d, n in testlists.count_by_category(entries)]}))
+            continue
         # The path goes on its own line: a table title would wrap a long path.
         out.print(f"{path}: {len(entries)} entries", markup=False, highlight=False, soft_wrap=True)
         table = Table()

@@ -156,12 +156,13 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
               help="Treat this network as public addresses (labs, intranets): when the public "
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of the table.")
 @click.option("--continue-unfinished", is_flag=True,
               help="Resume the newest run a budget or Ctrl-C stopped, if any; else start a new run "
                    "(what `vantage schedule` runs).")
 @output_options
 @click.pass_context
-def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
+def run(ctx: click.Context, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
 
     Each input of the lists (or --url) is measured once by the experiment and stored as one
@@ -279,7 +280,16 @@ def run(ctx: click.Context, quiet: bool, **opts: Any) -> None:
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     _after_run(summary, output, budgets, quiet)
-    if not quiet:
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "run_id": summary.run_id, "output": str(summary.output), "stopped": summary.stopped,
+            "counts": {k: vars(c) for k, c in summary.counts.items()}, "skipped": summary.skipped,
+            "cancelled": summary.cancelled, "not_started": summary.not_started, "controls": summary.controls,
+            "files": [str(f) for f in summary.files], "records_written": summary.records_written,
+            "wall_s": round(summary.wall_s, 3)}, indent=2))
+    elif not quiet:
         _render(summary)
     if summary.stopped == STOP_INTERRUPTED:
         sys.exit(130)
