@@ -187,3 +187,19 @@ def test_country_and_network_from_the_local_geo_database(volunteer: Path, site: 
         assert ccs(volunteer / "flag-out") == {"UZ"}
     finally:
         stun.close()
+
+
+def test_url_on_the_command_line_replaces_the_configured_lists(volunteer: Path, site: str) -> None:
+    lst = volunteer / "configured.txt"
+    lst.write_text(f"{site}configured\n")
+    assert invoke("config", "set", "probe.lists", str(lst))[0] == 0
+    out = volunteer / "out"
+    assert invoke("run", "--url", f"{site}given", "--resolver", "127.0.0.1:9", "--output", str(out),
+                  "--no-progress")[0] == 0
+    con = duckdb.connect()
+    got = {r[0] for r in con.sql(f"select input from read_parquet('{out}/measurements/**/*.parquet')").fetchall()}
+    assert got == {f"{site}given"}
+    # Trap: without --url/--list the configured list is what runs.
+    assert invoke("run", "--resolver", "127.0.0.1:9", "--output", str(volunteer / "out2"), "--no-progress")[0] == 0
+    got = {r[0] for r in con.sql(f"select input from read_parquet('{volunteer}/out2/measurements/**/*.parquet')").fetchall()}
+    assert got == {f"{site}configured"}

@@ -311,10 +311,14 @@ def _apply_config(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
         eff = effective()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    given = {name for name in ("lists", "urls")
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
     for key, (param, check) in _CONFIG_PARAMS.items():
         value, source = eff[key]
         if source == "default" or ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT):
             continue
+        if param == "lists" and given:
+            continue  # --url or --list on the command line: exactly those, not the configured lists too
         if isinstance(value, list):
             value = tuple(value)
         if check is not None:
