@@ -42,8 +42,14 @@ class Result:
 
 def vantage_run(args: list[str], output: Path) -> Result:
     cmd = [sys.executable, "-c", "from vantage.cli import main; main()", "run", *args, "--output", str(output), "--no-progress"]
+    # The benchmark's own volunteer has consented, in a config file of its own (loopback only).
+    from probe.config import record_consent
+
+    config = output.parent / f"{output.name}-config.toml"
+    record_consent(True, config)
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "VANTAGE_CONFIG": str(config)})
     # wait4 gives this child's own rusage (ru_maxrss in KiB on Linux).
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started

@@ -75,6 +75,8 @@ class RunSummary:
 
 
 ControlFetcher = Callable[[Measurement, Target], Any]  # async: -> list[Measurement]
+# Called with each record kept; a string (the stop reason) stops the run cleanly like max_runtime.
+StopCheck = Callable[[Measurement], "str | None"]
 
 
 class _Run:
@@ -95,7 +97,9 @@ class _Run:
         flush_interval: float,
         batch_size: int,
         control: ControlFetcher | None,
+        stop_check: StopCheck | None = None,
     ) -> None:
+        self.stop_check = stop_check
         self.experiment = experiment
         self.settings = settings
         self.vantage = vantage
@@ -232,6 +236,9 @@ class _Run:
 
     def _keep(self, m: Measurement) -> None:
         self.buffer.append(m)
+        if self.stop_check is not None and not self.stopping and (reason := self.stop_check(m)):
+            # A budget (e.g. bytes per day) is met: this record is kept; stop once its task ends.
+            asyncio.get_running_loop().call_soon(self.stop, reason)
         if len(self.buffer) >= self.batch_size:
             self._flush_soon()
 
@@ -373,6 +380,7 @@ async def run_targets(
     control_url: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     flush_interval: float = DEFAULT_FLUSH_INTERVAL_S,
+    stop_check: StopCheck | None = None,
 ) -> RunSummary:
     """Measure every target with one experiment and write the records under ``output``.
 
@@ -394,7 +402,7 @@ async def run_targets(
         return await _run_targets(
             targets, experiment, settings, vantage, output=output, run_id=run_id, resuming=resuming,
             concurrency=concurrency, per_host=per_host, max_runtime=max_runtime, progress=progress,
-            control_url=control_url, batch_size=batch_size, flush_interval=flush_interval,
+            control_url=control_url, batch_size=batch_size, flush_interval=flush_interval, stop_check=stop_check,
         )
 
 
@@ -414,6 +422,7 @@ async def _run_targets(
     control_url: str | None,
     batch_size: int,
     flush_interval: float,
+    stop_check: StopCheck | None = None,
 ) -> RunSummary:
     started = time.monotonic()
     writer = DatasetWriter(output, run_id, batch_size=10**9, max_age_s=float("inf"))
@@ -436,6 +445,7 @@ async def _run_targets(
             flush_interval=flush_interval,
             batch_size=batch_size,
             control=control,
+            stop_check=stop_check,
         )
         loop = asyncio.get_running_loop()
         budget = loop.call_later(max_runtime, run.stop, STOP_MAX_RUNTIME) if max_runtime else None

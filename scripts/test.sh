@@ -22,6 +22,7 @@ DEB_PACKAGES=(
   chromium
   dante-server curl
   openjdk-17-jre-headless  # Apache Spark's JVM: `vantage analyze --engine spark` (tests/test_spark_engine.py)
+  systemd
 )
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== apt-get: ${DEB_PACKAGES[*]}"

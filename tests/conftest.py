@@ -25,6 +25,10 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
     for key in saved:
         os.environ[key] = str(home / key.lower())
+    # The session's volunteer has agreed (tests/vantage/test_volunteer_consent.py asks in its own dir).
+    from probe.config import record_consent
+
+    record_consent(True)
     yield
     for key, value in saved.items():
         if value is None:

@@ -179,6 +179,10 @@ def lab_env(workdir: Path) -> dict[str, str]:
     directories, so they live inside the lab's work directory."""
     home = workdir / "home"
     home.mkdir(exist_ok=True)
+    # The lab's volunteer has consented (in the lab's own config directory, not the product's default).
+    from probe.config import record_consent
+
+    record_consent(True, home / "config" / "vantage" / "config.toml")
     return {
         "PATH": f"{VENV_BIN}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": str(home),

@@ -28,6 +28,10 @@ COMMANDS: dict[str, str] = {
     "geo": "vantage.cli.geo:geo_group",
     "collector": "vantage.cli.collector:collector",
     "upload": "vantage.cli.upload:upload",
+    "consent": "vantage.cli.consent:consent",
+    "config": "vantage.cli.config:config_group",
+    "runs": "vantage.cli.runs:runs",
+    "schedule": "vantage.cli.schedule:schedule",
 }
 
 
@@ -45,15 +49,27 @@ class LazyGroup(click.Group):
             return None
         module, attr = spec.split(":")
         command: click.Command = getattr(importlib.import_module(module), attr)
-        self.commands[cmd_name] = command
+        from vantage.cli.options import add_output_conventions
+
+        self.commands[cmd_name] = add_output_conventions(command)  # -v/-q on every command
         return command
 
     def invoke(self, ctx: click.Context) -> object:
-        # Any error of the project (probe.errors.VantageError) is one line, never a traceback.
+        # Any error of the project (probe.errors.VantageError) is one line, never a traceback;
+        # Ctrl-C is exit status 130 for every command (the shell convention, 128 + SIGINT), also
+        # at a prompt, where click turns it into Abort; click's own default would be 1.
         try:
             return super().invoke(ctx)
         except VantageError as exc:
             raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(130) from None
+        except click.Abort as exc:
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                click.echo("Interrupted.", err=True)
+                raise click.exceptions.Exit(130) from None
+            raise
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

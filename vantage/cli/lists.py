@@ -29,11 +29,21 @@ def lists() -> None:
     "-c", "--category", "categories", multiple=True, metavar="CODE",
     help="Count only entries of this category code (repeatable), e.g. -c NEWS -c HUMR.",
 )
-def show(lists_: tuple[str, ...], categories: tuple[str, ...]) -> None:
+@click.option("--urls", is_flag=True,
+              help="Print every URL with its category; without LIST, the lists `vantage run` would measure.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: with --urls one object per line (list, url, category); else one per list "
+                   "(list, entries, categories).")
+def show(lists_: tuple[str, ...], categories: tuple[str, ...], urls: bool, as_json: bool) -> None:
     """Print each list's size by category; skipped rows are reported on stderr by line number.
 
-    Without LIST, shows the list shipped with Vantage.
+    Without LIST, shows the list shipped with Vantage (with --urls: what `vantage run` would test).
     """
+    if urls:
+        from vantage.cli.run import planned_lists
+
+        _show_urls(list(lists_) or list(planned_lists()), categories, as_json)
+        return
     specs = list(lists_) or ["vantage"]
     out = Console()
     err = Console(stderr=True)
@@ -43,6 +53,12 @@ def show(lists_: tuple[str, ...], categories: tuple[str, ...]) -> None:
             entries, problems = testlists.load_list(path, categories=categories or None)
         except testlists.TestListError as exc:
             raise click.ClickException(str(exc)) from exc
+        if as_json:
+            import json
+
+            click.echo(json.dumps({"list": str(path), "entries": len(entries), "categories": [
+                {"code": c, "description": d, "entries": n} for c, d, n in testlists.count_by_category(entries)]}))
+            continue
         # The path goes on its own line: a table title would wrap a long path.
         out.print(f"{path}: {len(entries)} entries", markup=False, highlight=False, soft_wrap=True)
         table = Table()
@@ -56,6 +72,28 @@ def show(lists_: tuple[str, ...], categories: tuple[str, ...]) -> None:
             err.print(f"skipped {p}", markup=False, highlight=False, soft_wrap=True)
         if len(problems) > MAX_PROBLEMS_SHOWN:
             err.print(f"... and {len(problems) - MAX_PROBLEMS_SHOWN} more skipped rows", highlight=False)
+
+
+def _show_urls(specs: list[str], categories: tuple[str, ...], as_json: bool) -> None:
+    import json
+
+    out = Console()
+    for spec in specs:
+        try:
+            path = testlists.resolve_list(spec)
+            entries, _ = testlists.load_list(path, categories=categories or None)
+        except testlists.TestListError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if as_json:
+            for e in entries:
+                click.echo(json.dumps({"list": str(path), "url": e.url, "category": e.category_code}))
+            continue
+        table = Table(title=f"{path}: {len(entries)} entries", title_justify="left")
+        table.add_column("url", overflow="fold")
+        table.add_column("category")
+        for e in entries:
+            table.add_row(e.url, e.category_code or "")
+        out.print(table)
 
 
 @lists.command("update")

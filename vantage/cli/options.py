@@ -186,6 +186,41 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _verbose_callback(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        logging.getLogger().setLevel(max(logging.DEBUG, logging.WARNING - 10 * value))
+
+
+def _quiet_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # What -q means everywhere: nothing on standard output (tables, summaries); warnings and
+    # errors go to standard error and still show. Undone when the command's context closes.
+    if value:
+        import io
+        import os
+
+        sink: io.TextIOWrapper = ctx.with_resource(open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+        ctx.with_resource(contextlib.redirect_stdout(sink))
+
+
+def add_output_conventions(command: click.Command) -> click.Command:
+    """Give every leaf command under ``command`` ``-v/--verbose`` and ``-q/--quiet`` when it has
+    not its own (the commands that use :func:`output_options` keep theirs)."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_output_conventions(sub)
+        return command
+    names = {p.name for p in command.params}
+    flags = {o for p in command.params for o in getattr(p, "opts", [])}
+    if "verbose" not in names and "-v" not in flags:
+        command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                                           callback=_verbose_callback, help="More log output (-vv for debug)."))
+    if "quiet" not in names and "-q" not in flags:
+        command.params.append(click.Option(["-q", "--quiet"], is_flag=True, expose_value=False,
+                                           callback=_quiet_callback,
+                                           help="Print nothing on standard output; warnings and errors still show."))
+    return command
+
+
 def check_datasets(datasets: Sequence[Path]) -> None:
     """Every dataset directory named on the command line exists (else one line, exit 1)."""
     for d in datasets:
@@ -238,6 +273,6 @@ def echo_skipped(skipped: Sequence[tuple[Path, str]], problems: Sequence[str] = 
         click.echo(f"warning: ... and {len(problems) - limit} more fingerprints skipped", err=True)
 
 
-__all__ = ["UsageLineError", "analysis_options", "build_options", "check_datasets", "command_args", "echo_skipped",
+__all__ = ["UsageLineError", "add_output_conventions", "analysis_options", "build_options", "check_datasets", "command_args", "echo_skipped",
            "memory_bytes",
            "one_line_errors", "output_options", "shell_line", "verdicts_option"]

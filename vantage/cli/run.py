@@ -14,7 +14,8 @@ import platformdirs
 from rich.console import Console
 from rich.table import Table
 
-from probe.dataset import StoreError, read_manifest, run_files, run_lock, write_manifest
+from probe.config import SETTINGS, ConfigError, effective
+from probe.dataset import StoreError, atomic_write_text, read_manifest, run_files, run_lock, write_manifest
 from probe.experiments import registry
 from probe.experiments.base import Experiment, InputError, Settings, Target, Timeouts, Vantage
 from probe.runner import (
@@ -24,6 +25,8 @@ from probe.runner import (
     RunSummary,
     run_phases,
 )
+from vantage.cli.consent import ensure_consent
+from vantage.cli.options import output_options
 from vantage.cli.upload import do_upload, upload_options
 
 # Options a resumed run takes from its manifest unless given again on the command line.
@@ -156,26 +159,42 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
 @upload_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of the table.")
+@click.option("--continue-unfinished", is_flag=True,
+              help="Resume the newest run a budget or Ctrl-C stopped, if any; else start a new run "
+                   "(what `vantage schedule` runs).")
+@output_options
 @click.pass_context
-def run(ctx: click.Context, /, **opts: Any) -> None:
+def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Measure targets and write the results as Parquet.
 
     Each input of the lists (or --url) is measured once by the experiment and stored as one
     row under OUTPUT/measurements/. Ctrl-C stops cleanly: what was measured is written, and
-    `vantage run --resume RUN_ID` measures the rest.
+    `vantage run --resume RUN_ID` measures the rest. Without --list or --url: the configured
+    lists, else the global list plus the country's (downloaded by `vantage lists update`).
+    Options not given come from VANTAGE_* variables, then the config file (`vantage config show`).
     """
+    budgets = _apply_config(ctx, opts)
     output: Path = opts["output"] or default_output()
     run_id: str | None = opts["resume"]
+    if run_id is None and opts["continue_unfinished"]:
+        run_id = _unfinished_run(output)
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
     if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
-        raise click.ClickException(
-            "nothing to measure: give --list LIST (e.g. --list vantage, the shipped list) or --url URL"
-        )
+        opts["lists"] = _default_lists(opts["cc"])
     targets = _targets(opts, experiment)
     if not targets:
         raise click.ClickException("nothing to measure: the lists and --url gave no usable input")
+    ensure_consent()
+    from probe.budget import byte_budget_check, bytes_left_today
+
+    left = bytes_left_today(output, budgets.get("budget.bytes_per_day"))
+    if left is not None and left <= 0:
+        raise click.ClickException(
+            f"the daily data budget ({budgets['budget.bytes_per_day']} bytes, budget.bytes_per_day) is spent; "
+            "the next run after midnight UTC measures again")
 
     timeouts = Timeouts.uniform(opts["timeout"]) if opts["timeout"] else Timeouts()
     extra: dict[str, Any] = {}
@@ -204,8 +223,11 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
             # In memory only: scrubbed from records and logs. (A helper on this machine sees
             # loopback: nothing stands between, the interface addresses are known already.)
             scrubber.add(public)
-    learned = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
-    learned = learned or (bool(control_url) and public is not None)
+    seen = _learn_public_addresses(scrubber, opts["stun_servers"], bool(opts["resolvers"]))
+    if public is not None:
+        seen.append(public)
+    learned = bool(seen)
+    _vantage_from_geo_db(vantage, seen, opts)
 
     if opts["anchors_file"] and not opts["anchors"]:
         raise click.UsageError("--anchors-file goes with --anchors")
@@ -253,16 +275,125 @@ def run(ctx: click.Context, /, **opts: Any) -> None:
                 max_runtime=opts["max_runtime"],
                 progress=not opts["no_progress"],
                 control_url=control_url,
+                stop_check=byte_budget_check(left) if left is not None else None,
             )
         )
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    _render(summary)
+    _after_run(summary, output, budgets, quiet)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "run_id": summary.run_id, "output": str(summary.output), "stopped": summary.stopped,
+            "counts": {k: vars(c) for k, c in summary.counts.items()}, "skipped": summary.skipped,
+            "cancelled": summary.cancelled, "not_started": summary.not_started, "controls": summary.controls,
+            "files": [str(f) for f in summary.files], "records_written": summary.records_written,
+            "wall_s": round(summary.wall_s, 3)}, indent=2))
+    elif not quiet:
+        _render(summary)
     if opts["upload_url"]:  # what was measured stays queued if the collector is out of reach
         do_upload(output, opts["upload_url"], proxy=opts["proxy"], token=opts["token"], collector_ca=opts["collector_ca"],
                   max_rate=opts["max_rate"], progress=not opts["no_progress"], fail_offline=False)
     if summary.stopped == STOP_INTERRUPTED:
         sys.exit(130)
+
+
+# Config keys -> `vantage run` parameters (flags win; then VANTAGE_*, then the file).
+_CONFIG_PARAMS = {
+    "probe.cc": ("cc", _cc), "probe.asn": ("asn", _asn), "probe.network": ("network", None),
+    "probe.lists": ("lists", None), "probe.categories": ("categories", None),
+    "probe.resolvers": ("resolvers", _resolver), "probe.control": ("control", None),
+    "probe.output": ("output", None), "budget.max_runtime_s": ("max_runtime", None),
+}
+
+
+def _apply_config(ctx: click.Context, opts: dict[str, Any]) -> dict[str, Any]:
+    """Fill options not given on the command line from the environment and the config file;
+    returns the budget settings."""
+    try:
+        eff = effective()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    given = {name for name in ("lists", "urls")
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    for key, (param, check) in _CONFIG_PARAMS.items():
+        value, source = eff[key]
+        if source == "default" or ctx.get_parameter_source(param) not in (None, click.core.ParameterSource.DEFAULT):
+            continue
+        if param == "lists" and given:
+            continue  # --url or --list on the command line: exactly those, not the configured lists too
+        if isinstance(value, list):
+            value = tuple(value)
+        if check is not None:
+            try:
+                value = check(ctx, None, value)  # type: ignore[arg-type]
+            except click.BadParameter as exc:
+                where = SETTINGS[key].env if source == "env" else f"{key} in the config file"
+                raise click.ClickException(f"{where}: {exc.message}") from None
+        if param == "output":
+            value = Path(value).expanduser()
+        opts[param] = value
+    return {k: v for k, (v, _) in eff.items() if k.startswith("budget.")}
+
+
+def planned_lists() -> tuple[str, ...]:
+    """The lists a `vantage run` without --list would measure (config, else global + country)."""
+    try:
+        eff = effective()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if eff["probe.lists"][0]:
+        return tuple(eff["probe.lists"][0])
+    return _default_lists(eff["probe.cc"][0])
+
+
+def _default_lists(cc: str | None) -> tuple[str, ...]:
+    """As OONI Probe does: the global list plus the country's, when `lists update` fetched them."""
+    from probe.testlists import lists_dir
+
+    d = lists_dir()
+    if not (d / "global.csv").exists():
+        raise click.ClickException(
+            "nothing to measure: no --list given and no downloaded lists; run `vantage lists update --country CC` "
+            "(or give --list vantage, the shipped list, or --url URL)")
+    chosen = ["global"]
+    if cc and (d / f"{cc.lower()}.csv").exists():
+        chosen.append(cc.lower())
+    return tuple(chosen)
+
+
+def _after_run(summary: RunSummary, output: Path, budgets: dict[str, Any], quiet: bool) -> None:
+    """Budget accounting: the bytes this run used (estimated from its records), then the disk quota."""
+    from probe.budget import enforce_disk_quota, record_run_bytes
+
+    err = Console(stderr=True)
+    marker = output / "runs" / f"{summary.run_id}.unfinished"
+    try:
+        if summary.stopped:
+            atomic_write_text(marker, summary.stopped)
+        else:
+            marker.unlink(missing_ok=True)
+        used = record_run_bytes(output, summary.run_id, summary.files)
+        quota = budgets.get("budget.disk_quota_mb")
+        if quota is not None:
+            report = enforce_disk_quota(output, int(quota * 1024 * 1024))
+            if report.deleted:
+                err.print(f"disk quota: deleted {len(report.deleted)} uploaded file(s) "
+                          f"({report.freed} bytes)", highlight=False, markup=False)
+            if report.over_by > 0:
+                err.print(f"disk quota: still {report.over_by} bytes over {quota:g} MB: the rest is not uploaded yet "
+                          "and is never deleted", highlight=False, markup=False)
+    except OSError as exc:
+        raise click.ClickException(f"budget accounting in {output}: {exc.strerror or exc}") from None
+    if not quiet:
+        err.print(f"data used (estimated from the records): {used} bytes", highlight=False, markup=False)
+
+
+def _unfinished_run(output: Path) -> str | None:
+    """The newest run a budget or an interruption stopped (run ids sort by start time)."""
+    markers = sorted((output / "runs").glob("*.unfinished"))
+    return markers[-1].name.removesuffix(".unfinished") if markers else None
 
 
 def _apply_manifest(ctx: click.Context, opts: dict[str, Any], output: Path, run_id: str) -> None:
@@ -349,11 +480,12 @@ def _scrubber() -> Any:
     return default_scrubber()  # the one the log filter uses
 
 
-def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> bool:
-    """Ask each --stun server; True when one answered (its answer goes to the scrubber only)."""
+def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_configured_resolvers: bool) -> list[str]:
+    """Ask each --stun server; the addresses they saw (in memory only: the scrubber and the
+    local geo lookup, never written)."""
     from probe.net.stun import StunError, parse_server, public_address
 
-    learned = False
+    learned: list[str] = []
     for server in servers:
         try:
             host, _ = parse_server(server)
@@ -368,8 +500,33 @@ def _learn_public_addresses(scrubber: Any, servers: tuple[str, ...], only_config
             Console(stderr=True).print(str(exc), highlight=False, markup=False, soft_wrap=True)
             continue
         scrubber.add(seen)
-        learned = True
+        learned.append(seen)
     return learned
+
+
+def _vantage_from_geo_db(vantage: Vantage, addresses: list[str], opts: dict[str, Any]) -> None:
+    """Country and network not given (nor told by the control helper): look the public address
+    up in the local databases `vantage geo update` downloaded, when there are any. The address
+    itself is not kept."""
+    if not addresses or (vantage.probe_cc not in (None, "ZZ") and vantage.probe_asn):
+        return
+    from analysis.geo import GeoError, GeoLookup
+
+    try:
+        geo = GeoLookup.default()
+        if geo is None:
+            return
+        with geo:
+            info = geo.lookup(addresses[0])
+    except GeoError as exc:
+        Console(stderr=True).print(f"geo database: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return
+    if not opts["cc"] and vantage.probe_cc in (None, "ZZ") and info.country:
+        vantage.probe_cc = info.country
+    if not opts["asn"] and not vantage.probe_asn and info.asn:
+        vantage.probe_asn = info.asn
+    if not opts["network"] and not vantage.probe_network and info.org:
+        vantage.probe_network = info.org
 
 
 def _ip_or_none(host: str) -> str | None:
@@ -428,7 +585,8 @@ def _render(summary: RunSummary) -> None:
     if summary.controls:
         lines.append(f"control measurements: {summary.controls}")
     if summary.stopped:
-        why = {"max_runtime": "the --max-runtime budget ran out", "interrupted": "interrupted"}.get(
+        why = {"max_runtime": "the --max-runtime budget ran out", "interrupted": "interrupted",
+               "bytes_per_day": "the daily data budget (budget.bytes_per_day) is spent"}.get(
             summary.stopped, summary.stopped
         )
         left = summary.cancelled + (summary.not_started or 0)

@@ -59,7 +59,11 @@ def vantage_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "from vantage.cli import main; main()", "run", *args, "--no-progress"]
 
 
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _env() -> dict[str, str]:
+    # Read when the process starts, not at import: the session fixture points the user
+    # directories (data, config with the test volunteer's consent) at the session's temporary
+    # directory after the tests were collected.
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 # ----------------------------------------------------------------------------- in process
@@ -162,7 +166,7 @@ def test_sigkill_midway_then_resume_then_racing_resumes_leave_each_row_once(farm
         "--list", str(lst), "--resolver", farm400.resolver, "--output", str(out), "--timeout", "1",
         "--concurrency", "20", "--per-host", "3",
     )
-    with subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) as proc:
+    with subprocess.Popen(first, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) as proc:
         _wait_for_parts(out, proc, 1)  # the first batch (200 rows) is on disk: kill mid-run
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=20)
@@ -176,7 +180,7 @@ def test_sigkill_midway_then_resume_then_racing_resumes_leave_each_row_once(farm
 
     # Two resumes of the killed run at once: exactly one measures, the other says why in one line.
     resume = vantage_cmd("--resume", run_id, "--output", str(out))
-    procs = [subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    procs = [subprocess.Popen(resume, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
     results = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], results
@@ -190,7 +194,7 @@ def test_sigkill_midway_then_resume_then_racing_resumes_leave_each_row_once(farm
     assert counts(out) == (len(urls), len(urls), len(urls))
 
     # A third resume finds nothing left to measure and writes nothing.
-    done = subprocess.run(resume, capture_output=True, text=True, env=ENV, timeout=120)
+    done = subprocess.run(resume, capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"already measured (resume): {len(urls)}" in done.stdout
     assert counts(out) == (len(urls), len(urls), len(urls))
@@ -232,7 +236,7 @@ def test_two_runs_racing_on_one_dataset_each_write_every_input_once(farm400: Far
     out = tmp_path / "out"
     cmd = vantage_cmd("--list", str(lst), "--resolver", farm400.resolver, "--output", str(out), "--timeout", "1",
                       "--concurrency", "30")
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for _ in range(2)]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     con = duckdb.connect()

@@ -1,0 +1,92 @@
+"""`vantage runs list|show`: the history of this probe's runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from probe.history import list_runs, run_ids, run_info
+from vantage.cli.options import output_options
+
+_OUTPUT = click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+                       help="Results directory (default: as `vantage run`: probe.output, else the user data directory's results/).")
+
+
+def _output(output: Path | None) -> Path:
+    if output is not None:
+        return output
+    from probe.config import ConfigError, value
+    from vantage.cli.run import default_output
+
+    try:
+        configured = value("probe.output")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    return Path(configured).expanduser() if configured else default_output()
+
+
+@click.group("runs")
+def runs() -> None:
+    """Past runs: what was measured, when, how it went, whether it was uploaded."""
+
+
+@runs.command("list")
+@_OUTPUT
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of the table.")
+@output_options
+def list_(output: Path | None, as_json: bool, quiet: bool) -> None:
+    """One line per run, oldest first: id, start, duration, inputs, ok, failed, uploaded."""
+    out = _output(output)
+    infos = list_runs(out)
+    if as_json:
+        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        return
+    if quiet:
+        return
+    table = Table(title=f"runs in {out}", title_justify="left")
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("run id", "left"), ("start (UTC)", "left"), ("duration", "right"), ("inputs", "right"),
+        ("ok", "right"), ("failed", "right"), ("uploaded", "left"))
+    for col, just in columns:
+        # The run id is what `runs show` and `run --resume` take: never wrapped or cut.
+        table.add_column(col, justify=just, no_wrap=col == "run id", min_width=25 if col == "run id" else None,
+                         overflow="fold")
+    for i in infos:
+        table.add_row(i.run_id, i.start or "-", f"{i.duration_s:.0f}s" if i.duration_s is not None else "-",
+                      str(i.inputs), str(i.ok), str(i.failed), i.uploaded)
+    Console().print(table)
+    if not infos:
+        click.echo("no runs yet (`vantage run` starts one)")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_OUTPUT
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the run and its per-input outcomes).")
+@output_options
+def show(run_id: str, output: Path | None, as_json: bool, quiet: bool) -> None:
+    """Each input of RUN_ID and how its measurement went."""
+    out = _output(output)
+    if run_id not in run_ids(out):
+        raise click.ClickException(f"no run {run_id} in {out} (`vantage runs list` shows the runs)")
+    info = run_info(out, run_id, outcomes=True)
+    if as_json:
+        click.echo(json.dumps(info.as_dict(with_outcomes=True), indent=2))
+        return
+    if quiet:
+        return
+    console = Console()
+    console.print(f"run {run_id}: {info.inputs} input(s), {info.ok} ok, {info.failed} failed; "
+                  f"started {info.start or '-'}; uploaded: {info.uploaded}", highlight=False, markup=False,
+                  soft_wrap=True)
+    table = Table()
+    for col in ("input", "category", "experiment", "outcome"):
+        table.add_column(col, overflow="fold")
+    for o in info.outcomes:
+        table.add_row(o.input, o.category or "", o.experiment, "ok" if o.ok else (o.failure or "failed"))
+    console.print(table)
