@@ -1,5 +1,6 @@
 """Static report charts as PNG bytes (matplotlib, Agg backend: no display, no browser needed):
-anomalies over time, blocking methods, and a timeline per event."""
+anomalies over time, blocking methods, tunnels and messaging apps, and a timeline per event.
+Date axes fit any span (AutoDateLocator, ConciseDateFormatter); count axes are whole numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.events import Event  # noqa: E402
 
@@ -37,35 +39,90 @@ def _empty(title: str, note: str) -> bytes:
     return _png(fig)
 
 
-def anomalies_over_time(daily: pa.Table) -> bytes:
-    """Lines of anomalous measurements per day and country (``daily``: day, probe_cc, status, n)."""
-    title = "Anomalies over time (measurements per day)"
-    if daily.num_rows == 0:
+def _date_axis(ax: plt.Axes) -> None:
+    """Date ticks that fit any span, hours to years: matplotlib picks the unit (AutoDateLocator)
+    and writes each tick with only what changed (ConciseDateFormatter: the year once, then months)."""
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=9)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _count_axis(axis: matplotlib.axis.Axis) -> None:
+    """Counts of measurements are whole numbers: no 0.5 ticks."""
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def shade_events(ax: plt.Axes, events: Sequence[Event], lo: dt.datetime, hi: dt.datetime) -> None:
+    """IODA-style bands: network-wide events red, blocking amber, the rest grey."""
+    for e in events:
+        end = e.end or hi
+        if end < lo or e.start > hi:
+            continue
+        color = {"shutdown": "#e74c3c", "connectivity_lost": "#e74c3c", "service_blocking": "#f39c12"}.get(e.kind, "#95a5a6")
+        ax.axvspan(_naive(max(e.start, lo)), _naive(min(end, hi)), color=color, alpha=0.15, linewidth=0)
+
+
+def _naive(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def anomalies_over_time(series_table: pa.Table, events: Sequence[Event] = (), bucket: str = "day") -> bytes:
+    """Lines of anomalous measurements per ``bucket`` (hour or day) and country (``series_table``:
+    t, probe_cc, status, n), with the events shaded."""
+    title = f"Anomalies over time (measurements per {bucket}; shaded: events)"
+    if series_table.num_rows == 0:
         return _empty(title, "no anomalous measurements")
-    rows = daily.to_pylist()
+    rows = series_table.to_pylist()
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    series: dict[tuple[str, str], dict[dt.date, int]] = {}
+    series: dict[tuple[str, str], dict[dt.datetime, int]] = {}
     for r in rows:
-        series.setdefault((r["probe_cc"], r["status"]), {})[r["day"]] = r["n"]
+        series.setdefault((r["probe_cc"], r["status"]), {})[_naive(r["t"])] = r["n"]
     styles = ["-", "--", ":", "-."]
     ccs = sorted({k[0] for k in series})
     for (cc, status), points in sorted(series.items()):
-        days = sorted(points)
-        ax.plot(np.asarray(days, dtype="datetime64[D]"), [points[d] for d in days], styles[ccs.index(cc) % len(styles)], marker=".",
+        ts = sorted(points)
+        ax.plot(ts, [points[t] for t in ts], styles[ccs.index(cc) % len(styles)], marker=".",
                 color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    times = [_naive(r["t"]) for r in rows]
+    # one bucket of margin each side: a single day or hour stays a dot in a readable axis
+    lo, hi = min(times) - step, max(times) + step
+    ax.set_xlim(lo, hi)
+    shade_events(ax, events, lo.replace(tzinfo=dt.timezone.utc), hi.replace(tzinfo=dt.timezone.utc))
     ax.set_title(title)
     ax.set_ylabel("measurements")
-    all_days = sorted({r["day"] for r in rows})
-    # one tick per day at most; with a single day matplotlib would otherwise pad the axis to
-    # years of empty ticks
-    first, last = np.datetime64(all_days[0], "D"), np.datetime64(all_days[-1], "D")
-    ax.set_xlim(first - np.timedelta64(1, "D"), last + np.timedelta64(1, "D"))
-    span_days = int((last - first) / np.timedelta64(1, "D")) + 3
-    ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span_days // 8)))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    _date_axis(ax)
+    _count_axis(ax.yaxis)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper left")
+    return _png(fig)
+
+
+def reachability(table: pa.Table, bucket: str = "day") -> bytes:
+    """Tunnels and messaging apps, their own panel: per experiment, measurements that worked and
+    that did not, and those not judged, per ``bucket`` (``table``: t, experiment, outcome, n)."""
+    title = f"Tunnels and messaging apps (measurements per {bucket})"
+    if table.num_rows == 0:
+        return _empty(title, "no tunnel or messaging measurements")
+    rows = table.to_pylist()
+    exps = sorted({r["experiment"] for r in rows})
+    fig, axes = plt.subplots(len(exps), 1, figsize=(9, 1.7 * len(exps) + 0.8), sharex=True, squeeze=False)
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    times = [_naive(r["t"]) for r in rows]
+    for ax, exp in zip(axes[:, 0], exps, strict=True):
+        for label, color in (("reachable", "#27ae60"), ("not reachable", "#c0392b"), ("not judged", "#95a5a6")):
+            pts = sorted((_naive(r["t"]), r["n"]) for r in rows if r["experiment"] == exp and r["outcome"] == label)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=color, label=label)
+        ax.set_ylabel(exp, rotation=0, ha="right", va="center", fontsize=8)
+        _count_axis(ax.yaxis)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_xlim(min(times) - step, max(times) + step)
+    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
+    axes[0, 0].set_title(title)
+    _date_axis(axes[-1, 0])
     return _png(fig)
 
 
@@ -87,6 +144,7 @@ def blocking_methods(methods: pa.Table) -> bytes:
     ax.invert_yaxis()
     ax.set_title(title)
     ax.set_xlabel("measurements")
+    _count_axis(ax.xaxis)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -118,8 +176,7 @@ def event_timeline(hourly: pa.Table, event: Event, margin_h: int = 36) -> bytes:
     axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
     axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC "
                          f"(dotted: baselines)")
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
+    _date_axis(axes[-1, 0])
     return _png(fig)
 
 
@@ -146,8 +203,7 @@ def blocking_timeline(failures: pa.Table, event: Event, margin_h: int = 36) -> b
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
     axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC")
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
+    _date_axis(axes[-1, 0])
     return _png(fig)
 
 
