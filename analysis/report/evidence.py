@@ -98,14 +98,25 @@ def _outcome(failure: str | None) -> str:
     return "<span class='ok'>ok</span>" if not failure else f"<span class='bad'>{_e(failure)}</span>"
 
 
-def _dns(m: dict[str, Any], names: AsnNames) -> str:
+def _marked(text: str, fp: Fingerprint | None) -> str:
+    """``text`` escaped, the part the fingerprint matched marked."""
+    span = find_pattern(fp, text)
+    if span is None:
+        return _e(text)
+    a, b = span
+    return _e(text[:a]) + f"<mark>{_e(text[a:b])}</mark>" + _e(text[b:])
+
+
+def _dns(m: dict[str, Any], names: AsnNames, fp: Fingerprint | None = None) -> str:
+    dns_fp = fp if fp is not None and fp.location == "dns" else None
     out = []
     for q in m.get("dns") or []:
         answers = []
         for a in q.get("answers") or []:
             asn, org = names(a)
             who = " · ".join(x for x in (asn, org) if x)
-            answers.append(f"{_e(a.get('answer_type'))} {_e(a.get('value'))}" + (f" <small>({_e(who)})</small>" if who else ""))
+            answers.append(f"{_e(a.get('answer_type'))} {_marked(str(a.get('value') or ''), dns_fp)}"
+                           + (f" <small>({_e(who)})</small>" if who else ""))
         via = q.get("engine") if q.get("resolver") in (None, "", q.get("engine")) else f"{q.get('engine')} {q.get('resolver')}"
         head = f"{_e(q.get('query_type'))} {_e(q.get('hostname'))} via {_e(via)} resolver"
         res = "<br>".join(answers) or _outcome(q.get("failure") or (q.get("rcode") if q.get("rcode") not in (None, "NOERROR") else None))
@@ -164,9 +175,24 @@ def find_pattern(fp: Fingerprint | None, text: str) -> tuple[int, int] | None:
     return (i, i + len(fp.pattern)) if i >= 0 and fp.pattern else None
 
 
+def _header_lines(h: dict[str, Any], only: str | None = None) -> list[str]:
+    return [f"{x.get('name')}: {x.get('value')}" for x in h.get("headers") or []
+            if only is None or str(x.get("name", "")).lower() == only]
+
+
 def blockpage_excerpt(m: dict[str, Any], fp: Fingerprint | None, width: int = 240) -> str | None:
-    """The part of a page around the matched fingerprint, the match marked; else the page's start
-    when the HTTP answer differs."""
+    """The part of a page around the matched fingerprint, the match marked (a header
+    fingerprint: the header line); else the page's start."""
+    if fp is not None and fp.location.startswith("header"):
+        only = fp.location[len("header."):] if fp.location.startswith("header.") else None
+        for h in m.get("http") or []:
+            for line in _header_lines(h, only):
+                value = line.split(": ", 1)[1] if only else line
+                span = find_pattern(fp, value)
+                if span is not None:
+                    off = len(line) - len(value)
+                    a, b = span[0] + off, span[1] + off
+                    return "header " + _e(line[:a]) + f"<mark>{_e(line[a:b])}</mark>" + _e(line[b:])
     for h in m.get("http") or []:
         body = h.get("body_sample") or ""
         span = find_pattern(fp, body)
@@ -185,7 +211,7 @@ def blockpage_excerpt(m: dict[str, Any], fp: Fingerprint | None, width: int = 24
 def evidence_table(ev: Evidence, names: AsnNames, fp: Fingerprint | None) -> str:
     """Probe and control side by side, one row per layer measured."""
     p, c = ev.probe, ev.control
-    layers = [("Measurement failure", lambda m: _outcome(m.get("failure"))), ("DNS", lambda m: _dns(m, names)),
+    layers = [("Measurement failure", lambda m: _outcome(m.get("failure"))), ("DNS", lambda m: _dns(m, names, fp if m is p else None)),
               ("TCP connect", _tcp), ("TLS handshake", _tls), ("HTTP", _http)]
     if p.get("vpn") or (c and c.get("vpn")):
         layers.append(("Tunnel handshake", _vpn))
