@@ -66,7 +66,7 @@ def _naive(t: dt.datetime) -> dt.datetime:
     return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
-def anomalies_over_time(series_table: pa.Table, events: Sequence[Event] = (), bucket: str = "day") -> bytes:
+def anomalies_over_time(series_table: pa.Table, bucket: str = "day", events: Sequence[Event] = ()) -> bytes:
     """Lines of anomalous measurements per ``bucket`` (hour or day) and country (``series_table``:
     t, probe_cc, status, n), with the events shaded."""
     title = f"Anomalies over time (measurements per {bucket}; shaded: events)"
@@ -77,14 +77,18 @@ def anomalies_over_time(series_table: pa.Table, events: Sequence[Event] = (), bu
     series: dict[tuple[str, str], dict[dt.datetime, int]] = {}
     for r in rows:
         series.setdefault((r["probe_cc"], r["status"]), {})[_naive(r["t"])] = r["n"]
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    times = [_naive(r["t"]) for r in rows]
+    # a bucket without anomalies is a zero, not a gap for the line to bridge
+    grid = [min(times) + i * step for i in range(int((max(times) - min(times)) / step) + 1)]
     styles = ["-", "--", ":", "-."]
     ccs = sorted({k[0] for k in series})
     for (cc, status), points in sorted(series.items()):
+        if len(grid) <= 5000:
+            points = {t: points.get(t, 0) for t in grid}
         ts = sorted(points)
-        ax.plot(ts, [points[t] for t in ts], styles[ccs.index(cc) % len(styles)], marker=".",
+        ax.plot(ts, [points[t] for t in ts], styles[ccs.index(cc) % len(styles)], marker="." if len(ts) < 200 else None,
                 color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
-    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
-    times = [_naive(r["t"]) for r in rows]
     # one bucket of margin each side: a single day or hour stays a dot in a readable axis
     lo, hi = min(times) - step, max(times) + step
     ax.set_xlim(lo, hi)
@@ -100,29 +104,31 @@ def anomalies_over_time(series_table: pa.Table, events: Sequence[Event] = (), bu
 
 
 def reachability(table: pa.Table, bucket: str = "day") -> bytes:
-    """Tunnels and messaging apps, their own panel: per experiment, measurements that worked and
-    that did not, and those not judged, per ``bucket`` (``table``: t, experiment, outcome, n)."""
+    """Tunnels and messaging apps, their own panel: one row per experiment, a dot per ``bucket``
+    with measurements, coloured by outcome and sized by count (``table``: t, experiment, outcome,
+    n). Dots, not lines: these tests run rarely, and a line would invent the days between."""
     title = f"Tunnels and messaging apps (measurements per {bucket})"
     if table.num_rows == 0:
         return _empty(title, "no tunnel or messaging measurements")
     rows = table.to_pylist()
-    exps = sorted({r["experiment"] for r in rows})
-    fig, axes = plt.subplots(len(exps), 1, figsize=(9, 1.7 * len(exps) + 0.8), sharex=True, squeeze=False)
+    exps = sorted({r["experiment"] for r in rows}, reverse=True)
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(exps) + 1.6))
+    biggest = max(r["n"] for r in rows)
+    for label, color, dy in (("reachable", "#27ae60", 0.15), ("not reachable", "#c0392b", 0.0),
+                             ("not judged", "#95a5a6", -0.15)):
+        pts = [r for r in rows if r["outcome"] == label]
+        if pts:
+            ax.scatter([_naive(r["t"]) for r in pts], [exps.index(r["experiment"]) + dy for r in pts],
+                       s=[12 + 60 * r["n"] / biggest for r in pts], color=color, label=label, alpha=0.85)
     step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
     times = [_naive(r["t"]) for r in rows]
-    for ax, exp in zip(axes[:, 0], exps, strict=True):
-        for label, color in (("reachable", "#27ae60"), ("not reachable", "#c0392b"), ("not judged", "#95a5a6")):
-            pts = sorted((_naive(r["t"]), r["n"]) for r in rows if r["experiment"] == exp and r["outcome"] == label)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=color, label=label)
-        ax.set_ylabel(exp, rotation=0, ha="right", va="center", fontsize=8)
-        _count_axis(ax.yaxis)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_xlim(min(times) - step, max(times) + step)
-    axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
-    axes[0, 0].set_title(title)
-    _date_axis(axes[-1, 0])
+    ax.set_xlim(min(times) - step, max(times) + step)
+    ax.set_yticks(range(len(exps)), exps, fontsize=8)
+    ax.set_ylim(-0.6, len(exps) - 0.4)
+    ax.set_title(title)
+    _date_axis(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(0, -0.12))
     return _png(fig)
 
 

@@ -159,6 +159,16 @@ def _ts(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
 
 
+def _over_time(con: duckdb.DuckDBPyConnection, rows_sql: str, keys: str) -> tuple[pa.Table, str]:
+    """Counts per hour while the rows span three days or less (one daily point says nothing),
+    per day beyond; (table of t, keys..., n; the bucket)."""
+    span_h = con.sql(f"SELECT (epoch(max(t)) - epoch(min(t))) / 3600 FROM ({rows_sql})").fetchall()[0][0] or 0
+    bucket = "hour" if span_h <= 72 else "day"
+    table = con.sql(f"SELECT date_trunc('{bucket}', t AT TIME ZONE 'UTC') AS t, {keys}, count(*) AS n FROM ({rows_sql}) "
+                    "GROUP BY ALL ORDER BY ALL").to_arrow_table()
+    return table, bucket
+
+
 def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sources: Sequence[str] = (),
                       title: str | None = None, verdict_source: str = "computed from the datasets",
                       detector_config: DetectorConfig | None = None, min_blocked: int = 3,
@@ -207,27 +217,22 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     statuses = verdicts.table.column("status").to_pylist()
     overview["blocked_verdicts"] = sum(1 for s in statuses if s == "blocked")
     overview["no_connectivity_verdicts"] = sum(1 for s in statuses if s == "no_connectivity")
-    span_h = con.sql("SELECT (epoch(max(measurement_start_time)) - epoch(min(measurement_start_time))) / 3600 "
-                     "FROM report_verdicts").fetchall()[0][0] or 0
-    # hourly points while a day or three is all there is (one daily point says nothing), daily beyond
-    bucket = "hour" if span_h <= 72 else "day"
-    series = con.sql(f"""SELECT date_trunc('{bucket}', measurement_start_time) AS t, probe_cc, status, count(*) AS n
-                         FROM report_verdicts WHERE status IN ('blocked', 'down') GROUP BY ALL ORDER BY ALL""").to_arrow_table()
-    reach = con.sql(f"""SELECT date_trunc('{bucket}', v.measurement_start_time) AS t, v.experiment,
-                               CASE WHEN v.status = 'ok' THEN 'reachable' WHEN v.status IN ('blocked', 'down')
-                                    THEN 'not reachable' ELSE 'not judged' END AS outcome, count(*) AS n
-                        FROM report_verdicts v WHERE v.experiment IN {_TUNNEL_MESSAGING}
-                          OR v.method LIKE 'vpn.%' OR v.method LIKE '%.vpn%' GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    series = _over_time(con, """SELECT measurement_start_time AS t, probe_cc, status FROM report_verdicts
+                                 WHERE status IN ('blocked', 'down')""", "probe_cc, status")
+    reach = _over_time(con, f"""SELECT measurement_start_time AS t, experiment,
+                                       CASE WHEN status = 'ok' THEN 'reachable' WHEN status IN ('blocked', 'down')
+                                            THEN 'not reachable' ELSE 'not judged' END AS outcome
+                                FROM report_verdicts WHERE experiment IN {_TUNNEL_MESSAGING}
+                                  OR method LIKE 'vpn.%' OR method LIKE '%.vpn%'""", "experiment, outcome")
     methods = con.sql("""SELECT coalesce(method, '?') AS method, probe_cc, count(*) AS n FROM report_verdicts
                          WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
     overview["blocked_set_aside"] = con.sql(_SET_ASIDE_SQL).fetchall()[0][0]
     overview["blocked_reported"] = sum(r["blocked"] for r in rows)
     overview["status_counts"] = dict(sorted(Counter(statuses).items(), key=lambda kv: -kv[1]))
-    overview["bucket"] = bucket
-    chart_set = {"Anomalies over time": charts.anomalies_over_time(series, detection.events, bucket),
+    chart_set = {"Anomalies over time": charts.anomalies_over_time(*series, events=detection.events),
                  "Blocking methods": charts.blocking_methods(methods)}
-    if reach.num_rows:
-        chart_set["Tunnels and messaging apps"] = charts.reachability(reach, bucket)
+    if reach[0].num_rows:
+        chart_set["Tunnels and messaging apps"] = charts.reachability(*reach)
     data = ReportData(
         title=title or "Vantage anomaly report",
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
