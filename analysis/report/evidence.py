@@ -221,7 +221,9 @@ def evidence_table(ev: Evidence, names: AsnNames, fp: Fingerprint | None) -> str
         rows.append(f"<tr><th>{label}</th><td>{fn(p)}</td><td>{fn(c) if c else '<em>no control</em>'}</td></tr>")
     probe_page, control_page = blockpage_excerpt(p, fp), blockpage_excerpt(c, None) if c else None
     if probe_page or control_page:
-        rows.append(f"<tr><th>Page excerpt</th><td><pre>{probe_page or ''}</pre></td>"
-                    f"<td><pre>{control_page or ''}</pre></td></tr>")
+        def cell(text: str | None) -> str:
+            return f"<pre>{text}</pre>" if text else "<em>no page</em>"
+
+        rows.append(f"<tr><th>Page excerpt</th><td>{cell(probe_page)}</td><td>{cell(control_page)}</td></tr>")
     rows.append("</tbody></table>")
     return "".join(rows)
