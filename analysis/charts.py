@@ -1,5 +1,6 @@
 """Static report charts as PNG bytes (matplotlib, Agg backend: no display, no browser needed):
-anomalies over time, blocking methods, and a timeline per event."""
+anomalies over time, blocking methods, tunnels and messaging apps, and a timeline per event.
+Date axes fit any span (AutoDateLocator, ConciseDateFormatter); count axes are whole numbers."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.events import Event  # noqa: E402
 
@@ -38,36 +41,97 @@ def _empty(title: str, note: str) -> bytes:
     return _png(fig)
 
 
-def anomalies_over_time(daily: pa.Table) -> bytes:
-    """Lines of anomalous measurements per day and country (``daily``: day, probe_cc, status, n)."""
-    title = "Anomalies over time (measurements per day)"
-    if daily.num_rows == 0:
+def _date_axis(ax: Axes) -> None:
+    """Date ticks that fit any span, hours to years: matplotlib picks the unit (AutoDateLocator)
+    and writes each tick with only what changed (ConciseDateFormatter: the year once, then months)."""
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=9)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _count_axis(axis: matplotlib.axis.Axis) -> None:
+    """Counts of measurements are whole numbers: no 0.5 ticks."""
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def shade_events(ax: Axes, events: Sequence[Event], lo: dt.datetime, hi: dt.datetime) -> None:
+    """IODA-style bands: network-wide events red, blocking amber, the rest grey."""
+    for e in events:
+        end = e.end or hi
+        if end < lo or e.start > hi:
+            continue
+        color = {"shutdown": "#e74c3c", "connectivity_lost": "#e74c3c", "service_blocking": "#f39c12"}.get(e.kind, "#95a5a6")
+        ax.axvspan(_naive(max(e.start, lo)), _naive(min(end, hi)), color=color, alpha=0.15, linewidth=0)  # type: ignore[arg-type]
+
+
+def _naive(t: dt.datetime) -> dt.datetime:
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def anomalies_over_time(series_table: pa.Table, bucket: str = "day", events: Sequence[Event] = ()) -> bytes:
+    """Lines of anomalous measurements per ``bucket`` (hour or day) and country (``series_table``:
+    t, probe_cc, status, n), with the events shaded."""
+    title = f"Anomalies over time (measurements per {bucket}; shaded: events)"
+    if series_table.num_rows == 0:
         return _empty(title, "no anomalous measurements")
-    rows = daily.to_pylist()
+    rows = series_table.to_pylist()
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    series: dict[tuple[str, str], dict[dt.date, int]] = {}
+    series: dict[tuple[str, str], dict[dt.datetime, int]] = {}
     for r in rows:
-        series.setdefault((r["probe_cc"], r["status"]), {})[r["day"]] = r["n"]
+        series.setdefault((r["probe_cc"], r["status"]), {})[_naive(r["t"])] = r["n"]
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    times = [_naive(r["t"]) for r in rows]
+    # a bucket without anomalies is a zero, not a gap for the line to bridge
+    grid = [min(times) + i * step for i in range(int((max(times) - min(times)) / step) + 1)]
     styles = ["-", "--", ":", "-."]
     ccs = sorted({k[0] for k in series})
     for (cc, status), points in sorted(series.items()):
-        days = sorted(points)
-        ax.plot(np.asarray(days, dtype="datetime64[D]"), [points[d] for d in days], styles[ccs.index(cc) % len(styles)], marker=".",
+        if len(grid) <= 5000:
+            points = {t: points.get(t, 0) for t in grid}
+        ts = sorted(points)
+        # matplotlib's date units convert datetimes; its stubs only name floats
+        ax.plot(ts, [points[t] for t in ts], styles[ccs.index(cc) % len(styles)], marker="." if len(ts) < 200 else None,  # type: ignore[arg-type]
                 color=_STATUS_COLORS.get(status, "#333"), label=f"{cc} {status}")
+    # one bucket of margin each side: a single day or hour stays a dot in a readable axis
+    lo, hi = min(times) - step, max(times) + step
+    ax.set_xlim(lo, hi)  # type: ignore[arg-type]
+    shade_events(ax, events, lo.replace(tzinfo=dt.UTC), hi.replace(tzinfo=dt.UTC))
     ax.set_title(title)
     ax.set_ylabel("measurements")
-    all_days = sorted({r["day"] for r in rows})
-    # one tick per day at most; with a single day matplotlib would otherwise pad the axis to
-    # years of empty ticks
-    first, last = np.datetime64(all_days[0], "D"), np.datetime64(all_days[-1], "D")
-    # matplotlib's date units convert datetime64 limits; its stubs only name floats
-    ax.set_xlim(first - np.timedelta64(1, "D"), last + np.timedelta64(1, "D"))  # type: ignore[arg-type]
-    span_days = int((last - first) / np.timedelta64(1, "D")) + 3
-    ax.xaxis.set_major_locator(mdates.DayLocator(interval=max(1, span_days // 8)))
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+    _date_axis(ax)
+    _count_axis(ax.yaxis)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=4, loc="upper left")
+    return _png(fig)
+
+
+def reachability(table: pa.Table, bucket: str = "day") -> bytes:
+    """Tunnels and messaging apps, their own panel: one row per experiment, a dot per ``bucket``
+    with measurements, coloured by outcome and sized by count (``table``: t, experiment, outcome,
+    n). Dots, not lines: these tests run rarely, and a line would invent the days between."""
+    title = f"Tunnels and messaging apps (measurements per {bucket})"
+    if table.num_rows == 0:
+        return _empty(title, "no tunnel or messaging measurements")
+    rows = table.to_pylist()
+    exps = sorted({r["experiment"] for r in rows}, reverse=True)
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(exps) + 1.6))
+    biggest = max(r["n"] for r in rows)
+    for label, color, dy in (("reachable", "#27ae60", 0.15), ("not reachable", "#c0392b", 0.0),
+                             ("not judged", "#95a5a6", -0.15)):
+        pts = [r for r in rows if r["outcome"] == label]
+        if pts:
+            ax.scatter([_naive(r["t"]) for r in pts], [exps.index(r["experiment"]) + dy for r in pts],  # type: ignore[arg-type]
+                       s=[12 + 60 * r["n"] / biggest for r in pts], color=color, label=label, alpha=0.85)
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    times = [_naive(r["t"]) for r in rows]
+    ax.set_xlim(min(times) - step, max(times) + step)  # type: ignore[arg-type]
+    ax.set_yticks(range(len(exps)), exps, fontsize=8)
+    ax.set_ylim(-0.6, len(exps) - 0.4)
+    ax.set_title(title)
+    _date_axis(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper left", bbox_to_anchor=(0, -0.12))
     return _png(fig)
 
 
@@ -89,6 +153,7 @@ def blocking_methods(methods: pa.Table) -> bytes:
     ax.invert_yaxis()
     ax.set_title(title)
     ax.set_xlabel("measurements")
+    _count_axis(ax.xaxis)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
@@ -120,8 +185,7 @@ def event_timeline(hourly: pa.Table, event: Event, margin_h: int = 36) -> bytes:
     axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
     axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC "
                          f"(dotted: baselines)")
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
+    _date_axis(axes[-1, 0])
     return _png(fig)
 
 
@@ -148,8 +212,7 @@ def blocking_timeline(failures: pa.Table, event: Event, margin_h: int = 36) -> b
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=3, loc="upper left")
     axes[0, 0].set_title(f"{event.kind} in {', '.join(event.regions)} from {event.start:%Y-%m-%d %H:%M} UTC")
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
-    fig.autofmt_xdate()
+    _date_axis(axes[-1, 0])
     return _png(fig)
 
 

@@ -12,6 +12,7 @@ import html
 import os
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,15 @@ from analysis import charts
 from analysis.db import DatasetError
 from analysis.detector import DetectorConfig
 from analysis.events import Event
-from analysis.pipeline import AnalysisOptions, OutputError, Verdicts, check_output, describe, run_stage
+from analysis.pipeline import (
+    AnalysisOptions,
+    OutputError,
+    Verdicts,
+    atomic_output,
+    check_output,
+    describe,
+    run_stage,
+)
 from analysis.shutdown import Detection, detect
 from analysis.signals import open_measurements
 from probe.errors import VantageError
@@ -68,11 +77,13 @@ class ReportData:
 
 @dataclass
 class ReportResult:
-    output: Path
+    output: Path | None
     csv: Path | None
     events: int
     blocked_rows: int
     measurements: int
+    site: Path | None = None
+    pages: list[Path] = field(default_factory=list)  # the site's HTML pages
 
 
 # --------------------------------------------------------------------------- data
@@ -103,6 +114,18 @@ def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, sou
                       "was written?); they are left out; re-run `vantage analyze` to include them",
                       VerdictsMismatchWarning, stacklevel=2)
 
+
+# Tunnels and messaging apps (the probe's and OONI's names): reachability, not web blocking.
+_TUNNEL_MESSAGING = ("('openvpn', 'wireguard', 'ikev2', 'tor', 'vanilla_tor', 'torsf', 'tor_snowflake', 'riseupvpn', "
+                     "'psiphon', 'meek_fronted_requests_test', 'signal', 'whatsapp', 'telegram', 'facebook_messenger', "
+                     "'stunreachability')")
+
+# Blocked verdicts inside a shutdown, probe fault or lost connectivity of their network.
+_SET_ASIDE_SQL = """
+SELECT count(*) FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
+WHERE v.status = 'blocked' AND EXISTS (SELECT 1 FROM report_quiet q WHERE q.cc = f.cc AND q.asn = f.asn
+                                       AND f.hour >= q.start_h AND f.hour < q.end_h)
+"""
 
 _BLOCKED_SQL = """
 WITH v AS (SELECT v.*, f.vantage FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
@@ -136,6 +159,16 @@ ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
 
 def _ts(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
+
+
+def _over_time(con: duckdb.DuckDBPyConnection, rows_sql: str, keys: str) -> tuple[pa.Table, str]:
+    """Counts per hour while the rows span three days or less (one daily point says nothing),
+    per day beyond; (table of t, keys..., n; the bucket)."""
+    span_h = con.sql(f"SELECT (epoch(max(t)) - epoch(min(t))) / 3600 FROM ({rows_sql})").fetchall()[0][0] or 0
+    bucket = "hour" if span_h <= 72 else "day"
+    table = con.sql(f"SELECT date_trunc('{bucket}', t AT TIME ZONE 'UTC') AS t, {keys}, count(*) AS n FROM ({rows_sql}) "
+                    "GROUP BY ALL ORDER BY ALL").to_arrow_table()
+    return table, bucket
 
 
 def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sources: Sequence[str] = (),
@@ -186,19 +219,29 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     statuses = verdicts.table.column("status").to_pylist()
     overview["blocked_verdicts"] = sum(1 for s in statuses if s == "blocked")
     overview["no_connectivity_verdicts"] = sum(1 for s in statuses if s == "no_connectivity")
-    daily = con.sql("""SELECT CAST(date_trunc('day', measurement_start_time AT TIME ZONE 'UTC') AS DATE) AS day,
-                              probe_cc, status, count(*) AS n
-                       FROM report_verdicts WHERE status IN ('blocked', 'down') GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    series = _over_time(con, """SELECT measurement_start_time AS t, probe_cc, status FROM report_verdicts
+                                 WHERE status IN ('blocked', 'down')""", "probe_cc, status")
+    reach = _over_time(con, f"""SELECT measurement_start_time AS t, experiment,
+                                       CASE WHEN status = 'ok' THEN 'reachable' WHEN status IN ('blocked', 'down')
+                                            THEN 'not reachable' ELSE 'not judged' END AS outcome
+                                FROM report_verdicts WHERE experiment IN {_TUNNEL_MESSAGING}
+                                  OR method LIKE 'vpn.%' OR method LIKE '%.vpn%'""", "experiment, outcome")
     methods = con.sql("""SELECT coalesce(method, '?') AS method, probe_cc, count(*) AS n FROM report_verdicts
                          WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
+    overview["blocked_set_aside"] = con.sql(_SET_ASIDE_SQL).fetchall()[0][0]
+    overview["blocked_reported"] = sum(r["blocked"] for r in rows)
+    overview["status_counts"] = dict(sorted(Counter(statuses).items(), key=lambda kv: -kv[1]))
+    chart_set = {"Anomalies over time": charts.anomalies_over_time(*series, events=detection.events),
+                 "Blocking methods": charts.blocking_methods(methods)}
+    if reach[0].num_rows:
+        chart_set["Tunnels and messaging apps"] = charts.reachability(*reach)
     data = ReportData(
         title=title or "Vantage anomaly report",
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         sources=[str(s) for s in sources], verdict_source=verdict_source, provenance=describe(verdicts.metadata),
         overview=overview, blocked=rows,
         detection=detection,
-        charts={"Anomalies over time": charts.anomalies_over_time(daily),
-                "Blocking methods": charts.blocking_methods(methods)},
+        charts=chart_set,
         event_charts=charts.charts_for_events(detection.hourly, detection.events, detection.input_failures,
                                               limit=max_event_charts),
     )
@@ -245,7 +288,7 @@ _BLOCK_HEAD = ["target", "how (methods)", "since", "blocked / measured", "vantag
                "still blocked"]
 
 
-def _ordered(events: Sequence[Event]) -> list[Event]:
+def ordered_events(events: Sequence[Event]) -> list[Event]:
     """Events in the order a reader needs them: lost connectivity and shutdowns first (they
     explain everything else in their hours), then by start."""
     return sorted(events, key=lambda e: (charts.EVENT_ORDER.get(e.kind, 9), e.start))
@@ -279,7 +322,7 @@ def render_html(data: ReportData) -> str:
     out.append("<h2>Charts</h2>")
     for name, png in data.charts.items():
         out.append(_figure(png, name))
-    events = _ordered(data.detection.events)
+    events = ordered_events(data.detection.events)
     out.append(f"<h2>Events ({len(events)})</h2>")
     out.append("<p>Shutdowns (anchors and targets fail together across a network while controls elsewhere "
                "succeed), new blocking (a change in a target's failure rate, dated by CUSUM), site outages "
@@ -305,11 +348,11 @@ def render_html(data: ReportData) -> str:
     return "\n".join(out)
 
 
-_METHOD = ("Verdicts compare each probe measurement with control measurements of the same target from uncensored "
-           "networks. Shutdown signals are per country, network and hour: measurement volume (baseline: median of "
-           "the same hour over the previous 7 days), anchor and target success (baseline: median of the previous "
-           "168 hours); warning below 80 % of the baseline, critical below 50 %. See docs/shutdowns.md and "
-           "docs/reports.md.")
+_METHOD = ("Verdicts compare each probe measurement with a control measurement of the same target from an "
+           "uncensored network, taken at about the same time; a known blockpage (fingerprint) confirms blocking "
+           "without a control. Shutdown signals are per country, network and hour: measurement volume (baseline: "
+           "median of the same hour over the previous 7 days), anchor and target success (baseline: median of the "
+           "previous 168 hours); warning below 80 % of the baseline, critical below 50 %.")
 
 
 def _figure(png: bytes, caption: str) -> str:
@@ -365,7 +408,7 @@ def render_markdown(data: ReportData, output: Path, assets: Path | None = None) 
     out += ["## Charts", ""]
     for i, (name, png) in enumerate(data.charts.items()):
         out += [image(png, f"chart{i}.png", name), ""]
-    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(_ordered(data.detection.events))), ""]
+    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(ordered_events(data.detection.events))), ""]
     for i, (ev, png) in enumerate(data.event_charts):
         out += [image(png, f"event{i}.png", f"{ev.kind} {', '.join(ev.networks)} {ev.start:%Y-%m-%d %H:%M}"), ""]
     out += ["## What is blocked, per country and network", ""]
@@ -384,24 +427,37 @@ def render_markdown(data: ReportData, output: Path, assets: Path | None = None) 
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(paths: Sequence[Path | str], output: Path | str, *, verdicts: Verdicts | None = None,
+def write_report(paths: Sequence[Path | str], output: Path | str | None = None, *, verdicts: Verdicts | None = None,
                  options: AnalysisOptions | None = None, verdict_source: str | None = None,
                  csv: Path | str | None = None, title: str | None = None,
                  detector_config: DetectorConfig | None = None,
-                 con: duckdb.DuckDBPyConnection | None = None) -> ReportResult:
+                 con: duckdb.DuckDBPyConnection | None = None, site: Path | str | None = None,
+                 max_pages: int = 2000) -> ReportResult:
     """Write an HTML (``.html``/``.htm``) or Markdown (``.md``) report over datasets; ``csv``
     also exports the verdict table.
 
     ``verdicts``: the stage's output (:func:`analysis.pipeline.read_verdicts` of the file
     `vantage analyze` wrote, or its result); without it the report runs that same stage,
     :func:`analysis.pipeline.run_stage`, with ``options``. Every file is written under a
-    temporary name and renamed only when all are complete."""
-    out = Path(output)
-    suffix = out.suffix.lower()
-    if suffix not in (".html", ".htm", ".md"):
+    temporary name and renamed only when all are complete.
+
+    ``site``: also write the static site into that directory (see :mod:`analysis.report.site`):
+    a page per country, network and anomalous measurement (up to ``max_pages``), a methodology
+    page and CSV/JSON exports; written beside it and swapped in when complete."""
+    from analysis.report import site as site_mod
+
+    if output is None and site is None:
+        raise ReportError("give an output file, a site directory, or both")
+    out = Path(output) if output is not None else None
+    suffix = out.suffix.lower() if out is not None else ".html"
+    if out is not None and suffix not in (".html", ".htm", ".md"):
         raise ReportError(f"{out}: the report format follows the suffix: .html or .md")
+    site_dir = Path(site) if site is not None else None
+    if site_dir is not None:
+        check_site_dir(site_dir)
     csv_path = Path(csv) if csv is not None else None
-    check_output(out)
+    if out is not None:
+        check_output(out)
     if csv_path is not None:
         check_output(csv_path)
     computed = verdicts is None
@@ -415,17 +471,67 @@ def write_report(paths: Sequence[Path | str], output: Path | str, *, verdicts: V
             check_verdicts_match(con, verdicts.table, source)
         data = build_report_data(con, verdicts, sources=[Path(p).name or str(p) for p in paths], title=title,
                                  verdict_source=source, detector_config=detector_config)
+        site_data = site_mod.collect(con, verdicts, max_pages=max_pages) if site_dir is not None else None
     except (duckdb.Error, DatasetError, OSError) as exc:
         raise ReportError(f"cannot read the datasets: {str(exc).splitlines()[0]}") from exc
     finally:
         if own and con is not None:
             con.close()
-    with _staged(out, csv_path, markdown=suffix == ".md") as (tmp_out, tmp_csv, tmp_assets):
-        text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out, tmp_assets)
-        tmp_out.write_text(text, encoding="utf-8")
-        if tmp_csv is not None:
-            pacsv.write_csv(verdicts.table, tmp_csv)
-    return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.table.num_rows)
+    pages: list[Path] = []
+    if site_dir is not None and site_data is not None:
+        with _staged_dir(site_dir) as tmp_site:
+            pages = [site_dir / p.relative_to(tmp_site) for p in
+                     site_mod.render_site(data, site_data, tmp_site, method_text=_METHOD, lost_text=_LOST_TEXT)]
+    if out is not None:
+        with _staged(out, csv_path, markdown=suffix == ".md") as (tmp_out, tmp_csv, tmp_assets):
+            text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out, tmp_assets)
+            tmp_out.write_text(text, encoding="utf-8")
+            if tmp_csv is not None:
+                pacsv.write_csv(verdicts.table, tmp_csv)
+    elif csv_path is not None:
+        with atomic_output(csv_path) as tmp:
+            pacsv.write_csv(verdicts.table, tmp)
+    return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.table.num_rows,
+                        site_dir, pages)
+
+
+def check_site_dir(path: Path) -> None:
+    """A site goes into a new or empty directory, or replaces one `--site` wrote before; never
+    over someone's other files."""
+    if path.exists() and not path.is_dir():
+        raise ReportError(f"{path}: is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / site_marker()).exists():
+        raise ReportError(f"{path}: directory is not empty and was not written by `vantage report --site`")
+    check_output(path / "index.html")
+
+
+def site_marker() -> str:
+    from analysis.report.site import MARKER
+
+    return MARKER
+
+
+@contextlib.contextmanager
+def _staged_dir(final: Path) -> Iterator[Path]:
+    """A temporary directory beside ``final``, swapped in when complete; removed on failure."""
+    tag = f"{os.getpid()}.tmp"
+    tmp = final.with_name(f".{final.name}.{tag}")
+    old = final.with_name(f".{final.name}.{tag}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        yield tmp
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
