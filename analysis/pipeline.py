@@ -423,19 +423,24 @@ def dataset_paths(verdicts_file: Path, metadata: dict[str, Any], given: Sequence
     return list(given)
 
 
-def describe(metadata: dict[str, Any]) -> list[str]:
+def describe(metadata: dict[str, Any], *, public: bool = False) -> list[str]:
     """How the verdicts were made, one short line per item, for a report's method section and
-    the terminal."""
+    the terminal. ``public``: for published pages, files and datasets by their names alone (the
+    analyst's absolute paths say where their disk keeps data, nothing about the verdicts)."""
+
+    def where(path: Any) -> str:
+        return (Path(str(path)).name or str(path)) if public else str(path)
+
     opts = metadata.get("options") or {}
     lines = [f"verdicts made by {metadata.get('written_by', '?')} (Vantage {metadata.get('vantage_version', '?')}) "
-             f"at {metadata.get('created_at', '?')} from {', '.join(metadata.get('datasets') or ['?'])}"]
+             f"at {metadata.get('created_at', '?')} from {', '.join(where(d) for d in metadata.get('datasets') or ['?'])}"]
     fps = metadata.get("fingerprints") or {}
     sets = ", ".join(f"{s.get('name')} ({s.get('count', '?')}" + (f", {s['date']}" if s.get("date") else "") + ")"
                      for s in fps.get("sets") or [])
     lines.append(f"blockpage fingerprints: {fps.get('total', '?')} ({fps.get('dns', '?')} DNS, {fps.get('http', '?')} "
                  f"HTTP) from {sets or 'no set'}" + (f"; {fps['problems']} bad rows skipped" if fps.get("problems") else ""))
     asn = metadata.get("asn_db")
-    lines.append("ASN database: " + (f"{asn.get('path')} ({asn.get('type', '?')}, built {asn.get('date', '?')})"
+    lines.append("ASN database: " + (f"{where(asn.get('path'))} ({asn.get('type', '?')}, built {asn.get('date', '?')})"
                                      if asn else "none (answers compared by address and /24 network only)"))
     nets = opts.get("public_nets") or []
     lines.append("networks treated as public for the bogon rule: " + (", ".join(nets) if nets else "none"))

@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import html
 import os
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -35,6 +36,7 @@ from analysis.pipeline import (
     describe,
     run_stage,
 )
+from analysis.report import names as nm
 from analysis.shutdown import Detection, detect
 from analysis.signals import open_measurements
 from probe.errors import VantageError
@@ -73,6 +75,7 @@ class ReportData:
     detection: Detection
     charts: dict[str, bytes] = field(default_factory=dict)
     event_charts: list[tuple[Event, bytes]] = field(default_factory=list)
+    network_names: dict[str, str] = field(default_factory=dict)  # ASN -> organisation (names.network_names)
 
 
 @dataclass
@@ -238,12 +241,13 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     data = ReportData(
         title=title or "Vantage anomaly report",
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        sources=[str(s) for s in sources], verdict_source=verdict_source, provenance=describe(verdicts.metadata),
+        sources=[str(s) for s in sources], verdict_source=verdict_source, provenance=describe(verdicts.metadata, public=True),
         overview=overview, blocked=rows,
         detection=detection,
         charts=chart_set,
         event_charts=charts.charts_for_events(detection.hourly, detection.events, detection.input_failures,
                                               limit=max_event_charts),
+        network_names=nm.network_names(con),
     )
     return data
 
@@ -271,12 +275,13 @@ figcaption{color:#555;font-size:.85em}.wide{overflow-x:auto}.stats td{border:non
 """
 
 
-def _event_rows(events: Sequence[Event]) -> list[list[str]]:
+def _event_rows(events: Sequence[Event], names: dict[str, str]) -> list[list[str]]:
     rows = []
     for e in events:
         start, end, dur = _fmt_event_time(e)
         what = ", ".join(_short(i) for i in e.inputs[:6]) + (f" (+{len(e.inputs) - 6})" if len(e.inputs) > 6 else "")
-        rows.append([e.kind, e.severity, start, end, dur, ", ".join(e.regions), ", ".join(e.networks), what,
+        rows.append([e.kind, e.severity, start, end, dur, ", ".join(nm.country_label(r) for r in e.regions),
+                     ", ".join(nm.network_label(n, names) for n in e.networks), what,
                      ", ".join(e.methods[:3]), str(e.measurements), str(e.vantage_points), f"{e.confidence:.2f}",
                      e.reason])
     return rows
@@ -294,9 +299,21 @@ def ordered_events(events: Sequence[Event]) -> list[Event]:
     return sorted(events, key=lambda e: (charts.EVENT_ORDER.get(e.kind, 9), e.start))
 
 
+# "dns.nxdomain (12), http.blockpage:acme (3)": the aggregate _BLOCKED_SQL writes
+_METHOD_COUNT = re.compile(r"(.+?) \((\d+)\)(?:, |$)")
+
+
+def _methods_in_words(methods: str | None) -> str:
+    """Each rule id with its count and, beside it, what the rule means (the site's words)."""
+    if not methods:
+        return ""
+    parts = [f"{m[1]} ({m[2]}): {nm.rule_text(m[1])}" for m in _METHOD_COUNT.finditer(methods)]
+    return " ".join(parts) or methods
+
+
 def _block_row(r: dict[str, Any]) -> list[str]:
     conf = str(r["confirmed"]) + (f" ({', '.join(r['fingerprints'])})" if r["fingerprints"] else "")
-    return [r["input"], r["methods"] or "", r["since"], f"{r['blocked']} / {r['n']}", f"{r['blocked_vps']} of {r['vps']}",
+    return [r["input"], _methods_in_words(r["methods"]), r["since"], f"{r['blocked']} / {r['n']}", f"{r['blocked_vps']} of {r['vps']}",
             conf, "yes" if r["still_blocked"] else "no"]
 
 
@@ -318,7 +335,7 @@ def render_html(data: ReportData) -> str:
     if lost:
         out.append(f"<h2>Connectivity lost ({len(lost)})</h2>")
         out.append(f"<p>{e(_LOST_TEXT)}</p>")
-        out.append(_html_table(_EVENT_HEAD, _event_rows(lost), kind_col=0))
+        out.append(_html_table(_EVENT_HEAD, _event_rows(lost, data.network_names), kind_col=0))
     out.append("<h2>Charts</h2>")
     for name, png in data.charts.items():
         out.append(_figure(png, name))
@@ -327,7 +344,7 @@ def render_html(data: ReportData) -> str:
     out.append("<p>Shutdowns (anchors and targets fail together across a network while controls elsewhere "
                "succeed), new blocking (a change in a target's failure rate, dated by CUSUM), site outages "
                "(controls fail too) and probe faults (one vantage point or software version alone).</p>")
-    out.append(_html_table(_EVENT_HEAD, _event_rows(events), kind_col=0))
+    out.append(_html_table(_EVENT_HEAD, _event_rows(events, data.network_names), kind_col=0))
     if data.event_charts:
         out.append("<h3>Event timelines</h3>")
         for ev, png in data.event_charts:
@@ -337,10 +354,10 @@ def render_html(data: ReportData) -> str:
     if not data.blocked:
         out.append("<p>No target was blocked in enough measurements to report.</p>")
     for cc in sorted({r["probe_cc"] for r in data.blocked}):
-        out.append(f"<h3>{e(cc)}</h3>")
+        out.append(f"<h3>{e(nm.country_label(cc))}</h3>")
         for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
-            out.append(f"<h4>{e(asn)}</h4>")
+            out.append(f"<h4>{e(nm.network_label(asn, data.network_names))}</h4>")
             out.append(_html_table(_BLOCK_HEAD, rows))
     out.append(f"<h2>Method</h2><p>{e(_METHOD)}</p><p>How these verdicts were made:</p><ul>")
     out += [f"<li>{e(line)}</li>" for line in data.provenance]
@@ -404,21 +421,21 @@ def render_markdown(data: ReportData, output: Path, assets: Path | None = None) 
            f"{ov['no_connectivity_verdicts']:,} taken without connectivity.", ""]
     lost = connectivity_findings(data.detection.events)
     if lost:
-        out += [f"## Connectivity lost ({len(lost)})", "", _LOST_TEXT, "", _md_table(_EVENT_HEAD, _event_rows(lost)), ""]
+        out += [f"## Connectivity lost ({len(lost)})", "", _LOST_TEXT, "", _md_table(_EVENT_HEAD, _event_rows(lost, data.network_names)), ""]
     out += ["## Charts", ""]
     for i, (name, png) in enumerate(data.charts.items()):
         out += [image(png, f"chart{i}.png", name), ""]
-    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(ordered_events(data.detection.events))), ""]
+    out += [f"## Events ({len(data.detection.events)})", "", _md_table(_EVENT_HEAD, _event_rows(ordered_events(data.detection.events), data.network_names)), ""]
     for i, (ev, png) in enumerate(data.event_charts):
         out += [image(png, f"event{i}.png", f"{ev.kind} {', '.join(ev.networks)} {ev.start:%Y-%m-%d %H:%M}"), ""]
     out += ["## What is blocked, per country and network", ""]
     if not data.blocked:
         out.append("No target was blocked in enough measurements to report.")
     for cc in sorted({r["probe_cc"] for r in data.blocked}):
-        out += [f"### {cc}", ""]
+        out += [f"### {nm.country_label(cc)}", ""]
         for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
-            out += [f"#### {asn}", "", _md_table(_BLOCK_HEAD, rows), ""]
+            out += [f"#### {nm.network_label(asn, data.network_names)}", "", _md_table(_BLOCK_HEAD, rows), ""]
     out += ["## Method", "", _METHOD, "", "How these verdicts were made:", ""]
     out += [f"- {line}" for line in data.provenance]
     return "\n".join(out) + "\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import datetime as dt
+import html
 import io
 import os
 import re
@@ -22,8 +23,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from analysis import report as report_module
-from analysis.pipeline import run_stage
-from analysis.report import ReportError, write_report
+from analysis.pipeline import describe, run_stage
+from analysis.report import ReportError, names, write_report
 from tests.support import scenario as sc
 from tests.support.verdict_checks import assert_one_verdict_per_measurement
 from vantage.cli import main
@@ -99,21 +100,27 @@ def test_html_report_content(html_report: tuple[Path, Path]) -> None:
     assert len(pngs) == 2 + n and all(img.format == "PNG" and img.width > 300 for img in pngs)
     assert "Event timelines" in text and "shutdown: IR AS1001, AS1002" in text
     # per network: what, how, since when; the new block dated by the change detector
-    block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
+    block = re.search(r"<h4>Example Telecom IR \(AS1001\)</h4>(.*?)</table>", text, re.S)
     assert block is not None
     assert "social-a.example" in block[1] and TLS_RESET.search(block[1])
     assert f"{_at(9, 6):%Y-%m-%d %H:%M} UTC (change detected)" in block[1]
     assert re.search(r"at least 2026-10-01 00:\d\d UTC \(blocked from the first measurements\)", block[1])  # steady
-    lifted = re.search(r"<h4>AS1002</h4>(.*?)</table>", text, re.S)
+    lifted = re.search(r"<h4>Example Mobile IR \(AS1002\)</h4>(.*?)</table>", text, re.S)
     assert lifted is not None and "news-a.example" in lifted[1]
     assert f"{_at(9, 20):%Y-%m-%d %H:%M} UTC (change detected), until {_at(10, 8):%Y-%m-%d %H:%M} UTC" in lifted[1]
     # measurements inside the shutdown are not counted as blocking of other targets
     assert "search-a.example" not in block[1]
+    # names a reader knows: the country by name, the networks by their organisations, and each
+    # rule id with what it means beside it (the code alone would not match these)
+    assert "<h3>Iran (IR)</h3>" in text and "<h3>IR</h3>" not in text
+    reset = re.search(r"(tls\.(?:reset_sni|connection_reset)) \(\d+\): ([^<]*)", block[1])
+    assert reset is not None, "the TLS reset rule has no explanation beside its id"
+    assert html.unescape(reset[2]).startswith(names.rule_text(reset[1])) and len(reset[2]) > 20
 
 
 def test_blockpage_block_found_through_verdicts(html_report: tuple[Path, Path]) -> None:
     text = html_report[0].read_text(encoding="utf-8")
-    block = re.search(r"<h4>AS1001</h4>(.*?)</table>", text, re.S)
+    block = re.search(r"<h4>Example Telecom IR \(AS1001\)</h4>(.*?)</table>", text, re.S)
     assert block is not None
     row = re.search(r"<td>http://blog-b\.example/</td><td>([^<]*)</td><td>([^<]*)</td>", block[1])
     assert row is not None, "the blockpage block is not in the AS1001 table"
@@ -178,7 +185,8 @@ def test_markdown_report_with_png_files(dataset: Path, tmp_path: Path) -> None:
     for link in links:
         with Image.open(tmp_path / link) as img:
             assert img.format == "PNG"
-    assert re.search(r"\| https://social-a\.example/ \| tls\.(reset_sni|connection_reset) \(\d+\)", text)
+    assert re.search(r"\| https://social-a\.example/ \| tls\.(reset_sni|connection_reset) \(\d+\): \w", text)
+    assert "### Iran (IR)" in text and "#### Example Telecom IR (AS1001)" in text and "#### AS1001\n" not in text
 
 
 def test_the_report_uses_the_verdict_stage_and_says_how(html_report: tuple[Path, Path], dataset: Path) -> None:
@@ -195,6 +203,19 @@ def test_the_report_uses_the_verdict_stage_and_says_how(html_report: tuple[Path,
     assert "How these verdicts were made" in method[1] and "blockpage fingerprints:" in method[1]
     assert "built-in (" in method[1] and "control window: 6 hours" in method[1]
     assert not hasattr(report_module, "raw_verdicts") and not hasattr(report_module, "verdicts_for")
+
+
+def test_published_report_names_datasets_not_the_analysts_paths(html_report: tuple[Path, Path],
+                                                                 dataset: Path) -> None:
+    """The method section says which datasets by name; where the analyst keeps them (absolute
+    paths of their disk) is not published. The terminal's describe() keeps the full paths."""
+    text = html_report[0].read_text(encoding="utf-8")
+    method = re.search(r"<h2>Method</h2>(.*)</ul>", text, re.S)
+    assert method is not None and f"from {dataset.name}" in method[1]
+    assert str(dataset.parent) not in text and str(html_report[0].parent) not in text
+    assert str(dataset.parent.parent) not in text  # the pytest base temp directory
+    metadata = run_stage([dataset]).metadata
+    assert str(dataset) in describe(metadata)[0]  # the terminal view still says where
 
 
 @pytest.mark.slow  # report and events through the CLI: ~5 s
