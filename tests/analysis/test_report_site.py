@@ -194,10 +194,17 @@ _INTERNAL = re.compile(r"\b(?:analysis|probe|vantage)\.[a-z_]+\.[a-z_]+\b|\b[\w/
 @pytest.mark.parametrize("built", SITES)
 def test_no_internal_names_in_pages(built: str, request: pytest.FixtureRequest) -> None:
     _, site, _, _ = request.getfixturevalue(built)
+    # where the analyst keeps the datasets (the tests' temporary directories) is not published:
+    # the methodology page names the dataset directories alone
+    private = str(request.getfixturevalue("tmp_path_factory").getbasetemp())
     for page in site.rglob("*.html"):
-        text = re.sub(r"<[^>]+>", " ", page.read_text(encoding="utf-8"))
+        raw = page.read_text(encoding="utf-8")
+        assert private not in raw, f"{page.name}: an absolute dataset path"
+        text = re.sub(r"<[^>]+>", " ", raw)
         hit = _INTERNAL.search(text)
         assert hit is None, f"{page.name}: {hit[0] if hit else ''}"
+    method = (site / "methodology.html").read_text(encoding="utf-8")
+    assert re.search(r"from [\w.-]+(, [\w.-]+)*</li>", method), "the datasets are not named on the methodology page"
 
 
 def test_site_refuses_a_foreign_directory(tmp_path: Path, shutdown_site: Built) -> None:
