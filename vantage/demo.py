@@ -202,7 +202,7 @@ def run_demo(
         step("writing the report")
         # The report reads the verdicts file analyze wrote, as `vantage report --verdicts` does.
         write_report(datasets, report_path, verdicts=load_verdicts(verdicts_path),
-                     verdict_source=f"read from {verdicts_path}")
+                     verdict_source=f"read from {verdicts_path.name}")
 
     verdicts = _read_verdicts(verdicts_path)
     rows = []

@@ -97,7 +97,7 @@ def verdicts_for_command(datasets: tuple[Path, ...], verdicts_file: Path | None,
         verdicts = load_verdicts(verdicts_file)
         paths = dataset_paths(verdicts_file, verdicts.metadata, list(datasets))
         check_datasets(paths)
-        return paths, verdicts, f"read from {verdicts_file}"
+        return paths, verdicts, f"read from {verdicts_file.name}"  # published: the file, not where the analyst keeps it
     if not datasets:
         raise UsageLineError("give DATASETS, or --verdicts FILE written by `vantage analyze`")
     check_datasets(datasets)
