@@ -18,11 +18,13 @@ from typing import Any
 
 import platformdirs
 
+from probe.errors import VantageError
+
 CONFIG_ENV = "VANTAGE_CONFIG"  # a config file elsewhere (tests, several probes on one machine)
 CONSENT_VERSION = 1  # raised when what the consent text promises changes: volunteers are asked again
 
 
-class ConfigError(Exception):
+class ConfigError(VantageError):
     """A config file that cannot be read or a value of the wrong type (one line)."""
 
 
