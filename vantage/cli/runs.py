@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probe.history import list_runs, run_ids, run_info
-from vantage.cli.options import output_options
+from vantage.cli.options import json_option, output_options
 
 _OUTPUT = click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
                        help="Results directory (default: as `vantage run`: probe.output, else the user data directory's results/).")
@@ -37,7 +37,7 @@ def runs() -> None:
 
 @runs.command("list")
 @_OUTPUT
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of the table.")
+@json_option("Print a JSON array instead of the table.")
 @output_options
 def list_(output: Path | None, as_json: bool, quiet: bool) -> None:
     """One line per run, oldest first: id, start, duration, inputs, ok, failed, uploaded."""
@@ -67,7 +67,7 @@ def list_(output: Path | None, as_json: bool, quiet: bool) -> None:
 @runs.command("show")
 @click.argument("run_id")
 @_OUTPUT
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the run and its per-input outcomes).")
+@json_option("Print a JSON object (the run and its per-input outcomes).")
 @output_options
 def show(run_id: str, output: Path | None, as_json: bool, quiet: bool) -> None:
     """Each input of RUN_ID and how its measurement went."""
