@@ -87,3 +87,32 @@ def test_ooni_import_json_summary(tmp_path: Path) -> None:
     # importing again: everything already there, and the JSON says so
     again = json.loads(invoke("ooni", "import", str(NETEM), "-o", str(tmp_path / "b"), "--json"))
     assert again["measurements"] == 0 and again["already_present"] == doc["measurements"]
+
+
+def test_runs_list_shows_blocked_so_far_from_the_verdicts_given(tmp_path: Path) -> None:
+    from probe.dataset import write_records
+    from tests.analysis.test_verdicts_cli import web
+
+    root, _ = dataset(tmp_path)  # run r1: one tcp.reset (blocked), one ok, one without control
+    invoke("analyze", str(root), "-o", str(tmp_path / "v.parquet"))
+    late = web("probe", tcp_failure="connection_reset")  # run r2 comes after the analysis: not covered
+    late.run_id = "r2"
+    write_records(root, "r2", [late])
+    other, _ = dataset(tmp_path / "other")  # a verdicts file of another directory: not this one's
+    invoke("analyze", str(other), "-o", str(tmp_path / "o.parquet"))
+
+    runs = {r["run_id"]: r for r in json.loads(invoke("runs", "list", "--output", str(root), "--json",
+                                                      "--verdicts", str(tmp_path / "v.parquet")))}
+    assert runs["r1"]["blocked"] == 1 and runs["r2"]["blocked"] is None
+    table = invoke("runs", "list", "--output", str(root), "--verdicts", str(tmp_path / "v.parquet"))
+    assert re.search(r"r1\b.*│\s*1\s*│\s*$", table, re.M) and re.search(r"r2\b.*│\s*-\s*│\s*$", table, re.M), table
+    # trap: the other directory's verdicts (its own r1 has a blocked one too) are not this directory's
+    result = CliRunner().invoke(main, ["runs", "list", "--output", str(root), "--json", "--verdicts",
+                                       str(tmp_path / "o.parquet")])
+    assert result.exit_code == 0 and "was not made from" in result.stderr
+    assert all(r["blocked"] is None for r in json.loads(result.stdout))
+    # without --verdicts: no count, and the JSON keeps its old shape
+    assert all("blocked" not in r for r in json.loads(invoke("runs", "list", "--output", str(root), "--json")))
+    # a file that is not a verdicts file: one line
+    bad = CliRunner().invoke(main, ["runs", "list", "--output", str(root), "--verdicts", str(tmp_path / "nope.parquet")])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
