@@ -12,7 +12,9 @@ from rich.table import Table
 from vantage.cli.options import (
     analysis_options,
     check_datasets,
+    echo_json,
     echo_skipped,
+    json_option,
     one_line_errors,
     output_options,
 )
@@ -30,8 +32,10 @@ if TYPE_CHECKING:
               help="Also write a DuckDB database with the views, the verdicts and the aggregates "
                    "(an existing one keeps its other tables).")
 @analysis_options
+@json_option("Print the counts by status and layer, the verdicts path and the provenance as one JSON object.")
 @output_options
-def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: AnalysisOptions, quiet: bool) -> None:
+def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: AnalysisOptions, quiet: bool,
+            as_json: bool) -> None:
     """Judge every probe measurement in DATASETS against its control.
 
     DATASETS are Vantage dataset directories (probe runs, control runs, OONI imports) or
@@ -54,7 +58,26 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: 
     with one_line_errors("cannot analyze"):
         result = run_analysis(list(datasets), output, db, options=options)
     echo_skipped(result.skipped, result.fingerprint_problems)
+    if as_json:  # JSON was asked for: printed even with -q (as `vantage runs list --json`)
+        echo_json(as_dict(result))
+        return
     render(result, Console(), quiet=quiet)
+
+
+def as_dict(result: AnalyzeResult) -> dict[str, object]:
+    """What :func:`render` prints, as JSON: the same counts, the paths and the provenance
+    (its summary lines and the metadata stored in the verdicts file)."""
+    from analysis.pipeline import describe
+
+    return {
+        "measurements": result.verdicts.num_rows,
+        "counts": [{"status": s, "layer": layer, "measurements": n} for s, layer, n in result.counts()],
+        "confirmed": sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c),
+        "verdicts": str(result.output),
+        "database": str(result.db) if result.db is not None else None,
+        "provenance": describe(result.metadata),
+        "metadata": result.metadata,
+    }
 
 
 def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probe import config as cfg
-from vantage.cli.options import output_options
+from vantage.cli.options import json_option, output_options
 
 
 @click.group("config")
@@ -18,7 +18,7 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: {key: {value, source, env}}.")
+@json_option("Print JSON: {key: {value, source, env}}.")
 @output_options
 def show(as_json: bool, quiet: bool) -> None:
     """Every setting, its value and where the value comes from."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,12 +14,15 @@ from vantage.cli.options import (
     UsageLineError,
     analysis_options,
     check_datasets,
+    echo_json,
+    json_option,
     one_line_errors,
     output_options,
     verdicts_option,
 )
 
 if TYPE_CHECKING:
+    from analysis.events import Event
     from analysis.pipeline import AnalysisOptions, Verdicts
 
 
@@ -36,9 +40,10 @@ if TYPE_CHECKING:
               help="Use raw reachability only, no verdicts (faster; blockpages served with HTTP 200 go unseen).")
 @verdicts_option
 @analysis_options
+@json_option("Print the events as one JSON object ({events: [...], output}) instead of the table.")
 @output_options
 def events(datasets: tuple[Path, ...], output: Path, warning: float, critical: float, baseline_days: int,
-           raw: bool, verdicts_file: Path | None, options: AnalysisOptions, quiet: bool) -> None:
+           raw: bool, verdicts_file: Path | None, options: AnalysisOptions, quiet: bool, as_json: bool) -> None:
     """Detect shutdowns and blocking events in one or more dataset directories.
 
     Builds per (country, network, hour) signals (measurement volume, anchor and target success,
@@ -79,11 +84,24 @@ def events(datasets: tuple[Path, ...], output: Path, warning: float, critical: f
                 raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
             finally:
                 echo_warnings(caught)
+    if as_json:  # printed even with -q, as every --json
+        echo_json({"output": str(output), "count": len(detection.events),
+                   "events": [event_dict(e) for e in detection.events]})
+        return
     console = Console()
     if not quiet:
         console.print(render_events(detection.events, title=f"{len(detection.events)} event(s)",
                                     compact=console.width < 160))
     console.print(f"wrote {len(detection.events)} event(s) to {output}", markup=False, highlight=False)
+
+
+def event_dict(e: Event) -> dict[str, object]:
+    """One event as JSON: its fields (times in ISO 8601 UTC) and its duration in hours."""
+    d = dataclasses.asdict(e)
+    d["start"] = e.start.isoformat()
+    d["end"] = e.end.isoformat() if e.end is not None else None
+    d["duration_h"] = e.duration_h
+    return d
 
 
 def verdicts_for_command(datasets: tuple[Path, ...], verdicts_file: Path | None, options: AnalysisOptions,

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from analysis import fingerprints as fp
 from analysis.downloads import DownloadError
+from vantage.cli.options import echo_json, json_option
 
 
 @click.group("fingerprints")
@@ -46,13 +47,19 @@ def update(url_base: str | None, dest: Path | None, timeout: float) -> None:
 @fingerprints.command("show")
 @click.option("--fingerprints", "extra", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Also load this file (OONI CSV or Censored Planet JSON lines); repeatable.")
-def show(extra: tuple[Path, ...]) -> None:
+@json_option("Print the sets as one JSON object ({sets: [...], directory, skipped}) instead of the table.")
+def show(extra: tuple[Path, ...], as_json: bool) -> None:
     """Print the sets the analyzer would use by default: name, origin, date and count; bad rows
     are reported on stderr as FILE:LINE: reason."""
     try:
         fs = fp.load_default_fingerprints(extra)
     except fp.FingerprintError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:  # the skipped rows are in the document: nothing more on stderr
+        echo_json({"sets": [{"set": s.name, "origin": s.origin, "date": s.date, "fingerprints": s.count}
+                            for s in fs.sources],
+                   "directory": str(fp.fingerprints_dir()), "skipped": list(fs.problems)})
+        return
     out = Console()
     table = Table()
     for col in ("set", "origin", "date", "fingerprints"):

@@ -9,6 +9,7 @@ import click
 
 from analysis import geo
 from analysis.downloads import DownloadError
+from vantage.cli.options import echo_json, json_option
 
 
 @click.group("geo")
@@ -47,7 +48,8 @@ def update(url_base: str | None, dest: Path | None, timeout: float) -> None:
               help="ASN database (MMDB; default: the one `vantage geo update` downloaded).")
 @click.option("--country-db", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Country database (MMDB; default: the one `vantage geo update` downloaded).")
-def lookup(ips: tuple[str, ...], asn_db: Path | None, country_db: Path | None) -> None:
+@json_option("Print a JSON array of {ip, asn, country, org} (null when unknown) instead of the lines.")
+def lookup(ips: tuple[str, ...], asn_db: Path | None, country_db: Path | None, as_json: bool) -> None:
     """Print the ASN, organisation and country of each address."""
     asn_db = asn_db or geo.default_asn_db()
     country_db = country_db or geo.default_country_db()
@@ -55,8 +57,12 @@ def lookup(ips: tuple[str, ...], asn_db: Path | None, country_db: Path | None) -
         raise click.ClickException("no geo database: run `vantage geo update` or give --asn-db/--country-db")
     try:
         with geo.GeoLookup(asn_db, country_db) as g:
-            for ip in ips:
-                info = g.lookup(ip)
-                click.echo(f"{ip}\t{info.asn or '-'}\t{info.country or '-'}\t{info.org or '-'}")
+            found = [(ip, g.lookup(ip)) for ip in ips]
     except geo.GeoError as exc:
         raise click.ClickException(str(exc)) from None
+    if as_json:
+        echo_json([{"ip": ip, "asn": info.asn or None, "country": info.country or None, "org": info.org or None}
+                   for ip, info in found])
+        return
+    for ip, info in found:
+        click.echo(f"{ip}\t{info.asn or '-'}\t{info.country or '-'}\t{info.org or '-'}")

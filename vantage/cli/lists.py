@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probe import testlists
+from vantage.cli.options import json_option
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -31,9 +32,8 @@ def lists() -> None:
 )
 @click.option("--urls", is_flag=True,
               help="Print every URL with its category; without LIST, the lists `vantage run` would measure.")
-@click.option("--json", "as_json", is_flag=True,
-              help="JSON: with --urls one object per line (list, url, category); else one per list "
-                   "(list, entries, categories).")
+@json_option("JSON: with --urls one object per line (list, url, category); else one per list "
+             "(list, entries, categories).")
 def show(lists_: tuple[str, ...], categories: tuple[str, ...], urls: bool, as_json: bool) -> None:
     """Print each list's size by category; skipped rows are reported on stderr by line number.
 

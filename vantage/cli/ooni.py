@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from analysis.ingest.ooni import ImportSummary, OoniImportError, import_ooni, one_line
+from vantage.cli.options import echo_json, json_option
 
 
 @click.group("ooni")
@@ -23,7 +24,8 @@ def ooni() -> None:
     help="Dataset directory to write (created if missing; existing data is kept).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary, no progress line.")
-def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
+@json_option("Print the summary as one JSON object instead of the table (no progress line).")
+def import_(sources: tuple[Path, ...], output: Path, quiet: bool, as_json: bool) -> None:
     """Import OONI measurements (.json, .jsonl, .jsonl.gz files or directories of them).
 
     Files are streamed; a JSON file may hold one measurement, an array of them or one per
@@ -36,7 +38,7 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
     out = Console()
 
     def progress(summary: ImportSummary) -> None:
-        if not quiet:
+        if not (quiet or as_json):
             err.print(f"  {summary.measurements} measurements…", end="\r", highlight=False)
 
     def skipped(line: str) -> None:
@@ -46,9 +48,25 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool) -> None:
         summary = import_ooni(sources, output, on_progress=progress, on_error=skipped)
     except OoniImportError as exc:
         raise click.ClickException(one_line(str(exc))) from exc
+    if as_json:
+        echo_json(summary_dict(summary, output))
+        return
     # The path goes on its own line: a table title would wrap a long path.
     out.print(one_line(f"OONI import into {output}"), markup=False, highlight=False, soft_wrap=True)
     out.print(render_summary(summary))
+
+
+def summary_dict(summary: ImportSummary, output: Path) -> dict[str, object]:
+    """The numbers of :func:`render_summary`, as JSON."""
+    return {
+        "output": str(output), "files": summary.files, "measurements": summary.measurements,
+        "by_test": dict(sorted(summary.by_test.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "controls": summary.controls, "null_controls": summary.null_controls,
+        "base64_bodies": summary.base64_bodies, "odd_encodings": summary.odd_encodings,
+        "missing_test_keys": summary.missing_test_keys, "already_present": summary.already_present,
+        "duplicates": summary.duplicates, "repeated_files": summary.repeated_files, "malformed": summary.malformed,
+        "parquet_files": [str(p) for p in summary.output_files],
+    }
 
 
 def render_summary(summary: ImportSummary) -> Table:

@@ -186,6 +186,20 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def json_option(help: str = "Print JSON instead of the table.") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--json``, the same flag on every command that prints a table: the command receives
+    ``as_json`` and prints one JSON document (valid for ``json.loads``, the table's numbers)
+    on standard output instead of the table; warnings still go to standard error."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document on standard output (paths and dates as strings)."""
+    import json
+
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
 def _verbose_callback(ctx: click.Context, param: click.Parameter, value: int) -> None:
     if value:
         logging.getLogger().setLevel(max(logging.DEBUG, logging.WARNING - 10 * value))
@@ -273,6 +287,6 @@ def echo_skipped(skipped: Sequence[tuple[Path, str]], problems: Sequence[str] = 
         click.echo(f"warning: ... and {len(problems) - limit} more fingerprints skipped", err=True)
 
 
-__all__ = ["UsageLineError", "add_output_conventions", "analysis_options", "build_options", "check_datasets", "command_args", "echo_skipped",
+__all__ = ["UsageLineError", "add_output_conventions", "analysis_options", "build_options", "check_datasets", "command_args", "echo_json", "echo_skipped", "json_option",
            "memory_bytes",
            "one_line_errors", "output_options", "shell_line", "verdicts_option"]

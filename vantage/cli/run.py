@@ -26,7 +26,7 @@ from probe.runner import (
     run_phases,
 )
 from vantage.cli.consent import ensure_consent
-from vantage.cli.options import output_options
+from vantage.cli.options import json_option, output_options
 from vantage.cli.upload import do_upload, upload_options
 
 # Options a resumed run takes from its manifest unless given again on the command line.
@@ -159,7 +159,7 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
 @upload_options
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object instead of the table.")
+@json_option("Print the summary as one JSON object instead of the table.")
 @click.option("--continue-unfinished", is_flag=True,
               help="Resume the newest run a budget or Ctrl-C stopped, if any; else start a new run "
                    "(what `vantage schedule` runs).")

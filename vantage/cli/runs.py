@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from probe.history import list_runs, run_ids, run_info
-from vantage.cli.options import output_options
+from vantage.cli.options import json_option, output_options
 
 _OUTPUT = click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
                        help="Results directory (default: as `vantage run`: probe.output, else the user data directory's results/).")
@@ -35,30 +35,63 @@ def runs() -> None:
     """Past runs: what was measured, when, how it went, whether it was uploaded."""
 
 
+def blocked_by_run(out: Path, verdicts_files: tuple[Path, ...]) -> dict[str, int]:
+    """Blocked verdicts per run id, from the verdicts files `vantage analyze` wrote that cover
+    ``out`` (their provenance names it among their datasets). A run with no verdict in them
+    (analyzed before it ran, or not at all) is absent: "-", not 0. Only the files given are
+    read: the disk is never searched."""
+    from vantage.cli.options import one_line_errors
+
+    counts: dict[str, int] = {}
+    covered: set[str] = set()
+    for path in verdicts_files:
+        with one_line_errors(f"cannot read {path}"):
+            from analysis.pipeline import read_verdicts
+
+            table, metadata = read_verdicts(path)
+        if out.resolve() not in {Path(d).resolve() for d in metadata.get("datasets") or []}:
+            click.echo(f"warning: {path} was not made from {out}: ignored", err=True)
+            continue
+        for run_id, status in zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True):
+            covered.add(run_id)
+            counts[run_id] = counts.get(run_id, 0) + (status == "blocked")
+    return {r: counts[r] for r in covered}
+
+
 @runs.command("list")
 @_OUTPUT
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of the table.")
+@click.option("--verdicts", "verdicts_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Verdicts `vantage analyze` wrote from this results directory: show each run's blocked "
+                   "count (repeatable; without it, or for a run they do not cover, '-').")
+@json_option("Print a JSON array instead of the table.")
 @output_options
-def list_(output: Path | None, as_json: bool, quiet: bool) -> None:
-    """One line per run, oldest first: id, start, duration, inputs, ok, failed, uploaded."""
+def list_(output: Path | None, verdicts_files: tuple[Path, ...], as_json: bool, quiet: bool) -> None:
+    """One line per run, oldest first: id, start, duration, inputs, ok, failed, uploaded, and
+    blocked so far when analyzed (from --verdicts FILE)."""
     out = _output(output)
     infos = list_runs(out)
+    blocked = blocked_by_run(out, verdicts_files)
     if as_json:
-        click.echo(json.dumps([i.as_dict() for i in infos], indent=2))
+        rows = [i.as_dict() for i in infos]
+        if verdicts_files:  # null: no verdict for this run in the files given
+            for row, i in zip(rows, infos, strict=True):
+                row["blocked"] = blocked.get(i.run_id)
+        click.echo(json.dumps(rows, indent=2))
         return
     if quiet:
         return
     table = Table(title=f"runs in {out}", title_justify="left")
     columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("run id", "left"), ("start (UTC)", "left"), ("duration", "right"), ("inputs", "right"),
-        ("ok", "right"), ("failed", "right"), ("uploaded", "left"))
+        ("ok", "right"), ("failed", "right"), ("uploaded", "left"), ("blocked", "right"))
     for col, just in columns:
         # The run id is what `runs show` and `run --resume` take: never wrapped or cut.
         table.add_column(col, justify=just, no_wrap=col == "run id", min_width=25 if col == "run id" else None,
                          overflow="fold")
     for i in infos:
         table.add_row(i.run_id, i.start or "-", f"{i.duration_s:.0f}s" if i.duration_s is not None else "-",
-                      str(i.inputs), str(i.ok), str(i.failed), i.uploaded)
+                      str(i.inputs), str(i.ok), str(i.failed), i.uploaded,
+                      str(blocked[i.run_id]) if i.run_id in blocked else "-")
     Console().print(table)
     if not infos:
         click.echo("no runs yet (`vantage run` starts one)")
@@ -67,7 +100,7 @@ def list_(output: Path | None, as_json: bool, quiet: bool) -> None:
 @runs.command("show")
 @click.argument("run_id")
 @_OUTPUT
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (the run and its per-input outcomes).")
+@json_option("Print a JSON object (the run and its per-input outcomes).")
 @output_options
 def show(run_id: str, output: Path | None, as_json: bool, quiet: bool) -> None:
     """Each input of RUN_ID and how its measurement went."""

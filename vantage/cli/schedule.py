@@ -21,7 +21,7 @@ import click
 import platformdirs
 
 from probe.config import CONFIG_ENV, ConfigError, consent_recorded
-from vantage.cli.options import UsageLineError, output_options
+from vantage.cli.options import UsageLineError, json_option, output_options
 
 UNIT = "vantage-probe"
 CRON_TAG = "# vantage-probe (vantage schedule)"
@@ -222,7 +222,7 @@ def remove(quiet: bool) -> None:
 
 
 @schedule.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 @output_options
 def status(as_json: bool, quiet: bool) -> None:
     """Whether a schedule is installed, how often, and (systemd) when it runs next."""
