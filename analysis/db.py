@@ -75,9 +75,30 @@ def open_datasets(
         parts.append("SELECT *, strftime(measurement_start_time AT TIME ZONE 'UTC', '%Y-%m-%d') AS date, "
                      f"CAST(NULL AS VARCHAR) AS probe_cc FROM read_parquet({_file_list(found.plain)}, "
                      "hive_partitioning=false, union_by_name=true)")
-    con.execute(f"CREATE OR REPLACE VIEW measurements AS {' UNION ALL BY NAME '.join(parts)}")
+    view = " UNION ALL BY NAME ".join(parts)
+    con.execute(f"CREATE OR REPLACE VIEW measurements AS {view}")
+    fill = _missing_optional_columns(con)
+    if fill:
+        con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT *, {fill} FROM ({view})")
     create_views(con)
     return con
+
+
+def _missing_optional_columns(con: duckdb.DuckDBPyConnection) -> str:
+    """``CAST(NULL AS <type>) AS <name>`` for each optional column (probe.schema.OPTIONAL_COLUMNS)
+    that no file has: datasets written before the column existed still read, with the column
+    empty, so queries naming it work and give what they gave before."""
+    import pyarrow as pa
+
+    from probe.schema import MEASUREMENT_SCHEMA, OPTIONAL_COLUMNS
+
+    have = {row[0] for row in con.execute("DESCRIBE measurements").fetchall()}
+    missing = [n for n in MEASUREMENT_SCHEMA.names if n in OPTIONAL_COLUMNS and n not in have]
+    if not missing:
+        return ""
+    empty = pa.schema([MEASUREMENT_SCHEMA.field(n) for n in missing]).empty_table()  # noqa: F841 (read by DuckDB)
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM empty)").fetchall())
+    return ", ".join(f"CAST(NULL AS {types[n]}) AS {quote_ident(n)}" for n in missing)
 
 
 # Convenience views: one row per observation, flattened for analysts.
@@ -104,6 +125,8 @@ VIEWS = {
     "tls_handshakes": _flat("tls", "handshake"),
     "http_requests": _flat("http", "hop", with_index=True),
     "vpn_handshakes": _flat("vpn", "handshake"),
+    # -- quic
+    "quic_handshakes": _flat("quic", "handshake"),
 }
 
 

@@ -49,6 +49,9 @@ FAILURES = frozenset(
         "http_too_many_redirects",
         # tunnels (vpn / circumvention)
         "vpn_handshake_failure",  # an answer came back, but not a valid handshake reply
+        # -- quic: the server answered with a Version Negotiation packet listing no version the
+        # probe speaks (RFC 9000 6.2); nothing else says this (no alert, no reset, no timeout).
+        "quic_version_negotiation_failure",
         # the run itself
         "interrupted",  # run budget exhausted or Ctrl-C while this step was running
     }
@@ -187,6 +190,29 @@ class VpnHandshake:
     tag: str | None = None
 
 
+# -- quic (HTTP/3 over QUIC, issue 20)
+@dataclass(slots=True)
+class QuicHandshake:
+    """A QUIC handshake (TLS 1.3 inside QUIC, ALPN h3) to one address with the URL's SNI. The
+    HTTP/3 GET that follows is an ``HttpRequest`` with http_version "HTTP/3" and tag "http3"."""
+
+    t0: float
+    t: float
+    failure: str | None
+    ip: str
+    port: int
+    sni: str | None
+    alpn: str | None = None  # what the server selected ("h3")
+    quic_version: str | None = None  # "1" (RFC 9000), "2" (RFC 9369), else hex
+    tls_version: str | None = None
+    cipher_suite: str | None = None
+    peer_cert_sha256: str | None = None
+    peer_cert_names: list[str] = field(default_factory=list)
+    peer_cert_issuer: str | None = None
+    cert_valid: bool | None = None
+    tag: str | None = None
+
+
 @dataclass(slots=True)
 class Measurement:
     """One target measured once by one experiment, from one vantage point."""
@@ -215,6 +241,8 @@ class Measurement:
     tls: list[TlsHandshake] = field(default_factory=list)
     http: list[HttpRequest] = field(default_factory=list)
     vpn: list[VpnHandshake] = field(default_factory=list)
+    # -- quic
+    quic: list[QuicHandshake] = field(default_factory=list)
 
     @property
     def date(self) -> str:
@@ -358,6 +386,25 @@ VPN_HANDSHAKE_TYPE = pa.struct(
     ]
 )
 
+# -- quic
+QUIC_HANDSHAKE_TYPE = pa.struct(
+    _OBS
+    + [
+        _F("ip", pa.string()),
+        _F("port", pa.int32()),
+        _F("sni", pa.string()),
+        _F("alpn", pa.string()),
+        _F("quic_version", pa.string()),
+        _F("tls_version", pa.string()),
+        _F("cipher_suite", pa.string()),
+        _F("peer_cert_sha256", pa.string()),
+        _F("peer_cert_names", pa.list_(pa.string())),
+        _F("peer_cert_issuer", pa.string()),
+        _F("cert_valid", pa.bool_()),
+        _F("tag", pa.string()),
+    ]
+)
+
 # Columns stored inside each Parquet file. `date` and `probe_cc` are hive partition keys:
 # they live in the directory names (date=YYYY-MM-DD/probe_cc=XX/), not in the files.
 PARTITION_KEYS = ("date", "probe_cc")
@@ -387,9 +434,16 @@ MEASUREMENT_SCHEMA = pa.schema(
         _F("tls", pa.list_(TLS_HANDSHAKE_TYPE)),
         _F("http", pa.list_(HTTP_REQUEST_TYPE)),
         _F("vpn", pa.list_(VPN_HANDSHAKE_TYPE)),
+        # -- quic
+        _F("quic", pa.list_(QUIC_HANDSHAKE_TYPE)),
     ],
     metadata={b"vantage.schema_version": str(SCHEMA_VERSION).encode()},
 )
+
+# Columns added after schema version 1 was first written: files written before them lack
+# them, and readers fill them with NULL (probe.dataset accepts such files; analysis.db adds
+# the column to the view when no file has it).
+OPTIONAL_COLUMNS = frozenset({"quic"})
 
 # The full logical schema, partition keys included, as a reader sees it.
 FULL_SCHEMA = MEASUREMENT_SCHEMA.append(_F("date", pa.string())).append(_F("probe_cc", pa.string()))
@@ -404,7 +458,7 @@ def validate(record: Measurement) -> None:
     if not (len(record.probe_cc) == 2 and record.probe_cc.isalpha() and record.probe_cc.isupper()):
         raise ValueError(f"probe_cc must be two upper-case letters, got {record.probe_cc!r}")
     failures = [record.failure]
-    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn):
+    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic):
         failures.extend(o.failure for o in obs_list)
     for dq in record.dns:
         if dq.engine not in DNS_ENGINES:
@@ -463,6 +517,13 @@ def row_to_record(row: Mapping[str, Any]) -> Measurement:
         t["peer_cert_names"] = list(t.get("peer_cert_names") or [])
         tls.append(_build(TlsHandshake, t))
     data["dns"], data["http"], data["vpn"], data["tls"] = dns, http, vpn, tls
+    # -- quic
+    quic = []
+    for qh in data.get("quic") or []:
+        qh = dict(qh)
+        qh["peer_cert_names"] = list(qh.get("peer_cert_names") or [])
+        quic.append(_build(QuicHandshake, qh))
+    data["quic"] = quic
     data["tcp"] = [_build(TcpConnect, c) for c in data.get("tcp") or []]
     start = data["measurement_start_time"]
     if isinstance(start, dt.datetime) and start.tzinfo is None:
