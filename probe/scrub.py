@@ -404,7 +404,7 @@ def target_addresses(m: Any) -> set[IPAddress]:
                 parsed = _parse(a.value) if a.answer_type in ("A", "AAAA") else None
                 if parsed is not None:
                     keep.add(parsed)
-    for obs in (*m.tcp, *m.tls, *m.vpn):
+    for obs in (*m.tcp, *m.tls, *m.vpn, *getattr(m, "quic", ())):
         parsed = _parse(obs.ip)
         if parsed is not None:
             keep.add(parsed)

@@ -18,6 +18,7 @@ from probe.schema import (
     DnsQuery,
     HttpRequest,
     Measurement,
+    QuicHandshake,
     TcpConnect,
     TlsHandshake,
     VpnHandshake,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake
+Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | QuicHandshake
 
 # Which Measurement list each observation type goes into.
 _OBSERVATION_FIELDS: dict[type, str] = {
@@ -43,6 +44,7 @@ _OBSERVATION_FIELDS: dict[type, str] = {
     TlsHandshake: "tls",
     HttpRequest: "http",
     VpnHandshake: "vpn",
+    QuicHandshake: "quic",
 }
 
 def default_platform() -> str:
@@ -71,11 +73,14 @@ class Timeouts:
     connect: float = 10.0
     tls: float = 10.0
     http: float = 10.0
+    # QUIC handshake + HTTP/3 GET, run beside TCP/TLS/HTTP: no longer than a TLS handshake
+    # may take, so a path that drops UDP costs what a path that drops the ClientHello costs.
+    quic: float = 10.0
 
     @classmethod
     def uniform(cls, seconds: float) -> Timeouts:
         """--timeout S: S for every step, but DNS never waits longer than its own default."""
-        return cls(dns=min(cls.dns, seconds), connect=seconds, tls=seconds, http=seconds)
+        return cls(dns=min(cls.dns, seconds), connect=seconds, tls=seconds, http=seconds, quic=seconds)
 
 
 @dataclass
@@ -156,7 +161,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
+        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic]
         return bool(observations) and all(o.failure is None for o in observations)
 
 

@@ -18,10 +18,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from probe.net import dns, http, tcp, tls
+from probe.net import dns, http, quic, tcp, tls
 from probe.net._client import address_guard as _address_guard_var
 from probe.net.clock import Clock
-from probe.schema import DnsQuery, HttpRequest, TcpConnect, TlsHandshake
+from probe.schema import DnsQuery, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
 
 if TYPE_CHECKING:
     import asyncio
@@ -101,6 +101,16 @@ class MeasurementContext:
         return await http.http_get(
             url, clock=self.clock, timeout=self.timeouts.http, address_map=address_map, ca_bundle=self.ca_bundle,
             max_redirects=max_redirects, body_cap=body_cap, resolve=resolve, scrubber=self.scrubber, tag=tag,
+        )
+
+    async def quic_get(
+        self, url: str, ip: str, port: int, sni: str | None, *, body_cap: int = http.DEFAULT_BODY_CAP,
+        tag: str | None = None,
+    ) -> tuple[QuicHandshake, list[HttpRequest]]:
+        """QUIC handshake (ALPN h3) to ``ip``:``port`` and one HTTP/3 GET of ``url`` over it."""
+        return await quic.quic_get(
+            url, ip, port, sni, clock=self.clock, timeout=self.timeouts.quic, ca_bundle=self.ca_bundle,
+            body_cap=body_cap, scrubber=self.scrubber, tag=tag,
         )
 
     async def dns_system(self, hostname: str, *, tag: str | None = None) -> list[DnsQuery]:

@@ -1,16 +1,23 @@
 """web_connectivity: can this URL be reached? DNS (system and configured resolvers), TCP to
-every resolved address, TLS with the URL's SNI, then HTTP GET following redirects.
+every resolved address, TLS with the URL's SNI, then HTTP GET following redirects. For https,
+beside that path and at the same time: QUIC with the URL's SNI to every resolved address and
+one HTTP/3 GET on each (UDP may pass where TCP is blocked, and the reverse).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from typing import Any
+from urllib.parse import SplitResult
 
 from probe.experiments.base import Experiment, Observation, Target
 from probe.experiments.common import gather_all, ip_literal, parse_web_url, resolved_addresses, url_port
 from probe.experiments.context import MeasurementContext
+from probe.net.quic import HTTP3_TAG
 from probe.schema import DnsQuery, Measurement
+
+# Settings.extra key: False turns the QUIC step off (`vantage run --no-quic`).
+QUIC_OPTION = "quic"
 
 
 class WebConnectivity(Experiment):
@@ -32,8 +39,29 @@ class WebConnectivity(Experiment):
         if not addresses:
             return observations
 
-        # Every address at once: a black-holed address costs one timeout, not one per address.
         https = parts.scheme.lower() == "https"
+        sni = None if literal is not None else host
+        if https and net.settings.extra.get(QUIC_OPTION, True):
+            # Side by side, each with its own step limit: QUIC adds no wall time to a path that
+            # is itself waiting on TCP, TLS or HTTP, and a dropped UDP costs one QUIC timeout.
+            tcp_path, quic_path = await gather_all([
+                self._tcp_path(target, net, parts, addresses, https, literal),
+                gather_all(net.quic_get(target.input, ip, url_port(parts), sni) for ip in addresses),
+            ])
+            observations.extend(tcp_path)
+            observations.extend(hs for hs, _ in quic_path)
+            observations.extend(hop for _, hops in quic_path for hop in hops)
+        else:
+            observations.extend(await self._tcp_path(target, net, parts, addresses, https, literal))
+        return observations
+
+    async def _tcp_path(
+        self, target: Target, net: MeasurementContext, parts: SplitResult, addresses: list[str], https: bool,
+        literal: str | None,
+    ) -> list[Observation]:
+        host = parts.hostname or ""
+        observations: list[Observation] = []
+        # Every address at once: a black-holed address costs one timeout, not one per address.
         port = url_port(parts)
         connects = await gather_all(net.tcp_connect(ip, port) for ip in addresses)
         observations.extend(connects)
@@ -64,6 +92,12 @@ class WebConnectivity(Experiment):
         return observations
 
     def succeeded(self, m: Measurement) -> bool:
-        """Ok when the page arrived: the last hop of the redirect chain got a response."""
-        return m.failure is None and bool(m.http) and m.http[-1].failure is None and m.http[-1].status_code is not None
+        """Ok when the page arrived: the last hop of the redirect chain (over TCP) got a response."""
+        chain = [h for h in m.http if not is_http3(h.tag)]
+        return m.failure is None and bool(chain) and chain[-1].failure is None and chain[-1].status_code is not None
+
+
+def is_http3(tag: str | None) -> bool:
+    """An HTTP/3 GET's record (its tag starts with "http3"), not a hop of the TCP redirect chain."""
+    return tag is not None and tag.split(",", 1)[0] == HTTP3_TAG
 

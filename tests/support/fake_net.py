@@ -19,7 +19,7 @@ from typing import Any
 from probe.experiments.base import Settings
 from probe.experiments.context import MeasurementContext, Resolve
 from probe.experiments.tunnels.transport import Outcome, PacketLog, Validator
-from probe.schema import DnsAnswer, DnsQuery, HttpRequest, TcpConnect, TlsHandshake
+from probe.schema import DnsAnswer, DnsQuery, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
 
 
 @dataclass
@@ -35,7 +35,9 @@ class FakeNet(MeasurementContext):
     """Scripted answers: ``dns`` host -> addresses (a string: the failure of every query for
     it); ``tcp``/``tls`` address -> failure (missing: success); ``http`` URL -> Page (missing:
     200); ``injected`` host -> addresses that answer a query sent to the injection target;
-    ``udp`` a function (ip, port, first payload) -> Outcome for tunnel exchanges."""
+    ``udp`` a function (ip, port, first payload) -> Outcome for tunnel exchanges; ``quic``
+    address -> failure of the QUIC handshake (missing: success, then the HTTP/3 GET answers
+    like ``http``)."""
 
     def __init__(
         self,
@@ -47,10 +49,12 @@ class FakeNet(MeasurementContext):
         http: dict[str, Page] | None = None,
         injected: dict[str, list[str]] | None = None,
         udp: Callable[[str, int, bytes], Outcome] | None = None,
+        quic: dict[str, str] | None = None,
     ) -> None:
         super().__init__(settings or Settings())
         self.dns, self.tcp, self.tls = dns or {}, tcp or {}, tls or {}
         self.http, self.injected, self.udp = http or {}, injected or {}, udp
+        self.quic = quic or {}
         self.steps: list[tuple[Any, ...]] = []
 
     # ----------------------------------------------------------------- DNS
@@ -150,6 +154,23 @@ class FakeNet(MeasurementContext):
                 rec.failure = "http_too_many_redirects"
                 break
         return hops
+
+    async def quic_get(
+        self, url: str, ip: str, port: int, sni: str | None, *, body_cap: int = 0, tag: str | None = None
+    ) -> tuple[QuicHandshake, list[HttpRequest]]:
+        from probe.net.quic import HTTP3_TAG
+
+        self.steps.append(("quic", ip, port, sni))
+        t0 = self.now()
+        failure = self.quic.get(ip)
+        rec = QuicHandshake(t0=t0, t=t0, failure=failure, ip=ip, port=port, sni=sni, tag=tag)
+        if failure is not None:
+            return rec, []
+        rec.alpn, rec.quic_version, rec.cert_valid = "h3", "1", sni is not None or None
+        page = self.http.get(url, Page())
+        hop = HttpRequest(t0=t0, t=t0, failure=page.failure, url=url, ip=ip, http_version="HTTP/3", tag=HTTP3_TAG,
+                          status_code=None if page.failure else page.status)
+        return rec, [hop]
 
     # ----------------------------------------------------------------- tunnels
 

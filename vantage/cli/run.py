@@ -34,7 +34,7 @@ _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
     "timeout", "ca_bundle", "injection_target", "control", "anchors", "anchors_file", "concurrency",
     "per_host",
-    "stun_servers", "public_nets",
+    "stun_servers", "public_nets", "no_quic",
 )
 # Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
 # the run, --no-progress is about the terminal at hand.
@@ -156,6 +156,9 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--public-net", "public_nets", multiple=True, metavar="CIDR", callback=_cidr,
               help="Treat this network as public addresses (labs, intranets): when the public "
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
+@click.option("--no-quic", is_flag=True,
+              help="web_connectivity: skip the QUIC / HTTP/3 step of https targets (UDP 443 to the "
+                   "resolved addresses, beside TCP/TLS/HTTP).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
 @upload_options
@@ -200,6 +203,8 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
     extra: dict[str, Any] = {}
     if opts["injection_target"]:
         extra["injection_target"] = opts["injection_target"]
+    if opts["no_quic"]:
+        extra["quic"] = False  # probe.experiments.web_connectivity.QUIC_OPTION
     scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),

@@ -15,7 +15,7 @@ from probe.experiments.context import MeasurementContext
 from probe.experiments.dns_consistency import INJECTION_TAG
 from probe.experiments.tunnels.transport import Outcome
 from probe.net._client import address_guard
-from probe.schema import DnsQuery, HttpRequest, Measurement, TcpConnect, TlsHandshake, validate
+from probe.schema import DnsQuery, HttpRequest, Measurement, QuicHandshake, TcpConnect, TlsHandshake, validate
 from tests.support.fake_net import FakeNet, Page
 
 RESOLVER = "192.0.2.53:53"
@@ -99,6 +99,35 @@ def test_http_failure_is_not_success() -> None:
     m = record("web_connectivity", "http://a.test/", net)
     assert m.http[-1].failure == "connection_reset"
     assert not registry.get("web_connectivity").succeeded(m)
+
+
+def test_https_runs_quic_to_every_address_even_when_tcp_is_blocked() -> None:
+    # UDP may pass where TCP does not: the QUIC step does not wait for TCP to work.
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1", "192.0.2.2"]},
+                  tcp={"192.0.2.1": "generic_timeout", "192.0.2.2": "generic_timeout"})
+    m = record("web_connectivity", "https://a.test/x", net)
+    assert sorted((q.ip, q.port, q.sni, q.failure) for q in m.quic) == [
+        ("192.0.2.1", 443, "a.test", None), ("192.0.2.2", 443, "a.test", None)]
+    assert [(h.http_version, h.tag, h.status_code) for h in m.http] == [("HTTP/3", "http3", 200)] * 2
+    # The page over TCP did not arrive: an HTTP/3 page does not make the measurement ok.
+    assert not registry.get("web_connectivity").succeeded(m)
+
+
+def test_quic_failure_records_no_http3_get_and_tcp_page_still_counts() -> None:
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1"]}, quic={"192.0.2.1": "generic_timeout"})
+    m = record("web_connectivity", "https://a.test/", net)
+    assert [q.failure for q in m.quic] == ["generic_timeout"]
+    assert [h.tag for h in m.http] == [None]  # the TCP hop only
+    assert registry.get("web_connectivity").succeeded(m)
+
+
+def test_plain_http_and_no_quic_option_take_no_quic_step() -> None:
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1"]})
+    m = record("web_connectivity", "http://a.test/", net)
+    assert "quic" not in kinds(net.steps) and m.quic == []
+    net = FakeNet(lab(quic=False), dns={"a.test": ["192.0.2.1"]})
+    m = record("web_connectivity", "https://a.test/", net)
+    assert "quic" not in kinds(net.steps) and m.quic == [] and len(m.tls) == 1
 
 
 def test_dns_consistency_rejects_an_ip_address() -> None:
@@ -243,7 +272,7 @@ def test_fake_records_are_real_schema_records() -> None:
     net = FakeNet(lab(), dns={"a.test": ["192.0.2.1", "2001:db8::1"]})
     out = asyncio.run(registry.get("web_connectivity").run(Target("https://a.test/"), net))
     types = {type(o) for o in out}
-    assert types == {DnsQuery, TcpConnect, TlsHandshake, HttpRequest}
+    assert types == {DnsQuery, TcpConnect, TlsHandshake, HttpRequest, QuicHandshake}
 
 
 def test_every_tunnel_wire_format_raises_the_one_wire_error() -> None:
