@@ -77,22 +77,23 @@ def open_datasets(
                      "hive_partitioning=false, union_by_name=true)")
     view = " UNION ALL BY NAME ".join(parts)
     con.execute(f"CREATE OR REPLACE VIEW measurements AS {view}")
-    fill = _missing_optional_columns(con)
+    fill = missing_columns_sql(con, "measurements")
     if fill:
         con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT *, {fill} FROM ({view})")
     create_views(con)
     return con
 
 
-def _missing_optional_columns(con: duckdb.DuckDBPyConnection) -> str:
+def missing_columns_sql(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     """``CAST(NULL AS <type>) AS <name>`` for each optional column (probe.schema.OPTIONAL_COLUMNS)
-    that no file has: datasets written before the column existed still read, with the column
-    empty, so queries naming it work and give what they gave before."""
+    that ``relation`` (a table or view name) lacks, "" when none: datasets written before the
+    column existed still read, with the column empty, so queries naming it work and give what
+    they gave before."""
     import pyarrow as pa
 
     from probe.schema import MEASUREMENT_SCHEMA, OPTIONAL_COLUMNS
 
-    have = {row[0] for row in con.execute("DESCRIBE measurements").fetchall()}
+    have = {row[0] for row in con.execute(f"DESCRIBE {quote_ident(relation)}").fetchall()}
     missing = [n for n in MEASUREMENT_SCHEMA.names if n in OPTIONAL_COLUMNS and n not in have]
     if not missing:
         return ""

@@ -92,6 +92,31 @@ RULES: tuple[Rule, ...] = (
     Rule("dns.inconsistent", "blocked", "dns", 0.7,
          "Answers the control does not vouch for (no shared address, ASN, validated TLS) and a "
          "connection or the fetch failed, or the page differs from the control's."),
+    # -- quic (HTTP/3 over QUIC, a step of web_connectivity for https targets). Judged only where
+    # the page arrived over validated HTTPS (TCP/TLS/HTTP work at the probe) and a QUIC handshake
+    # of the control completed: a server without QUIC fails at both sides and is no evidence.
+    Rule("quic.timeout", "blocked", "quic", 0.8,
+         "No QUIC answer (UDP or the QUIC Initial dropped: aioquic retransmits the Initial for the "
+         "whole step) while the control's QUIC handshake completed and TCP/TLS/HTTP worked at the probe.",
+         ("generic_timeout",)),
+    Rule("quic.refused", "blocked", "quic", 0.8,
+         "QUIC refused (ICMP port unreachable, a REJECT rule, or CONNECTION_REFUSED) while the "
+         "control's completed and TCP/TLS/HTTP worked at the probe.", ("connection_refused",)),
+    Rule("quic.unreachable", "blocked", "quic", 0.8,
+         "No route for UDP to the site's address (IPv4) while the control's QUIC handshake completed "
+         "and TCP/TLS/HTTP worked at the probe.", ("host_unreachable", "network_unreachable")),
+    Rule("quic.reset", "blocked", "quic", 0.8,
+         "The QUIC connection was closed under the handshake while the control's completed and "
+         "TCP/TLS/HTTP worked at the probe.", ("connection_reset", "eof")),
+    Rule("quic.handshake_failure", "blocked", "quic", 0.8,
+         "The QUIC handshake failed (a TLS alert, or no common QUIC version) while the control's "
+         "completed and TCP/TLS/HTTP worked at the probe.",
+         ("tls_handshake_failure", "quic_version_negotiation_failure")),
+    Rule("quic.invalid_cert", "blocked", "quic", 0.8,
+         "A certificate over QUIC that does not validate for the target while the control's "
+         "validated and TCP/TLS/HTTP worked at the probe.", ("ssl\\_%",)),
+    Rule("quic.failure", "blocked", "quic", 0.8,
+         "The QUIC handshake failed otherwise while the control's completed and TCP/TLS/HTTP worked at the probe."),
     # -- page arrived
     Rule("ok.https_validated", "ok", None, 0.9, "The page arrived over HTTPS that validated for the target."),
     Rule("dns.inconsistent_no_ctrl_page", "blocked", "dns", 0.5,
@@ -107,6 +132,14 @@ RULES: tuple[Rule, ...] = (
     Rule("http.header_diff", "blocked", "http-diff", 0.6, "Same status; the uncommon headers differ (and body and title)."),
     Rule("ok.http_matches", "ok", None, 0.9, "The page matches the control's (OONI's HTTP comparison)."),
     # -- connections
+    # -- quic, the reverse: TCP or TLS blocked while QUIC to the site passed at the probe. The
+    # verdict stays the TCP/TLS one (layer and status); the rule says QUIC passed.
+    Rule("tcp.blocked_quic_ok", "blocked", "tcp_ip", 0.8,
+         "A TCP connect failed where the control connected, while a QUIC handshake with the site "
+         "completed at the probe: TCP is blocked, HTTP/3 over UDP passes."),
+    Rule("tls.blocked_quic_ok", "blocked", "tls", 0.8,
+         "The TLS handshake failed where the control's completed, while a QUIC handshake with the "
+         "same SNI completed at the probe: TLS over TCP is blocked, HTTP/3 over UDP passes."),
     Rule("tcp.reset", "blocked", "tcp_ip", 0.8, "A TCP connect was reset where the control connected.",
          ("connection_reset",)),
     Rule("tcp.timeout", "blocked", "tcp_ip", 0.8, "A TCP connect timed out where the control connected.",
@@ -294,9 +327,12 @@ SELECT
       'title': x.title, 'headers': x.headers})[-1] AS c_fin,
   len(m.vpn) AS c_vpn_n,
   coalesce(list_bool_or(list_transform(m.vpn, lambda v: coalesce(v.handshake_ok, false))), false) AS c_vpn_ok,
+  -- -- quic: did any QUIC handshake of the control complete
+  coalesce(len(m.quic), 0) AS c_quic_n,
+  coalesce(list_bool_or(list_transform(m.quic, lambda q: q.failure IS NULL)), false) AS c_quic_ok,
   -- A control that observed nothing at all cannot vouch for anything (OONI's null control).
   len(m.dns) + len(m.tcp) + len(m.tls) + len(m.http) + len(m.vpn) = 0 AS c_empty
-FROM measurements m
+FROM _vt_m m
 WHERE m.role = 'control' AND m.measurement_id IN (SELECT cid FROM _vt_pair)
 """
 
@@ -356,8 +392,16 @@ WITH f AS (
       list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false))[1].failure END AS vpn_failure,
     CASE WHEN len(m.vpn) > 0 THEN
       coalesce(list_max(list_transform(list_filter(m.vpn, lambda v: NOT coalesce(v.handshake_ok, false)),
-        lambda v: len(list_filter(v.packets, lambda k: k.direction = 'received')))), 0) END AS vpn_received
-  FROM measurements m
+        lambda v: len(list_filter(v.packets, lambda k: k.direction = 'received')))), 0) END AS vpn_received,
+    -- -- quic: any handshake completed; else the first failure (an IPv6 address a probe without
+    -- IPv6 cannot reach says nothing about the site, and 'interrupted' is the probe's own doing)
+    coalesce(len(m.quic), 0) AS quic_n,
+    CASE WHEN len(m.quic) > 0 THEN coalesce(list_bool_or(list_transform(m.quic, lambda q: q.failure IS NULL)), false)
+         END AS quic_ok,
+    CASE WHEN len(m.quic) > 0 THEN list_filter(m.quic, lambda q: q.failure IS NOT NULL AND q.failure <> 'interrupted'
+        AND NOT (q.failure IN ('network_unreachable', 'host_unreachable') AND contains(q.ip, ':')))[1].failure
+         END AS quic_failure
+  FROM _vt_m m
   JOIN _vt_pair p ON p.mid = m.measurement_id
   JOIN _vt_hosts h ON h.input = m.input
   LEFT JOIN _vt_cf c ON c.cid = p.cid
@@ -432,7 +476,8 @@ WITH f AS (
 -- Only what PENDING and DECISION read is kept (materialising wide nested columns is costly).
 SELECT mid, run_id, input, experiment, probe_cc, probe_asn, t, cid, failure, c_failure,
   coalesce(c_empty, false) AS c_empty, interrupted, dns_interrupted,
-  c_dns_n, c_dns_failure, c_http_n, c_vpn_n, c_vpn_ok, injected, tls_valid_ips, http_n,
+  c_dns_n, c_dns_failure, c_http_n, c_vpn_n, c_vpn_ok, injected,
+  quic_n, quic_ok, quic_failure, coalesce(c_quic_n, 0) AS c_quic_n, coalesce(c_quic_ok, false) AS c_quic_ok, tls_valid_ips, http_n,
   fin.failure AS fin_failure, vpn_n, vpn_ok, vpn_failure, vpn_received, p_has_ips, p_dns_failure,
   p_any_dns_failure, pending, odd_vals, odd_ips, any_connect_failure, redirect_dns_failure, tcp_block,
   tcp_both_fail, tls_block, tls_both_fail, p_fin_ok, c_fin_ok, https_ok,
@@ -464,7 +509,7 @@ FP_INPUT = """
 SELECT m.measurement_id AS mid,
   list_transform(m.http, lambda x: {'body': x.body_sample,
                                     'headers': list_transform(x.headers, lambda y: [y.name, y.value])}) AS fp_input
-FROM measurements m
+FROM _vt_m m
 WHERE m.role = 'probe' AND m.measurement_id IN (SELECT mid FROM _vt_v WHERE fp_candidate)
 """
 
@@ -565,6 +610,8 @@ CASE
                              OR (http_n > 0 AND NOT p_fin_ok AND coalesce(fin_failure, '') <> 'interrupted')
                              OR (p_fin_ok AND c_fin_ok AND http_diff))
     THEN $rule:dns.inconsistent
+  WHEN https_ok AND NOT coalesce(quic_ok, true) AND c_quic_ok AND quic_failure IS NOT NULL
+    THEN $family:quic(quic_failure)
   WHEN https_ok THEN $rule:ok.https_validated
   WHEN p_fin_ok THEN CASE
     WHEN NOT c_fin_ok THEN CASE WHEN dns_inconsistent THEN $rule:dns.inconsistent_no_ctrl_page
@@ -575,6 +622,8 @@ CASE
                              WHEN diff_kind = 'title' THEN $rule:http.title_diff
                              ELSE $rule:http.header_diff END
     ELSE $rule:ok.http_matches END
+  WHEN tcp_block IS NOT NULL AND coalesce(quic_ok, false) THEN $rule:tcp.blocked_quic_ok
+  WHEN tls_block IS NOT NULL AND coalesce(quic_ok, false) THEN $rule:tls.blocked_quic_ok
   WHEN tcp_block IS NOT NULL THEN $family:tcp(tcp_block)
   WHEN tls_block IS NOT NULL THEN $family:tls(tls_block)
   WHEN redirect_dns_failure IS NOT NULL AND c_fin_ok THEN CASE WHEN redirect_dns_failure = 'dns_nxdomain'
@@ -602,6 +651,16 @@ FROM s
 QUALIFY row_number() OVER (PARTITION BY mid ORDER BY d[3], cid) = 1
 ORDER BY measurement_start_time, measurement_id
 """
+
+
+# -- quic: the measurements as the rules read them. The HTTP/3 GETs (tag "http3") leave the
+# ``http`` list: the quic rules judge QUIC through ``quic``, and OONI's comparison keeps reading
+# the TCP redirect chain it was made for. ``fill`` adds ``quic`` (NULL) to datasets written
+# before it existed (analysis.db.missing_columns_sql), so they give the verdicts they gave.
+def measurements_view_sql(fill: str = "") -> str:
+    extra = f", {fill}" if fill else ""
+    return ("CREATE OR REPLACE TEMP VIEW _vt_m AS SELECT * REPLACE (list_filter(http, lambda x: "
+            f"coalesce(split_part(x.tag, ',', 1), '') <> 'http3') AS http){extra} FROM measurements")
 
 
 def decision_sql() -> str:

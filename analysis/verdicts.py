@@ -16,14 +16,14 @@ import duckdb
 import pyarrow as pa
 
 from analysis import connectivity, rules
-from analysis.db import quote_ident
+from analysis.db import missing_columns_sql, quote_ident
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
 from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control", "no_connectivity")
-LAYERS = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "vpn")
+LAYERS = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "vpn", "quic")
 
 VERDICT_SCHEMA = pa.schema(
     [
@@ -299,6 +299,7 @@ def compute_verdicts(
     asn_lookup = maxmind_asn_lookup(asn_db) if asn_db else None
     for macro in rules.MACROS:
         con.execute(macro)
+    con.execute(rules.measurements_view_sql(missing_columns_sql(con, "measurements")))
     con.execute(rules.PAIRING, {"window_s": float(control_window_h) * 3600.0})
     con.execute(rules.PAIRED_HOSTS)
     inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
@@ -320,5 +321,6 @@ def compute_verdicts(
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
                  "_vt_ipinfo", "_vt_httpfp"):
         con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+    con.execute("DROP VIEW IF EXISTS _vt_m")
     connectivity.drop_connectivity_tables(con)
     return table.cast(VERDICT_SCHEMA)

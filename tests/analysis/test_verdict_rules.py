@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_connectivity import controls, site
+from test_verdict_quic import quic_pair
 from test_verdicts import BLOCKPAGE, SITE_IP, control_of, verdicts, vpn, web
 
 from analysis import rules
@@ -101,6 +102,13 @@ CASES: dict[str, Case] = {
     "down.dns_both_failed": lambda: paired(web(dns_failure="dns_nxdomain"), dns_failure="dns_nxdomain"),
     "dns.answer_ctrl_nxdomain": lambda: paired(web(ips=["83.224.65.41"]), dns_failure="dns_nxdomain"),
     "dns.inconsistent": lambda: paired(web(ips=[LIE], tcp_failure="connection_refused")),
+    "quic.timeout": lambda: quic_pair("generic_timeout"),
+    "quic.refused": lambda: quic_pair("connection_refused"),
+    "quic.unreachable": lambda: quic_pair("network_unreachable"),
+    "quic.reset": lambda: quic_pair("eof"),
+    "quic.handshake_failure": lambda: quic_pair("quic_version_negotiation_failure"),
+    "quic.invalid_cert": lambda: quic_pair("ssl_unknown_authority"),
+    "quic.failure": lambda: quic_pair("unknown_failure:weird"),
     "ok.https_validated": lambda: paired(web(url="https://site.example/")),
     "dns.inconsistent_no_ctrl_page": lambda: paired(web(ips=[LIE]), http_failure="eof"),
     "ok.http_no_ctrl_page": lambda: paired(web(), http_failure="eof"),
@@ -112,6 +120,8 @@ CASES: dict[str, Case] = {
                                       headers=[("X-Origin", "a")]),
     "http.header_diff": lambda: paired(web(body="", title=None, headers=[("X-Filter", "1")]), headers=[("X-Origin", "a")]),
     "ok.http_matches": lambda: paired(web()),
+    "tcp.blocked_quic_ok": lambda: quic_pair(None, tcp_failure="connection_reset"),
+    "tls.blocked_quic_ok": lambda: quic_pair(None, tls_failure="generic_timeout"),
     "tcp.reset": lambda: paired(web(tcp_failure="connection_reset")),
     "tcp.timeout": lambda: paired(web(tcp_failure="generic_timeout")),
     "tcp.refused": lambda: paired(web(tcp_failure="connection_refused")),
