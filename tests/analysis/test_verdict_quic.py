@@ -154,8 +154,9 @@ def test_a_dataset_without_the_quic_column_reads_and_gives_the_same_verdicts(tmp
     assert _drop_quic_column(root) > 0
     con = open_datasets([root])  # no SkippedFileWarning (warnings are errors)
     try:
-        from analysis.verdicts import compute_verdicts
         from test_verdicts import TEST_FINGERPRINTS
+
+        from analysis.verdicts import compute_verdicts
 
         fp = tmp_path / "fp.csv"
         fp.write_text(TEST_FINGERPRINTS, encoding="utf-8")
