@@ -6,6 +6,7 @@ one HTTP/3 GET on each (UDP may pass where TCP is blocked, and the reverse).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import SplitResult
@@ -44,10 +45,15 @@ class WebConnectivity(Experiment):
         if https and net.settings.extra.get(QUIC_OPTION, True):
             # Side by side, each with its own step limit: QUIC adds no wall time to a path that
             # is itself waiting on TCP, TLS or HTTP, and a dropped UDP costs one QUIC timeout.
-            tcp_path, quic_path = await gather_all([
-                self._tcp_path(target, net, parts, addresses, https, literal),
-                gather_all(net.quic_get(target.input, ip, url_port(parts), sni) for ip in addresses),
-            ])
+            tcp_task = asyncio.ensure_future(self._tcp_path(target, net, parts, addresses, https, literal))
+            quic_jobs = [net.quic_get(target.input, ip, url_port(parts), sni) for ip in addresses]
+            try:
+                quic_path = await gather_all(quic_jobs)
+                tcp_path = await tcp_task
+            except BaseException:
+                tcp_task.cancel()  # no step keeps running behind a cancelled measurement
+                await asyncio.gather(tcp_task, return_exceptions=True)
+                raise
             observations.extend(tcp_path)
             observations.extend(hs for hs, _ in quic_path)
             observations.extend(hop for _, hops in quic_path for hop in hops)

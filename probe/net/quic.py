@@ -159,7 +159,7 @@ class _Client(QuicConnectionProtocol):
         if getattr(event, "stream_ended", False):
             resp.ended = True
 
-    def error_received(self, exc: OSError) -> None:
+    def error_received(self, exc: Exception) -> None:
         # ICMP on the connected socket: port/host/network unreachable.
         self.error = self.error or exc
         self.changed.set()
