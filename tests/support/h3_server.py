@@ -1,6 +1,7 @@
 """A small aioquic HTTP/3 server for tests and the netns lab: every GET gets ``pages[host]``
 (the :authority without port), an unknown host 404. Runs in the caller's event loop
-(``serve_h3``) or as a process (``python -m tests.support.h3_server HOST PORT CERT KEY PAGES_JSON``).
+(``serve_h3``) or as a process: ``python -m tests.support.h3_server CONFIG.json`` with
+{"listen": [[IP, PORT], ...], "cert": PEM, "key": PEM, "pages": {HOST: HTML}}.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ async def serve_h3(host: str, port: int, cert: str, key: str, pages: dict[str, s
     return await serve(host, port, configuration=config, create_protocol=site)
 
 
-async def _main(host: str, port: int, cert: str, key: str, pages_file: str) -> None:
-    with open(pages_file) as fh:
-        pages = json.load(fh)
-    await serve_h3(host, port, cert, key, pages)
+async def _main(config_file: str) -> None:
+    with open(config_file) as fh:
+        config = json.load(fh)
+    for host, port in config["listen"]:
+        await serve_h3(host, int(port), config["cert"], config["key"], config["pages"])
     print("listening", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]))
+    asyncio.run(_main(sys.argv[1]))
