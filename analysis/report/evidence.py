@@ -52,8 +52,11 @@ def load_evidence(con: duckdb.DuckDBPyConnection, ids: Sequence[str], window_h: 
                         {"ids": list(ids)}).fetchall()
     wanted = sorted({i for pair in pairs for i in pair if i is not None})
     con.register("_report_evidence_ids", pa.table({"measurement_id": wanted}))
+    columns = _COLUMNS
+    if "quic" in con.sql("SELECT * FROM measurements LIMIT 0").columns:
+        columns += ", quic"  # -- quic (absent from datasets written before it, when not opened by analysis.db)
     try:
-        rows = con.sql(f"""SELECT {_COLUMNS} FROM measurements JOIN _report_evidence_ids USING (measurement_id)
+        rows = con.sql(f"""SELECT {columns} FROM measurements JOIN _report_evidence_ids USING (measurement_id)
                            QUALIFY row_number() OVER (PARTITION BY measurement_id, role) = 1""").to_arrow_table().to_pylist()
     finally:
         con.unregister("_report_evidence_ids")
@@ -150,7 +153,8 @@ def _http(m: dict[str, Any]) -> str:
         status = f"HTTP {_e(h.get('status_code'))}" if h.get("status_code") is not None else _outcome(h.get("failure"))
         title = f"<br>title: “{_e(h.get('title'))}”" if h.get("title") else ""
         length = f"<br>body: {h.get('body_length'):,} bytes" if h.get("body_length") is not None else ""
-        out.append(f"<div>{_e(h.get('method') or 'GET')} {_e(h.get('url'))} {status}{title}{length}</div>")
+        over = " <small>(HTTP/3 over QUIC)</small>" if h.get("http_version") == "HTTP/3" else ""
+        out.append(f"<div>{_e(h.get('method') or 'GET')} {_e(h.get('url'))}{over} {status}{title}{length}</div>")
     return "".join(out) or "<em>none</em>"
 
 
@@ -159,6 +163,17 @@ def _vpn(m: dict[str, Any]) -> str:
                    f"{'handshake completed' if v.get('handshake_ok') else _outcome(v.get('failure') or 'no handshake')}"
                    f"{(' — ' + _e(v.get('detail'))) if v.get('detail') else ''}</div>"
                    for v in m.get("vpn") or []) or "<em>none</em>"
+
+
+def _quic(m: dict[str, Any]) -> str:
+    out = []
+    for q in m.get("quic") or []:
+        if q.get("failure") is None:
+            result = "<span class='ok'>handshake completed</span>" + (f" ({_e(q.get('alpn'))})" if q.get("alpn") else "")
+        else:
+            result = _outcome(q.get("failure"))
+        out.append(f"<div>{_e(q.get('ip'))}:{_e(q.get('port'))} (UDP) SNI {_e(q.get('sni'))} {result}</div>")
+    return "".join(out) or "<em>not measured</em>"
 
 
 def find_pattern(fp: Fingerprint | None, text: str) -> tuple[int, int] | None:
@@ -215,6 +230,8 @@ def evidence_table(ev: Evidence, names: AsnNames, fp: Fingerprint | None) -> str
               ("TCP connect", _tcp), ("TLS handshake", _tls), ("HTTP", _http)]
     if p.get("vpn") or (c and c.get("vpn")):
         layers.append(("Tunnel handshake", _vpn))
+    if p.get("quic") or (c and c.get("quic")):  # QUIC passed or failed: shown beside TCP/TLS
+        layers.append(("QUIC handshake", _quic))
     rows = ["<table class='evidence'><thead><tr><th>layer</th><th>this measurement (probe)</th>"
             "<th>control (uncensored network)</th></tr></thead><tbody>"]
     for label, fn in layers:

@@ -175,3 +175,19 @@ def test_a_row_without_quic_rebuilds_a_record() -> None:
     row = web(url=URL).to_row()
     del row["quic"]
     assert row_to_record(row).quic == []
+
+
+def test_the_evidence_of_the_reverse_shows_quic_passed(tmp_path: Path) -> None:
+    from analysis.report.evidence import AsnNames, evidence_table, load_evidence
+
+    records, p = quic_pair(None, tls_failure="connection_reset")
+    root = tmp_path / "ds"
+    write_records(root, "run-ev", records)
+    con = open_datasets([root])
+    try:
+        ev = load_evidence(con, [p.measurement_id])[p.measurement_id]
+    finally:
+        con.close()
+    html = evidence_table(ev, AsnNames(None), None)
+    assert "QUIC handshake" in html and "handshake completed</span> (h3)" in html
+    assert "HTTP/3 over QUIC" in html
