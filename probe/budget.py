@@ -40,6 +40,11 @@ TCP_CONNECT_BYTES = 450
 TLS_HANDSHAKE_BYTES = 6000
 HTTP_EXCHANGE_BYTES = 1200
 VPN_PACKET_OVERHEAD = 60
+# -- quic: a client Initial padded to 1200 bytes (RFC 9000 14.1), the server's Initial and
+# Handshake flight (the certificate chain, amplification-limited to 3 x 1200 per round trip),
+# ACKs and the CONNECTION_CLOSE: about a TLS handshake plus 2 KB of padding. A silent path
+# costs the retransmitted Initials (a few per step limit).
+QUIC_HANDSHAKE_BYTES = 8000
 
 
 def estimate_row(row: dict[str, Any]) -> int:
@@ -47,6 +52,7 @@ def estimate_row(row: dict[str, Any]) -> int:
     total = DNS_QUERY_BYTES * len(row.get("dns") or ())
     total += TCP_CONNECT_BYTES * len(row.get("tcp") or ())
     total += TLS_HANDSHAKE_BYTES * len(row.get("tls") or ())
+    total += QUIC_HANDSHAKE_BYTES * len(row.get("quic") or ())
     for h in row.get("http") or ():
         total += HTTP_EXCHANGE_BYTES + int(h.get("body_length") or 0)
     for v in row.get("vpn") or ():
@@ -60,7 +66,9 @@ def estimate_bytes(files: Iterable[Path]) -> int:
     total = 0
     for path in files:
         try:
-            table = pq.read_table(path, columns=["dns", "tcp", "tls", "http", "vpn"], partitioning=None)
+            names = pq.read_schema(path).names  # files from before `quic` lack it
+            columns = [c for c in ("dns", "tcp", "tls", "http", "vpn", "quic") if c in names]
+            table = pq.read_table(path, columns=columns, partitioning=None)
         except (OSError, ValueError, KeyError):
             continue
         total += sum(estimate_row(row) for row in table.to_pylist())
