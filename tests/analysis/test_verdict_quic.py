@@ -191,3 +191,17 @@ def test_the_evidence_of_the_reverse_shows_quic_passed(tmp_path: Path) -> None:
     html = evidence_table(ev, AsnNames(None), None)
     assert "QUIC handshake" in html and "handshake completed</span> (h3)" in html
     assert "HTTP/3 over QUIC" in html
+
+
+def test_scrubbing_reaches_quic_records_and_keeps_their_target() -> None:
+    from probe.net.scrub import Scrubber
+    from probe.scrub import scrub_record
+
+    m = web(url=URL, ips=("203.0.113.9",))
+    with_quic(m, None)
+    m.quic[0].peer_cert_names = ["site.example", "198.51.100.77"]
+    m.http[-1].title = "You are 198.51.100.77"
+    scrub_record(m, Scrubber(paranoid=True, public_nets=["198.51.100.0/24", "203.0.113.0/24"]))
+    assert m.quic[0].ip == "203.0.113.9" and m.http[-1].ip == "203.0.113.9"  # the target stays
+    assert m.quic[0].peer_cert_names == ["site.example", "[scrubbed]"]
+    assert m.http[-1].title == "You are [scrubbed]"
