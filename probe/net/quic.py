@@ -250,6 +250,12 @@ class _Connection:
                 self.client.close()  # CONNECTION_CLOSE, sent now; no wait for the peer
             except Exception:  # already closed: nothing to send
                 pass
+        if self.client is not None:
+            # aioquic re-arms a timer (retransmissions, the closing period) that would go on
+            # sending on the closed socket for up to 3 PTOs: nothing is left to send to.
+            timer = getattr(self.client, "_timer", None)
+            if timer is not None:
+                timer.cancel()
         if self.transport is not None:
             self.transport.abort()
 
