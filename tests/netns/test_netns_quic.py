@@ -15,7 +15,6 @@ import pytest
 
 from .scoring import Truth, render, score
 
-
 # --------------------------------------------------------------------------- the filter, no root
 
 
