@@ -131,7 +131,7 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--per-host", type=click.IntRange(min=1), default=DEFAULT_PER_HOST, show_default=True,
               help="Measurements of one host at once.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
-              help="Seconds per TCP/TLS/HTTP step (default 10; DNS waits at most 4).")
+              help="Seconds per TCP/TLS/HTTP/QUIC step (default 10; DNS waits at most 4).")
 @click.option("--max-runtime", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
               help="Stop after S seconds; what is unfinished is measured by --resume.")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
