@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from probe.errors import VantageError
-from probe.schema import MEASUREMENT_SCHEMA, Measurement, records_to_table, validate
+from probe.schema import MEASUREMENT_SCHEMA, OPTIONAL_COLUMNS, Measurement, records_to_table, validate
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _publish_no_replace(tmp: Path, path: Path) -> None:
 
 # Columns a file must have (with these types) to be read as Vantage measurements: every
 # in-file column of the schema (the analyzer reads them all).
-REQUIRED_COLUMNS = tuple(MEASUREMENT_SCHEMA.names)
+REQUIRED_COLUMNS = tuple(n for n in MEASUREMENT_SCHEMA.names if n not in OPTIONAL_COLUMNS)
 
 
 class DatasetError(VantageError):

@@ -18,6 +18,7 @@ from probe.schema import (
     DnsQuery,
     HttpRequest,
     Measurement,
+    PathTrace,
     TcpConnect,
     TlsHandshake,
     VpnHandshake,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake
+Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | PathTrace
 
 # Which Measurement list each observation type goes into.
 _OBSERVATION_FIELDS: dict[type, str] = {
@@ -43,6 +44,7 @@ _OBSERVATION_FIELDS: dict[type, str] = {
     TlsHandshake: "tls",
     HttpRequest: "http",
     VpnHandshake: "vpn",
+    PathTrace: "traces",
 }
 
 def default_platform() -> str:
@@ -156,7 +158,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
+        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.traces]
         return bool(observations) and all(o.failure is None for o in observations)
 
 
