@@ -20,7 +20,7 @@ from probe.experiments.base import Experiment, InputError, Observation, Target
 from probe.experiments.common import is_doh, parse_web_url, resolved_addresses, url_port
 from probe.experiments.context import MeasurementContext
 from probe.net import pathtrace
-from probe.schema import PathTrace
+from probe.schema import PathHop, PathTrace
 
 LAYERS = ("dns", "tls", "http")
 # The benign name of the control replay: a name no censor blocks, which the target answers
@@ -76,8 +76,10 @@ class PathTraceExperiment(Experiment):
             ip, port = _resolver(spec)
         else:
             port = url_port(parts)
-            ip = extra.get("path_ip") or _literal(host)
-            if ip is None:
+            given: str | None = extra.get("path_ip") or _literal(host)
+            if given is not None:
+                ip = given
+            else:
                 queries = await net.dns_lookup(host, qtypes=("A",))
                 observations.extend(queries)
                 addresses = [a for a in resolved_addresses(queries) if ":" not in a]
@@ -97,7 +99,7 @@ class PathTraceExperiment(Experiment):
             return PathTrace(t0=t0, t=net.now(), failure=f"unknown_failure:{problem}", protocol=layer, ip=ip,
                              port=port, hostname=host)
         hops, failure = pathtrace.trace(layer, ip, port, host, ts, path=path)
-        control_hops: list = []
+        control_hops: list[PathHop] = []
         if failure is None and control_name and pathtrace.needs_control(hops):
             # The first answer drew no time-exceeded: the target's own distance decides.
             control_hops, _ = pathtrace.trace(layer, ip, port, control_name, ts, path="/")

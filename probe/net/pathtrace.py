@@ -142,6 +142,7 @@ def describe_dns(payload: bytes, query_id: int) -> str | None:
     import dns.exception
     import dns.message
     import dns.rcode
+    import dns.rdatatype
 
     try:
         msg = dns.message.from_wire(payload)
@@ -149,14 +150,8 @@ def describe_dns(payload: bytes, query_id: int) -> str | None:
         return None
     if msg.id != query_id or not msg.flags & 0x8000:
         return None
-    values = [f"{_rdtype_text(rrset.rdtype)} {rd}" for rrset in msg.answer for rd in rrset]
+    values = [f"{dns.rdatatype.to_text(rrset.rdtype)} {rd}" for rrset in msg.answer for rd in rrset]
     return " ".join([dns.rcode.to_text(msg.rcode()), ",".join(values)]).strip()[:300]
-
-
-def _rdtype_text(rdtype: int) -> str:
-    import dns.rdatatype
-
-    return dns.rdatatype.to_text(rdtype)
 
 
 # --------------------------------------------------------------------------- raw sockets
