@@ -193,6 +193,9 @@ HOP_KINDS = ("time_exceeded", "unreachable", "no_response", "connect_failed",
              "rst", "fin", "tls", "http", "data", "dns_answer")
 # Kinds that answer the replayed packet itself (from the target, or injected on the path).
 HOP_ANSWER_KINDS = ("rst", "fin", "tls", "http", "data", "dns_answer")
+# Rows of these experiments are follow-ups about a target already found blocked, not
+# reachability measurements: verdicts, signals and report counts leave them out.
+FOLLOW_UP_EXPERIMENTS = ("path_trace",)
 
 
 @dataclass(slots=True)

@@ -101,9 +101,11 @@ def test_trace_round_trips_through_parquet_and_duckdb(tmp_path: Path) -> None:
     row["probe_cc"] = "IR"
     assert S.row_to_record(row) == rec
     con = open_datasets([tmp_path], con=duckdb.connect())
-    got = con.sql("SELECT t.interference_ttl, t.hop_before, t.hops[2].kind FROM "
-                  "(SELECT unnest(traces) AS t FROM measurements)").fetchall()
-    assert got == [(2, "10.0.1.1", "rst")]
+    got = con.sql("SELECT interference_ttl, hop_before, hops[2].kind, probe_cc FROM path_traces").fetchall()
+    assert got == [(2, "10.0.1.1", "rst", "IR")]
+    # A follow-up is no reachability measurement: verdicts and signals never see it.
+    assert con.sql("SELECT count(*) FROM measurements").fetchall() == [(0,)]
+    assert con.sql("SELECT count(*) FROM all_measurements").fetchall() == [(1,)]
 
 
 def test_a_file_written_without_the_traces_column_still_reads(tmp_path: Path) -> None:
@@ -122,5 +124,9 @@ def test_a_file_written_without_the_traces_column_still_reads(tmp_path: Path) ->
     new = trace_record()
     write_records(tmp_path / "new", new.run_id, [new])
     con = open_datasets([tmp_path / "old", tmp_path / "new"], con=duckdb.connect())
-    rows = dict(con.sql("SELECT experiment, len(traces) FROM measurements").fetchall())
+    rows = dict(con.sql("SELECT experiment, len(traces) FROM all_measurements").fetchall())
     assert rows == {"web_connectivity": None, "path_trace": 1}
+    # Only old files: no `traces` column anywhere, and nothing breaks (no path_traces view).
+    con = open_datasets([tmp_path / "old"], con=duckdb.connect())
+    assert con.sql("SELECT count(*) FROM measurements").fetchall() == [(1,)]
+    assert "path_traces" not in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
