@@ -223,9 +223,9 @@ class PathTrace:
     control_hops: list[PathHop] = field(default_factory=list)
     target_ttl: int | None = None  # the TTL at which the target answered the control replay
     interference_ttl: int | None = None  # the first TTL whose answer came from the path, not the target
-    interference: str | None = None  # the kind of that answer (rst, http, dns_answer, ...)
+    interference: str | None = None  # the kind of that answer (rst, http, dns_answer, ...; "drop")
     hop_before: str | None = None  # responder of interference_ttl - 1 (the last router before the censor)
-    basis: str | None = None  # why: "icmp" | "before_target" | "differs_at_target" | None
+    basis: str | None = None  # why: "icmp" | "before_target" | "differs_at_target" | "dropped" | None
     tag: str | None = None
 
 

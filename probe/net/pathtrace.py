@@ -381,10 +381,13 @@ def first_answer(hops: list[PathHop]) -> PathHop | None:
 
 
 def needs_control(hops: list[PathHop]) -> bool:
-    """Whether the trace alone cannot tell where its first answer came from: the answer's TTL
-    drew no time-exceeded, so the packet may have reached the target."""
+    """Whether the trace alone cannot tell what happened: its first answer drew no
+    time-exceeded (so the packet may have reached the target), or it ended in silence (a censor
+    that drops, or a path that stops answering ICMP: only the control replay tells them apart)."""
     first = first_answer(hops)
-    return first is not None and first.responder is None
+    if first is not None:
+        return first.responder is None
+    return bool(hops) and hops[-1].kind == "no_response"
 
 
 def locate(hops: list[PathHop], control_hops: list[PathHop] | None = None) -> Location:
@@ -397,12 +400,19 @@ def locate(hops: list[PathHop], control_hops: list[PathHop] | None = None) -> Lo
     - an answer at the target's TTL of another kind than the target's answer to the control
       replay (a reset where the control got a ServerHello; basis "differs_at_target"): the
       censor sits at the target's last hop or does not decrement TTL.
-    Anything else (no answer; the target's own kind of answer at its own TTL) locates nothing.
+    - no answer, the trace silent from some TTL on, where the control replay still drew
+      time-exceeded (or the target's answer): a censor that drops, located at that TTL
+      (basis "dropped", interference "drop").
+    Anything else (the target's own kind of answer at its own TTL; a down target) locates nothing.
     """
     control = first_answer(control_hops or [])
     loc = Location(target_ttl=control.ttl if control else None)
     first = first_answer(hops)
     if first is None:
+        dropped = _dropped_at(hops, control_hops or [], control)
+        if dropped is not None:
+            loc.interference_ttl, loc.interference, loc.basis = dropped, "drop", "dropped"
+            loc.hop_before = _responder(dropped - 1, hops, control_hops or [])
         return loc
     if first.responder is not None:
         loc.basis = "icmp"
@@ -413,9 +423,31 @@ def locate(hops: list[PathHop], control_hops: list[PathHop] | None = None) -> Lo
     else:
         return loc
     loc.interference_ttl, loc.interference = first.ttl, first.kind
-    for source in (hops, control_hops or []):
-        before = next((h.responder for h in source if h.ttl == first.ttl - 1 and h.responder), None)
-        if before:
-            loc.hop_before = before
-            break
+    loc.hop_before = _responder(first.ttl - 1, hops, control_hops or [])
     return loc
+
+
+def _responder(ttl: int, *sources: list[PathHop]) -> str | None:
+    for source in sources:
+        found = next((h.responder for h in source if h.ttl == ttl and h.responder), None)
+        if found:
+            return found
+    return None
+
+
+def _dropped_at(hops: list[PathHop], control_hops: list[PathHop], control: PathHop | None) -> int | None:
+    """The TTL from which the offending packet vanished while the benign one went on: the trace
+    ended in silence right after its last time-exceeded, and the control replay drew a
+    time-exceeded at that TTL (the router there answers, so ICMP limits do not explain the
+    silence) or the target's answer there. None otherwise (a down target: the control fell
+    silent too)."""
+    if control is None or not hops or hops[-1].kind != "no_response":
+        return None
+    answered = [h.ttl for h in hops if h.responder is not None]
+    k = (max(answered) if answered else 0) + 1
+    if k > control.ttl or any(h.kind != "no_response" for h in hops if h.ttl >= k):
+        return None
+    at_k = next((h for h in control_hops if h.ttl == k), None)
+    if at_k is None or not (at_k.responder is not None or at_k is control):
+        return None
+    return k

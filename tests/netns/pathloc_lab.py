@@ -29,6 +29,7 @@ NODES = ("probe", *ROUTERS, "target")
 NET = "10.78.0.0/16"
 TARGET = "10.78.5.2"
 DOWN = "10.78.9.9"  # routed to the target host; nothing listens there
+BLACKHOLE = "10.78.9.10"  # routed to the target host, which drops everything sent to it (no ICMP)
 # The same target host under a second address, for which r2 sends no time-exceeded (a censor's
 # router that filters ICMP, or rate-limits it to nothing): locating then needs the control replay.
 QUIET = "10.78.5.3"
@@ -48,10 +49,11 @@ class PathScenario:
     hostname: str
     censor_hop: int | None  # the TTL at which the censor sits (None: no censor for this name)
     ip: str = TARGET
+    path: str = "/"
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.layer == 'tls' else 'http'}://{self.hostname}/"
+        return f"{'https' if self.layer == 'tls' else 'http'}://{self.hostname}{self.path}"
 
     @property
     def hop_before(self) -> str | None:
@@ -66,15 +68,33 @@ SCENARIOS = (
     PathScenario("http-blockpage-hop2", "http", "http2.blocked.test", 2),
     PathScenario("http-reset-hop3", "http", "http3.blocked.test", 3),
     PathScenario("tls-reset-hop2-no-icmp", "tls", "tls2.blocked.test", 2, ip=QUIET),
+    PathScenario("dns-drop-hop3", "dns", "drop3.blocked.test", 3),
+    PathScenario("http-drop-hop3", "http", "open.lab.test", 3, path="/forbidden"),
     # the injector answers even when the resolver it impersonates is down
     PathScenario("dns-hop2-resolver-down", "dns", "dns2.blocked.test", 2, ip=DOWN),
     # traps: the same layers with a name no censor lists, and a target that is down
     PathScenario("dns-uncensored", "dns", "open.lab.test", None),
     PathScenario("tls-uncensored", "tls", "open.lab.test", None),
+    PathScenario("tls-uncensored-no-icmp", "tls", "open.lab.test", None, ip=QUIET),
     PathScenario("http-uncensored", "http", "open.lab.test", None),
     PathScenario("tls-down", "tls", "tls2.blocked.test", None, ip=DOWN),
     PathScenario("dns-down", "dns", "open.lab.test", None, ip=DOWN),
+    # silent from the target's hop on, for the benign replay too: no "dropped" censor
+    PathScenario("dns-blackholed", "dns", "open.lab.test", None, ip=BLACKHOLE),
 )
+# r3 also drops, before routing (so no time-exceeded either, as an in-path box in front of the
+# router): DNS queries for drop3.blocked.test and HTTP requests for /forbidden (raw payload
+# matches: the query name after the 12-byte DNS header, the request line at the start of TCP data).
+DROP_QNAME = b"\x05drop3\x07blocked"
+DROP_REQUEST = b"GET /forbidden"
+
+
+def drop_ruleset() -> str:
+    return ("table ip pathdrop {\n  chain pre {\n    type filter hook prerouting priority -300;\n"
+            f"    udp dport 53 @th,160,{len(DROP_QNAME) * 8} 0x{DROP_QNAME.hex()} drop\n"
+            f"    tcp dport 80 @ih,0,{len(DROP_REQUEST) * 8} 0x{DROP_REQUEST.hex()} drop\n  }}\n}}\n")
+
+
 # Which censor rules each router runs (path_censor.py syntax).
 CENSOR_RULES = {
     "r2": [f"dns:dns2.blocked.test={INJECTED}", "sni-rst:tls2.blocked.test", "host-page:http2.blocked.test"],
@@ -123,6 +143,9 @@ class ChainTopology(Topology):
                 self.exec(router, [IP, "route", "add", f"10.78.{j}.0/24", "via", f"10.78.{k}.1"])
         self.exec("target", [IP, "route", "add", NET, "via", f"10.78.{len(NODES) - 1}.1"])
         self.add_address("target", f"{DOWN}/32")
+        self.add_address("target", f"{BLACKHOLE}/32")
+        self.nft("target", "table ip blackhole {\n  chain in {\n    type filter hook input priority 0;\n"
+                           f"    ip daddr {BLACKHOLE} drop\n  }}\n}}\n")
         self.add_address("target", f"{QUIET}/24", dev="eth0")
         # r2 sends no time-exceeded about packets to QUIET (the quoted header's destination is
         # at bit 192 of the ICMP message: 8 bytes of ICMP header, then byte 16 of the inner IP).
@@ -179,6 +202,7 @@ class PathLab:
             proc = self.topo.spawn("target", name, [sys.executable, str(HERE / "path_target.py"), addr])
             _wait_log(proc, "target ready")
             self.topo.wait_port("target", addr, 443, proc=proc)
+        self.topo.nft("r3", drop_ruleset())
         for router, rules in CENSOR_RULES.items():
             proc = self.topo.spawn(router, f"censor-{router}", [
                 sys.executable, str(HERE / "path_censor.py"), "--iface", "eth0", "--client-net", CLIENT_NET, *rules,

@@ -182,3 +182,26 @@ def test_no_privilege_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(pt.socket, "socket", refuse)
     assert pt.privilege_problem() == pt.NEED_PRIVILEGE
     assert "CAP_NET_RAW" in pt.NEED_PRIVILEGE
+
+
+def silent(ttl: int) -> PathHop:
+    return PathHop(ttl=ttl, responder=None, kind="no_response")
+
+
+def test_a_dropping_censor_is_where_the_offending_packet_vanishes() -> None:
+    hops = [te(1, "10.0.1.1"), te(2, "10.0.2.1"), silent(3), silent(4), silent(5)]
+    control = [te(1, "10.0.1.1"), te(2, "10.0.2.1"), te(3, "10.0.3.1"), PathHop(ttl=4, responder=None, kind="tls")]
+    assert pt.needs_control(hops)
+    loc = pt.locate(hops, control)
+    assert (loc.interference_ttl, loc.interference, loc.hop_before, loc.basis) == (3, "drop", "10.0.2.1", "dropped")
+
+
+def test_silence_the_control_shares_is_no_censor() -> None:
+    hops = [te(1, "10.0.1.1"), te(2, "10.0.2.1"), silent(3), silent(4)]
+    # The target is down: the benign replay falls silent at the same place.
+    assert pt.locate(hops, [te(1, "10.0.1.1"), te(2, "10.0.2.1"), silent(3), silent(4)]).interference_ttl is None
+    # A router that never sends time-exceeded (hop 3), then the benign replay goes on: the
+    # offending one's silence at 3 is that router's, and it also vanished later: not located at 3.
+    control = [te(1, "10.0.1.1"), te(2, "10.0.2.1"), silent(3), te(4, "10.0.4.1"), PathHop(5, None, "tls")]
+    assert pt.locate(hops, control).interference_ttl is None
+    assert pt.locate(hops).interference_ttl is None  # no control replay: undecided
