@@ -57,3 +57,28 @@ def test_json_rows_name_the_hop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (row["layer"], row["interference_ttl"], row["hop_before"], row["basis"]) == ("http", 2, "10.0.1.1", "icmp")
     table = CliRunner().invoke(main, ["locate", "http://blocked.test/", "--ip", "192.0.2.7"])
     assert table.exit_code == 0 and "10.0.1.1" in table.output
+
+
+def test_output_rows_carry_the_vantage_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake_trace(protocol: str, ip: str, port: int, hostname: str, settings: Any, *, path: str = "/") -> Any:
+        return [PathHop(1, "10.0.1.1", "time_exceeded"), PathHop(2, "10.0.2.1", "rst")], None
+
+    monkeypatch.setattr(pathtrace, "privilege_problem", lambda: None)
+    monkeypatch.setattr(pathtrace, "trace", fake_trace)
+    monkeypatch.setenv("VANTAGE_CONFIG", str(tmp_path / "none.toml"))
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["locate", "https://blocked.test/", "--ip", "192.0.2.7", "--cc", "ir",
+                                       "--asn", "197207", "--output", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    from analysis.db import open_datasets
+
+    con = open_datasets([out])
+    assert con.sql("SELECT probe_cc, probe_asn, interference_ttl, hop_before FROM path_traces").fetchall() == [
+        ("IR", "AS197207", 2, "10.0.1.1")]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--cc", "IRN"), ("--asn", "ASx")])
+def test_a_bad_vantage_is_one_line(monkeypatch: pytest.MonkeyPatch, flag: str, value: str) -> None:
+    monkeypatch.setattr(pathtrace, "privilege_problem", lambda: None)
+    result = CliRunner().invoke(main, ["locate", "https://blocked.test/", flag, value])
+    assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output

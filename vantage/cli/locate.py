@@ -66,10 +66,15 @@ def trace_rows(records: list[Any]) -> list[dict[str, Any]]:
               help="Sends per TTL while nothing comes back (routers rate-limit ICMP).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write the measurements (experiment path_trace) to this results directory.")
+@click.option("--cc", metavar="CC", help="This vantage point's country (default: probe.cc of the config; else ZZ).")
+@click.option("--asn", metavar="ASN", help="This vantage point's network, e.g. AS1234 (default: probe.asn of the config).")
+@click.option("--stun", "stun_servers", multiple=True, metavar="HOST:PORT",
+              help="Learn this probe's public address from a STUN server you name (in memory only), so that a "
+                   "hop answering from it (a router's WAN side, carrier-grade NAT) is scrubbed. Repeatable.")
 @json_option()
 def locate(url: str | None, layer: str | None, verdicts_file: Path | None, resolver: str | None,
            address: str | None, control_name: str, max_ttl: int, wait: float, tries: int,
-           output: Path | None, as_json: bool) -> None:
+           output: Path | None, cc: str | None, asn: str | None, stun_servers: tuple[str, ...], as_json: bool) -> None:
     """Find the hop at which a censor interferes with URL (or with each blocked target of
     --verdicts FILE): the offending packet is sent with IP TTL 1, 2, ... and the first TTL that
     draws an injected answer, reset or blockpage is the censor's; the router before it is named
@@ -81,17 +86,27 @@ def locate(url: str | None, layer: str | None, verdicts_file: Path | None, resol
     problem = privilege_problem()
     if problem is not None:
         raise click.ClickException(problem)
+    vantage = _vantage(cc, asn)
     jobs = blocked_targets(verdicts_file) if verdicts_file else [(str(url), layer or "")]
     if verdicts_file and not jobs:
         click.echo(f"no blocked dns, tls or http target in {verdicts_file}", err=True)
         return
-    records = [_measure(target, job_layer or None, resolver, address, control_name, max_ttl, wait, tries)
-               for target, job_layer in jobs]
+    from probe.net.scrub import default_scrubber
+
+    scrubber = default_scrubber()
+    if stun_servers:
+        from vantage.cli.run import _learn_public_addresses
+
+        _learn_public_addresses(scrubber, stun_servers, bool(resolver))
+    from probe.schema import new_run_id
+
+    run_id = new_run_id()
+    records = [_measure(target, job_layer or None, resolver, address, control_name, max_ttl, wait, tries,
+                        vantage, scrubber, run_id) for target, job_layer in jobs]
     if output is not None:
         from probe.dataset import write_records
-        from probe.schema import new_run_id
 
-        write_records(output, new_run_id(), records)
+        write_records(output, run_id, records)
     rows = trace_rows(records)
     if as_json:
         echo_json(rows)
@@ -99,12 +114,32 @@ def locate(url: str | None, layer: str | None, verdicts_file: Path | None, resol
     _render(rows)
 
 
+def _vantage(cc: str | None, asn: str | None) -> Any:
+    """Country and network of the rows, as `vantage run` gives them (the flag, else the config),
+    so the analyzer finds the blocked verdict of the same network."""
+    from probe.config import ConfigError, value
+    from probe.experiments.base import Vantage
+
+    try:
+        cc = (cc or value("probe.cc") or "ZZ").upper()
+        asn = asn or value("probe.asn")
+        network = value("probe.network")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not (len(cc) == 2 and cc.isalpha()):
+        raise click.BadParameter(f"a country is two letters, got {cc!r}", param_hint="--cc")
+    if asn:
+        asn = str(asn).upper()
+        asn = asn if asn.startswith("AS") else f"AS{asn}"
+        if not asn[2:].isdigit():
+            raise click.BadParameter(f"an ASN is AS followed by digits, got {asn!r}", param_hint="--asn")
+    return Vantage(probe_cc=cc, probe_asn=asn or None, probe_network=network or None)
+
+
 def _measure(url: str, layer: str | None, resolver: str | None, address: str | None, control_name: str,
-             max_ttl: int, wait: float, tries: int) -> Any:
-    from probe.experiments.base import Settings, Target, Vantage, measure
+             max_ttl: int, wait: float, tries: int, vantage: Any, scrubber: Any, run_id: str) -> Any:
+    from probe.experiments.base import Settings, Target, measure
     from probe.experiments.registry import get
-    from probe.net.scrub import default_scrubber
-    from probe.schema import new_run_id
 
     extra: dict[str, Any] = {"path_control_name": control_name, "path_max_ttl": max_ttl, "path_wait": wait,
                              "path_tries": tries}
@@ -115,8 +150,8 @@ def _measure(url: str, layer: str | None, resolver: str | None, address: str | N
     if address:
         extra["path_ip"] = address
     settings = Settings(resolvers=[resolver] if resolver else [], use_system_resolver=resolver is None,
-                        scrubber=default_scrubber(), extra=extra)
-    return asyncio.run(measure(get("path_trace"), Target(url), settings, Vantage(), new_run_id()))
+                        scrubber=scrubber, extra=extra)
+    return asyncio.run(measure(get("path_trace"), Target(url), settings, vantage, run_id))
 
 
 def _render(rows: list[dict[str, Any]]) -> None:
