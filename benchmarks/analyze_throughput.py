@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -135,7 +136,10 @@ def generate(root: Path, rows: int, inputs: int, days: int) -> int:
         parts = con.sql(f"SELECT DISTINCT date, probe_cc FROM ({sql}) ORDER BY ALL").fetchall()
         for date, cc in parts:
             table = con.sql(f"SELECT * EXCLUDE (date, probe_cc) FROM ({sql}) WHERE date = '{date}' AND probe_cc = '{cc}'").to_arrow_table()
-            table = table.cast(MEASUREMENT_SCHEMA)
+            for field in MEASUREMENT_SCHEMA:  # columns the generator does not fill (added later): null
+                if field.name not in table.column_names:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            table = table.select(MEASUREMENT_SCHEMA.names).cast(MEASUREMENT_SCHEMA)
             out = root / "measurements" / f"date={date}" / f"probe_cc={cc}"
             out.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, out / f"part-bench-{role}-00000.parquet", compression="zstd")

@@ -87,7 +87,9 @@ class PathTraceExperiment(Experiment):
                     return [*observations, PathTrace(t0=net.now(), t=net.now(), failure="dns_no_answer",
                                                      protocol=layer, ip="", port=port, hostname=host)]
                 ip = addresses[0]
-        record = await asyncio.to_thread(self._trace, layer, ip, port, host, parts.path, ts, control_name, net)
+        # The request line as the browser sent it (a keyword censor may match the query string).
+        target_path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        record = await asyncio.to_thread(self._trace, layer, ip, port, host, target_path, ts, control_name, net)
         return [*observations, record]
 
     @staticmethod

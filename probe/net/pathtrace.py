@@ -268,6 +268,7 @@ def replay_tcp(watcher: Watcher, ip: str, port: int, payload: bytes, ttl: int, *
     """Handshake at full TTL, then ``payload`` with IP TTL ``ttl``; a failure string when the
     handshake itself fails."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    default_ttl = 64
     try:
         s.settimeout(connect_timeout)
         try:
@@ -275,6 +276,7 @@ def replay_tcp(watcher: Watcher, ip: str, port: int, payload: bytes, ttl: int, *
         except OSError as exc:
             return classify(exc)
         sport = s.getsockname()[1]  # the port only; the probe's address is never kept
+        default_ttl = s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
         watcher.drain()
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
         s.sendall(payload)
@@ -282,7 +284,7 @@ def replay_tcp(watcher: Watcher, ip: str, port: int, payload: bytes, ttl: int, *
     finally:
         # Abort (RST, not FIN): nothing else goes out at TTL ttl, and the server forgets us now.
         with contextlib.suppress(OSError):
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, default_ttl)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         s.close()
 
