@@ -17,6 +17,15 @@ from vantage.cli import locate as locate_cli
 from vantage.cli import main
 
 
+@pytest.fixture
+def fresh_scrubber(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process-wide scrubber may hold addresses other tests taught it; these tests' hop
+    addresses must not depend on that."""
+    import probe.net.scrub
+
+    monkeypatch.setattr(probe.net.scrub, "default_scrubber", lambda: probe.net.scrub.Scrubber(discover=False))
+
+
 def test_without_privilege_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pathtrace, "privilege_problem", lambda: pathtrace.NEED_PRIVILEGE)
     result = CliRunner().invoke(main, ["locate", "https://blocked.test/", "--ip", "192.0.2.7"])
@@ -45,7 +54,7 @@ def test_blocked_rows_of_a_verdicts_file(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert locate_cli.blocked_targets(tmp_path / "v.parquet") == [("https://a.test/", "tls"), ("http://b.test/", "http")]
 
 
-def test_json_rows_name_the_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_rows_name_the_hop(monkeypatch: pytest.MonkeyPatch, fresh_scrubber: None) -> None:
     def fake_trace(protocol: str, ip: str, port: int, hostname: str, settings: Any, *, path: str = "/") -> Any:
         return [PathHop(1, "10.0.1.1", "time_exceeded"), PathHop(2, "10.0.2.1", "http", "HTTP/1.1 302 Found")], None
 
@@ -59,7 +68,8 @@ def test_json_rows_name_the_hop(monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.exit_code == 0 and "10.0.1.1" in table.output
 
 
-def test_output_rows_carry_the_vantage_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_output_rows_carry_the_vantage_and_read_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    fresh_scrubber: None) -> None:
     def fake_trace(protocol: str, ip: str, port: int, hostname: str, settings: Any, *, path: str = "/") -> Any:
         return [PathHop(1, "10.0.1.1", "time_exceeded"), PathHop(2, "10.0.2.1", "rst")], None
 
@@ -82,3 +92,23 @@ def test_a_bad_vantage_is_one_line(monkeypatch: pytest.MonkeyPatch, flag: str, v
     monkeypatch.setattr(pathtrace, "privilege_problem", lambda: None)
     result = CliRunner().invoke(main, ["locate", "https://blocked.test/", flag, value])
     assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output
+
+
+def test_a_hop_at_the_probes_own_address_is_scrubbed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trap beside the two above: a hop answering from an address the scrubber knows as the
+    # probe's (its public address behind carrier-grade NAT, learned with --stun) is never printed.
+    import probe.net.scrub
+
+    def fake_trace(protocol: str, ip: str, port: int, hostname: str, settings: Any, *, path: str = "/") -> Any:
+        return [PathHop(1, "192.168.1.1", "time_exceeded"), PathHop(2, "203.0.113.77", "time_exceeded"),
+                PathHop(3, "10.0.3.1", "rst")], None
+
+    monkeypatch.setattr(pathtrace, "privilege_problem", lambda: None)
+    monkeypatch.setattr(pathtrace, "trace", fake_trace)
+    monkeypatch.setattr(probe.net.scrub, "default_scrubber",
+                        lambda: probe.net.scrub.Scrubber(["203.0.113.77"], discover=False))
+    result = CliRunner().invoke(main, ["locate", "http://blocked.test/", "--ip", "192.0.2.7", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "203.0.113.77" not in result.output
+    (row,) = json.loads(result.output)
+    assert row["interference_ttl"] == 3 and row["hop_before"] == "[scrubbed]"
