@@ -21,6 +21,7 @@ from probe.dataset import (
     discover,
     valid_files,
 )
+from probe.schema import FOLLOW_UP_EXPERIMENTS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ def quote_literal(value: str) -> str:
 def quote_ident(name: str) -> str:
     """``name`` as a quoted SQL identifier (table, view or column names cannot be bound)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _follow_ups() -> str:
+    return "(" + ", ".join(quote_literal(e) for e in FOLLOW_UP_EXPERIMENTS) + ")"
 
 
 def _file_list(files: Sequence[Path]) -> str:
@@ -76,11 +81,17 @@ def open_datasets(
                      f"CAST(NULL AS VARCHAR) AS probe_cc FROM read_parquet({_file_list(found.plain)}, "
                      "hive_partitioning=false, union_by_name=true)")
     view = " UNION ALL BY NAME ".join(parts)
-    con.execute(f"CREATE OR REPLACE VIEW measurements AS {view}")
-    fill = missing_columns_sql(con, "measurements")
+    con.execute(f"CREATE OR REPLACE VIEW all_measurements AS {view}")
+    fill = missing_columns_sql(con, "all_measurements")
     if fill:
-        con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT *, {fill} FROM ({view})")
+        con.execute(f"CREATE OR REPLACE VIEW all_measurements AS SELECT *, {fill} FROM ({view})")
+    # Follow-up rows (path_trace: where the censor sits) are no reachability measurement: every
+    # verdict, signal and count reads `measurements`; `path_traces` shows them.
+    con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT * FROM all_measurements "
+                f"WHERE experiment NOT IN {_follow_ups()}")
     create_views(con)
+    if "traces" in con.sql("SELECT * FROM all_measurements LIMIT 0").columns:
+        con.execute(f"CREATE OR REPLACE VIEW path_traces AS {PATH_TRACES_VIEW}")
     return con
 
 
@@ -129,6 +140,14 @@ VIEWS = {
     # -- quic
     "quic_handshakes": _flat("quic", "handshake"),
 }
+
+
+# One row per trace of a path_trace measurement (only when some file has the `traces` column).
+PATH_TRACES_VIEW = f"""
+    SELECT {_KEYS}, probe_network, experiment, t.protocol, t.ip, t.port, t.hostname, t.failure,
+           t.interference_ttl, t.interference, t.hop_before, t.basis, t.target_ttl, t.hops
+    FROM (SELECT {_KEYS}, probe_network, experiment, unnest(traces) AS t FROM all_measurements
+          WHERE experiment IN {_follow_ups()})"""
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:

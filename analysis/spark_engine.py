@@ -171,7 +171,10 @@ def read_measurements(spark: SparkSession, paths: Sequence[Path | str]) -> DataF
     df = frames[0]
     for other in frames[1:]:
         df = df.unionByName(other, allowMissingColumns=True)
-    return df
+    from probe.schema import FOLLOW_UP_EXPERIMENTS
+
+    # As DuckDB's `measurements` view: follow-up rows (path_trace) are no reachability measurement.
+    return df.where(~F.col("experiment").isin(*FOLLOW_UP_EXPERIMENTS))
 
 
 # --------------------------------------------------------------------------- shipping files

@@ -136,9 +136,8 @@ def generate(root: Path, rows: int, inputs: int, days: int) -> int:
         parts = con.sql(f"SELECT DISTINCT date, probe_cc FROM ({sql}) ORDER BY ALL").fetchall()
         for date, cc in parts:
             table = con.sql(f"SELECT * EXCLUDE (date, probe_cc) FROM ({sql}) WHERE date = '{date}' AND probe_cc = '{cc}'").to_arrow_table()
-            for name in MEASUREMENT_SCHEMA.names:  # observation lists the generator does not fill: empty
-                if name not in table.column_names:
-                    field = MEASUREMENT_SCHEMA.field(name)
+            for field in MEASUREMENT_SCHEMA:  # observation lists the generator does not fill: empty
+                if field.name not in table.column_names:
                     table = table.append_column(field, pa.array([[]] * table.num_rows, field.type))
             table = table.select(MEASUREMENT_SCHEMA.names).cast(MEASUREMENT_SCHEMA)
             out = root / "measurements" / f"date={date}" / f"probe_cc={cc}"

@@ -22,7 +22,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from probe.dataset import DatasetWriter, StoreError, iter_dataset_files, partition_dir, write_table_atomic
-from probe.schema import MEASUREMENT_SCHEMA, new_run_id, row_to_record, validate
+from probe.schema import MEASUREMENT_SCHEMA, OPTIONAL_COLUMNS, new_run_id, row_to_record, validate
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,8 @@ def check_schema(schema: pa.Schema) -> None:
     if len(set(names)) != len(names):
         raise Refusal(422, "a column name appears twice")
     expected = {f.name: f for f in MEASUREMENT_SCHEMA}
-    missing = [n for n in expected if n not in names]
+    # A column added after the first probes shipped may be absent: an older probe's queue still uploads.
+    missing = [n for n in expected if n not in names and n not in OPTIONAL_COLUMNS]
     extra = [n for n in names if n not in expected and n != "probe_cc"]
     if missing or extra:
         parts = []
@@ -304,6 +305,9 @@ class Collection:
                 groups.setdefault((v.date, v.probe_cc), []).append(v)
             # The rows are stored as they came (already checked to be the schema's columns and
             # types), in the schema's column order and with its metadata.
+            for field in MEASUREMENT_SCHEMA:  # an optional column an older probe did not send: null
+                if field.name not in table.column_names:
+                    table = table.append_column(field, pa.nulls(table.num_rows, field.type))
             columns = table.select(list(MEASUREMENT_SCHEMA.names))
             for (date, cc), members in sorted(groups.items()):
                 part = pa.Table.from_arrays(columns.take(pa.array([v.row for v in members])).columns,

@@ -213,6 +213,48 @@ class QuicHandshake:
     tag: str | None = None
 
 
+# -- path trace (where the censor sits: the offending packet replayed with increasing IP TTL)
+# What came back for one TTL: ICMP from a router, an answer to the replayed packet, or nothing.
+HOP_KINDS = ("time_exceeded", "unreachable", "no_response", "connect_failed",
+             "rst", "fin", "tls", "http", "data", "dns_answer")
+# Kinds that answer the replayed packet itself (from the target, or injected on the path).
+HOP_ANSWER_KINDS = ("rst", "fin", "tls", "http", "data", "dns_answer")
+# Rows of these experiments are follow-ups about a target already found blocked, not
+# reachability measurements: verdicts, signals and report counts leave them out.
+FOLLOW_UP_EXPERIMENTS = ("path_trace",)
+
+
+@dataclass(slots=True)
+class PathHop:
+    ttl: int
+    responder: str | None  # who sent ICMP time-exceeded/unreachable for this TTL; None: none, or withheld
+    kind: str  # one of HOP_KINDS (an answer wins over the ICMP of the same TTL; responder keeps the ICMP)
+    detail: str | None = None  # e.g. "HTTP/1.1 302 Found location=...", "NOERROR A 10.0.0.1", "rcode=0"
+    answer_ttl: int | None = None  # the IP TTL the answer arrived with (fixed-TTL injectors show here)
+
+
+@dataclass(slots=True)
+class PathTrace:
+    """One TTL-limited replay of an offending packet (DNS query, TLS ClientHello, HTTP request)."""
+
+    t0: float
+    t: float
+    failure: str | None  # the trace could not run (target down: connection_refused, ...)
+    protocol: str  # "dns" | "tls" | "http"
+    ip: str  # the target (or the resolver, for dns)
+    port: int
+    hostname: str | None  # the query name, SNI or Host replayed
+    hops: list[PathHop] = field(default_factory=list)
+    control_hostname: str | None = None  # the benign name of the control replay, when one ran
+    control_hops: list[PathHop] = field(default_factory=list)
+    target_ttl: int | None = None  # the TTL at which the target answered the control replay
+    interference_ttl: int | None = None  # the first TTL whose answer came from the path, not the target
+    interference: str | None = None  # the kind of that answer (rst, http, dns_answer, ...; "drop")
+    hop_before: str | None = None  # responder of interference_ttl - 1 (the last router before the censor)
+    basis: str | None = None  # why: "icmp" | "before_target" | "differs_at_target" | "dropped" | None
+    tag: str | None = None
+
+
 @dataclass(slots=True)
 class Measurement:
     """One target measured once by one experiment, from one vantage point."""
@@ -243,6 +285,8 @@ class Measurement:
     vpn: list[VpnHandshake] = field(default_factory=list)
     # -- quic
     quic: list[QuicHandshake] = field(default_factory=list)
+    # -- path trace
+    traces: list[PathTrace] = field(default_factory=list)
 
     @property
     def date(self) -> str:
@@ -405,6 +449,30 @@ QUIC_HANDSHAKE_TYPE = pa.struct(
     ]
 )
 
+# -- path trace
+PATH_HOP_TYPE = pa.struct(
+    [_F("ttl", pa.int32()), _F("responder", pa.string()), _F("kind", pa.string()), _F("detail", pa.string()),
+     _F("answer_ttl", pa.int32())]
+)
+PATH_TRACE_TYPE = pa.struct(
+    _OBS
+    + [
+        _F("protocol", pa.string()),
+        _F("ip", pa.string()),
+        _F("port", pa.int32()),
+        _F("hostname", pa.string()),
+        _F("hops", pa.list_(PATH_HOP_TYPE)),
+        _F("control_hostname", pa.string()),
+        _F("control_hops", pa.list_(PATH_HOP_TYPE)),
+        _F("target_ttl", pa.int32()),
+        _F("interference_ttl", pa.int32()),
+        _F("interference", pa.string()),
+        _F("hop_before", pa.string()),
+        _F("basis", pa.string()),
+        _F("tag", pa.string()),
+    ]
+)
+
 # Columns stored inside each Parquet file. `date` and `probe_cc` are hive partition keys:
 # they live in the directory names (date=YYYY-MM-DD/probe_cc=XX/), not in the files.
 PARTITION_KEYS = ("date", "probe_cc")
@@ -436,6 +504,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         _F("vpn", pa.list_(VPN_HANDSHAKE_TYPE)),
         # -- quic
         _F("quic", pa.list_(QUIC_HANDSHAKE_TYPE)),
+        _F("traces", pa.list_(PATH_TRACE_TYPE)),  # -- path trace
     ],
     metadata={b"vantage.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -443,9 +512,10 @@ MEASUREMENT_SCHEMA = pa.schema(
 # Columns added after schema version 1 was first written: files written before them lack
 # them, and readers fill them with NULL (probe.dataset accepts such files; analysis.db adds
 # the column to the view when no file has it).
-OPTIONAL_COLUMNS = frozenset({"quic"})
+OPTIONAL_COLUMNS = frozenset({"quic", "traces"})
 
 # The full logical schema, partition keys included, as a reader sees it.
+
 FULL_SCHEMA = MEASUREMENT_SCHEMA.append(_F("date", pa.string())).append(_F("probe_cc", pa.string()))
 
 
@@ -458,7 +528,7 @@ def validate(record: Measurement) -> None:
     if not (len(record.probe_cc) == 2 and record.probe_cc.isalpha() and record.probe_cc.isupper()):
         raise ValueError(f"probe_cc must be two upper-case letters, got {record.probe_cc!r}")
     failures = [record.failure]
-    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic):
+    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic, record.traces):
         failures.extend(o.failure for o in obs_list)
     for dq in record.dns:
         if dq.engine not in DNS_ENGINES:
@@ -524,6 +594,14 @@ def row_to_record(row: Mapping[str, Any]) -> Measurement:
         qh["peer_cert_names"] = list(qh.get("peer_cert_names") or [])
         quic.append(_build(QuicHandshake, qh))
     data["quic"] = quic
+    # -- path trace
+    traces = []
+    for tr in data.get("traces") or []:
+        tr = dict(tr)
+        for key in ("hops", "control_hops"):
+            tr[key] = [_build(PathHop, h) for h in tr.get(key) or []]
+        traces.append(_build(PathTrace, tr))
+    data["traces"] = traces
     data["tcp"] = [_build(TcpConnect, c) for c in data.get("tcp") or []]
     start = data["measurement_start_time"]
     if isinstance(start, dt.datetime) and start.tzinfo is None:

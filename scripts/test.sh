@@ -15,7 +15,7 @@ fi
 
 # Real servers and tools for the labs; the network-namespace lab needs root anyway.
 DEB_PACKAGES=(
-  iproute2 nftables procps
+  iproute2 nftables procps libpcap0.8
   dnsmasq-base nginx-light
   openvpn wireguard-go wireguard-tools tor obfs4proxy
   strongswan-swanctl charon-systemd strongswan-charon

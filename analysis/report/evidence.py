@@ -62,7 +62,36 @@ def load_evidence(con: duckdb.DuckDBPyConnection, ids: Sequence[str], window_h: 
         con.unregister("_report_evidence_ids")
     probes = {r["measurement_id"]: r for r in rows if r["role"] == "probe"}
     controls = {r["measurement_id"]: r for r in rows if r["role"] == "control"}
+    _attach_path_traces(con, list(probes.values()))
     return {pid: Evidence(probes[pid], controls.get(cid) if cid else None) for pid, cid in pairs if pid in probes}
+
+
+def _attach_path_traces(con: duckdb.DuckDBPyConnection, probes: list[dict[str, Any]]) -> None:
+    """Each probe row gets ``path_trace``: the latest censor location (`vantage locate`) of its
+    input from the same network, when one was found (the path_traces view, docs/data-model.md)."""
+    if not probes or "path_traces" not in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}:
+        return
+    cols = ("input", "probe_cc", "probe_asn", "protocol", "interference_ttl", "interference", "hop_before", "basis")
+    found_rows = con.execute(f"""
+        SELECT {", ".join(cols)}
+        FROM path_traces WHERE interference_ttl IS NOT NULL AND list_contains($inputs, input)
+        QUALIFY row_number() OVER (PARTITION BY input, protocol, probe_cc, probe_asn
+                                   ORDER BY measurement_start_time DESC) = 1""",
+                             {"inputs": sorted({p["input"] for p in probes})}).fetchall()
+    rows = [dict(zip(cols, r, strict=True)) for r in found_rows]
+    for p in probes:
+        found = [r for r in rows if r["input"] == p["input"] and r["probe_cc"] == p["probe_cc"]
+                 and r["probe_asn"] == p["probe_asn"]]
+        if found:
+            p["path_trace"] = found
+
+
+def _path_trace(m: dict[str, Any]) -> str:
+    return "".join(
+        f"<div>{_e(t['protocol'])}: censor at hop {_e(t['interference_ttl'])}"
+        f"{(' (after ' + _e(t['hop_before']) + ')') if t.get('hop_before') else ''}, {_e(t['interference'])}"
+        f" <small>({_e(t['basis'])})</small></div>"
+        for t in m.get("path_trace") or []) or "<em>not located</em>"
 
 
 class AsnNames:
@@ -232,6 +261,8 @@ def evidence_table(ev: Evidence, names: AsnNames, fp: Fingerprint | None) -> str
         layers.append(("Tunnel handshake", _vpn))
     if p.get("quic") or (c and c.get("quic")):  # QUIC passed or failed: shown beside TCP/TLS
         layers.append(("QUIC handshake", _quic))
+    if p.get("path_trace"):
+        layers.append(("Censor on the path", _path_trace))
     rows = ["<table class='evidence'><thead><tr><th>layer</th><th>this measurement (probe)</th>"
             "<th>control (uncensored network)</th></tr></thead><tbody>"]
     for label, fn in layers:

@@ -18,6 +18,7 @@ from probe.schema import (
     DnsQuery,
     HttpRequest,
     Measurement,
+    PathTrace,
     QuicHandshake,
     TcpConnect,
     TlsHandshake,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | QuicHandshake
+Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | QuicHandshake | PathTrace
 
 # Which Measurement list each observation type goes into.
 _OBSERVATION_FIELDS: dict[type, str] = {
@@ -45,6 +46,7 @@ _OBSERVATION_FIELDS: dict[type, str] = {
     HttpRequest: "http",
     VpnHandshake: "vpn",
     QuicHandshake: "quic",
+    PathTrace: "traces",
 }
 
 def default_platform() -> str:
@@ -161,7 +163,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic]
+        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic, *m.traces]
         return bool(observations) and all(o.failure is None for o in observations)
 
 

@@ -275,7 +275,7 @@ class Topology:
             yield proc.popen.pid
 
 
-STALE_NAME = re.compile(r"^vt(\d+)[a-z]?-(probe|censor|internet|control)$")
+STALE_NAME = re.compile(r"^vt(\d+)[a-z]?-(probe|censor|internet|control|r\d|target)$")  # r1..r4, target: pathloc_lab
 
 
 def stale_labs() -> list[str]:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "config": "vantage.cli.config:config_group",
     "runs": "vantage.cli.runs:runs",
     "schedule": "vantage.cli.schedule:schedule",
+    "locate": "vantage.cli.locate:locate",
 }
 
 
