@@ -175,8 +175,11 @@ def _publish_no_replace(tmp: Path, path: Path) -> None:
 # iter_dataset_files above (complete files of one dataset root, not opened).
 
 # Columns a file must have (with these types) to be read as Vantage measurements: every
-# in-file column of the schema (the analyzer reads them all).
-REQUIRED_COLUMNS = tuple(MEASUREMENT_SCHEMA.names)
+# in-file column of the schema (the analyzer reads them all), but those added after datasets
+# were first written: a file without one still reads (the readers union schemas by name and
+# fill it with NULL; the analyzer checks the column exists before it reads it).
+ADDED_COLUMNS = frozenset({"downloads"})
+REQUIRED_COLUMNS = tuple(n for n in MEASUREMENT_SCHEMA.names if n not in ADDED_COLUMNS)
 
 
 class DatasetError(VantageError):

@@ -187,6 +187,34 @@ class VpnHandshake:
     tag: str | None = None
 
 
+# -- throughput (throttling detection)
+STOPPED_BY = ("complete", "bytes", "time", "failure")
+
+
+@dataclass(slots=True)
+class Download:
+    """A bounded download (capped bytes and capped time) of a target or of a resource it names.
+
+    ``ttfb``: seconds from ``t0`` to the final response's headers (connect, TLS and redirect
+    hops included); ``duration``: seconds of body transfer after that, so ``bytes / duration``
+    is the throughput. ``stopped_by``: why reading stopped (one of STOPPED_BY).
+    """
+
+    t0: float
+    t: float
+    failure: str | None
+    url: str
+    ip: str | None = None
+    status_code: int | None = None
+    bytes: int = 0  # body bytes read off the wire (no content decoding)
+    byte_cap: int = 0
+    time_cap: float = 0.0
+    ttfb: float | None = None
+    duration: float | None = None
+    stopped_by: str = "failure"
+    tag: str | None = None
+
+
 @dataclass(slots=True)
 class Measurement:
     """One target measured once by one experiment, from one vantage point."""
@@ -215,6 +243,8 @@ class Measurement:
     tls: list[TlsHandshake] = field(default_factory=list)
     http: list[HttpRequest] = field(default_factory=list)
     vpn: list[VpnHandshake] = field(default_factory=list)
+    # -- throughput
+    downloads: list[Download] = field(default_factory=list)
 
     @property
     def date(self) -> str:
@@ -357,6 +387,22 @@ VPN_HANDSHAKE_TYPE = pa.struct(
         _F("tag", pa.string()),
     ]
 )
+# -- throughput
+DOWNLOAD_TYPE = pa.struct(
+    _OBS
+    + [
+        _F("url", pa.string()),
+        _F("ip", pa.string()),
+        _F("status_code", pa.int32()),
+        _F("bytes", pa.int64()),
+        _F("byte_cap", pa.int64()),
+        _F("time_cap", pa.float64()),
+        _F("ttfb", pa.float64()),
+        _F("duration", pa.float64()),
+        _F("stopped_by", pa.string()),
+        _F("tag", pa.string()),
+    ]
+)
 
 # Columns stored inside each Parquet file. `date` and `probe_cc` are hive partition keys:
 # they live in the directory names (date=YYYY-MM-DD/probe_cc=XX/), not in the files.
@@ -387,6 +433,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         _F("tls", pa.list_(TLS_HANDSHAKE_TYPE)),
         _F("http", pa.list_(HTTP_REQUEST_TYPE)),
         _F("vpn", pa.list_(VPN_HANDSHAKE_TYPE)),
+        _F("downloads", pa.list_(DOWNLOAD_TYPE)),  # -- throughput
     ],
     metadata={b"vantage.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -404,8 +451,11 @@ def validate(record: Measurement) -> None:
     if not (len(record.probe_cc) == 2 and record.probe_cc.isalpha() and record.probe_cc.isupper()):
         raise ValueError(f"probe_cc must be two upper-case letters, got {record.probe_cc!r}")
     failures = [record.failure]
-    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn):
+    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.downloads):
         failures.extend(o.failure for o in obs_list)
+    for d in record.downloads:
+        if d.stopped_by not in STOPPED_BY:
+            raise ValueError(f"download stopped_by must be one of {STOPPED_BY}, got {d.stopped_by!r}")
     for dq in record.dns:
         if dq.engine not in DNS_ENGINES:
             raise ValueError(f"dns engine must be one of {DNS_ENGINES}, got {dq.engine!r}")
@@ -464,6 +514,7 @@ def row_to_record(row: Mapping[str, Any]) -> Measurement:
         tls.append(_build(TlsHandshake, t))
     data["dns"], data["http"], data["vpn"], data["tls"] = dns, http, vpn, tls
     data["tcp"] = [_build(TcpConnect, c) for c in data.get("tcp") or []]
+    data["downloads"] = [_build(Download, d) for d in data.get("downloads") or []]
     start = data["measurement_start_time"]
     if isinstance(start, dt.datetime) and start.tzinfo is None:
         data["measurement_start_time"] = start.replace(tzinfo=dt.UTC)

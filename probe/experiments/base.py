@@ -16,6 +16,7 @@ from probe import __version__
 from probe.errors import VantageError
 from probe.schema import (
     DnsQuery,
+    Download,
     HttpRequest,
     Measurement,
     TcpConnect,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake
+Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | Download
 
 # Which Measurement list each observation type goes into.
 _OBSERVATION_FIELDS: dict[type, str] = {
@@ -43,6 +44,7 @@ _OBSERVATION_FIELDS: dict[type, str] = {
     TlsHandshake: "tls",
     HttpRequest: "http",
     VpnHandshake: "vpn",
+    Download: "downloads",
 }
 
 def default_platform() -> str:
@@ -156,7 +158,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn]
+        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.downloads]
         return bool(observations) and all(o.failure is None for o in observations)
 
 

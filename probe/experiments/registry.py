@@ -7,6 +7,7 @@ from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
 from probe.experiments.ikev2 import Ikev2
 from probe.experiments.openvpn import OpenVpn
+from probe.experiments.throughput import Throughput
 from probe.experiments.tor import Tor
 from probe.experiments.web_connectivity import WebConnectivity
 from probe.experiments.wireguard import WireGuard
@@ -37,3 +38,4 @@ register(OpenVpn())
 register(WireGuard())
 register(Tor())
 register(Ikev2())
+register(Throughput())

@@ -35,6 +35,7 @@ _RESUMABLE = (
     "timeout", "ca_bundle", "injection_target", "control", "anchors", "anchors_file", "concurrency",
     "per_host",
     "stun_servers", "public_nets",
+    "download_bytes", "download_time",
 )
 # Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
 # the run, --no-progress is about the terminal at hand.
@@ -139,6 +140,10 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--injection-target", callback=_injection_target, default=None, metavar="IP[:PORT]",
               help="dns_consistency: an address known to run NO resolver; any answer from it is "
                    "injected. Without it the injection check is skipped.")
+@click.option("--download-bytes", type=click.IntRange(min=1024), default=None, metavar="BYTES",
+              help="throughput: stop each download after this many body bytes (default 4194304, 4 MiB).")
+@click.option("--download-time", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="throughput: stop each download after S seconds of transfer (default 8).")
 @click.option("--anchors", is_flag=True,
               help="First measure the shipped anchors (DNS root servers, public anycast resolvers: "
                    "real internet addresses), the heartbeat that tells a shutdown from blocking.")
@@ -200,6 +205,10 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
     extra: dict[str, Any] = {}
     if opts["injection_target"]:
         extra["injection_target"] = opts["injection_target"]
+    if opts["download_bytes"]:
+        extra["download_byte_cap"] = opts["download_bytes"]
+    if opts["download_time"]:
+        extra["download_time_cap"] = opts["download_time"]
     scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),
