@@ -52,6 +52,8 @@ def estimate_row(row: dict[str, Any]) -> int:
     for v in row.get("vpn") or ():
         for pkt in v.get("packets") or ():
             total += VPN_PACKET_OVERHEAD + int(pkt.get("size") or 0)
+    for d in row.get("downloads") or ():  # throughput: the request and the body bytes read
+        total += HTTP_EXCHANGE_BYTES + int(d.get("bytes") or 0)
     return total
 
 
@@ -60,7 +62,9 @@ def estimate_bytes(files: Iterable[Path]) -> int:
     total = 0
     for path in files:
         try:
-            table = pq.read_table(path, columns=["dns", "tcp", "tls", "http", "vpn"], partitioning=None)
+            names = set(pq.read_schema(path).names)
+            columns = [c for c in ("dns", "tcp", "tls", "http", "vpn", "downloads") if c in names]
+            table = pq.read_table(path, columns=columns, partitioning=None)
         except (OSError, ValueError, KeyError):
             continue
         total += sum(estimate_row(row) for row in table.to_pylist())
