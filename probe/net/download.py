@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from os import PathLike
 
+import anyio
 import httpx
 
 from probe.net._client import PinnedBackend, Resolve, host_key, make_client, verifying_context
@@ -115,6 +116,12 @@ async def download(
     response headers): a path that never answers fails with ``generic_timeout``. A failure
     during the body (a reset, an early close) keeps the bytes and duration read until then.
     """
+    # What the first download of a process pays once comes before t0, as no part of the path's
+    # time to first byte: loading the system's roots (tens of ms) and the import of anyio's
+    # event-loop backend that httpcore triggers on its first request (~0.2 s on a Raspberry-Pi
+    # class machine), which would make the first target look farther than the others.
+    ssl_context = verifying_context(ca_bundle)
+    await anyio.sleep(0)
     rec = Download(t0=clock.now(), t=0.0, failure=None, url=url, byte_cap=byte_cap, time_cap=time_cap, tag=tag)
     try:
         current = httpx.URL(url)
@@ -125,7 +132,7 @@ async def download(
     else:
         backend = PinnedBackend(address_map, resolve)
         try:
-            async with make_client(backend, verifying_context(ca_bundle), timeout, REQUEST_HEADERS) as client:
+            async with make_client(backend, ssl_context, timeout, REQUEST_HEADERS) as client:
                 # The caps bound the body; the timeout bounds everything before it.
                 await asyncio.wait_for(
                     _fetch(client, backend, rec, current, clock=clock, timeout=timeout),

@@ -187,6 +187,11 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
+    if experiment.name == "throughput" and ctx.get_parameter_source("concurrency") in (
+            None, click.core.ParameterSource.DEFAULT):
+        # Downloads side by side share the link: each would measure a share of it, not the path
+        # (and the analyzer compares a target's speed with the other hosts' as the link's).
+        opts["concurrency"] = 1
     if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
         opts["lists"] = _default_lists(opts["cc"])
     targets = _targets(opts, experiment)
