@@ -87,3 +87,19 @@ def test_a_download_round_trips_through_parquet_and_duckdb(tmp_path) -> None:  #
     assert back.downloads == [d]
     rate = duckdb.sql(f"SELECT d.bytes / d.duration FROM (SELECT unnest(downloads) AS d FROM read_parquet('{path}'))")
     assert rate.fetchall()[0][0] == pytest.approx(1_234_567 / 2.48)
+
+
+def test_a_download_is_scrubbed_like_the_other_records() -> None:
+    import datetime as dt
+
+    from probe.schema import Download, Measurement, new_uuid7
+    from probe.scrub import REPLACEMENT, Scrubber, scrub_record
+
+    own = "203.0.113.77"  # the probe's public address, learned in memory
+    d = Download(t0=0.0, t=1.0, failure=f"unknown_failure:odd reply from {own}",
+                 url=f"https://site.example/dl?client={own}", ip="192.0.2.7", stopped_by="failure")
+    m = Measurement(measurement_id=new_uuid7(), run_id="r", experiment="throughput", experiment_version="0.1.0",
+                    input="https://site.example/", measurement_start_time=dt.datetime.now(dt.UTC), downloads=[d])
+    scrub_record(m, Scrubber([own]))
+    assert own not in m.downloads[0].url and own not in (m.downloads[0].failure or "")
+    assert REPLACEMENT in m.downloads[0].url and m.downloads[0].ip == "192.0.2.7"
