@@ -29,6 +29,9 @@ SELECT CAST(measurement_start_time AT TIME ZONE 'UTC' AS DATE) AS day,
        count(*) FILTER (WHERE status = 'no_control') AS no_control_count,
        -- measurements taken while the vantage point had no network (issue 12's status)
        count(*) FILTER (WHERE status = 'no_connectivity') AS no_connectivity_count,
+       -- targets slowed down (issue 20's throttling), and by how much at the median
+       count(*) FILTER (WHERE status = 'throttled') AS throttled_count,
+       median(throttle_factor) FILTER (WHERE status = 'throttled') AS median_throttle_factor,
        mode(layer) FILTER (WHERE status = 'blocked') AS top_layer,
        mode(method) FILTER (WHERE status = 'blocked') AS top_method
 FROM verdicts

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from analysis.events import Event  # noqa: E402
 
 _STATUS_COLORS = {"blocked": "#c0392b", "down": "#7f8c8d", "probe_failure": "#8e44ad", "no_control": "#f39c12",
-                  "no_connectivity": "#34495e"}
+                  "no_connectivity": "#34495e", "throttled": "#d35400"}
 
 
 def _png(fig: Figure) -> bytes:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from analysis.fingerprints import FingerprintSet, load_default_fingerprints, load_fingerprints
 from analysis.geo import default_asn_db
-from analysis.verdicts import VERDICT_SCHEMA, VerdictError, compute_verdicts
+from analysis.verdicts import ADDED_VERDICT_COLUMNS, VERDICT_SCHEMA, VerdictError, compute_verdicts
 from probe.dataset import atomic_path
 from probe.errors import VantageError
 
@@ -367,10 +367,18 @@ def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
         raise VerdictsFileError(f"{path}: corrupt verdicts metadata (not JSON)") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (metadata format is not {FORMAT!r})")
-    missing = [n for n in VERDICT_SCHEMA.names if n not in table.schema.names]
+    missing = [n for n in VERDICT_SCHEMA.names if n not in table.schema.names and n not in ADDED_VERDICT_COLUMNS]
     if missing:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (missing columns: {', '.join(missing[:6])})")
-    return table.replace_schema_metadata(None), metadata
+    return _with_added_columns(table).replace_schema_metadata(None), metadata
+
+
+def _with_added_columns(table: pa.Table) -> pa.Table:
+    """A verdicts table written before a column was added gets that column as NULLs."""
+    for name in ADDED_VERDICT_COLUMNS:
+        if name not in table.schema.names:
+            table = table.append_column(VERDICT_SCHEMA.field(name), pa.nulls(len(table), VERDICT_SCHEMA.field(name).type))
+    return table
 
 
 def _read_verdicts_dataset(path: Path) -> tuple[pa.Table, dict[str, Any]]:
@@ -391,9 +399,11 @@ def _read_verdicts_dataset(path: Path) -> tuple[pa.Table, dict[str, Any]]:
         tables = [pq.read_table(p) for p in parts]
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise VerdictsFileError(f"{path}: not a readable Parquet dataset ({str(exc).splitlines()[0][:120]})") from None
-    missing = [n for n in VERDICT_SCHEMA.names if tables and n not in tables[0].schema.names]
+    missing = [n for n in VERDICT_SCHEMA.names if tables and n not in tables[0].schema.names
+               and n not in ADDED_VERDICT_COLUMNS]
     if missing:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts dataset (missing columns: {', '.join(missing[:6])})")
+    tables = [_with_added_columns(t) for t in tables]
     table = (pa.concat_tables([t.select(VERDICT_SCHEMA.names).replace_schema_metadata(None).cast(VERDICT_SCHEMA)
                                for t in tables]) if tables else VERDICT_SCHEMA.empty_table())
     return table.sort_by(VERDICT_ORDER).combine_chunks(), metadata

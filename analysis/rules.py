@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from analysis.throughput import THROTTLE_FACTOR
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -59,6 +61,37 @@ RULES: tuple[Rule, ...] = (
          ("generic_timeout",)),
     Rule("vpn.failure", "blocked", "vpn", 0.8, "The handshake failed otherwise while the control's completed."),
     Rule("down.vpn_both_failed", "down", None, 0.7, "The handshake failed at the control too."),
+    # -- throughput (throttling; the evidence and its thresholds: analysis/throughput.py)
+    Rule("no_control.throughput", "no_control", None, 0.0,
+         "A download with no usable control download of the same target (none, offline, or it failed)."),
+    Rule("http.download_failure", "blocked", "http-failure", 0.6,
+         "The download failed (reset, timeout, early close) while the control's completed."),
+    Rule("down.throughput_both_failed", "down", None, 0.7, "The download failed at the control too."),
+    Rule("probe_failure.download_interrupted", "probe_failure", None, 1.0,
+         "The probe cancelled its own download (failure `interrupted`: run budget or Ctrl-C)."),
+    Rule("ok.throughput_too_short", "ok", None, 0.3,
+         "The download was too short to judge speed (under 2 s or 16 KiB of transfer: TCP slow start "
+         "dominates); the target arrived."),
+    Rule("ok.throughput_like_control", "ok", None, 0.8,
+         "The download was less than 4 times slower than the control's of the same target (a slow "
+         "server is slow at the control too). `throttle_factor`: the slowdown measured."),
+    Rule("no_control.throughput_link", "no_control", None, 0.0,
+         "At least 4 times slower than at the control, but the network measured no other host within "
+         "an hour: a slow link cannot be told from throttling."),
+    Rule("ok.throughput_slow_link", "ok", None, 0.6,
+         "Slower than at the control, but other hosts were as slow from the same network within the "
+         "hour: the link is slow, not the target."),
+    Rule("ok.throughput_far", "ok", None, 0.5,
+         "Slower than the network's other hosts, but its time to first byte is longer by about as "
+         "much: a longer round trip (TCP's rate falls with it), not a shaper."),
+    Rule("throttled.onset", "throttled", None, 0.9,
+         "At least 4 times slower than at the control AND than other hosts from the same network "
+         "within the hour, and than this target from this network in the past 30 days: throttled, "
+         "with an onset. `throttle_factor`: the smaller of the control and link factors."),
+    Rule("throttled.slowdown", "throttled", None, 0.7,
+         "At least 4 times slower than at the control AND than other hosts from the same network "
+         "within the hour (a long enough download): throttled. `throttle_factor`: the smaller of "
+         "the two factors."),
     # -- injection
     Rule("dns.injected", "blocked", "dns", 0.9,
          "A reply came for the injection check (a query where no resolver runs), or a late reply "
@@ -567,9 +600,10 @@ FROM vals LEFT JOIN (
 # guard (a box that passes TLS through but answers cleartext HTTP itself is still the censor's).
 # offline / c_offline: the probe's (the control's) vantage point had no network in that hour
 # and the measurement reached nothing (analysis/connectivity.py).
-DECISION_TREE = """
+DECISION_TREE = f"""
 WITH r AS (
 SELECT v.*, fp.http_fp, fp.http_fp_conf, coalesce(d.any_bogon, false) AS any_bogon,
+  tp.* EXCLUDE (mid),
   d.dns_fp, d.dns_fp_value, d.dns_fp_conf,
   ghost OR coalesce(d.dns_inconsistent, false) AS dns_inconsistent,
   ghost OR coalesce(d.dns_foreign, false) AS dns_foreign,
@@ -578,6 +612,7 @@ FROM (SELECT *, p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_failure IN ('dns_n
       FROM _vt_v) v
 LEFT JOIN _vt_httpfp fp USING (mid) LEFT JOIN _vt_dns d USING (mid)
 LEFT JOIN _vt_offline o ON o.mid = v.mid LEFT JOIN _vt_offline oc ON oc.mid = v.cid
+LEFT JOIN _vt_tp tp ON tp.mid = v.mid
 ), s AS (
 SELECT r.*,
 CASE
@@ -591,6 +626,19 @@ CASE
     WHEN c_vpn_ok THEN CASE WHEN vpn_failure = 'generic_timeout' AND vpn_received > 0
                             THEN $rule:vpn.no_answer_after_first ELSE $family:vpn(vpn_failure) END
     ELSE $rule:down.vpn_both_failed END
+  -- throughput (throttling): the download against the control, the link and the history
+  WHEN tp_n > 0 THEN CASE
+    WHEN cid IS NULL OR c_offline OR NOT tp_c_n THEN $rule:no_control.throughput
+    WHEN tp_failed THEN CASE WHEN tp_c_ran THEN $rule:http.download_failure ELSE $rule:down.throughput_both_failed END
+    WHEN tp_interrupted THEN $rule:probe_failure.download_interrupted
+    WHEN NOT tp_c_ran THEN $rule:no_control.throughput
+    WHEN NOT tp_enough THEN $rule:ok.throughput_too_short
+    WHEN NOT tp_c_ok OR tp_c_factor < {THROTTLE_FACTOR} THEN $rule:ok.throughput_like_control
+    WHEN tp_link_factor IS NULL THEN $rule:no_control.throughput_link
+    WHEN tp_link_factor < {THROTTLE_FACTOR} THEN $rule:ok.throughput_slow_link
+    WHEN tp_far THEN $rule:ok.throughput_far
+    WHEN tp_hist_factor >= {THROTTLE_FACTOR} THEN $rule:throttled.onset
+    ELSE $rule:throttled.slowdown END
   WHEN injected THEN $rule:dns.injected
   -- OONI's null cases: no control, or one that could not run. A page that arrived over
   -- validated HTTPS needs no control.
@@ -644,7 +692,9 @@ SELECT mid AS measurement_id, run_id, input, experiment, probe_cc, probe_asn, t 
        CAST(coalesce(d[4], CASE WHEN d[3] = 'dns.blockpage_ip' THEN CAST(dns_fp_conf AS VARCHAR)
                                  ELSE CAST(http_fp_conf AS VARCHAR) END) AS DOUBLE) AS confidence,
        d[3] IN ('dns.blockpage_ip', 'http.blockpage') AS confirmed,
-       CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp WHEN d[3] = 'http.blockpage' THEN http_fp END AS fingerprint
+       CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp WHEN d[3] = 'http.blockpage' THEN http_fp END AS fingerprint,
+       -- throughput: how many times slower than the references (analysis/throughput.py)
+       CASE WHEN coalesce(tp_n, 0) > 0 THEN round(tp_factor, 2) END AS throttle_factor
 FROM s
 -- One verdict per probe measurement even when the input holds a measurement (or its control)
 -- twice: the copies carry the same data, so any one of them is the verdict.

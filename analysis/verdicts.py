@@ -1,5 +1,5 @@
 """Per-measurement verdicts: each probe measurement judged against its control (ok, blocked at
-which layer and how, down, probe failure, no control, no connectivity), computed in DuckDB over
+which layer and how, throttled and by what factor, down, probe failure, no control, no connectivity), computed in DuckDB over
 whole tables. The rules themselves are analysis/rules.py's table."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
-from analysis import connectivity, rules
+from analysis import connectivity, rules, throughput
 from analysis.db import missing_columns_sql, quote_ident
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
 from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control", "no_connectivity")
+STATUSES = ("ok", "blocked", "down", "probe_failure", "no_control", "no_connectivity", "throttled")
 LAYERS = ("dns", "tcp_ip", "tls", "http-failure", "http-diff", "vpn", "quic")
 
 VERDICT_SCHEMA = pa.schema(
@@ -40,8 +40,12 @@ VERDICT_SCHEMA = pa.schema(
         pa.field("confidence", pa.float64()),
         pa.field("confirmed", pa.bool_()),
         pa.field("fingerprint", pa.string()),
+        # throughput: how many times slower than the control and the link (analysis/throughput.py)
+        pa.field("throttle_factor", pa.float64()),
     ]
 )
+# Verdict columns added after verdict files were first written: an older file reads with NULLs.
+ADDED_VERDICT_COLUMNS = frozenset({"throttle_factor"})
 
 # Addresses no public DNS answer should point to (IANA special-purpose registries): a resolver
 # that answers with one of them for a public name is lying. --public-net removes networks.
@@ -317,7 +321,9 @@ def compute_verdicts(
         connectivity.create_connectivity_tables(con)
     else:
         _load(con, "_vt_offline", offline.select(["mid", "role"]))
+    throughput.create_throughput_table(con)
     table = con.sql(rules.decision_sql()).to_arrow_table()
+    throughput.drop_throughput_tables(con)
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
                  "_vt_ipinfo", "_vt_httpfp"):
         con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")

@@ -67,6 +67,7 @@ SELECT
   {tls} AS tls,
   {http} AS http,
   [] AS vpn,
+  [] AS downloads,
   strftime(t, '%Y-%m-%d') AS date, cc AS probe_cc
 FROM gen {where}
 """

@@ -58,6 +58,8 @@ def estimate_row(row: dict[str, Any]) -> int:
     for v in row.get("vpn") or ():
         for pkt in v.get("packets") or ():
             total += VPN_PACKET_OVERHEAD + int(pkt.get("size") or 0)
+    for d in row.get("downloads") or ():  # throughput: the request and the body bytes read
+        total += HTTP_EXCHANGE_BYTES + int(d.get("bytes") or 0)
     return total
 
 
@@ -66,8 +68,8 @@ def estimate_bytes(files: Iterable[Path]) -> int:
     total = 0
     for path in files:
         try:
-            names = pq.read_schema(path).names  # files from before `quic` lack it
-            columns = [c for c in ("dns", "tcp", "tls", "http", "vpn", "quic") if c in names]
+            names = set(pq.read_schema(path).names)  # files from before an optional column lack it
+            columns = [c for c in ("dns", "tcp", "tls", "http", "vpn", "quic", "downloads", "traces") if c in names]
             table = pq.read_table(path, columns=columns, partitioning=None)
         except (OSError, ValueError, KeyError):
             continue

@@ -66,7 +66,7 @@ def run_ids(output: Path | str) -> list[str]:
 def _first_failure(row: dict[str, Any]) -> str | None:
     if row.get("failure"):
         return str(row["failure"])
-    for kind in ("dns", "tcp", "tls", "http", "vpn", "quic"):
+    for kind in ("dns", "tcp", "tls", "http", "vpn", "quic", "downloads", "traces"):
         for obs in row.get(kind) or ():
             if obs.get("failure"):
                 return f"{kind}: {obs['failure']}"

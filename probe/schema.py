@@ -255,6 +255,34 @@ class PathTrace:
     tag: str | None = None
 
 
+# -- throughput (throttling detection)
+STOPPED_BY = ("complete", "bytes", "time", "failure")
+
+
+@dataclass(slots=True)
+class Download:
+    """A bounded download (capped bytes and capped time) of a target or of a resource it names.
+
+    ``ttfb``: seconds from ``t0`` to the final response's headers (connect, TLS and redirect
+    hops included); ``duration``: seconds of body transfer after that, so ``bytes / duration``
+    is the throughput. ``stopped_by``: why reading stopped (one of STOPPED_BY).
+    """
+
+    t0: float
+    t: float
+    failure: str | None
+    url: str
+    ip: str | None = None
+    status_code: int | None = None
+    bytes: int = 0  # body bytes read off the wire (no content decoding)
+    byte_cap: int = 0
+    time_cap: float = 0.0
+    ttfb: float | None = None
+    duration: float | None = None
+    stopped_by: str = "failure"
+    tag: str | None = None
+
+
 @dataclass(slots=True)
 class Measurement:
     """One target measured once by one experiment, from one vantage point."""
@@ -287,6 +315,8 @@ class Measurement:
     quic: list[QuicHandshake] = field(default_factory=list)
     # -- path trace
     traces: list[PathTrace] = field(default_factory=list)
+    # -- throughput
+    downloads: list[Download] = field(default_factory=list)
 
     @property
     def date(self) -> str:
@@ -473,6 +503,23 @@ PATH_TRACE_TYPE = pa.struct(
     ]
 )
 
+# -- throughput
+DOWNLOAD_TYPE = pa.struct(
+    _OBS
+    + [
+        _F("url", pa.string()),
+        _F("ip", pa.string()),
+        _F("status_code", pa.int32()),
+        _F("bytes", pa.int64()),
+        _F("byte_cap", pa.int64()),
+        _F("time_cap", pa.float64()),
+        _F("ttfb", pa.float64()),
+        _F("duration", pa.float64()),
+        _F("stopped_by", pa.string()),
+        _F("tag", pa.string()),
+    ]
+)
+
 # Columns stored inside each Parquet file. `date` and `probe_cc` are hive partition keys:
 # they live in the directory names (date=YYYY-MM-DD/probe_cc=XX/), not in the files.
 PARTITION_KEYS = ("date", "probe_cc")
@@ -505,6 +552,7 @@ MEASUREMENT_SCHEMA = pa.schema(
         # -- quic
         _F("quic", pa.list_(QUIC_HANDSHAKE_TYPE)),
         _F("traces", pa.list_(PATH_TRACE_TYPE)),  # -- path trace
+        _F("downloads", pa.list_(DOWNLOAD_TYPE)),  # -- throughput
     ],
     metadata={b"vantage.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -512,7 +560,7 @@ MEASUREMENT_SCHEMA = pa.schema(
 # Columns added after schema version 1 was first written: files written before them lack
 # them, and readers fill them with NULL (probe.dataset accepts such files; analysis.db adds
 # the column to the view when no file has it).
-OPTIONAL_COLUMNS = frozenset({"quic", "traces"})
+OPTIONAL_COLUMNS = frozenset({"quic", "traces", "downloads"})
 
 # The full logical schema, partition keys included, as a reader sees it.
 
@@ -528,7 +576,8 @@ def validate(record: Measurement) -> None:
     if not (len(record.probe_cc) == 2 and record.probe_cc.isalpha() and record.probe_cc.isupper()):
         raise ValueError(f"probe_cc must be two upper-case letters, got {record.probe_cc!r}")
     failures = [record.failure]
-    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic, record.traces):
+    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic, record.traces,
+                     record.downloads):
         failures.extend(o.failure for o in obs_list)
     for dq in record.dns:
         if dq.engine not in DNS_ENGINES:
@@ -603,6 +652,7 @@ def row_to_record(row: Mapping[str, Any]) -> Measurement:
         traces.append(_build(PathTrace, tr))
     data["traces"] = traces
     data["tcp"] = [_build(TcpConnect, c) for c in data.get("tcp") or []]
+    data["downloads"] = [_build(Download, d) for d in data.get("downloads") or []]
     start = data["measurement_start_time"]
     if isinstance(start, dt.datetime) and start.tzinfo is None:
         data["measurement_start_time"] = start.replace(tzinfo=dt.UTC)

@@ -22,6 +22,7 @@ STATUS_WORDS = {
     "no_control": "not judged: no usable control measurement",
     "probe_failure": "not judged: the measurement itself failed to run",
     "no_connectivity": "not judged: the vantage point had no network then",
+    "throttled": "throttled (reachable, but slowed down against the control and the network's other hosts)",
 }
 
 

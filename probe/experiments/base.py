@@ -16,6 +16,7 @@ from probe import __version__
 from probe.errors import VantageError
 from probe.schema import (
     DnsQuery,
+    Download,
     HttpRequest,
     Measurement,
     PathTrace,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | QuicHandshake | PathTrace
+Observation = DnsQuery | TcpConnect | TlsHandshake | HttpRequest | VpnHandshake | QuicHandshake | PathTrace | Download
 
 # Which Measurement list each observation type goes into.
 _OBSERVATION_FIELDS: dict[type, str] = {
@@ -47,6 +48,7 @@ _OBSERVATION_FIELDS: dict[type, str] = {
     VpnHandshake: "vpn",
     QuicHandshake: "quic",
     PathTrace: "traces",
+    Download: "downloads",
 }
 
 def default_platform() -> str:
@@ -163,7 +165,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic, *m.traces]
+        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic, *m.traces, *m.downloads]
         return bool(observations) and all(o.failure is None for o in observations)
 
 

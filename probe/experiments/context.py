@@ -18,10 +18,10 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from probe.net import dns, http, quic, tcp, tls
+from probe.net import dns, download, http, quic, tcp, tls
 from probe.net._client import address_guard as _address_guard_var
 from probe.net.clock import Clock
-from probe.schema import DnsQuery, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
+from probe.schema import DnsQuery, Download, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
 
 if TYPE_CHECKING:
     import asyncio
@@ -111,6 +111,22 @@ class MeasurementContext:
         return await quic.quic_get(
             url, ip, port, sni, clock=self.clock, timeout=self.timeouts.quic, ca_bundle=self.ca_bundle,
             body_cap=body_cap, scrubber=self.scrubber, tag=tag,
+        )
+
+    async def download(
+        self,
+        url: str,
+        *,
+        address_map: dict[str, list[str]] | None,
+        resolve: Resolve | None = None,
+        byte_cap: int = download.DEFAULT_BYTE_CAP,
+        time_cap: float = download.DEFAULT_TIME_CAP,
+        tag: str | None = None,
+    ) -> Download:
+        """A bounded download (probe.net.download): ``timeout`` bounds what comes before the body."""
+        return await download.download(
+            url, clock=self.clock, timeout=self.timeouts.http, address_map=address_map, byte_cap=byte_cap,
+            time_cap=time_cap, ca_bundle=self.ca_bundle, resolve=resolve, scrubber=self.scrubber, tag=tag,
         )
 
     async def dns_system(self, hostname: str, *, tag: str | None = None) -> list[DnsQuery]:

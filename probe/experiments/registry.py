@@ -8,6 +8,7 @@ from probe.experiments.dns_consistency import DnsConsistency
 from probe.experiments.ikev2 import Ikev2
 from probe.experiments.openvpn import OpenVpn
 from probe.experiments.path_trace import PathTraceExperiment
+from probe.experiments.throughput import Throughput
 from probe.experiments.tor import Tor
 from probe.experiments.web_connectivity import WebConnectivity
 from probe.experiments.wireguard import WireGuard
@@ -39,3 +40,4 @@ register(WireGuard())
 register(Tor())
 register(Ikev2())
 register(PathTraceExperiment())
+register(Throughput())

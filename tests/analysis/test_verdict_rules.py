@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_connectivity import controls, site
+from test_throttling import THROUGHPUT_CASES
 from test_verdict_quic import quic_pair
 from test_verdicts import BLOCKPAGE, SITE_IP, control_of, verdicts, vpn, web
 
@@ -141,6 +142,7 @@ CASES: dict[str, Case] = {
     "down.both_failed": lambda: paired(web(tcp_failure="generic_timeout"), tcp_failure="generic_timeout"),
     "dns.inconsistent_dns_only": lambda: dns_only([LIE]),
     "ok.nothing_failed": lambda: dns_only([SITE_IP]),
+    **THROUGHPUT_CASES,  # throughput (throttling): tests/analysis/test_throttling.py
 }
 
 

@@ -40,8 +40,9 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: 
 
     DATASETS are Vantage dataset directories (probe runs, control runs, OONI imports) or
     directories of Parquet files. Each probe measurement gets a status (ok, blocked, down,
-    probe_failure, no_control, no_connectivity), the rule that decided, a confidence and, when a
-    blockpage fingerprint matched, confirmed=true. Corrupt or foreign Parquet files are skipped
+    probe_failure, no_control, no_connectivity, throttled), the rule that decided, a confidence
+    and, when a blockpage fingerprint matched, confirmed=true; throughput measurements also get
+    throttle_factor (how many times slower than the control and the network's other hosts). Corrupt or foreign Parquet files are skipped
     with a warning naming them. `vantage report --verdicts` and `vantage events --verdicts`
     read the file this writes.
     """

@@ -35,6 +35,7 @@ _RESUMABLE = (
     "timeout", "ca_bundle", "injection_target", "control", "anchors", "anchors_file", "concurrency",
     "per_host",
     "stun_servers", "public_nets", "no_quic",
+    "download_bytes", "download_time",
 )
 # Not remembered: --max-runtime is a budget for one invocation, --resume and --output name
 # the run, --no-progress is about the terminal at hand.
@@ -139,6 +140,10 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--injection-target", callback=_injection_target, default=None, metavar="IP[:PORT]",
               help="dns_consistency: an address known to run NO resolver; any answer from it is "
                    "injected. Without it the injection check is skipped.")
+@click.option("--download-bytes", type=click.IntRange(min=1024), default=None, metavar="BYTES",
+              help="throughput: stop each download after this many body bytes (default 4194304, 4 MiB).")
+@click.option("--download-time", type=click.FloatRange(min=0, min_open=True), default=None, metavar="S",
+              help="throughput: stop each download after S seconds of transfer (default 8).")
 @click.option("--anchors", is_flag=True,
               help="First measure the shipped anchors (DNS root servers, public anycast resolvers: "
                    "real internet addresses), the heartbeat that tells a shutdown from blocking.")
@@ -185,6 +190,11 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
     if run_id is not None:
         _apply_manifest(ctx, opts, output, run_id)
     experiment = registry.get(opts["experiment"] or "web_connectivity")
+    if experiment.name == "throughput" and ctx.get_parameter_source("concurrency") in (
+            None, click.core.ParameterSource.DEFAULT):
+        # Downloads side by side share the link: each would measure a share of it, not the path
+        # (and the analyzer compares a target's speed with the other hosts' as the link's).
+        opts["concurrency"] = 1
     if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
         opts["lists"] = _default_lists(opts["cc"])
     targets = _targets(opts, experiment)
@@ -205,6 +215,10 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
         extra["injection_target"] = opts["injection_target"]
     if opts["no_quic"]:
         extra["quic"] = False  # probe.experiments.web_connectivity.QUIC_OPTION
+    if opts["download_bytes"]:
+        extra["download_byte_cap"] = opts["download_bytes"]
+    if opts["download_time"]:
+        extra["download_time_cap"] = opts["download_time"]
     scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),
