@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
-from analysis import connectivity, rules
+from analysis import connectivity, messaging, rules
 from analysis.db import quote_ident
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
+from analysis.messaging import FUNCTIONS_TYPE
 from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ VERDICT_SCHEMA = pa.schema(
         pa.field("confidence", pa.float64()),
         pa.field("confirmed", pa.bool_()),
         pa.field("fingerprint", pa.string()),
+        # Messaging apps: one entry per function (analysis/messaging.py FUNCTION_TYPE); NULL otherwise.
+        pa.field("functions", FUNCTIONS_TYPE),
     ]
 )
 
@@ -312,13 +315,14 @@ def compute_verdicts(
     _load(con, "_vt_ipinfo", ipinfo)
     con.execute(rules.PENDING)
     _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
+    messaging.messaging_table(con, lambda name, table: _load(con, name, table))
     if offline is None:
         connectivity.create_connectivity_tables(con)
     else:
         _load(con, "_vt_offline", offline.select(["mid", "role"]))
     table = con.sql(rules.decision_sql()).to_arrow_table()
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
-                 "_vt_ipinfo", "_vt_httpfp"):
+                 "_vt_ipinfo", "_vt_httpfp", "_vt_msg"):
         con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
     connectivity.drop_connectivity_tables(con)
     return table.cast(VERDICT_SCHEMA)

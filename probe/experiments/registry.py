@@ -6,6 +6,10 @@ from probe.experiments.anchors import Anchors
 from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
 from probe.experiments.ikev2 import Ikev2
+from probe.experiments.messaging.fbmessenger import FacebookMessenger
+from probe.experiments.messaging.signal import Signal
+from probe.experiments.messaging.telegram import Telegram
+from probe.experiments.messaging.whatsapp import WhatsApp
 from probe.experiments.openvpn import OpenVpn
 from probe.experiments.tor import Tor
 from probe.experiments.web_connectivity import WebConnectivity
@@ -37,3 +41,7 @@ register(OpenVpn())
 register(WireGuard())
 register(Tor())
 register(Ikev2())
+register(Signal())
+register(Telegram())
+register(WhatsApp())
+register(FacebookMessenger())
