@@ -130,7 +130,9 @@ def endpoint_results(app: str, obs: dict[str, list[dict[str, Any]]]) -> dict[str
         function = key.split("@", 1)[0]
         if key in connected_hosts:
             continue
-        out[key] = _judge_dns_only(app, key, function, queries)
+        result = _judge_dns_only(app, key, function, queries)
+        if result is not None:
+            out[key] = result
     return out
 
 
@@ -151,15 +153,16 @@ def _inconsistent(app: str, queries: list[dict[str, Any]]) -> bool:
     return any(asn is not None and asn != expected for asn in asns)
 
 
-def _judge_dns_only(app: str, key: str, function: str, queries: list[dict[str, Any]]) -> EndpointResult:
+def _judge_dns_only(app: str, key: str, function: str, queries: list[dict[str, Any]]) -> EndpointResult | None:
     if any(q.get("failure") == "interrupted" for q in queries) and not _addresses(queries):
         return EndpointResult(key, function, ok=False, interrupted=True, failure="interrupted")
     if not _addresses(queries):
         return EndpointResult(key, function, ok=False, layer="dns", failure=_dns_failure(queries))
     if _inconsistent(app, queries):
         return EndpointResult(key, function, ok=False, layer="dns", failure=DNS_INCONSISTENT)
-    # Resolved, consistent, and nothing else was asked of it (an OONI DNS-only check).
-    return EndpointResult(key, function, ok=True)
+    # Resolved, consistent, and nothing else on the record (an OONI import whose connects went to
+    # an address another host of the function shares): judged by the steps that were recorded.
+    return None
 
 
 def _judge_endpoint(app: str, key: str, function: str, steps: dict[str, list[dict[str, Any]]],
@@ -170,10 +173,12 @@ def _judge_endpoint(app: str, key: str, function: str, steps: dict[str, list[dic
     must_redirect = (app, function) in CLEARTEXT_MUST_REDIRECT
     if http:
         def hop_ok(h: dict[str, Any]) -> bool:
-            if h.get("failure") is not None or h.get("status_code") is None:
+            # No failure is a response (old OONI records carry no status code for it).
+            if h.get("failure") is not None:
                 return False
             cleartext = str(h.get("url") or "").lower().startswith("http://")
-            return not (must_redirect and cleartext and not 300 <= int(h["status_code"]) < 400)
+            code = h.get("status_code")
+            return not (must_redirect and cleartext and code is not None and not 300 <= int(code) < 400)
 
         # Every URL of the endpoint must answer (whatsapp web: https and its cleartext twin).
         by_url: dict[str, list[dict[str, Any]]] = {}
@@ -186,6 +191,9 @@ def _judge_endpoint(app: str, key: str, function: str, steps: dict[str, list[dic
         failure = hop.get("failure") or (UNEXPECTED_STATUS if hop.get("status_code") is not None else None)
         if failure == "interrupted":
             return EndpointResult(key, function, ok=False, interrupted=True, failure=failure)
+        if not tcp and not tls and queries and not _addresses(queries):
+            # No address to connect to (an OONI import keeps the request that never started).
+            return EndpointResult(key, function, ok=False, layer="dns", failure=_dns_failure(queries))
         layer = _connect_layer(tcp, tls) or "http-failure"
         if layer != "http-failure":
             failure = _first_failure(tls if layer == "tls" else tcp) or failure
