@@ -344,3 +344,56 @@ def functions_text(functions: Iterable[dict[str, Any]] | None) -> str:
             text += ", no control)" if f.get("control") is None else ")"
         parts.append(text)
     return "; ".join(parts)
+
+
+def function_rows(verdicts: pa.Table) -> list[dict[str, Any]]:
+    """One row per (messaging verdict, function): the verdict's identity and app status beside
+    the function's. Empty for a verdicts table without the column (written before it existed)."""
+    if "functions" not in verdicts.column_names:
+        return []
+    cols = ("measurement_id", "run_id", "input", "experiment", "probe_cc", "probe_asn", "measurement_start_time",
+            "status", "method")
+    data = {c: verdicts.column(c).to_pylist() for c in cols}
+    out = []
+    for i, functions in enumerate(verdicts.column("functions").to_pylist()):
+        for f in functions or []:
+            row = {c: data[c][i] for c in cols}
+            row["app_status"] = row.pop("status")
+            row.update(f)
+            out.append(row)
+    return out
+
+
+def function_summary(verdicts: pa.Table) -> list[dict[str, Any]]:
+    """Per (country, network, app, function): measurements, blocked, down, ok, the layers seen
+    blocked and the latest status; the same numbers analyze, report and runs show print."""
+    groups: dict[tuple[str, str | None, str, str], dict[str, Any]] = {}
+    for r in sorted(function_rows(verdicts), key=lambda r: (r["measurement_start_time"] is None, r["measurement_start_time"])):
+        key = (r["probe_cc"], r["probe_asn"], r["experiment"], r["function"])
+        g = groups.setdefault(key, {"probe_cc": key[0], "probe_asn": key[1], "app": key[2], "function": key[3],
+                                    "measurements": 0, "blocked": 0, "down": 0, "ok": 0, "layers": [], "last_status": None})
+        g["measurements"] += 1
+        if r["status"] in ("blocked", "down", "ok"):
+            g[r["status"]] += 1
+        if r["status"] == "blocked" and r["layer"] and r["layer"] not in g["layers"]:
+            g["layers"].append(r["layer"])
+        g["last_status"] = r["status"]
+    order = {f: i for i, f in enumerate(FUNCTIONS)}
+    return sorted(groups.values(), key=lambda g: (g["probe_cc"], g["probe_asn"] or "", g["app"], order.get(g["function"], 9)))
+
+
+SUMMARY_HEAD = ["cc", "network", "app", "function", "measured", "blocked", "down", "ok", "blocked at", "latest"]
+
+
+def summary_cells(g: dict[str, Any]) -> list[str]:
+    return [g["probe_cc"], g["probe_asn"] or "", g["app"], g["function"], str(g["measurements"]), str(g["blocked"]),
+            str(g["down"]), str(g["ok"]), ", ".join(g["layers"]), g["last_status"] or ""]
+
+
+def flat_verdicts(verdicts: pa.Table) -> pa.Table:
+    """The verdicts with ``functions`` as its one-line text (CSV holds no nested column)."""
+    if "functions" not in verdicts.column_names:
+        return verdicts
+    i = verdicts.column_names.index("functions")
+    text = [functions_text(f) if f is not None else None for f in verdicts.column(i).to_pylist()]
+    return verdicts.set_column(i, pa.field("functions", pa.string()), pa.array(text, pa.string()))

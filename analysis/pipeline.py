@@ -367,10 +367,23 @@ def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
         raise VerdictsFileError(f"{path}: corrupt verdicts metadata (not JSON)") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (metadata format is not {FORMAT!r})")
+    table = _with_later_columns(table)
     missing = [n for n in VERDICT_SCHEMA.names if n not in table.schema.names]
     if missing:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (missing columns: {', '.join(missing[:6])})")
     return table.replace_schema_metadata(None), metadata
+
+
+# Columns added to VERDICT_SCHEMA after files were written: such a file reads with them null.
+LATER_COLUMNS = ("functions",)  # the messaging apps' per-function verdicts (analysis/messaging.py)
+
+
+def _with_later_columns(table: pa.Table) -> pa.Table:
+    for name in LATER_COLUMNS:
+        if name not in table.schema.names:
+            field = VERDICT_SCHEMA.field(name)
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table
 
 
 def _read_verdicts_dataset(path: Path) -> tuple[pa.Table, dict[str, Any]]:
@@ -388,7 +401,7 @@ def _read_verdicts_dataset(path: Path) -> tuple[pa.Table, dict[str, Any]]:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts dataset (metadata format is not {FORMAT!r})")
     parts = sorted(p for p in path.glob("*.parquet") if not p.name.startswith((".", "_")))
     try:
-        tables = [pq.read_table(p) for p in parts]
+        tables = [_with_later_columns(pq.read_table(p)) for p in parts]
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise VerdictsFileError(f"{path}: not a readable Parquet dataset ({str(exc).splitlines()[0][:120]})") from None
     missing = [n for n in VERDICT_SCHEMA.names if tables and n not in tables[0].schema.names]
