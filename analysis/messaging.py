@@ -141,7 +141,7 @@ def _addresses(queries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _dns_failure(queries: list[dict[str, Any]]) -> str:
-    failures = [q.get("failure") for q in queries if q.get("failure")]
+    failures = [str(q["failure"]) for q in queries if q.get("failure")]
     return next((f for f in failures if f != "dns_no_answer"), failures[0] if failures else "dns_no_answer")
 
 
@@ -308,7 +308,8 @@ def messaging_table(con: duckdb.DuckDBPyConnection, load: Callable[[str, pa.Tabl
         WHERE p.experiment IN ({apps}) AND m.role = 'probe'
     """).fetchall()
     cids = sorted({r[2] for r in rows if r[2] is not None})
-    controls: dict[str, dict[str, Any]] = {}
+    # A control that could not run (its failure set) is no control: OONI's rule alone then.
+    controls: dict[str, dict[str, Any] | None] = {}
     if cids:
         load("_vt_msg_cids", pa.table({"cid": pa.array(cids, pa.string())}))
         for cid, failure, *lists in con.sql(f"""
