@@ -138,7 +138,7 @@ def update_messaging(url: str | None, dest: Path | None, timeout: float) -> None
     instead of the shipped list (testlists/messaging.csv). --messaging-endpoints on `vantage run`
     overrides both.
     """
-    from probe.experiments.messaging.endpoints import EndpointsUpdateError, update_endpoints
+    from probe.messaging_endpoints import EndpointsUpdateError, update_endpoints
 
     try:
         path, n = update_endpoints(url, dest=dest, timeout=timeout)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import tempfile
+import os
 from collections.abc import Awaitable
 from importlib import resources
-from pathlib import Path
 from typing import Any, ClassVar
 
 from probe.experiments.base import Experiment, InputError, Observation, Target
@@ -107,19 +105,10 @@ async def _measure_endpoint(net: MeasurementContext, e: AppEndpoint, addresses: 
 
 
 def _with_extra_ca(net: MeasurementContext, name: str) -> MeasurementContext:
-    """The same context (clock, steps) trusting ``name`` too, beside the run's --ca-bundle."""
-    pem = (resources.files("probe") / "data" / name).read_bytes()
-    if net.ca_bundle:
-        try:
-            pem = Path(net.ca_bundle).read_bytes() + b"\n" + pem
-        except OSError as exc:
-            raise InputError(f"cannot read --ca-bundle {net.ca_bundle}: {exc.strerror or exc}") from None
-    # One file per distinct content, so the verifying context built from it is cached once.
-    path = Path(tempfile.gettempdir()) / f"vantage-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
-    if not path.is_file():
-        from probe.dataset import atomic_write_bytes
-
-        atomic_write_bytes(path, pem)
+    """The same context (clock, steps) trusting ``name`` too, beside the run's --ca-bundle
+    (probe.net loads every file of an os.pathsep-joined bundle; nothing is written)."""
+    pem = str(resources.files("probe") / "data" / name)
+    bundle = pem if not net.ca_bundle else os.pathsep.join((str(net.ca_bundle), pem))
     sub = copy.copy(net)
-    sub.settings = dataclasses.replace(net.settings, ca_bundle=str(path))
+    sub.settings = dataclasses.replace(net.settings, ca_bundle=bundle)
     return sub

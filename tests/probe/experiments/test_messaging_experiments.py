@@ -4,6 +4,7 @@ which endpoints they measure, how deep, and how each observation is tagged."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_whatsapp_registration_without_an_address_stops_at_dns(tmp_path: Path) -
 
 def test_signal_trusts_its_own_ca_beside_the_run_bundle(tmp_path: Path) -> None:
     lab_ca = tmp_path / "lab-ca.pem"
-    lab_ca.write_text("-----BEGIN CERTIFICATE-----\nlab\n-----END CERTIFICATE-----\n", encoding="utf-8")
+    lab_ca.write_text("(the lab's CA)", encoding="utf-8")
     s = settings(tmp_path)
     s.ca_bundle = str(lab_ca)
     seen: list[str | None] = []
@@ -78,10 +79,29 @@ def test_signal_trusts_its_own_ca_beside_the_run_bundle(tmp_path: Path) -> None:
     net = Recording(s, dns={"chat.signal.test": ["192.0.2.9"]}, http={"https://chat.signal.test/": Page(404)})
     run("signal", net)
     (bundle,) = seen
-    text = Path(bundle or "").read_text(encoding="utf-8")
-    assert "lab" in text and "MIIF2zCCA8OgAwIBAgIUAMHz4g60cIDBpPr1gyZ" in text  # the lab's CA and Signal's
+    files = (bundle or "").split(os.pathsep)  # probe.net loads each (tests/probe/net: the joined bundle)
+    assert files[0] == str(lab_ca)  # the run's own, then Signal's
+    assert "MIIF2zCCA8OgAwIBAgIUAMHz4g60cIDBpPr1gyZ" in Path(files[1]).read_text(encoding="utf-8")
     assert net.settings.ca_bundle == str(lab_ca)  # the run's own settings are untouched
-    assert ("tls", "192.0.2.9", 443, "chat.signal.test") in net.steps
+
+
+def test_a_joined_bundle_trusts_every_file(tmp_path: Path) -> None:
+    import trustme
+    from cryptography import x509
+
+    from probe.net._client import verifying_context
+
+    serials = set()
+    paths = []
+    for name in ("a", "b"):
+        ca = trustme.CA()
+        path = tmp_path / f"{name}.pem"
+        ca.cert_pem.write_to_path(str(path))
+        paths.append(str(path))
+        serials.add(f"{x509.load_pem_x509_certificate(ca.cert_pem.bytes()).serial_number:X}")
+    ctx = verifying_context(os.pathsep.join(paths), purpose="tls")
+    loaded = {c["serialNumber"].lstrip("0") for c in ctx.get_ca_certs()}
+    assert {s.lstrip("0") for s in serials} <= loaded
 
 
 def test_a_list_without_the_app_or_a_bad_row_is_an_input_error(tmp_path: Path) -> None:
