@@ -139,3 +139,18 @@ def test_run_with_a_bad_endpoints_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--experiment", "telegram", "--messaging-endpoints", str(bad),
                                        "--output", str(tmp_path / "out"), "--resolver", "127.0.0.1:9"])
     assert result.exit_code == 1 and "kind must be one of" in result.output and "Traceback" not in result.output
+
+
+def test_run_measures_the_app_itself_and_ignores_a_target_list(tmp_path: Path) -> None:
+    import duckdb
+
+    endpoints = tmp_path / "ep.csv"  # loopback only: a closed port refuses at once
+    endpoints.write_text("app,function,kind,host,port\ntelegram,messaging,tcp,127.0.0.1,9\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", "--experiment", "telegram", "--list", "vantage", "--messaging-endpoints",
+                                       str(endpoints), "--output", str(tmp_path / "out"), "--resolver", "127.0.0.1:9",
+                                       "--timeout", "2", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "telegram takes no target list" in result.stderr
+    ((inp, tags),) = duckdb.sql(f"SELECT input, list_transform(tcp, lambda c: c.tag || ' ' || coalesce(c.failure, 'ok')) "
+                                f"FROM read_parquet('{tmp_path}/out/measurements/**/*.parquet')").fetchall()
+    assert inp == "telegram" and tags == ["messaging@127.0.0.1:9 connection_refused"]

@@ -445,7 +445,11 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
                 raise click.ClickException(str(exc)) from None
             targets += got
             problems += anchor_problems
-    elif not lists and not opts["urls"] and experiment.default_targets():
+    elif experiment.default_targets() and not opts["urls"]:
+        # The messaging apps measure their endpoints list, never a target list.
+        if lists:
+            Console(stderr=True).print(f"{experiment.name} takes no target list: --list / probe.lists ignored "
+                                       "(its endpoints come from the messaging endpoints list)", highlight=False)
         targets += experiment.default_targets()
     elif lists:
         try:

@@ -73,8 +73,16 @@ class MessagingExperiment(Experiment):
         return observations
 
     def succeeded(self, m: Measurement) -> bool:
-        """Ok when every endpoint's last step worked (the analyzer applies the app's rule)."""
-        return m.failure is None and bool(m.tcp or m.http) and all(h.failure is None for h in m.http)
+        """Ok for the run's summary when every step worked: every address query answered and
+        every connect, handshake and GET succeeded (an IPv6 address a vantage point without IPv6
+        cannot reach aside). Whether the app is blocked is the analyzer's call, by the app's rule."""
+        if m.failure is not None or not (m.tcp or m.http):
+            return False
+        if any(q.failure is not None for q in m.dns if q.query_type == "A"):
+            return False
+        steps: list[Any] = [*m.tcp, *m.tls, *m.http]
+        return all(o.failure is None or (o.failure in ("network_unreachable", "host_unreachable")
+                                         and ":" in str(getattr(o, "ip", "") or "")) for o in steps)
 
 
 async def _lookup(net: MeasurementContext, e: AppEndpoint) -> list[DnsQuery]:
