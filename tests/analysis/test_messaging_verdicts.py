@@ -116,3 +116,22 @@ def test_facebook_answer_outside_facebooks_network_is_dns_blocking() -> None:
     assert (f.status, f.layer, f.failure) == ("blocked", "dns", "unknown_failure:dns_inconsistent")
     m.dns[0].answers[0].asn = "AS32934"
     assert judge_functions("facebook_messenger", _obs(m), None)[0].status == "ok"
+
+
+def test_the_spark_engines_verdict_columns_include_functions() -> None:
+    """--engine spark declares the verdict columns as a DDL string: the same names, in order
+    (its applyInArrow returns compute_verdicts' table, functions column included)."""
+    from analysis.spark_engine import _SPARK_VERDICT_DDL
+    from analysis.verdicts import VERDICT_SCHEMA
+
+    names, depth, current = [], 0, ""
+    for ch in _SPARK_VERDICT_DDL + ",":
+        if ch == "," and depth == 0:
+            names.append(current.split()[0])
+            current = ""
+            continue
+        depth += ch == "<"
+        depth -= ch == ">"
+        current += ch
+    assert names == VERDICT_SCHEMA.names
+    assert "array<struct<function: string" in _SPARK_VERDICT_DDL
