@@ -25,7 +25,8 @@ from vantage.cli import main
 
 
 def invoke(*args: str) -> str:
-    result = CliRunner().invoke(main, list(args))
+    # A wide terminal: rich folds long cells at 80 columns, which would split what is asserted.
+    result = CliRunner().invoke(main, list(args), env={"COLUMNS": "250"})
     assert result.exit_code == 0, (args, result.output, result.exception)
     return result.stdout
 
