@@ -92,6 +92,27 @@ RULES: tuple[Rule, ...] = (
          "At least 4 times slower than at the control AND than other hosts from the same network "
          "within the hour (a long enough download): throttled. `throttle_factor`: the smaller of "
          "the two factors."),
+    # -- messaging apps (analysis/messaging.py judges each function by OONI's rules; these name the app's verdict)
+    Rule("messaging.dns", "blocked", "dns", 0.7,
+         "A function of the app (registration, messaging, web) failed by OONI's rule (Telegram's and WhatsApp's "
+         "messaging: every endpoint; any other: one endpoint), first at DNS (no address, or answers outside the "
+         "app's network), and the control reached that endpoint, or no control measured the app (OONI's own rule: "
+         "the apps' always-on servers need none; the per-function row's `control` is then null)."),
+    Rule("messaging.tls", "blocked", "tls", 0.7,
+         "As messaging.dns, the first blocked function's endpoints failing at the TLS handshake (reset by SNI, "
+         "a certificate the app does not trust)."),
+    Rule("messaging.http", "blocked", "http-failure", 0.7,
+         "As messaging.dns, the first blocked function's endpoints connecting but the GET getting no (or, WhatsApp "
+         "Web's cleartext GET, a non-redirect) response."),
+    Rule("messaging.tcp", "blocked", "tcp_ip", 0.7,
+         "As messaging.dns, the first blocked function's endpoints failing to connect (dropped by IP, reset, refused)."),
+    Rule("probe_failure.messaging_interrupted", "probe_failure", None, 1.0,
+         "The probe cancelled an endpoint's step (run budget, Ctrl-C) and no function failed otherwise."),
+    Rule("down.messaging", "down", None, 0.7,
+         "A function failed by OONI's rule, but its failed endpoints failed at the control too: the service (or "
+         "a stale list entry) is down, not censored."),
+    Rule("ok.messaging", "ok", None, 0.8,
+         "Every function of the app worked by OONI's rule (one chat endpoint or data centre is enough)."),
     # -- injection
     Rule("dns.injected", "blocked", "dns", 0.9,
          "A reply came for the injection check (a query where no resolver runs), or a late reply "
@@ -607,12 +628,14 @@ SELECT v.*, fp.http_fp, fp.http_fp_conf, coalesce(d.any_bogon, false) AS any_bog
   d.dns_fp, d.dns_fp_value, d.dns_fp_conf,
   ghost OR coalesce(d.dns_inconsistent, false) AS dns_inconsistent,
   ghost OR coalesce(d.dns_foreign, false) AS dns_foreign,
-  o.mid IS NOT NULL AS offline, oc.mid IS NOT NULL AS c_offline
+  o.mid IS NOT NULL AS offline, oc.mid IS NOT NULL AS c_offline,
+  msg.msg_status, msg.msg_layer, msg.functions
 FROM (SELECT *, p_has_ips AND NOT c_dns_ok AND coalesce(c_dns_failure IN ('dns_nxdomain', 'dns_no_answer'), false) AS ghost
       FROM _vt_v) v
 LEFT JOIN _vt_httpfp fp USING (mid) LEFT JOIN _vt_dns d USING (mid)
 LEFT JOIN _vt_offline o ON o.mid = v.mid LEFT JOIN _vt_offline oc ON oc.mid = v.cid
 LEFT JOIN _vt_tp tp ON tp.mid = v.mid
+LEFT JOIN _vt_msg msg ON msg.mid = v.mid
 ), s AS (
 SELECT r.*,
 CASE
@@ -639,6 +662,13 @@ CASE
     WHEN tp_far THEN $rule:ok.throughput_far
     WHEN tp_hist_factor >= {THROTTLE_FACTOR} THEN $rule:throttled.onset
     ELSE $rule:throttled.slowdown END
+  WHEN msg_status IS NOT NULL THEN CASE
+    WHEN msg_status = 'blocked' THEN CASE msg_layer WHEN 'dns' THEN $rule:messaging.dns WHEN 'tls' THEN $rule:messaging.tls
+                                                    WHEN 'http-failure' THEN $rule:messaging.http
+                                                    ELSE $rule:messaging.tcp END
+    WHEN msg_status = 'probe_failure' THEN $rule:probe_failure.messaging_interrupted
+    WHEN msg_status = 'down' THEN $rule:down.messaging
+    ELSE $rule:ok.messaging END
   WHEN injected THEN $rule:dns.injected
   -- OONI's null cases: no control, or one that could not run. A page that arrived over
   -- validated HTTPS needs no control.
@@ -694,7 +724,8 @@ SELECT mid AS measurement_id, run_id, input, experiment, probe_cc, probe_asn, t 
        d[3] IN ('dns.blockpage_ip', 'http.blockpage') AS confirmed,
        CASE WHEN d[3] = 'dns.blockpage_ip' THEN dns_fp WHEN d[3] = 'http.blockpage' THEN http_fp END AS fingerprint,
        -- throughput: how many times slower than the references (analysis/throughput.py)
-       CASE WHEN coalesce(tp_n, 0) > 0 THEN round(tp_factor, 2) END AS throttle_factor
+       CASE WHEN coalesce(tp_n, 0) > 0 THEN round(tp_factor, 2) END AS throttle_factor,
+       functions  -- messaging apps: the per-function verdicts (analysis/messaging.py); NULL otherwise
 FROM s
 -- One verdict per probe measurement even when the input holds a measurement (or its control)
 -- twice: the copies carry the same data, so any one of them is the verdict.

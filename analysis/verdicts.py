@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 import duckdb
 import pyarrow as pa
 
-from analysis import connectivity, rules, throughput
+from analysis import connectivity, messaging, rules, throughput
 from analysis.db import missing_columns_sql, quote_ident
 from analysis.fingerprints import Fingerprint, FingerprintSet, load_fingerprints
+from analysis.messaging import FUNCTIONS_TYPE
 from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,12 @@ VERDICT_SCHEMA = pa.schema(
         pa.field("fingerprint", pa.string()),
         # throughput: how many times slower than the control and the link (analysis/throughput.py)
         pa.field("throttle_factor", pa.float64()),
+        # Messaging apps: one entry per function (analysis/messaging.py FUNCTION_TYPE); NULL otherwise.
+        pa.field("functions", FUNCTIONS_TYPE),
     ]
 )
 # Verdict columns added after verdict files were first written: an older file reads with NULLs.
-ADDED_VERDICT_COLUMNS = frozenset({"throttle_factor"})
+ADDED_VERDICT_COLUMNS = frozenset({"throttle_factor", "functions"})
 
 # Addresses no public DNS answer should point to (IANA special-purpose registries): a resolver
 # that answers with one of them for a public name is lying. --public-net removes networks.
@@ -317,6 +320,7 @@ def compute_verdicts(
     _load(con, "_vt_ipinfo", ipinfo)
     con.execute(rules.PENDING)
     _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
+    messaging.messaging_table(con, lambda name, table: _load(con, name, table))
     if offline is None:
         connectivity.create_connectivity_tables(con)
     else:
@@ -325,7 +329,7 @@ def compute_verdicts(
     table = con.sql(rules.decision_sql()).to_arrow_table()
     throughput.drop_throughput_tables(con)
     for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
-                 "_vt_ipinfo", "_vt_httpfp"):
+                 "_vt_ipinfo", "_vt_httpfp", "_vt_msg"):
         con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
     con.execute("DROP VIEW IF EXISTS _vt_m")
     connectivity.drop_connectivity_tables(con)

@@ -27,6 +27,7 @@ from analysis import charts
 from analysis.db import DatasetError
 from analysis.detector import DetectorConfig
 from analysis.events import Event
+from analysis.messaging import SUMMARY_HEAD, flat_verdicts, function_summary, summary_cells
 from analysis.pipeline import (
     AnalysisOptions,
     OutputError,
@@ -76,6 +77,7 @@ class ReportData:
     charts: dict[str, bytes] = field(default_factory=dict)
     event_charts: list[tuple[Event, bytes]] = field(default_factory=list)
     network_names: dict[str, str] = field(default_factory=dict)  # ASN -> organisation (names.network_names)
+    messaging: list[dict[str, Any]] = field(default_factory=list)  # analysis.messaging.function_summary
 
 
 @dataclass
@@ -248,6 +250,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
         event_charts=charts.charts_for_events(detection.hourly, detection.events, detection.input_failures,
                                               limit=max_event_charts),
         network_names=nm.network_names(con),
+        messaging=function_summary(verdicts.table),
     )
     return data
 
@@ -359,11 +362,20 @@ def render_html(data: ReportData) -> str:
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
             out.append(f"<h4>{e(nm.network_label(asn, data.network_names))}</h4>")
             out.append(_html_table(_BLOCK_HEAD, rows))
+    if data.messaging:
+        out.append("<h2>Messaging apps, per function</h2>")
+        out.append(f"<p>{e(_MESSAGING_TEXT)}</p>")
+        out.append(_html_table(SUMMARY_HEAD, [summary_cells(g) for g in data.messaging]))
     out.append(f"<h2>Method</h2><p>{e(_METHOD)}</p><p>How these verdicts were made:</p><ul>")
     out += [f"<li>{e(line)}</li>" for line in data.provenance]
     out.append("</ul></body></html>")
     return "\n".join(out)
 
+
+_MESSAGING_TEXT = ("Signal, Telegram, WhatsApp and Facebook Messenger, per function (registration, messaging, web), "
+                   "by OONI's rules: Telegram's and WhatsApp's messaging count as blocked only when every data centre "
+                   "or chat endpoint fails, any other function when one of its endpoints fails; a failure the "
+                   "control saw too is `down`, not blocking.")
 
 _METHOD = ("Verdicts compare each probe measurement with a control measurement of the same target from an "
            "uncensored network, taken at about the same time; a known blockpage (fingerprint) confirms blocking "
@@ -436,6 +448,9 @@ def render_markdown(data: ReportData, output: Path, assets: Path | None = None) 
         for asn in sorted({r["probe_asn"] for r in data.blocked if r["probe_cc"] == cc}):
             rows = [_block_row(r) for r in data.blocked if r["probe_cc"] == cc and r["probe_asn"] == asn]
             out += [f"#### {nm.network_label(asn, data.network_names)}", "", _md_table(_BLOCK_HEAD, rows), ""]
+    if data.messaging:
+        out += ["## Messaging apps, per function", "", _MESSAGING_TEXT, "",
+                _md_table(SUMMARY_HEAD, [summary_cells(g) for g in data.messaging]), ""]
     out += ["## Method", "", _METHOD, "", "How these verdicts were made:", ""]
     out += [f"- {line}" for line in data.provenance]
     return "\n".join(out) + "\n"
@@ -504,10 +519,10 @@ def write_report(paths: Sequence[Path | str], output: Path | str | None = None, 
             text = render_html(data) if suffix in (".html", ".htm") else render_markdown(data, out, tmp_assets)
             tmp_out.write_text(text, encoding="utf-8")
             if tmp_csv is not None:
-                pacsv.write_csv(verdicts.table, tmp_csv)
+                pacsv.write_csv(flat_verdicts(verdicts.table), tmp_csv)
     elif csv_path is not None:
         with atomic_output(csv_path) as tmp:
-            pacsv.write_csv(verdicts.table, tmp)
+            pacsv.write_csv(flat_verdicts(verdicts.table), tmp)
     return ReportResult(out, csv_path, len(data.detection.events), len(data.blocked), verdicts.table.num_rows,
                         site_dir, pages)
 

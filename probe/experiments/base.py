@@ -147,6 +147,10 @@ class Experiment:
 
         return input_problem(input_)
 
+    def default_targets(self) -> list[Target]:
+        """What to measure when the run names no list or URL (messaging apps: the app itself)."""
+        return []
+
     def host_key(self, target: Target) -> str:
         """What the runner's per-host politeness limit counts (the server's host name)."""
         from urllib.parse import urlsplit

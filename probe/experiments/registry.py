@@ -6,6 +6,10 @@ from probe.experiments.anchors import Anchors
 from probe.experiments.base import Experiment
 from probe.experiments.dns_consistency import DnsConsistency
 from probe.experiments.ikev2 import Ikev2
+from probe.experiments.messaging.fbmessenger import FacebookMessenger
+from probe.experiments.messaging.signal import Signal
+from probe.experiments.messaging.telegram import Telegram
+from probe.experiments.messaging.whatsapp import WhatsApp
 from probe.experiments.openvpn import OpenVpn
 from probe.experiments.path_trace import PathTraceExperiment
 from probe.experiments.throughput import Throughput
@@ -41,3 +45,7 @@ register(Tor())
 register(Ikev2())
 register(PathTraceExperiment())
 register(Throughput())
+register(Signal())
+register(Telegram())
+register(WhatsApp())
+register(FacebookMessenger())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import ipaddress
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from os import PathLike
@@ -37,7 +38,10 @@ def _verifying_context(ca_bundle: str | None, purpose: str) -> ssl.SSLContext:
         except (ImportError, OSError):
             pass
     if ca_bundle is not None:
-        ctx.load_verify_locations(cafile=ca_bundle)  # extra roots, added to the system's
+        # Extra roots, added to the system's: one PEM file, or several joined by os.pathsep
+        # (an app's pinned CA beside a lab's, probe/experiments/messaging/base.py).
+        for cafile in ca_bundle.split(os.pathsep):
+            ctx.load_verify_locations(cafile=cafile)
     if purpose == "tls":
         ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from test_connectivity import controls, site
+from test_messaging_verdicts import RULE_CASES as MESSAGING_CASES
 from test_throttling import THROUGHPUT_CASES
 from test_verdict_quic import quic_pair
 from test_verdicts import BLOCKPAGE, SITE_IP, control_of, verdicts, vpn, web
@@ -90,6 +91,7 @@ CASES: dict[str, Case] = {
     "vpn.timeout": lambda: vpn_pair("generic_timeout"),
     "vpn.failure": lambda: vpn_pair("eof"),
     "down.vpn_both_failed": lambda: vpn_pair("generic_timeout", control_ok=False),
+    **MESSAGING_CASES,  # tests/analysis/test_messaging_verdicts.py
     "dns.injected": lambda: paired(web(ips=["1.2.3.4"], late=[SITE_IP])),
     "ok.https_no_control": lambda: alone(web(url="https://site.example/")),
     "no_control.none": lambda: alone(web(tcp_failure="connection_reset")),

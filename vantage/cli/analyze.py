@@ -68,12 +68,14 @@ def analyze(datasets: tuple[Path, ...], output: Path, db: Path | None, options: 
 def as_dict(result: AnalyzeResult) -> dict[str, object]:
     """What :func:`render` prints, as JSON: the same counts, the paths and the provenance
     (its summary lines and the metadata stored in the verdicts file)."""
+    from analysis.messaging import function_summary
     from analysis.pipeline import describe
 
     return {
         "measurements": result.verdicts.num_rows,
         "counts": [{"status": s, "layer": layer, "measurements": n} for s, layer, n in result.counts()],
         "confirmed": sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c),
+        "messaging_functions": function_summary(result.verdicts),
         "verdicts": str(result.output),
         "database": str(result.db) if result.db is not None else None,
         "provenance": describe(result.metadata),
@@ -82,6 +84,7 @@ def as_dict(result: AnalyzeResult) -> dict[str, object]:
 
 
 def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> None:
+    from analysis.messaging import function_summary
     from analysis.pipeline import describe
 
     n = result.verdicts.num_rows
@@ -94,6 +97,16 @@ def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> N
         for status, layer, count in result.counts():
             table.add_row(status, layer or "", f"{count:,}", f"{100 * count / n:.1f} %" if n else "")
         console.print(table)
+        messaging = function_summary(result.verdicts)
+        if messaging:
+            # The terminal's share of function_summary (report and --json carry every column).
+            apps = Table(title="messaging apps, per function")
+            for col in ("where", "app", "function", "blocked", "down", "ok", "blocked at"):
+                apps.add_column(col, justify="right" if col in ("blocked", "down", "ok") else "left", overflow="fold")
+            for g in messaging:
+                apps.add_row(f"{g['probe_cc']} {g['probe_asn'] or ''}".strip(), g["app"], g["function"],
+                             f"{g['blocked']}/{g['measurements']}", str(g["down"]), str(g["ok"]), ", ".join(g["layers"]))
+            console.print(apps)
         confirmed = sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c)
         if confirmed:
             console.print(f"{confirmed:,} confirmed by a blockpage fingerprint", highlight=False)

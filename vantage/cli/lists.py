@@ -125,6 +125,28 @@ def update(countries: tuple[str, ...], dest: Path | None, base_url: str | None, 
         click.echo(f"{path}: {len(entries)} entries" + (f", {len(problems)} skipped rows" if problems else ""))
 
 
+@lists.command("update-messaging")
+@click.option("--url", default=None, metavar="URL",
+              help="Where the newer messaging endpoints list is (default: $VANTAGE_MESSAGING_ENDPOINTS_URL).")
+@click.option("--dest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="File to write (default: messaging.csv in the user data directory, which runs then use).")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds for the download.")
+def update_messaging(url: str | None, dest: Path | None, timeout: float) -> None:
+    """Download a newer messaging-app endpoints list (signal, telegram, whatsapp, facebook_messenger).
+
+    The file replaces the old copy only when every row parses; runs then measure its endpoints
+    instead of the shipped list (testlists/messaging.csv). --messaging-endpoints on `vantage run`
+    overrides both.
+    """
+    from probe.messaging_endpoints import EndpointsUpdateError, update_endpoints
+
+    try:
+        path, n = update_endpoints(url, dest=dest, timeout=timeout)
+    except EndpointsUpdateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path}: {n} endpoints")
+
+
 @lists.command("path")
 def path() -> None:
     """Print the directory where downloaded lists live, and the shipped list's path."""

@@ -33,6 +33,7 @@ from vantage.cli.upload import do_upload, upload_options
 _RESUMABLE = (
     "lists", "urls", "categories", "experiment", "resolvers", "role", "cc", "asn", "network",
     "timeout", "ca_bundle", "injection_target", "control", "anchors", "anchors_file", "concurrency",
+    "messaging_endpoints",
     "per_host",
     "stun_servers", "public_nets", "no_quic",
     "download_bytes", "download_time",
@@ -150,6 +151,9 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--anchors-file", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="With --anchors: measure these anchors instead of the shipped ones (same CSV format: "
                    "dns://IP, tcp://IP:PORT, http(s)://; e.g. a lab's, or servers your network always reaches).")
+@click.option("--messaging-endpoints", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="signal, telegram, whatsapp, facebook_messenger: measure the endpoints of this list "
+                   "(testlists/messaging.csv format) instead of the shipped or updated one (e.g. a lab's).")
 @click.option("--resume", "resume", default=None, metavar="RUN_ID", callback=_run_id,
               help="Continue a run: measure only the inputs it has no record of yet.")
 @click.option("--control", default=None, metavar="URL",
@@ -195,7 +199,7 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
         # Downloads side by side share the link: each would measure a share of it, not the path
         # (and the analyzer compares a target's speed with the other hosts' as the link's).
         opts["concurrency"] = 1
-    if not opts["lists"] and not opts["urls"] and experiment.name != "anchors":
+    if not opts["lists"] and not opts["urls"] and experiment.name != "anchors" and not experiment.default_targets():
         opts["lists"] = _default_lists(opts["cc"])
     targets = _targets(opts, experiment)
     if not targets:
@@ -219,6 +223,8 @@ def run(ctx: click.Context, /, quiet: bool, as_json: bool, **opts: Any) -> None:
         extra["download_byte_cap"] = opts["download_bytes"]
     if opts["download_time"]:
         extra["download_time_cap"] = opts["download_time"]
+    if opts["messaging_endpoints"]:
+        extra["messaging_endpoints"] = _checked_messaging_endpoints(opts["messaging_endpoints"], experiment)
     scrubber = _scrubber()
     settings = Settings(
         resolvers=list(opts["resolvers"]),
@@ -434,7 +440,7 @@ def _manifest_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The resumable options, with file paths made absolute (a resume may run elsewhere)."""
     out: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in opts.items() if k in _RESUMABLE}
     out["lists"] = [str(Path(s).resolve()) if Path(s).exists() else s for s in out["lists"]]
-    for key in ("ca_bundle", "anchors_file"):
+    for key in ("ca_bundle", "anchors_file", "messaging_endpoints"):
         if out.get(key):
             out[key] = str(Path(out[key]).resolve())
     return out
@@ -458,6 +464,12 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
                 raise click.ClickException(str(exc)) from None
             targets += got
             problems += anchor_problems
+    elif experiment.default_targets() and not opts["urls"]:
+        # The messaging apps measure their endpoints list, never a target list.
+        if lists:
+            Console(stderr=True).print(f"{experiment.name} takes no target list: --list / probe.lists ignored "
+                                       "(its endpoints come from the messaging endpoints list)", highlight=False)
+        targets += experiment.default_targets()
     elif lists:
         try:
             entries, probs = load_lists([resolve_list(s) for s in lists], categories=opts["categories"] or None)
@@ -491,6 +503,18 @@ def _targets(opts: dict[str, Any], experiment: Experiment) -> list[Target]:
             seen.add(t.input)
             unique.append(t)
     return unique
+
+
+def _checked_messaging_endpoints(path: str, experiment: Experiment) -> str:
+    """--messaging-endpoints: the file, checked now (one line for a bad row, before measuring)."""
+    from probe.experiments.messaging.endpoints import load_endpoints
+
+    if experiment.default_targets():
+        try:
+            load_endpoints(path, experiment.name)
+        except InputError as exc:
+            raise click.ClickException(str(exc)) from None
+    return str(Path(path).resolve())
 
 
 def _scrubber() -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from probe.history import list_runs, run_ids, run_info
 from vantage.cli.options import json_option, output_options
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _OUTPUT = click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
                        help="Results directory (default: as `vantage run`: probe.output, else the user data directory's results/).")
@@ -35,15 +38,11 @@ def runs() -> None:
     """Past runs: what was measured, when, how it went, whether it was uploaded."""
 
 
-def blocked_by_run(out: Path, verdicts_files: tuple[Path, ...]) -> dict[str, int]:
-    """Blocked verdicts per run id, from the verdicts files `vantage analyze` wrote that cover
-    ``out`` (their provenance names it among their datasets). A run with no verdict in them
-    (analyzed before it ran, or not at all) is absent: "-", not 0. Only the files given are
-    read: the disk is never searched."""
+def _covering_verdicts(out: Path, verdicts_files: tuple[Path, ...]) -> list[pa.Table]:
+    """The verdict tables of the files given that were made from ``out`` (others: a warning)."""
     from vantage.cli.options import one_line_errors
 
-    counts: dict[str, int] = {}
-    covered: set[str] = set()
+    tables = []
     for path in verdicts_files:
         with one_line_errors(f"cannot read {path}"):
             from analysis.pipeline import read_verdicts
@@ -52,6 +51,32 @@ def blocked_by_run(out: Path, verdicts_files: tuple[Path, ...]) -> dict[str, int
         if out.resolve() not in {Path(d).resolve() for d in metadata.get("datasets") or []}:
             click.echo(f"warning: {path} was not made from {out}: ignored", err=True)
             continue
+        tables.append(table)
+    return tables
+
+
+def verdicts_of_run(out: Path, run_id: str, verdicts_files: tuple[Path, ...]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(input, experiment) -> the verdict (status, layer, method, and the messaging apps'
+    per-function list) of RUN_ID's probe measurements, from the verdicts files given."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for table in _covering_verdicts(out, verdicts_files):
+        has_functions = "functions" in table.column_names
+        for row in table.to_pylist():
+            if row["run_id"] == run_id:
+                found[(row["input"], row["experiment"])] = {
+                    "status": row["status"], "layer": row["layer"], "method": row["method"],
+                    "functions": row["functions"] if has_functions else None}
+    return found
+
+
+def blocked_by_run(out: Path, verdicts_files: tuple[Path, ...]) -> dict[str, int]:
+    """Blocked verdicts per run id, from the verdicts files `vantage analyze` wrote that cover
+    ``out`` (their provenance names it among their datasets). A run with no verdict in them
+    (analyzed before it ran, or not at all) is absent: "-", not 0. Only the files given are
+    read: the disk is never searched."""
+    counts: dict[str, int] = {}
+    covered: set[str] = set()
+    for table in _covering_verdicts(out, verdicts_files):
         for run_id, status in zip(table.column("run_id").to_pylist(), table.column("status").to_pylist(), strict=True):
             covered.add(run_id)
             counts[run_id] = counts.get(run_id, 0) + (status == "blocked")
@@ -100,16 +125,26 @@ def list_(output: Path | None, verdicts_files: tuple[Path, ...], as_json: bool, 
 @runs.command("show")
 @click.argument("run_id")
 @_OUTPUT
+@click.option("--verdicts", "verdicts_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
+              help="Verdicts `vantage analyze` wrote from this results directory: show each input's verdict "
+                   "and, for the messaging apps, the per-function verdicts (repeatable).")
 @json_option("Print a JSON object (the run and its per-input outcomes).")
 @output_options
-def show(run_id: str, output: Path | None, as_json: bool, quiet: bool) -> None:
-    """Each input of RUN_ID and how its measurement went."""
+def show(run_id: str, output: Path | None, verdicts_files: tuple[Path, ...], as_json: bool, quiet: bool) -> None:
+    """Each input of RUN_ID and how its measurement went (and its verdict, with --verdicts)."""
+    from analysis.messaging import functions_text
+
     out = _output(output)
     if run_id not in run_ids(out):
         raise click.ClickException(f"no run {run_id} in {out} (`vantage runs list` shows the runs)")
     info = run_info(out, run_id, outcomes=True)
+    verdicts = verdicts_of_run(out, run_id, verdicts_files) if verdicts_files else None
     if as_json:
-        click.echo(json.dumps(info.as_dict(with_outcomes=True), indent=2))
+        doc = info.as_dict(with_outcomes=True)
+        if verdicts is not None:  # null: no verdict for this input in the files given
+            for row in doc.get("outcomes") or []:
+                row["verdict"] = verdicts.get((row.get("input"), row.get("experiment")))
+        click.echo(json.dumps(doc, indent=2, default=str))
         return
     if quiet:
         return
@@ -118,8 +153,13 @@ def show(run_id: str, output: Path | None, as_json: bool, quiet: bool) -> None:
                   f"started {info.start or '-'}; uploaded: {info.uploaded}", highlight=False, markup=False,
                   soft_wrap=True)
     table = Table()
-    for col in ("input", "category", "experiment", "outcome"):
+    cols = ("input", "category", "experiment", "outcome") + (("verdict", "functions") if verdicts is not None else ())
+    for col in cols:
         table.add_column(col, overflow="fold")
     for o in info.outcomes:
-        table.add_row(o.input, o.category or "", o.experiment, "ok" if o.ok else (o.failure or "failed"))
+        cells = [o.input, o.category or "", o.experiment, "ok" if o.ok else (o.failure or "failed")]
+        if verdicts is not None:
+            v = verdicts.get((o.input, o.experiment))
+            cells += [f"{v['status']} ({v['method']})" if v else "-", functions_text(v["functions"]) if v else ""]
+        table.add_row(*cells)
     console.print(table)

@@ -1,7 +1,7 @@
 """What every OONI test shares: identity (origin key, measurement id), the base record, and the
 observations every netx-based test records (df-002 .. df-008). Tests without a family module of
-their own (urlgetter, dnscheck, dnsping, tlsping, the messaging tests whatsapp, telegram, signal,
-facebook_messenger, ...) are converted by :func:`convert_generic` alone."""
+their own (urlgetter, dnscheck, dnsping, tlsping, ...) are converted by :func:`convert_generic`
+alone; the messaging tests tag its observations by app function (messaging.py)."""
 
 from __future__ import annotations
 

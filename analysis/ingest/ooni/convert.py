@@ -3,7 +3,9 @@ test name to one module per test family (common, web_connectivity, tunnels, stun
 
 web_connectivity gets a probe row and, when the test helper answered, a ``role = control``
 row; tunnel tests (tor, vanilla_tor, torsf, openvpn, riseupvpn, psiphon, stunreachability)
-get ``vpn`` observations; every other test keeps its generic DNS/TCP/TLS/HTTP observations.
+get ``vpn`` observations; the messaging tests (signal, telegram, whatsapp, facebook_messenger)
+get their observations tagged by app function (messaging.py); every other test keeps its
+generic DNS/TCP/TLS/HTTP observations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from analysis.ingest.ooni.fields import (
     BodyStats,
     is_public_ip,
 )
+from analysis.ingest.ooni.messaging import TEST_NAMES as MESSAGING_TESTS
+from analysis.ingest.ooni.messaging import convert_messaging
 from analysis.ingest.ooni.stun_reachability import convert_stun
 from analysis.ingest.ooni.tunnels import (
     convert_openvpn,
@@ -95,6 +99,9 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
         return Converted([_apply(probe, obs)], test_name)
     if test_name in ("openvpn", "openvpn_client_test"):
         return Converted([_apply(probe, convert_openvpn(doc, tk, stats, scrub))], test_name)
+    if test_name in MESSAGING_TESTS:
+        probe.input = probe.input or test_name  # OONI's input is null; Vantage's is the app's name
+        return Converted([_apply(probe, convert_messaging(doc, tk, stats, scrub))], test_name)
     handler = _TUNNELS.get(test_name, convert_generic)
     return Converted([_apply(probe, handler(tk, stats, scrub))], test_name)
 
