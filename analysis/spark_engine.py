@@ -310,6 +310,7 @@ def _judge(fp_names: tuple[str, ...], asn_name: str | None, public_nets: tuple[s
 _SPARK_VERDICT_DDL = ("measurement_id string not null, run_id string, input string, experiment string, "
                       "probe_cc string, probe_asn string, measurement_start_time timestamp, status string, "
                       "layer string, method string, confidence double, confirmed boolean, fingerprint string, "
+                      "throttle_factor double, "  # throughput (analysis/throughput.py)
                       # the messaging apps' per-function verdicts (analysis/messaging.py FUNCTION_TYPE)
                       "functions array<struct<function: string, status: string, layer: string, failure: string, "
                       "endpoints: int, failed: int, control: string, detail: string>>")
