@@ -75,6 +75,7 @@ def test_aggregates_per_day_country_asn_input() -> None:
         "probe_cc": ["IR", "IR", "IR"], "probe_asn": ["AS1", "AS1", "AS1"], "input": ["u", "u", "u"],
         "experiment": ["web_connectivity"] * 3, "status": ["blocked", "probe_failure", "ok"],
         "layer": ["http-diff", None, None], "method": ["http.blockpage:x", None, None], "confirmed": [True, False, False],
+        "throttle_factor": pa.array([None] * 3, pa.float64()),
     })
     rows = aggregate(t).to_pylist()
     assert [(r["measurement_count"], r["ok_count"], r["anomaly_count"], r["confirmed_count"], r["failure_count"])
