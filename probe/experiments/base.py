@@ -234,8 +234,14 @@ async def measure(
         control_for=control_for,
     )
     try:
-        with net.guarded():
-            observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
+        try:
+            with net.guarded():
+                observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
+            # Late DNS replies are collected in the background while the steps went on; the
+            # record is finished only when every collector's window has ended.
+            await net.settle_late()
+        finally:
+            await net.abandon_late()  # cut short (timeout, error, cancellation): no socket left open
         sort_observations(m, observations)
     except TimeoutError:
         # Only the safety net fires here (every step has its own, shorter timeout).
