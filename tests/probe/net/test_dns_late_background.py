@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import dns.message
+import dns.rdatatype
 import pytest
 
 from probe.experiments.base import Experiment, Observation, Settings, Target, Timeouts, Vantage, measure
@@ -227,3 +229,51 @@ def test_context_abandon_is_idempotent_and_settle_without_collectors_returns() -
         assert net.late_collectors == set()
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- through the runner
+
+
+def test_runner_hands_the_slot_on_at_the_first_answer_and_writes_every_late_reply(
+    lab: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One slot, three names, a 1.5 s window: the next measurement starts while the previous
+    one's collector still listens (before issue 19 each held the slot through its window, so
+    starts were >= 1.5 s apart), and every written record holds its injected-then-real pair."""
+    import duckdb
+
+    from probe.runner import run_targets
+
+    window = 1.5
+    monkeypatch.setattr(netdns, "DEFAULT_LATE_WINDOW", window)
+
+    def script(q: dns.message.Message, _: bytes) -> list[tuple[float, bytes]]:
+        name = q.question[0].name.to_text()
+        if q.question[0].rdtype != dns.rdatatype.A:
+            return [(0, lab.answer(q))]  # AAAA: NOERROR, no answer, no injection
+        return [(0, lab.answer(q, (name, "A", FORGED))), (0.1, lab.answer(q, (name, "A", REAL)))]
+
+    async def main() -> None:
+        async with lab.udp_dns(script) as resolver:
+            settings = Settings(resolvers=[resolver], use_system_resolver=False, timeouts=Timeouts(dns=TIMEOUT),
+                                extra={"dns_tcp": False})
+            targets = [Target(f"http://n{i}.test/") for i in range(3)]
+            await run_targets(targets, "dns_consistency", settings, Vantage(), output=tmp_path, concurrency=1,
+                              progress=False)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    asyncio.run(main())
+    con = duckdb.connect()
+    got = con.sql(
+        f"SELECT input, epoch(measurement_start_time), "
+        f"list_transform(list_filter(dns, lambda q: q.query_type = 'A'), lambda q: [a.value for a in q.answers]), "
+        f"list_transform(list_filter(dns, lambda q: q.query_type = 'A'), "
+        f"  lambda q: flatten(list_transform(q.late_responses, lambda lr: [a.value for a in lr.answers]))) "
+        f"FROM read_parquet('{tmp_path}/measurements/**/*.parquet', hive_partitioning=true) ORDER BY 2"
+    ).fetchall()
+    con.close()
+    assert [r[0] for r in got] == [f"http://n{i}.test/" for i in range(3)]
+    assert all(r[2] == [[FORGED]] and r[3] == [[REAL]] for r in got), got
+    starts = [r[1] for r in got]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert max(gaps) < window * 0.66, gaps  # the slot did not wait for the window
