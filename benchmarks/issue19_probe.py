@@ -38,6 +38,7 @@ run each, old = e26351a:
 | 10,000 (bound 100 s) | 255.5 s / 2.56 | 310.2 s / 3.10 | 138 / 140 MB | 52.9 / 68.0 |
 
 | 1,000, --rounds 2 (ABBA means) | 41.6 s / 4.16 | 36.6 s / 3.66 | 133 / 134 MB | 4.8 / 4.8 |
+| 10,000, --rounds 2 (ABBA means; runs 318, 292, 314, 231 s as the load fell 20 -> 11) | 274.4 s / 2.74 | 303.1 s / 3.03 | 138 / 139 MB | 49.5 / 51.7 |
 | 1,000, --concurrency 20 (bound 50 s) | 81.5 s / 1.63 | 64.6 s / 1.29 | 132 / 133 MB | 6.9 / 5.4 |
 
 Every run wrote every row (1,000 / 10,000) and fetched every answering page (900 / 9,000).
