@@ -334,7 +334,11 @@ async def check_policy(
 
 def _resolver_like(settings: Settings) -> Callable[[str], Awaitable[list[str]]]:
     async def resolve(host: str) -> list[str]:
-        queries = await MeasurementContext(settings).dns_lookup(host)
+        net = MeasurementContext(settings)
+        try:
+            queries = await net.dns_lookup(host)
+        finally:
+            await net.abandon_late()  # only the answers matter here, not late replies
         return resolved_addresses(queries, limit=64)
 
     return resolve

@@ -168,17 +168,31 @@ class _Run:
     def _start(self, target: Target, host: str) -> None:
         self.active[host] = self.active.get(host, 0) + 1
         self.started += 1
-        task = asyncio.create_task(self._measure(target))
-        self.tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, host))
+        held = [True]
 
-    def _finished(self, task: asyncio.Task[None], host: str) -> None:
+        def release() -> None:
+            """Hand this measurement's slots on, once: when its steps are over (only its late
+            DNS collectors still listen, for at most the late window) or when it ends."""
+            if held[0]:
+                held[0] = False
+                self._release(host)
+
+        task = asyncio.create_task(self._measure(target, release))
+        self.tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, release))
+
+    def _finished(self, task: asyncio.Task[None], release: Callable[[], None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # measure() keeps every experiment error in the record, so this is a bug in the
             # runner itself: stop, flush what was measured, then raise it to the caller.
             self.error = self.error or task.exception()
             self.stop("error")
+        release()
+        if not self.stopping:
+            self.changed.set()
+
+    def _release(self, host: str) -> None:
         if self.stopping:
             return
         queue = self.waiting.get(host)
@@ -197,8 +211,11 @@ class _Run:
             self.slots.release()
         self.changed.set()
 
-    async def _measure(self, target: Target) -> None:
-        m = await measure(self.experiment, target, self.settings, self.vantage, self.summary.run_id)
+    async def _measure(self, target: Target, release: Callable[[], None]) -> None:
+        # With a control helper the slot is held until the control is fetched too, as it
+        # always was (the helper's load stays bounded by the concurrency).
+        m = await measure(self.experiment, target, self.settings, self.vantage, self.summary.run_id,
+                          steps_done=release if self.control is None else None)
         ok = self.experiment.succeeded(m)
         self.counts.measured += 1
         if ok:

@@ -215,6 +215,7 @@ async def measure(
     *,
     control_for: str | None = None,
     net: MeasurementContext | None = None,
+    steps_done: Callable[[], None] | None = None,
 ) -> Measurement:
     """Run ``experiment`` on ``target`` and return the full record; a record is always returned.
 
@@ -222,6 +223,10 @@ async def measure(
     on the record (with no observations). Cancellation (Ctrl-C, run budget) propagates: the
     runner decides what to do with a measurement that was cut short. ``net`` is the
     measurement context (default: a fresh one over ``settings``; tests pass a fake).
+
+    ``steps_done`` is called once the experiment's steps are over and only the late DNS
+    replies' collectors are still listening (they touch no target, so the runner hands the
+    measurement's slot on); the record is returned when they have ended.
     """
     from probe.experiments.context import MeasurementContext
 
@@ -247,8 +252,16 @@ async def measure(
         control_for=control_for,
     )
     try:
-        with net.guarded():
-            observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
+        try:
+            with net.guarded():
+                observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
+            if steps_done is not None:
+                steps_done()
+            # Late DNS replies are collected in the background while the steps went on; the
+            # record is finished only when every collector's window has ended.
+            await net.settle_late()
+        finally:
+            await net.abandon_late()  # cut short (timeout, error, cancellation): no socket left open
         sort_observations(m, observations)
     except TimeoutError:
         # Only the safety net fires here (every step has its own, shorter timeout).

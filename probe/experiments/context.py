@@ -7,6 +7,11 @@ guard the control helper switches on. Experiments write ``await net.tcp_connect(
 and never pass a clock, a timeout or a scrubber themselves; a test hands them a fake context
 (tests/support/fake_net.py) and checks their decisions in milliseconds, without sockets.
 
+A UDP lookup returns on its first answer; the late (possibly injected, possibly genuine)
+replies within the late window are collected by background tasks the context tracks, which
+``measure()`` awaits (``settle_late``) before it finishes the record, or stops
+(``abandon_late``) when the measurement is cut short.
+
 The record is scrubbed once, where ``measure()`` finishes it; the context passes the scrubber
 to probe.net only where the layer needs it before the record exists (a body is hashed over its
 scrubbed bytes, answers equal to the probe's own address are dropped at parse time).
@@ -14,6 +19,7 @@ scrubbed bytes, answers equal to the probe's own address are dropped at parse ti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -24,8 +30,6 @@ from probe.net.clock import Clock
 from probe.schema import DnsQuery, Download, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
 
 if TYPE_CHECKING:
-    import asyncio
-
     from probe.experiments.base import Settings, Timeouts
     from probe.experiments.tunnels.transport import Outcome, PacketLog, UdpSession, Validator
     from probe.net.scrub import Scrubber
@@ -40,6 +44,8 @@ class MeasurementContext:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock if clock is not None else Clock()
+        # Background listeners for late UDP DNS replies (see probe.net.dns.resolve_udp).
+        self.late_collectors: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- what it holds
 
@@ -139,8 +145,24 @@ class MeasurementContext:
     ) -> DnsQuery:
         return await dns.resolve_udp(
             hostname, resolver, qtype, clock=self.clock, timeout=self.timeouts.dns if timeout is None else timeout,
-            scrubber=self.scrubber, tag=tag,
+            late_window=dns.DEFAULT_LATE_WINDOW, scrubber=self.scrubber, tag=tag, late_tasks=self.late_collectors,
         )
+
+    async def settle_late(self) -> None:
+        """Wait until every late-reply collector has ended (each ends at most the late window
+        after its answer), so the records hold all their ``late_responses``. If this wait is
+        cancelled, the collectors are cancelled with it (gather's rule)."""
+        while self.late_collectors:
+            await asyncio.gather(*self.late_collectors, return_exceptions=True)
+
+    async def abandon_late(self) -> None:
+        """Stop every late-reply collector now and wait until its socket is closed (a
+        measurement cut short by its timeout, an error or a stopped run). Idempotent."""
+        tasks = list(self.late_collectors)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def dns_tcp(self, hostname: str, resolver: str, qtype: str = "A", *, tag: str | None = None) -> DnsQuery:
         return await dns.resolve_tcp(
@@ -190,9 +212,11 @@ class MeasurementContext:
         clock, timeout = self.clock, self.timeouts.dns
 
         async def resolve(host: str) -> list[str]:
-            # No scrubber: these answers are only connected to, never stored.
+            # No scrubber: these answers are only connected to, never stored (nor are late
+            # replies, so there is no late window to wait through).
             queries = await gather_all(
-                dns.resolve_udp(host, r, qtype, clock=clock, timeout=timeout) for r in plain for qtype in ("A", "AAAA")
+                dns.resolve_udp(host, r, qtype, clock=clock, timeout=timeout, late_window=0.0)
+                for r in plain for qtype in ("A", "AAAA")
             )
             return resolved_addresses(queries)
 

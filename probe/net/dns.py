@@ -2,7 +2,8 @@
 
 Any reply is parsed in one guarded place (``_parse_reply``), so a hostile answer becomes
 ``dns_server_misbehaving`` data, never an exception. UDP keeps listening for a short window
-after the first valid reply: a second answer to the same query is a sign of injection.
+after the first valid reply (in a background task when the caller tracks them, so the next
+step need not wait): a second answer to the same query is a sign of injection.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import asyncio
 import ipaddress
 import socket
 import struct
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -248,9 +251,17 @@ async def resolve_udp(
     late_window: float = DEFAULT_LATE_WINDOW,
     scrubber: Scrubber | None = None,
     tag: str | None = None,
+    late_tasks: set[asyncio.Task[None]] | None = None,
 ) -> DnsQuery:
     """One query over UDP to ``resolver``. The first valid reply is the answer; further valid
-    replies to the same query within ``late_window`` seconds are ``late_responses``.
+    replies to the same query within ``late_window`` seconds of it are ``late_responses``.
+
+    Without ``late_tasks`` the call listens through the window before it returns. With it,
+    the call returns on the first valid reply and a background task (added to ``late_tasks``,
+    removed when done) keeps the socket open for the rest of the window, appending late
+    replies to the returned record; it closes the socket when the window ends or it is
+    cancelled. Whoever passes the set awaits its tasks before the record is stored
+    (``MeasurementContext.settle_late``), so the next step (TCP, TLS, HTTP) need not wait.
 
     Garbage, truncated or mismatched datagrams are skipped and the wait goes on, as a real
     stub does (an injector cannot silence the real answer by sending junk first); if no valid
@@ -264,50 +275,85 @@ async def resolve_udp(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     transport: asyncio.DatagramTransport | None = None
+    handed_off = False  # the background collector owns the socket now
     try:
         transport, proto = await loop.create_datagram_endpoint(
             _UdpCollector, remote_addr=(ip, port), family=socket.AF_INET6 if ":" in ip else socket.AF_INET
         )
         transport.sendto(wire)
         junk = False
-        first_at: float | None = None
-        while True:
-            end = deadline if first_at is None else first_at + late_window
-            remaining = end - loop.time()
-            if remaining <= 0:
-                break
+        answered = False
+        while (remaining := deadline - loop.time()) > 0:
             try:
                 data, err = await asyncio.wait_for(proto.queue.get(), remaining)
             except TimeoutError:
                 break
             if err is not None:
-                if first_at is None:
-                    q.failure = classify(err)
-                    break
-                continue
+                q.failure = classify(err)
+                break
             assert data is not None
             reply = _parse_reply(data, query, qtype, scrubber)
             if reply is None:
                 junk = True
                 continue
-            if first_at is None:
-                first_at = loop.time()
-                q.t = clock.now()
-                q.rcode, q.answers, q.failure = reply.rcode, reply.answers, reply.failure
-            elif len(q.late_responses) < MAX_LATE_RESPONSES:
-                q.late_responses.append(DnsLateResponse(t=clock.now(), rcode=reply.rcode, answers=reply.answers))
-        if first_at is None and q.failure is None:
-            q.failure = "dns_server_misbehaving" if junk else "generic_timeout"
+            answered = True
+            q.t = clock.now()
+            q.rcode, q.answers, q.failure = reply.rcode, reply.answers, reply.failure
+            break
+        if not answered:
+            if q.failure is None:
+                q.failure = "dns_server_misbehaving" if junk else "generic_timeout"
+        else:
+            listen = _listen_late(q, proto, query, qtype, clock, scrubber, loop.time() + late_window)
+            if late_tasks is None:
+                await listen
+            else:
+                task = loop.create_task(_collect_late(listen, transport))
+                late_tasks.add(task)
+                task.add_done_callback(late_tasks.discard)
+                handed_off = True
     except Exception as exc:
         q.failure = classify(exc)
     finally:
-        if transport is not None:
+        if transport is not None and not handed_off:
             transport.close()
     t_answer = q.t
     _finish(q, clock, scrubber)
     if q.rcode is not None:
         q.t = t_answer  # t is when the answer came, not the end of the late window
     return q
+
+
+async def _listen_late(
+    q: DnsQuery,
+    proto: _UdpCollector,
+    query: dns.message.Message,
+    qtype: str,
+    clock: Clock,
+    scrubber: Scrubber | None,
+    until: float,
+) -> None:
+    """Further valid replies to ``query`` until the loop time ``until`` -> ``q.late_responses``
+    (at most MAX_LATE_RESPONSES). Junk and ICMP errors after the answer are ignored."""
+    loop = asyncio.get_running_loop()
+    while (remaining := until - loop.time()) > 0:
+        try:
+            data, _err = await asyncio.wait_for(proto.queue.get(), remaining)
+        except TimeoutError:
+            return
+        if data is None:
+            continue
+        reply = _parse_reply(data, query, qtype, scrubber)
+        if reply is not None and len(q.late_responses) < MAX_LATE_RESPONSES:
+            q.late_responses.append(DnsLateResponse(t=clock.now(), rcode=reply.rcode, answers=reply.answers))
+
+
+async def _collect_late(listen: Coroutine[Any, Any, None], transport: asyncio.DatagramTransport) -> None:
+    """The background form of ``_listen_late``: it owns the socket and closes it however it ends."""
+    try:
+        await listen
+    finally:
+        transport.close()
 
 
 # --------------------------------------------------------------------------- TCP
