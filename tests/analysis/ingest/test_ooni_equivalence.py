@@ -1,4 +1,4 @@
-"""The fast OONI import (orjson, rows built without ``to_row``, one Arrow coercion per batch)
+"""The fast OONI import (msgspec, Arrow columns built from the records, one conversion per batch)
 writes exactly the rows of the plain reference path: the standard library's JSON decoder,
 ``convert``, ``scrub_probe_ip``, ``Measurement.to_row`` and one ``pa.Table.from_pylist`` per
 measurement (issue 19). Compared as sorted tables on the netem file and every fixture."""
