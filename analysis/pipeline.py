@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,8 @@ from analysis.geo import default_asn_db
 from analysis.verdicts import ADDED_VERDICT_COLUMNS, VERDICT_SCHEMA, VerdictError, compute_verdicts
 from probe.dataset import atomic_path
 from probe.errors import VantageError
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = b"vantage.verdicts"
 # A verdicts Parquet dataset (a directory of parts, as --engine spark writes): the provenance
@@ -290,15 +293,35 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
         from analysis.spark_engine import run_stage_spark
 
         return run_stage_spark(paths, options, written_by=written_by)
+    import duckdb
+
     fps, skipped = check_stage_options(paths, options)
     asn_db = resolve_asn_db(options)
-    with analysis_connection(options.memory_limit) as con:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
-            open_datasets(paths, con=con)
-        table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
-                                 control_window_h=options.control_window_h, asn_db=asn_db)
-        n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements WHERE role = 'probe'").fetchall()[0][0]
+    limit = max(_MIN_MEMORY, options.memory_limit or default_memory_limit())
+    while True:
+        try:
+            with analysis_connection(limit) as con:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
+                    open_datasets(paths, con=con)
+                table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
+                                         control_window_h=options.control_window_h, asn_db=asn_db)
+                n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements "
+                                  "WHERE role = 'probe'").fetchall()[0][0]
+            break
+        except duckdb.OutOfMemoryException:
+            # DuckDB spills joins and sorts, but some of its working memory cannot be spilled
+            # (measured: the feature join of 1M probe rows failed at 512 MiB in one run of
+            # four on a loaded machine). The default limit is a target, not a promise the user
+            # made: it is doubled, up to the machine's memory, and the stage runs again. A
+            # limit the user gave is theirs to raise.
+            total = machine_memory() or 0
+            if options.memory_limit is not None or limit * 2 > total:
+                raise VerdictError(f"the analysis ran out of memory at {limit >> 20} MiB; "
+                                   "give it more with --memory (e.g. --memory 2GB)") from None
+            log.warning("DuckDB ran out of memory at %d MiB; running the stage again with %d MiB",
+                        limit >> 20, (limit * 2) >> 20)
+            limit *= 2
     metadata = stage_metadata(paths, options, fps, skipped, table.num_rows, int(n_probe), written_by)
     return Verdicts(table, metadata, skipped, list(fps.problems))
 

@@ -275,6 +275,13 @@ def _load(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
     con.unregister(name + "_arrow")
 
 
+def _drop(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Drop scratch tables as soon as no later step reads them (under a memory limit, what they
+    hold is memory the next join does not get)."""
+    for name in names:
+        con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+
+
 def compute_verdicts(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -309,6 +316,7 @@ def compute_verdicts(
     con.execute(rules.measurements_view_sql(missing_columns_sql(con, "measurements")))
     con.execute(rules.PAIRING, {"window_s": float(control_window_h) * 3600.0})
     con.execute(rules.PAIRED_HOSTS)
+    _drop(con, "_vt_meta", "_vt_direct")  # scratch of the pairing: memory the next steps need
     inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
     hosts = pa.table({"input": inputs, "host": [host_of(i) for i in inputs]})
     _load(con, "_vt_hosts", hosts)
@@ -326,11 +334,11 @@ def compute_verdicts(
     else:
         _load(con, "_vt_offline", offline.select(["mid", "role"]))
     throughput.create_throughput_table(con)
+    _drop(con, "_vt_pair")  # the messaging and throughput steps above read the pairing
     table = con.sql(rules.decision_sql()).to_arrow_table()
     throughput.drop_throughput_tables(con)
-    for name in ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
-                 "_vt_ipinfo", "_vt_httpfp", "_vt_msg"):
-        con.execute(f"DROP TABLE IF EXISTS {quote_ident(name)}")
+    _drop(con, "_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
+          "_vt_ipinfo", "_vt_httpfp", "_vt_msg")
     con.execute("DROP VIEW IF EXISTS _vt_m")
     connectivity.drop_connectivity_tables(con)
     return table.cast(VERDICT_SCHEMA)

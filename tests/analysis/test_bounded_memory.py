@@ -92,3 +92,33 @@ def test_cli_memory_option(datasets: dict[str, Path], tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["analyze", str(datasets["netem"]), "-o", str(tmp_path / "w.parquet"),
                                     "--memory", "lots"])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "--memory" in bad.output, bad.output
+
+
+def test_out_of_memory_at_the_default_limit_runs_again_with_more(datasets: dict[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB cannot spill all of its working memory: at the default limit, an out-of-memory
+    error runs the stage again with twice the limit (the same verdicts); at a limit the user
+    gave (--memory), it is one line asking for more."""
+    from analysis import pipeline
+    from analysis.verdicts import VerdictError
+
+    plain = _verdicts_plain([datasets["netem"]])
+    real = pipeline.compute_verdicts
+    limits: list[str] = []
+
+    def flaky(con: duckdb.DuckDBPyConnection, **kwargs: object) -> pa.Table:
+        limits.append(_setting(con, "memory_limit"))
+        if len(limits) == 1:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to allocate data of size 64.0 KiB")
+        return real(con, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "compute_verdicts", flaky)
+    monkeypatch.setattr(pipeline, "default_memory_limit", lambda: 200 << 20)
+    again = run_stage([datasets["netem"]], AnalysisOptions()).table
+    assert [lim.replace(" ", "").upper()[:8] for lim in limits] == ["200.0MIB", "400.0MIB"], limits
+    assert again.sort_by("measurement_id").equals(plain.sort_by("measurement_id"))
+
+    limits.clear()
+    with pytest.raises(VerdictError, match="ran out of memory at 256 MiB; give it more with --memory"):
+        run_stage([datasets["netem"]], AnalysisOptions(memory_limit=256 << 20))
+    assert len(limits) == 1

@@ -169,6 +169,8 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 
 def as_float(value: Any, default: float = 0.0) -> float:
+    if value is None:  # absent: the common case, without raising
+        return default
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):

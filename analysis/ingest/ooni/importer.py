@@ -8,18 +8,17 @@ analysis/ingest/ooni/fields.py (shared data formats) and analysis/ingest/ooni/co
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.ingest.ooni.columns import records_table
 from analysis.ingest.ooni.convert import Converted, NotAMeasurement, convert
 from analysis.ingest.ooni.fields import BodyStats, map_failure
 from analysis.ingest.ooni.read import SourceError, discover, iter_documents
@@ -93,69 +92,41 @@ class _Unfit(ValueError):
     """A converted measurement that the dataset's Arrow schema cannot hold."""
 
 
-# Arrow's errors when a value does not fit its column (an int beyond int64, a lone surrogate, ...).
-_ARROW_ERRORS = (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError)
+# Arrow's errors when a value does not fit its column (an int beyond int64, a lone surrogate,
+# a record where a leaf belongs, ...).
+_ARROW_ERRORS = (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError, AttributeError)
 _UTC = dt.UTC
-
-
-def _record_classes() -> dict[type, tuple[str, ...]]:
-    """Field names of every record class of the schema: the rows are built from these, without
-    asking ``dataclasses.is_dataclass`` of every leaf value (most of the cost of a row)."""
-    from probe import schema
-
-    return {cls: tuple(f.name for f in dataclasses.fields(cls))
-            for cls in vars(schema).values()
-            if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == schema.__name__}
-
-
-_FIELDS = _record_classes()
-
-
-def _row(value: Any) -> dict[str, Any]:
-    """A record as the dict Arrow converts: the same as ``Measurement.to_row`` (leaf values
-    shared, nested records and lists of records converted), faster."""
-    row = {}
-    for name in _FIELDS[type(value)]:
-        item = getattr(value, name)
-        kind = type(item)
-        if kind is list:
-            if item and type(item[0]) in _FIELDS:
-                item = [_row(v) for v in item]
-        elif kind in _FIELDS:
-            item = _row(item)
-        row[name] = item
-    return row
 
 
 @dataclass(slots=True)
 class _Line:
-    """One converted measurement waiting in a batch: its rows are coerced to Arrow with the
-    batch, and only when the batch fails, on their own, to find the line that does not fit."""
+    """One converted measurement waiting in a batch: its records are turned into Arrow columns
+    with the batch, and only when the batch fails, on their own, to find the line that does not fit."""
 
     where: str
     key: str
     converted: Converted
     stats: BodyStats
-    rows: list[dict[str, Any]]
     partition: tuple[str, str]
 
 
-def _rows(converted: Converted) -> tuple[list[dict[str, Any]], tuple[str, str]]:
-    """The record contract checked, the rows built, and the (date, probe_cc) partition."""
+def _partition(converted: Converted) -> tuple[str, str]:
+    """The record contract checked; the (date, probe_cc) partition (a control row has its probe
+    row's time and country: convert)."""
     for record in converted.records:
         validate(record)
-    rows = [_row(r) for r in converted.records]
     probe = converted.records[0]
-    date = probe.measurement_start_time.astimezone(_UTC).date().isoformat()
-    for row in rows:  # a control row has its probe row's time and country (convert)
-        row.pop("probe_cc")
-    return rows, (date, probe.probe_cc)
+    return probe.measurement_start_time.astimezone(_UTC).date().isoformat(), probe.probe_cc
+
+
+def _table(lines: list[_Line]) -> pa.Table:
+    return records_table([r for ln in lines for r in ln.converted.records], MEASUREMENT_SCHEMA)
 
 
 def _fits(line: _Line) -> str | None:
     """None, or why this line's rows do not fit the dataset schema."""
     try:
-        pa.Table.from_pylist(line.rows, schema=MEASUREMENT_SCHEMA)
+        _table([line])
     except _ARROW_ERRORS as exc:
         return f"does not fit the dataset schema ({type(exc).__name__}: {exc})"
     return None
@@ -177,7 +148,7 @@ class _Batches:
     def add(self, line: _Line) -> bool:
         """Queue a line; True when the batch is full and should be flushed."""
         self.pending.append(line)
-        self.buffered += len(line.rows)
+        self.buffered += len(line.converted.records)
         return self.buffered >= self.batch_size
 
     def flush(self) -> tuple[list[_Line], list[tuple[_Line, str]]]:
@@ -190,7 +161,7 @@ class _Batches:
         bad: dict[int, str] = {}
         for (date, cc), lines in sorted(groups.items()):
             try:
-                table = pa.Table.from_pylist([r for ln in lines for r in ln.rows], schema=MEASUREMENT_SCHEMA)
+                table = _table(lines)
             except _ARROW_ERRORS:
                 for ln in lines:
                     reason = _fits(ln)
@@ -199,7 +170,7 @@ class _Batches:
                 lines = [ln for ln in lines if id(ln) not in bad]
                 if not lines:
                     continue
-                table = pa.Table.from_pylist([r for ln in lines for r in ln.rows], schema=MEASUREMENT_SCHEMA)
+                table = _table(lines)
             path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self.parts):05d}.parquet"
             try:
                 write_table_atomic(table, path)
@@ -309,9 +280,9 @@ def import_ooni(
                             continue
                         line_stats = BodyStats()
                         try:
-                            converted = convert(raw.doc, raw.raw, line_stats)
+                            converted = convert(raw.doc, "", line_stats)  # the text is unused
                             scrub_probe_ip(converted.records, raw.doc.get("probe_ip"))
-                            rows, partition = _rows(converted)
+                            partition = _partition(converted)
                         except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
                             skip(where, _reason(exc))
                             continue
@@ -319,7 +290,7 @@ def import_ooni(
                         if key in existing:
                             summary.already_present += 1
                             continue
-                        queue(_Line(where, key, converted, line_stats, rows, partition))
+                        queue(_Line(where, key, converted, line_stats, partition))
                 except SourceError as exc:
                     skip(str(path), str(exc))
         finally:

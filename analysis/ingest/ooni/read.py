@@ -9,21 +9,20 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
-import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
+import msgspec
 
 from probe.errors import VantageError
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 _CHUNK = 1 << 16
 _DECODER = json.JSONDecoder(strict=False)
-_LONG_DIGITS = re.compile(r"\d{19}")
+_FAST = msgspec.json.Decoder()
 
 
 class SourceError(VantageError):
@@ -36,9 +35,14 @@ class RawDocument:
 
     path: Path
     line: int  # 1-based line where the value starts
-    raw: str  # the value's text, used for a content hash (deterministic ids)
+    text: str | bytes  # the value's text (a JSON line's bytes, decoded only when asked for: raw)
     doc: Any = None
     error: str | None = None  # set when the text is not valid JSON
+
+    @property
+    def raw(self) -> str:
+        """The value's text (bytes decoded with replacement, surrounding white space removed)."""
+        return _text(self.text).strip() if isinstance(self.text, bytes) else self.text
 
 
 def is_ooni_file(path: Path) -> bool:
@@ -66,20 +70,22 @@ def _open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def decode_json(text: str) -> tuple[Any, str | None]:
+def decode_json(text: str | bytes) -> tuple[Any, str | None]:
     """(value, None), or (None, reason) for text that is not one JSON value. Control characters
     inside strings (a bare CR in a title) are accepted: they are data, not structure.
 
-    orjson parses first (several times faster than the standard library); what it refuses
-    (control characters in strings, lone surrogates, integers beyond 64 bits, NaN, deep nesting)
-    goes to the standard library's lenient decoder, which gives the same values as before or
-    the error message. orjson turns an integer beyond 64 bits into a float without a word, so
-    a line with a run of 19 digits or more goes to the standard library too."""
-    if _LONG_DIGITS.search(text) is None:
-        try:
-            return orjson.loads(text), None
-        except orjson.JSONDecodeError:
-            pass
+    msgspec parses first, from the bytes as read (several times faster than the standard
+    library, and integers of any size stay exact integers as the standard library gives them);
+    what it refuses (control characters in strings, lone surrogates, bytes that are not UTF-8,
+    NaN, numbers beyond a double, a byte-order mark, nesting deeper than it recurses) goes to
+    the standard library's lenient decoder over the text decoded with replacement, which gives
+    the same values as before or the error message."""
+    try:
+        return _FAST.decode(text), None
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    if isinstance(text, bytes):
+        text = _text(text).strip()
     try:
         return _DECODER.decode(text), None
     except json.JSONDecodeError as exc:
@@ -146,8 +152,7 @@ def _iter_open(reader: _Reader) -> Iterator[RawDocument]:
     if head.startswith(b"[") and not lines_only:
         yield from _iter_stream(reader, _text(first), lineno, array=True)
         return
-    text = _text(first).strip()
-    doc, error = decode_json(text)
+    doc, error = decode_json(first)
     second = b""
     if error is not None and head.startswith(b"{") and not lines_only:
         # A pretty-printed object's next line is a member ('  "key": ...'), its end, or the
@@ -157,17 +162,16 @@ def _iter_open(reader: _Reader) -> Iterator[RawDocument]:
             yield from _iter_stream(reader, _text(first + second), lineno, array=False)
             return
     # JSON-lines: one value per line; a bad line is reported and skipped.
-    yield RawDocument(path, lineno, text, doc, error)
+    yield RawDocument(path, lineno, first, doc, error)
     line = second or reader.readline()
     while line:
         if line.strip() == b"{" and not lines_only:
             # Pretty-printed objects after all (a mixed file): decode them as a stream.
             yield from _iter_stream(reader, _text(line), reader.lineno, array=False)
             return
-        if line.strip():
-            text = _text(line).strip()
-            doc, error = decode_json(text)
-            yield RawDocument(path, reader.lineno, text, doc, error)
+        if not line.isspace():
+            doc, error = decode_json(line)
+            yield RawDocument(path, reader.lineno, line, doc, error)
         line = reader.readline()
 
 
