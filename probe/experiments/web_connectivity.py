@@ -127,9 +127,10 @@ def quic_wanted(tcp_path: list[Observation], url: str) -> bool:
     if not answered:
         return True
     for hop in answered:
-        if len(hop.headers) >= MAX_HEADERS or any(len(h.value) >= HEADER_VALUE_MAX for h in hop.headers):
+        alt_svc = [h.value for h in hop.headers if h.name == "alt-svc"]
+        if len(hop.headers) >= MAX_HEADERS or any(len(v) >= HEADER_VALUE_MAX for v in alt_svc):
             return True
-        if advertises_h3(h.value for h in hop.headers if h.name == "alt-svc"):
+        if advertises_h3(alt_svc):
             return True
     return False
 

@@ -354,3 +354,16 @@ def test_quic_wanted_reads_the_targets_own_origin() -> None:
     cut = hop(url)
     cut.headers = [HttpHeader("set-cookie", f"c{i}") for i in range(MAX_HEADERS)]
     assert quic_wanted([cut], url)
+
+
+def test_a_cut_alt_svc_value_keeps_waiting_but_another_long_header_does_not() -> None:
+    from probe.experiments.web_connectivity import quic_wanted
+    from probe.net.http import HEADER_VALUE_MAX
+    from probe.schema import HttpHeader, HttpRequest
+
+    url = "https://a.test/"
+    hop = HttpRequest(t0=0, t=0, failure=None, url=url, status_code=200)
+    hop.headers = [HttpHeader("location", "x" * HEADER_VALUE_MAX)]
+    assert not quic_wanted([hop], url)
+    hop.headers = [HttpHeader("alt-svc", ('h2=":443"; ma=1, ' * 100)[:HEADER_VALUE_MAX])]
+    assert quic_wanted([hop], url)
