@@ -111,12 +111,13 @@ class MeasurementContext:
 
     async def quic_get(
         self, url: str, ip: str, port: int, sni: str | None, *, body_cap: int = http.DEFAULT_BODY_CAP,
-        tag: str | None = None,
+        tag: str | None = None, stop: asyncio.Event | None = None,
     ) -> tuple[QuicHandshake, list[HttpRequest]]:
-        """QUIC handshake (ALPN h3) to ``ip``:``port`` and one HTTP/3 GET of ``url`` over it."""
+        """QUIC handshake (ALPN h3) to ``ip``:``port`` and one HTTP/3 GET of ``url`` over it;
+        ``stop`` set: the attempt ends at once, its open step failed ``interrupted``."""
         return await quic.quic_get(
             url, ip, port, sni, clock=self.clock, timeout=self.timeouts.quic, ca_bundle=self.ca_bundle,
-            body_cap=body_cap, scrubber=self.scrubber, tag=tag,
+            body_cap=body_cap, scrubber=self.scrubber, tag=tag, stop=stop,
         )
 
     async def download(

@@ -43,6 +43,7 @@ SELECTED_HEADERS = frozenset(
         "server", "location", "content-type", "content-length", "content-encoding",
         "content-language", "via", "x-cache", "x-cache-status", "x-served-by", "x-powered-by",
         "x-squid-error", "refresh", "cf-ray", "x-frame-options", "set-cookie",
+        "alt-svc",  # -- quic: whether the site offers HTTP/3 (web_connectivity's QUIC step)
     }
 )
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
@@ -97,7 +98,35 @@ def close_failure(event: ConnectionTerminated) -> str:
     return "connection_reset"
 
 
+class Stopped(Exception):
+    """The caller stopped waiting for this attempt (``stop`` set): recorded as ``interrupted``."""
+
+
+async def _bounded(aw: Awaitable[Any], timeout: float, stop: asyncio.Event | None) -> Any:
+    """``aw`` within ``timeout``; raises ``Stopped`` (and cancels ``aw``) as soon as ``stop`` is set."""
+    if stop is None:
+        return await asyncio.wait_for(aw, timeout)
+    if stop.is_set():
+        if asyncio.iscoroutine(aw):
+            aw.close()
+        raise Stopped
+    task = asyncio.ensure_future(asyncio.wait_for(aw, timeout))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if task.cancelled():
+        raise Stopped
+    return task.result()
+
+
 def _failure(exc: BaseException) -> str:
+    if isinstance(exc, Stopped):
+        return "interrupted"
     if isinstance(exc, QuicClosed):
         return close_failure(exc.event)
     return classify(exc)
@@ -304,11 +333,14 @@ async def quic_get(
     sample_cap: int = DEFAULT_SAMPLE_CAP,
     scrubber: Scrubber | None = None,
     tag: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> tuple[QuicHandshake, list[HttpRequest]]:
     """QUIC handshake with ``sni`` (None: no SNI, no verification) and ALPN h3 to
     ``ip``:``port``, then one HTTP/3 GET of ``url`` on it, all within ``timeout``. Returns the
     handshake record and the GET's record (none when the handshake failed). Never raises for
-    the network."""
+    the network. When ``stop`` is set before the attempt ends, the step still open (the
+    handshake, else the GET) ends at once with failure ``interrupted``: the caller no longer
+    wants the answer, so the record says the probe cut it short, not what the network did."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     rec = QuicHandshake(t0=clock.now(), t=0.0, failure=None, ip=ip, port=port, sni=sni, tag=tag)
@@ -321,14 +353,14 @@ async def quic_get(
     try:
         async with _Connection(ip, port, config, body_cap) as client:
             try:
-                await asyncio.wait_for(client.until(lambda: client.handshake is not None), timeout)
+                await _bounded(client.until(lambda: client.handshake is not None), timeout, stop)
             except BaseException:
                 rec.t = clock.now()
                 raise
             rec.t = clock.now()
             _fill(rec, client, scrubber)
             rec.cert_valid = True if verifying else None
-            hops.append(await _get(client, url, ip, clock, deadline - loop.time(), sample_cap, scrubber, tag))
+            hops.append(await _get(client, url, ip, clock, deadline - loop.time(), sample_cap, scrubber, tag, stop))
     except ValueError:
         rec.failure = unknown("invalid_address")
     except Exception as exc:
@@ -336,7 +368,7 @@ async def quic_get(
         if rec.failure.startswith("ssl_"):
             rec.cert_valid = False
             remaining = deadline - loop.time()
-            if remaining > 0:  # the certificate, fetched without verification (best effort)
+            if remaining > 0 and not (stop is not None and stop.is_set()):  # the certificate, fetched without verification (best effort)
                 try:
                     client = await _handshake_only(ip, port, _configuration(sni, None, False), remaining)
                     _fill(rec, client, scrubber)
@@ -351,7 +383,7 @@ async def quic_get(
 
 async def _get(
     client: _Client, url: str, ip: str, clock: Clock, timeout: float, sample_cap: int,
-    scrubber: Scrubber | None, tag: str | None,
+    scrubber: Scrubber | None, tag: str | None, stop: asyncio.Event | None = None,
 ) -> HttpRequest:
     hop = HttpRequest(t0=clock.now(), t=0.0, failure=None, url=url, ip=ip, http_version="HTTP/3",
                       tag=HTTP3_TAG if tag is None else f"{HTTP3_TAG},{tag}")
@@ -364,7 +396,7 @@ async def _get(
         client.stream_id = stream_id
         client.h3.send_headers(stream_id, _request_headers(url), end_stream=True)
         client.transmit()
-        await asyncio.wait_for(client.until(lambda: resp.ended or resp.body.truncated), timeout)
+        await _bounded(client.until(lambda: resp.ended or resp.body.truncated), timeout, stop)
     except Exception as exc:
         if not (resp.status is not None and isinstance(exc, QuicClosed) and resp.ended):
             hop.failure = _failure(exc)

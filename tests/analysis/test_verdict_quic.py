@@ -205,3 +205,52 @@ def test_scrubbing_reaches_quic_records_and_keeps_their_target() -> None:
     assert m.quic[0].ip == "203.0.113.9" and m.http[-1].ip == "203.0.113.9"  # the target stays
     assert m.quic[0].peer_cert_names == ["site.example", "[scrubbed]"]
     assert m.http[-1].title == "You are [scrubbed]"
+
+
+# -- quic: a QUIC attempt the probe cancelled itself (`interrupted`: the HTTPS answer did not
+# advertise h3, so web_connectivity stopped waiting) is not measured, at the probe or the control.
+
+
+def _alt_svc(m: Measurement, value: str) -> Measurement:
+    from probe.schema import HttpHeader
+
+    for hop in m.http:
+        if hop.tag is None and hop.status_code is not None:
+            hop.headers.append(HttpHeader("alt-svc", value))
+    return m
+
+
+def test_a_server_without_h3_cancelled_at_both_sides_is_the_ordinary_verdict(tmp_path: Path) -> None:
+    records, p = quic_pair("interrupted", "interrupted")
+    expect(verdicts(tmp_path, records)[p.measurement_id], "ok", None, "ok.https_validated")
+    # and the ordinary blocked verdict of the TCP path is not changed by it
+    p = with_quic(web(url=URL, http_failure="connection_reset"), "interrupted")
+    c = with_quic(control_of(p), "interrupted")
+    assert judge(tmp_path / "http", p, c)["layer"] != "quic"
+
+
+def test_cancelled_at_the_probe_while_the_control_completed_is_not_quic_blocking(tmp_path: Path) -> None:
+    # The probe's answer did not offer h3 (another edge of a CDN), the control's did and its QUIC
+    # completed: the probe never measured QUIC, so nothing says QUIC is blocked there.
+    records, p = quic_pair("interrupted", None)
+    expect(verdicts(tmp_path, records)[p.measurement_id], "ok", None, "ok.https_validated")
+
+
+def test_cancelled_at_the_control_is_no_control_evidence(tmp_path: Path) -> None:
+    records, p = quic_pair("generic_timeout", "interrupted")
+    expect(verdicts(tmp_path, records)[p.measurement_id], "ok", None, "ok.https_validated")
+
+
+def test_h3_advertised_and_quic_dropped_at_the_probe_is_still_blocked(tmp_path: Path) -> None:
+    # Beside the traps above: the answer advertises h3, so QUIC ran to its end and timed out.
+    p = _alt_svc(with_quic(web(url=URL), "generic_timeout"), 'h3=":443"; ma=86400')
+    c = _alt_svc(with_quic(control_of(p), None), 'h3=":443"; ma=86400')
+    expect(judge(tmp_path, p, c), "blocked", "quic", "quic.timeout")
+
+
+def test_tcp_blocked_keeps_quic_measured(tmp_path: Path) -> None:
+    # No answer over TCP: QUIC was not cancelled; it passed at the probe, the control's answer
+    # advertised h3 (its QUIC was measured too).
+    p = with_quic(web(url=URL, tcp_failure="generic_timeout"), None)
+    c = _alt_svc(with_quic(control_of(p), None), 'h3=":443"')
+    expect(judge(tmp_path, p, c), "blocked", "tcp_ip", "tcp.blocked_quic_ok")

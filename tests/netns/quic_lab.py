@@ -29,8 +29,8 @@ QDPI_TUN, QDPI_TABLE, QDPI_MARK = "qdpi0", "107", "0x7"
 STEP_TIMEOUT = 4.0  # lab servers answer in milliseconds; a dropped QUIC handshake costs this much
 
 # What the censor does to a scenario's host.
-OPEN, UDP_DROP, UDP_REJECT, INITIAL_SNI, TCP_BLOCK, NO_QUIC = (
-    "open", "udp_drop", "udp_reject", "initial_sni", "tcp_block", "no_quic")
+OPEN, UDP_DROP, UDP_REJECT, INITIAL_SNI, TCP_BLOCK, NO_QUIC, NO_QUIC_SILENT = (
+    "open", "udp_drop", "udp_reject", "initial_sni", "tcp_block", "no_quic", "no_quic_silent")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class QuicScenario:
 
     @property
     def quic_served(self) -> bool:
-        return self.technique != NO_QUIC
+        return self.technique not in (NO_QUIC, NO_QUIC_SILENT)
 
 
 QUIC_SCENARIOS = (
@@ -75,6 +75,10 @@ QUIC_SCENARIOS = (
                  "the censor resets TCP 443 to the host; QUIC passes"),
     # Trap: the site has no QUIC server: QUIC fails at the probe and at the control alike.
     QuicScenario("no-quic", NO_QUIC, 5, "ok", None, "ok.https_validated", "the site does not speak QUIC"),
+    # Trap: most of the internet: no QUIC, UDP 443 dropped by the site's own firewall, no Alt-Svc.
+    # Both sides stop waiting for QUIC once the HTTPS answer arrived (`interrupted`: not measured).
+    QuicScenario("no-quic-silent", NO_QUIC_SILENT, 6, "ok", None, "ok.https_validated",
+                 "the site drops UDP 443 itself and advertises no h3"),
 )
 
 
@@ -113,8 +117,11 @@ class QuicServers:
             root = www / sc.name
             root.mkdir(parents=True, exist_ok=True)
             (root / "index.html").write_text(_page(sc))
+            # The sites with an HTTP/3 server advertise it (RFC 7838), as real ones do; the probe
+            # waits for QUIC only when the HTTPS answer does. no-quic sends no Alt-Svc.
+            alt = "    add_header Alt-Svc 'h3=\":443\"; ma=86400' always;\n" if sc.quic_served else ""
             conf.append(f"  server {{\n    listen {sc.address}:443 ssl;\n    server_name {sc.host};\n"
-                        f"    ssl_certificate {crt};\n    ssl_certificate_key {key};\n    root {root};\n  }}\n")
+                        f"    ssl_certificate {crt};\n    ssl_certificate_key {key};\n    root {root};\n{alt}  }}\n")
         conf.append("}\n")
         path = wd / "nginx-quic.conf"
         path.write_text("".join(conf))
@@ -134,6 +141,12 @@ class QuicServers:
                              env={**os.environ, "PYTHONPATH": str(REPO)})
         for ip in quic_ips:
             self.topo.wait_port("internet", ip, 443, proto="udp", proc=h3, timeout=20)
+        # The silent sites' own firewall (not the censor): UDP 443 dropped for probe and control alike.
+        silent = [sc.address for sc in self.scenarios if sc.technique == NO_QUIC_SILENT]
+        if silent:
+            drops = "\n    ".join(f"ip daddr {ip} udp dport 443 drop" for ip in silent)
+            self.topo.nft("internet", "table inet quicsites {\n  chain input { type filter hook input priority 0; "
+                                      f"policy accept;\n    {drops}\n  }}\n}}\n")
 
     def start_censor(self) -> None:
         wd = self.topo.workdir

@@ -12,6 +12,7 @@ layer itself is tested against loopback servers and the netns labs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from probe.experiments.base import Settings
 from probe.experiments.context import MeasurementContext, Resolve
 from probe.experiments.tunnels.transport import Outcome, PacketLog, Validator
-from probe.schema import DnsAnswer, DnsQuery, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
+from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, QuicHandshake, TcpConnect, TlsHandshake
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Page:
     status: int | None = 200
     failure: str | None = None
     location: str | None = None
+    alt_svc: str | None = None  # the response's Alt-Svc header (e.g. 'h3=":443"'), if any
 
 
 class FakeNet(MeasurementContext):
@@ -37,7 +39,8 @@ class FakeNet(MeasurementContext):
     200); ``injected`` host -> addresses that answer a query sent to the injection target;
     ``udp`` a function (ip, port, first payload) -> Outcome for tunnel exchanges; ``quic``
     address -> failure of the QUIC handshake (missing: success, then the HTTP/3 GET answers
-    like ``http``)."""
+    like ``http``), arriving after ``quic_wait`` seconds of real time (a silent server holds
+    the attempt for the QUIC step limit) unless the experiment sets ``stop`` first."""
 
     def __init__(
         self,
@@ -50,11 +53,12 @@ class FakeNet(MeasurementContext):
         injected: dict[str, list[str]] | None = None,
         udp: Callable[[str, int, bytes], Outcome] | None = None,
         quic: dict[str, str] | None = None,
+        quic_wait: float = 0.0,
     ) -> None:
         super().__init__(settings or Settings())
         self.dns, self.tcp, self.tls = dns or {}, tcp or {}, tls or {}
         self.http, self.injected, self.udp = http or {}, injected or {}, udp
-        self.quic = quic or {}
+        self.quic, self.quic_wait = quic or {}, quic_wait
         self.steps: list[tuple[Any, ...]] = []
 
     # ----------------------------------------------------------------- DNS
@@ -149,6 +153,8 @@ class FakeNet(MeasurementContext):
             if page.failure is not None:
                 break
             rec.status_code = page.status
+            if page.alt_svc is not None:
+                rec.headers = [HttpHeader("alt-svc", page.alt_svc)]
             current = urljoin(current, page.location) if page.location else None
             if current is not None and len(hops) > max_redirects:
                 rec.failure = "http_too_many_redirects"
@@ -156,14 +162,22 @@ class FakeNet(MeasurementContext):
         return hops
 
     async def quic_get(
-        self, url: str, ip: str, port: int, sni: str | None, *, body_cap: int = 0, tag: str | None = None
+        self, url: str, ip: str, port: int, sni: str | None, *, body_cap: int = 0, tag: str | None = None,
+        stop: asyncio.Event | None = None,
     ) -> tuple[QuicHandshake, list[HttpRequest]]:
         from probe.net.quic import HTTP3_TAG
 
         self.steps.append(("quic", ip, port, sni))
         t0 = self.now()
         failure = self.quic.get(ip)
-        rec = QuicHandshake(t0=t0, t=t0, failure=failure, ip=ip, port=port, sni=sni, tag=tag)
+        if self.quic_wait > 0:
+            stopped = stop or asyncio.Event()
+            try:
+                await asyncio.wait_for(stopped.wait(), self.quic_wait)
+                failure = "interrupted"
+            except TimeoutError:
+                pass
+        rec = QuicHandshake(t0=t0, t=self.now(), failure=failure, ip=ip, port=port, sni=sni, tag=tag)
         if failure is not None:
             return rec, []
         rec.alpn, rec.quic_version, rec.cert_valid = "h3", "1", sni is not None or None

@@ -167,7 +167,8 @@ def _cidr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
                    "address is unknown, its literals are scrubbed like globally routable ones. Repeatable.")
 @click.option("--no-quic", is_flag=True,
               help="web_connectivity: skip the QUIC / HTTP/3 step of https targets (UDP 443 to the "
-                   "resolved addresses, beside TCP/TLS/HTTP).")
+                   "resolved addresses, beside TCP/TLS/HTTP; waited for only when the site's HTTPS "
+                   "answer advertises h3 in Alt-Svc, or gave no answer).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (it is off anyway when not on a terminal).")
 @click.option("--upload", "upload_url", default=None, metavar="URL", help="Then upload to this collector (see `vantage upload`).")
 @upload_options

@@ -287,3 +287,83 @@ def test_every_tunnel_wire_format_raises_the_one_wire_error() -> None:
         openvpn_wire.parse_static_key(b"not a key")
     for name in ("openvpn", "wireguard", "tor", "ikev2"):
         assert isinstance(registry.get(name), TunnelExperiment)
+
+
+# -- quic: QUIC is waited for only while the target's HTTPS answer advertises h3 (Alt-Svc)
+
+
+def _timed(url: str, net: FakeNet) -> tuple[Measurement, float]:
+    import time
+
+    start = time.monotonic()
+    m = record("web_connectivity", url, net)
+    return m, time.monotonic() - start
+
+
+def test_no_h3_advertised_stops_waiting_for_a_silent_quic_server() -> None:
+    # The server answers over HTTPS without Alt-Svc and drops UDP 443 (most of the internet):
+    # the measurement must not hold its slot for the QUIC step limit (here 5 s of real time).
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1", "192.0.2.2"]},
+                  quic={"192.0.2.1": "generic_timeout", "192.0.2.2": "generic_timeout"}, quic_wait=5.0)
+    m, took = _timed("https://a.test/", net)
+    assert took < 1.0, took
+    assert [q.failure for q in m.quic] == ["interrupted", "interrupted"]
+    assert registry.get("web_connectivity").succeeded(m)
+
+
+def test_h3_advertised_keeps_waiting_for_quic_to_its_end() -> None:
+    # The trap beside it: the same silent QUIC, but the answer offers h3: the timeout is evidence.
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1"]}, quic={"192.0.2.1": "generic_timeout"}, quic_wait=0.3,
+                  http={"https://a.test/": Page(alt_svc='h3-29=":443"; ma=3600, h3=":443"; ma=86400')})
+    m, took = _timed("https://a.test/", net)
+    assert took >= 0.3, took
+    assert [q.failure for q in m.quic] == ["generic_timeout"]
+    assert [h.value for h in m.http[0].headers if h.name == "alt-svc"]  # recorded for the analyst
+
+
+def test_tcp_blocked_keeps_quic_to_its_end() -> None:
+    # No answer over TCP (blocked?): QUIC may pass where TCP does not, so it is measured.
+    net = FakeNet(lab(), dns={"a.test": ["192.0.2.1"]}, tcp={"192.0.2.1": "generic_timeout"},
+                  quic_wait=0.3)
+    m, took = _timed("https://a.test/", net)
+    assert took >= 0.3, took
+    assert [q.failure for q in m.quic] == [None]
+
+
+def test_quic_wanted_reads_the_targets_own_origin() -> None:
+    from probe.experiments.web_connectivity import quic_wanted
+    from probe.schema import HttpHeader, HttpRequest
+
+    def hop(url: str, alt: str | None = None, status: int | None = 200) -> HttpRequest:
+        h = HttpRequest(t0=0, t=0, failure=None if status else "connection_reset", url=url, status_code=status)
+        h.headers = [HttpHeader("server", "x")] + ([HttpHeader("alt-svc", alt)] if alt else [])
+        return h
+
+    url = "https://a.test/"
+    assert quic_wanted([], url)  # nothing arrived
+    assert quic_wanted([hop(url, status=None)], url)  # the GET failed
+    assert not quic_wanted([hop(url)], url)
+    assert not quic_wanted([hop(url, "clear")], url)
+    assert quic_wanted([hop(url, 'h2=":443", h3=":443"')], url)
+    # h3 offered by another origin of the redirect chain is not this origin's
+    assert not quic_wanted([hop(url), hop("https://www.a.test/", 'h3=":443"')], url)
+    assert quic_wanted([hop("https://a.test/x"), hop("https://a.test/y", 'h3=":443"')], url)
+    # a header list cut at MAX_HEADERS may have lost its Alt-Svc: keep waiting
+    from probe.net.http import MAX_HEADERS
+
+    cut = hop(url)
+    cut.headers = [HttpHeader("set-cookie", f"c{i}") for i in range(MAX_HEADERS)]
+    assert quic_wanted([cut], url)
+
+
+def test_a_cut_alt_svc_value_keeps_waiting_but_another_long_header_does_not() -> None:
+    from probe.experiments.web_connectivity import quic_wanted
+    from probe.net.http import HEADER_VALUE_MAX
+    from probe.schema import HttpHeader, HttpRequest
+
+    url = "https://a.test/"
+    hop = HttpRequest(t0=0, t=0, failure=None, url=url, status_code=200)
+    hop.headers = [HttpHeader("location", "x" * HEADER_VALUE_MAX)]
+    assert not quic_wanted([hop], url)
+    hop.headers = [HttpHeader("alt-svc", ('h2=":443"; ma=1, ' * 100)[:HEADER_VALUE_MAX])]
+    assert quic_wanted([hop], url)

@@ -144,6 +144,30 @@ def test_silence_is_a_timeout_within_the_limit() -> None:
     assert rec.failure == "generic_timeout" and hops == [] and 0.9 <= rec.t - rec.t0 < 2.0
 
 
+def test_stop_ends_a_silent_attempt_at_once_as_interrupted() -> None:
+    # -- quic: web_connectivity sets ``stop`` when the HTTPS answer does not advertise h3.
+    async def go():  # type: ignore[no-untyped-def]
+        async with udp_server() as port:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().call_later(0.2, stop.set)
+            return await quic_get("https://a.test/", "127.0.0.1", port, "a.test", clock=Clock(), timeout=5.0,
+                                  stop=stop)
+
+    rec, hops = run(go())
+    assert rec.failure == "interrupted" and hops == [] and rec.t - rec.t0 < 1.0
+    assert is_valid_failure(rec.failure)
+
+
+def test_stop_set_before_the_attempt_sends_nothing() -> None:
+    async def go():  # type: ignore[no-untyped-def]
+        stop = asyncio.Event()
+        stop.set()  # set before the attempt: the record says the probe cut it short
+        return await quic_get("https://a.test/", "127.0.0.1", 9, "a.test", clock=Clock(), timeout=5.0, stop=stop)
+
+    rec, hops = run(go())
+    assert rec.failure == "interrupted" and hops == []
+
+
 def test_version_negotiation_without_a_common_version() -> None:
     async def go():  # type: ignore[no-untyped-def]
         async with udp_server(vn=True) as port:
