@@ -9,6 +9,10 @@ that matters: executor memory stays bounded (within 1.5x) when the data grows 5x
 have a fixed size (analysis/spark_engine.py: buckets grow with the busiest day).
 
     .venv/bin/python benchmarks/spark_scale.py [--rows 1000000 5000000] [--keep DIR] [--executor-memory 1g]
+
+With --keep DIR the datasets are generated once and reused, and each size's results are kept in
+DIR/results.json: a later run of other sizes (e.g. ``--rows 5000000 --skip-duckdb``) prints the
+earlier sizes' rows too, with when they were measured and the load average then, and the ratio.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Sampler(threading.Thread):
         self.driver_peak = 0.0
         self.executor_peak: dict[int, float] = {}
         self.done = threading.Event()
+        self.start = self.last = time.perf_counter()
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -81,6 +86,11 @@ class Sampler(threading.Thread):
                 for executor in kids.get(w, []):  # the worker JVM forks one executor JVM per application
                     rss = sum(_rss_mb(p) for p in _tree(executor, kids))
                     self.executor_peak[executor] = max(self.executor_peak.get(executor, 0.0), rss)
+            if time.perf_counter() - self.last >= 60:  # progress: a run cut short still says what it measured
+                self.last = time.perf_counter()
+                print(f"  [{self.last - self.start:.0f} s] driver peak {self.driver_peak:,.0f} MB, executors peak "
+                      f"{' / '.join(f'{m:,.0f}' for m in self.executor_peak.values() if m > 100) or '-'} MB",
+                      flush=True)
             self.done.wait(0.25)
 
 
@@ -151,7 +161,10 @@ def main() -> None:
     os.environ.update(loopback_env())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is stopped on the way out
     base = args.keep or Path(tempfile.mkdtemp(prefix="vantage-spark-bench-"))
-    results = []
+    results: list[dict] = []
+    saved: dict[str, dict] = {}
+    if args.keep is not None and (base / "results.json").is_file():
+        saved = json.loads((base / "results.json").read_text())
     print(f"machine: {os.cpu_count()} cores; cluster: master + 2 workers x 1 core, executor memory "
           f"{args.executor_memory}; shards of ~{args.rows_per_shard:,} rows", flush=True)
     try:
@@ -181,19 +194,29 @@ def main() -> None:
                   f"executors peak {', '.join(f'{m:,.0f}' for m in execs)} MB", flush=True)
             if "verdicts" in row and row["verdicts"] != s["verdicts"]:
                 print(f"  VERDICT COUNT DIFFERS: DuckDB {row['verdicts']:,}, Spark {s['verdicts']:,}")
+            row["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            row["load"] = os.getloadavg()[0]
             results.append(row)
+            if args.keep is not None:  # a later run (other sizes) prints this one's row too
+                saved[str(n)] = {**saved.get(str(n), {}), **row}
+                (base / "results.json").write_text(json.dumps(saved, indent=1))
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
+    if args.keep is not None:  # sizes measured by earlier runs on the same datasets, for the ratio
+        results = sorted([*results, *(r for k, r in saved.items() if int(k) not in args.rows)], key=lambda r: r["rows"])
     print()
-    print(f"{'probe rows':>12} {'DuckDB s':>9} {'DuckDB MB':>10} {'Spark s':>8} {'driver MB':>10} {'executor MB (each)':>20}")
+    print(f"{'probe rows':>12} {'DuckDB s':>9} {'DuckDB MB':>10} {'Spark s':>8} {'driver MB':>10} "
+          f"{'executor MB (each)':>20}  measured (load average)")
     for r in results:
         print(f"{r['rows']:>12,} {r.get('duck_s', float('nan')):>9.0f} {r.get('duck_mb', float('nan')):>10,.0f} "
-              f"{r['spark_s']:>8.0f} {r['driver_mb']:>10,.0f} {' / '.join(f'{m:,.0f}' for m in r['executors_mb']):>20}")
+              f"{r['spark_s']:>8.0f} {r['driver_mb']:>10,.0f} {' / '.join(f'{m:,.0f}' for m in r['executors_mb']):>20}"
+              f"  {r.get('measured_at', '?')} ({r.get('load', float('nan')):.1f})")
     if len(results) >= 2 and results[0]["executors_mb"] and results[-1]["executors_mb"]:
         a, b = max(results[0]["executors_mb"]), max(results[-1]["executors_mb"])
         growth = results[-1]["rows"] / results[0]["rows"]
-        print(f"executor peak grew {b / a:.2f}x for {growth:.0f}x the data: "
+        print(f"executor peak memory at {results[-1]['rows']:,} / at {results[0]['rows']:,} probe rows: "
+              f"{b:,.0f} / {a:,.0f} MB = {b / a:.2f}x for {growth:.0f}x the data: "
               + ("BOUNDED (within 1.5x)" if b <= 1.5 * a else "NOT bounded (over 1.5x)"))
     elif len(results) < 2:
         print("only one size measured: the bound needs two")
