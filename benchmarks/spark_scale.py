@@ -76,7 +76,7 @@ class Sampler(threading.Thread):
         self.driver_peak = 0.0
         self.executor_peak: dict[int, float] = {}
         self.done = threading.Event()
-        self.start = self.last = time.perf_counter()
+        self.t0 = self.last = time.perf_counter()
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -88,7 +88,7 @@ class Sampler(threading.Thread):
                     self.executor_peak[executor] = max(self.executor_peak.get(executor, 0.0), rss)
             if time.perf_counter() - self.last >= 60:  # progress: a run cut short still says what it measured
                 self.last = time.perf_counter()
-                print(f"  [{self.last - self.start:.0f} s] driver peak {self.driver_peak:,.0f} MB, executors peak "
+                print(f"  [{self.last - self.t0:.0f} s] driver peak {self.driver_peak:,.0f} MB, executors peak "
                       f"{' / '.join(f'{m:,.0f}' for m in self.executor_peak.values() if m > 100) or '-'} MB",
                       flush=True)
             self.done.wait(0.25)
@@ -98,10 +98,10 @@ def run_child(args: list[str], sampler_workers: list[int] | None = None) -> tupl
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     sampler = None
-    if sampler_workers is not None:
-        sampler = Sampler(proc.pid, sampler_workers)
-        sampler.start()
     try:
+        if sampler_workers is not None:
+            sampler = Sampler(proc.pid, sampler_workers)
+            sampler.start()
         out, _ = proc.communicate()
     finally:  # interrupted: the driver goes too (by its PID), before the cluster is stopped
         if proc.poll() is None:
