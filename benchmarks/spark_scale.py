@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--executor-memory", default="1g")
     ap.add_argument("--rows-per-shard", type=int, default=100_000)
     ap.add_argument("--skip-duckdb", action="store_true", help="Spark only (e.g. DuckDB does not fit in memory)")
+    ap.add_argument("--skip-spark", action="store_true", help="DuckDB only (Spark's figures from an earlier run)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -181,6 +182,13 @@ def main() -> None:
                 d, wall, _ = run_child(["--child", "duckdb", str(root), str(base / f"duck-{n}.parquet")])
                 row.update(duck_s=wall, duck_mb=d["peak_rss_mb"], verdicts=d["verdicts"])
                 print(f"{n:,}: DuckDB {wall:.0f} s, peak RSS {d['peak_rss_mb']:,.0f} MB", flush=True)
+            if args.skip_spark:  # DuckDB only; Spark's figures of an earlier run (results.json) stay
+                row["measured_at_duckdb"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                if args.keep is not None:
+                    saved[str(n)] = {**saved.get(str(n), {}), **row}
+                    (base / "results.json").write_text(json.dumps(saved, indent=1))
+                results.append(saved.get(str(n), row))
+                continue
             with LocalCluster(workers=2, worker_cores=1, worker_memory="2g") as cluster:
                 workers = cluster.pids()[1:]
                 s, wall, sampler = run_child(["--child", "spark", str(root), str(base / f"spark-{n}.parquet"),
@@ -208,6 +216,7 @@ def main() -> None:
     print()
     print(f"{'probe rows':>12} {'DuckDB s':>9} {'DuckDB MB':>10} {'Spark s':>8} {'driver MB':>10} "
           f"{'executor MB (each)':>20}  measured (load average)")
+    results = [r for r in results if "spark_s" in r]  # sizes Spark never ran are left out of the table
     for r in results:
         print(f"{r['rows']:>12,} {r.get('duck_s', float('nan')):>9.0f} {r.get('duck_mb', float('nan')):>10,.0f} "
               f"{r['spark_s']:>8.0f} {r['driver_mb']:>10,.0f} {' / '.join(f'{m:,.0f}' for m in r['executors_mb']):>20}"
