@@ -59,11 +59,14 @@ def _in(values: tuple[str, ...]) -> str:
 
 # One row per measurement: did it reach anything beyond the probe, did it fail at the network
 # level. "Reached" is any connection, handshake, HTTP response or tunnel reply (a DNS answer may
-# come from a local cache and is not enough).
-ROWS_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _vt_conn_m AS
+# come from a local cache and is not enough). ``key``: what identifies an input across rows
+# (a hash in DuckDB; the input itself where another engine joins the two sides).
+def facts_sql(source: str = "measurements", key: str = "hash(input)") -> str:
+    """Per measurement: vantage point, hour, ``reached``, its network-level ``fails`` and
+    ``dns_answered``; a function of the row alone (any shard of rows can compute it)."""
+    return f"""
 WITH r AS (
-  SELECT measurement_id, role, probe_cc, probe_asn, run_id, hash(input) AS k, experiment = 'anchors' AS is_anchor,
+  SELECT measurement_id, role, probe_cc, probe_asn, run_id, {key} AS k, experiment = 'anchors' AS is_anchor,
     date_trunc('hour', measurement_start_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
     failure IS NULL AND (
       len(list_filter(tcp, lambda o: o.failure IS NULL)) > 0
@@ -76,7 +79,7 @@ WITH r AS (
           AND len(list_filter(dns, lambda o: {_TAG_OK} AND o.failure IS NULL)) > 0)
     ) AS reached,
     failure, dns, tcp, tls, http, vpn
-  FROM measurements
+  FROM {source}
 )
 SELECT measurement_id, role, probe_cc, probe_asn, run_id, k, is_anchor, hour, reached,
     -- Most measurements reached their target: their failures are not needed (CASE skips them).
@@ -86,43 +89,62 @@ SELECT measurement_id, role, probe_cc, probe_asn, run_id, k, is_anchor, hour, re
                list_transform(http, lambda o: o.failure), list_transform(vpn, lambda o: o.failure)]),
       lambda f: f IS NOT NULL AND f <> 'interrupted') END AS fails,
     len(list_filter(dns, lambda o: {_TAG_OK} AND len(o.answers) > 0)) > 0 AS dns_answered
-FROM r;
-CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
-WITH m AS (SELECT * FROM _vt_conn_m), side AS (
-  -- What each side (probe, control) saw of each input. A target that times out from the other
-  -- side too is down, not evidence about this side's network; an input the other side never
-  -- measured gives no such hint.
-  SELECT role, k, bool_or(reached) AS reached, bool_or(dns_answered) AS resolved
-  FROM m GROUP BY ALL
-)
-SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is_anchor, m.reached,
-  NOT m.reached AND len(m.fails) > 0 AND (
+FROM r"""
+
+
+# What each side (probe, control) saw of each input: OR-able over any split of the rows.
+SIDE_SQL = "SELECT role, k, bool_or(reached) AS reached, bool_or(dns_answered) AS resolved FROM {facts} GROUP BY ALL"
+
+
+def network_failed_sql(other_reached: str = "c.reached", other_resolved: str = "c.resolved") -> str:
+    """Did measurement ``m`` (a row of ``facts_sql``) fail at the network level, given what the
+    other side saw of the same input (NULL: the other side never measured it)."""
+    return f"""NOT m.reached AND len(m.fails) > 0 AND (
     -- no route: the local stack says so, whatever the target
     list_has_any(m.fails, {list(NO_ROUTE)})
     -- every step that failed timed out (a silent network), while the other side got through. A
     -- DNS answer about the name (no AAAA record beside the A that resolved, say) is no failed
     -- step: a dead uplink with a working local resolver times out on every connect all the same.
-    OR (coalesce(c.reached, true) AND list_contains(m.fails, '{TIMEOUT}')
+    OR (coalesce({other_reached}, true) AND list_contains(m.fails, '{TIMEOUT}')
         AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}' AND f NOT IN {_in(DNS_ANSWERS)})) = 0)
     -- nothing resolved, without an answer about the name, while the other side resolved it
-    OR (NOT m.dns_answered AND coalesce(c.resolved, false)
+    OR (NOT m.dns_answered AND coalesce({other_resolved}, false)
         AND len(list_filter(m.fails, lambda f: f IN {_in(DNS_ANSWERS)}
                                     OR NOT (f LIKE 'dns\\_%' ESCAPE '\\' OR f IN {_in(DNS_NOT_AN_ANSWER)}))) = 0)
-  ) AS network_failed
+  )"""
+
+
+ROWS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _vt_conn_m AS {facts_sql()};
+CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
+WITH m AS (SELECT * FROM _vt_conn_m), side AS (
+  -- A target that times out from the other side too is down, not evidence about this side's
+  -- network; an input the other side never measured gives no such hint.
+  {SIDE_SQL.format(facts="m")}
+)
+SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is_anchor, m.reached,
+  {network_failed_sql()} AS network_failed
 FROM m LEFT JOIN side c ON c.k = m.k AND c.role <> m.role;
 DROP TABLE _vt_conn_m;
 """
 
-TABLE_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _vt_conn AS
-WITH g AS (
-  SELECT role, probe_cc, probe_asn, run_id, hour,
+# Per vantage point (role, probe_cc, probe_asn, run_id) and hour: counts that add up over any
+# split of the rows (shards on a cluster sum them; analysis/spark_engine.py).
+COUNT_COLUMNS = ("anchors_n", "anchors_ok", "inputs_n", "network_failed_n")
+COUNTS_SQL = """
+SELECT role, probe_cc, probe_asn, run_id, hour,
     count(*) FILTER (WHERE is_anchor) AS anchors_n,
     count(*) FILTER (WHERE is_anchor AND reached) AS anchors_ok,
     count(*) FILTER (WHERE NOT is_anchor) AS inputs_n,
     count(*) FILTER (WHERE NOT is_anchor AND network_failed) AS network_failed_n
-  FROM _vt_conn_rows GROUP BY ALL
-), d AS (
+FROM {rows} GROUP BY ALL"""
+
+
+def decision_sql(counts: str) -> str:
+    """The decision per vantage point and hour over a relation of summed counts (COUNTS_SQL's
+    columns): the one place it is made, whoever counted."""
+    return f"""
+WITH g AS (SELECT * FROM {counts}), d AS (
   SELECT g.*, CASE WHEN inputs_n > 0 THEN network_failed_n / inputs_n END AS share,
     CASE
       WHEN anchors_n >= {MIN_ANCHORS} AND anchors_ok = 0
@@ -138,7 +160,11 @@ WITH g AS (
 )
 SELECT role, probe_cc, probe_asn, run_id, hour, anchors_n, anchors_ok, inputs_n, network_failed_n,
        c.ok AS connected, c.why AS reason
-FROM d ORDER BY role, probe_cc, probe_asn, run_id, hour
+FROM d ORDER BY role, probe_cc, probe_asn, run_id, hour"""
+
+
+TABLE_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _vt_conn AS {decision_sql("(" + COUNTS_SQL.format(rows="_vt_conn_rows") + ")")}
 """
 
 # Measurements (either role) taken in an hour without connectivity that reached nothing.
@@ -193,3 +219,15 @@ def offline_table(con: duckdb.DuckDBPyConnection) -> pa.Table:
         return con.sql("SELECT mid, role FROM _vt_offline ORDER BY mid, role").to_arrow_table().cast(OFFLINE_SCHEMA)
     finally:
         drop_connectivity_tables(con)
+
+
+def decide(con: duckdb.DuckDBPyConnection, counts: pa.Table) -> pa.Table:
+    """The connectivity table (CONNECTIVITY_SCHEMA) from counts per vantage point and hour
+    summed elsewhere (COUNTS_SQL's columns, ``hour`` a UTC timestamp): the same decision
+    ``connectivity_table`` makes over the rows of one DuckDB."""
+    name = "_vt_conn_counts_in"
+    con.register(name, counts)
+    try:
+        return con.sql(decision_sql(name)).to_arrow_table().cast(CONNECTIVITY_SCHEMA)
+    finally:
+        con.unregister(name)

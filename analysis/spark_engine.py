@@ -34,9 +34,8 @@ import re
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -316,37 +315,114 @@ _SPARK_VERDICT_DDL = ("measurement_id string not null, run_id string, input stri
                       "endpoints: int, failed: int, control: string, detail: string>>")
 
 
-def _offline_on_driver(paths: Sequence[Path | str]) -> pa.Table:
-    """Connectivity over ALL rows (DuckDB reads only the columns it needs), as (mid, role)."""
-    from analysis import connectivity
-    from analysis.db import SkippedFileWarning, open_datasets
+_CONN_FACTS_DDL = ("measurement_id string, role string, probe_cc string, probe_asn string, run_id string, k string, "
+                   "is_anchor boolean, hour_us bigint, reached boolean, fails array<string>, dns_answered boolean")
+_CONN_KEYS = ("role", "probe_cc", "probe_asn", "run_id", "hour_us")
+_CONN_COUNTS_DDL = ("role string, probe_cc string, probe_asn string, run_id string, hour_us bigint, "
+                    "anchors_n bigint, anchors_ok bigint, inputs_n bigint, network_failed_n bigint")
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SkippedFileWarning)
-        con = open_datasets(paths)
+
+def _duckdb_batches(sql: str) -> Any:
+    """A mapInArrow function: ``sql`` (over the relation ``batch``) on each Arrow batch in an
+    in-process DuckDB of one thread."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import duckdb
+
+        con = duckdb.connect(config={"threads": 1})
+        try:
+            for b in batches:
+                con.register("batch", pa.Table.from_batches([b]))
+                yield from con.sql(sql).to_arrow_table().to_batches()
+                con.unregister("batch")
+        finally:
+            con.close()
+
+    return run
+
+
+def connectivity_spark(spark: SparkSession, df: DataFrame) -> tuple[DataFrame, pa.Table, DataFrame]:
+    """Connectivity (analysis/connectivity.py) without all rows in one place: (the (mid, role)
+    of every measurement taken offline, as a DataFrame; the connectivity table on the driver;
+    the per-row facts, persisted on the executors' disks: the caller unpersists them when the
+    offline rows have been used).
+
+    Each row's facts are a function of the row alone (``facts_sql``, in DuckDB per batch); what
+    each side (probe, control) saw of an input is OR-ed by Spark; each batch then counts its
+    rows per (vantage point, hour) (``COUNTS_SQL``) and Spark sums the partial counts. The
+    decision is made on the driver over the summed counts by ``connectivity.decide``, the SQL
+    the DuckDB path runs; only the disconnected (vantage point, hour) keys go back to the
+    cluster, to flag the rows that reached nothing in them."""
+    import duckdb
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from analysis import connectivity as conn
+
+    c = F.col
+    facts_cols = [x.split()[0] for x in _CONN_FACTS_DDL.split(", ")]
+    facts_sql = (f"SELECT * EXCLUDE (hour), epoch_us(hour) AS hour_us FROM ({conn.facts_sql('batch', key='input')})")
+    facts = df.mapInArrow(_duckdb_batches(f"SELECT {', '.join(facts_cols)} FROM ({facts_sql})"), _CONN_FACTS_DDL) \
+        .persist(StorageLevel.DISK_ONLY)  # read twice (counts, offline rows); never held in memory
     try:
-        return connectivity.offline_table(con)
-    finally:
-        con.close()
+        side = facts.groupBy("role", "k").agg(F.bool_or("reached").alias("c_reached"),
+                                              F.bool_or("dns_answered").alias("c_resolved")) \
+            .withColumnRenamed("role", "c_role").withColumnRenamed("k", "c_k")
+        # LEFT JOIN side c ON c.k = m.k AND c.role <> m.role (NULL inputs meet, as hash(NULL) does in DuckDB)
+        joined = facts.join(side, c("k").eqNullSafe(c("c_k")) & (c("role") != c("c_role")), "left") \
+            .drop("c_k", "c_role")
+        failed = (f"SELECT * EXCLUDE (hour_us), hour_us AS hour, "
+                  f"{conn.network_failed_sql('m.c_reached', 'm.c_resolved')} AS network_failed FROM batch m")
+        counts_sql = (f"SELECT role, probe_cc, probe_asn, run_id, hour AS hour_us, {', '.join(conn.COUNT_COLUMNS)} "
+                      f"FROM ({conn.COUNTS_SQL.format(rows=f'({failed})')})")
+        partial = joined.mapInArrow(_duckdb_batches(counts_sql), _CONN_COUNTS_DDL)
+        summed = partial.groupBy(*_CONN_KEYS).agg(*[F.sum(x).cast("long").alias(x) for x in conn.COUNT_COLUMNS]).toArrow()
+        con = duckdb.connect()
+        try:
+            con.register("summed", summed)
+            counts = con.sql(f"SELECT role, probe_cc, probe_asn, run_id, make_timestamp(hour_us) AT TIME ZONE 'UTC' AS hour, "
+                             f"{', '.join(conn.COUNT_COLUMNS)} FROM summed").to_arrow_table()
+            table = conn.decide(con, counts)
+            con.register("decided", table)
+            down = con.sql("SELECT role, probe_cc, probe_asn, run_id, epoch_us(hour) AS hour_us FROM decided "
+                           "WHERE NOT connected").to_arrow_table()
+        finally:
+            con.close()
+        down_df = spark.createDataFrame(down, schema=", ".join(
+            f"{k} {'bigint' if k == 'hour_us' else 'string'}" for k in _CONN_KEYS)).select(
+            *[c(k).alias(f"d_{k}") for k in _CONN_KEYS])
+        on = None
+        for k in _CONN_KEYS:
+            cond = c(k).eqNullSafe(c(f"d_{k}"))
+            on = cond if on is None else on & cond
+        offline = facts.filter(~c("reached")).join(down_df, on, "inner") \
+            .select(c("measurement_id").alias("mid"), "role").distinct()
+    except BaseException:
+        facts.unpersist()
+        raise
+    return offline, table, facts
 
 
 def verdicts_frame(spark: SparkSession, paths: Sequence[Path | str], options: AnalysisOptions, *,
-                   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> tuple[DataFrame, DataFrame, tempfile.TemporaryDirectory[str]]:
-    """(verdicts DataFrame, sharded rows) for the datasets; the files the job ships live as long
-    as the returned temporary directory."""
+                   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> tuple[DataFrame, DataFrame, ExitStack]:
+    """(verdicts DataFrame, sharded rows, what to release once the verdicts are computed: the
+    files the job ships, the persisted connectivity facts)."""
     from pyspark.sql import functions as F
 
     df = read_measurements(spark, paths)
-    offline = spark.createDataFrame(_offline_on_driver(paths))
+    keep = ExitStack()
+    offline, _, facts = connectivity_spark(spark, df)
+    keep.callback(facts.unpersist)
     # enough buckets that the busiest day's shards stay near rows_per_shard
     per_day = df.groupBy(F.floor(F.unix_micros("measurement_start_time") / DAY_US)).count() \
         .agg(F.max("count")).collect()[0][0] or 0
     buckets = max(1, math.ceil(per_day / max(1, rows_per_shard)))
     fp_names, asn_name, tmp = _ship_files(spark, options)
+    keep.enter_context(tmp)
     rows = shard_rows(df, offline, options.control_window_h, buckets)
     judge = _judge(tuple(fp_names), asn_name, tuple(options.public_nets), options.control_window_h)
     verdicts = rows.groupBy(*SHARD_COLS).applyInArrow(judge, _SPARK_VERDICT_DDL)
-    return verdicts, rows, tmp
+    return verdicts, rows, keep
 
 
 def _check_totals(mids: pa.Array | pa.ChunkedArray) -> int:
@@ -435,66 +511,64 @@ def _checked(paths: Sequence[Path | str], options: AnalysisOptions) -> tuple[Any
 # --------------------------------------------------------------------------- events
 
 
-def _signals_per_shard(day_rows: DataFrame) -> DataFrame:
-    """Partial per-(cc, asn, hour) signal counts of each shard's probe rows, summed by Spark;
-    runs and vantage points are distinct counts, so their (cc, asn, hour, value) pairs are
-    deduplicated by Spark before counting."""
+# The additive counts of signals.NETWORK_HOUR_SQL (a sum over any split of the rows); runs and
+# vantage points are distinct counts, which do not add up: each batch keeps its distinct
+# (run_id, vantage) pairs per (cc, asn, hour) and Spark counts the distinct values of the union.
+_SIGNAL_SUMS = {
+    "volume": "count(*)", "anchor_n": "count(*) FILTER (WHERE is_anchor)",
+    "anchor_ok": "count(*) FILTER (WHERE is_anchor AND ok)", "target_n": "count(*) FILTER (WHERE NOT is_anchor)",
+    "target_ok": "count(*) FILTER (WHERE NOT is_anchor AND ok)",
+    **{f"{layer}_{what}": f"count(*) FILTER (WHERE {layer}_{'has' if what == 'n' else 'fail'})"
+       for layer in ("dns", "tcp", "tls", "http") for what in ("n", "fail")},
+}
+_SIGNAL_PARTIAL_DDL = ("cc string, asn string, hour timestamp_ntz, run_id string, vantage string, "
+                       + ", ".join(f"{k} bigint" for k in _SIGNAL_SUMS))
+
+
+def signal_counts_spark(df: DataFrame) -> pa.Table:
+    """Per (cc, asn, hour): the counts of ``signals.network_hour_signals`` (COUNT_COLUMNS), only
+    the hours with probe measurements. Each batch of rows is reduced in DuckDB by
+    ``signals.measurement_facts_sql`` (the per-measurement facts the DuckDB path counts) to
+    partial counts per (cc, asn, hour, run, vantage point); Spark sums them."""
     from pyspark.sql import functions as F
 
     from analysis import signals as sig
 
-    facts_ddl = ("cc string, asn string, hour timestamp_ntz, is_anchor boolean, ok boolean, run_id string, "
-                 "vantage string, dns_has boolean, dns_fail boolean, tcp_has boolean, tcp_fail boolean, "
-                 "tls_has boolean, tls_fail boolean, http_has boolean, http_fail boolean")
-
-    def facts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import duckdb
-
-        con = duckdb.connect(config={"threads": 1})
-        for batch in batches:
-            con.register("measurements", pa.Table.from_batches([batch]))
-            out = con.sql(f"SELECT cc, asn, hour, is_anchor, ok, run_id, vantage, dns_has, dns_fail, tcp_has, tcp_fail, "
-                          f"tls_has, tls_fail, http_has, http_fail FROM ({sig.measurement_facts_sql()}) "
-                          "WHERE role = 'probe'").to_arrow_table()
-            con.unregister("measurements")
-            yield from out.to_batches()
-        con.close()
-
-    f = day_rows.mapInArrow(facts, facts_ddl)
-    c = F.col
-    agg = f.groupBy("cc", "asn", "hour").agg(
-        F.count(F.lit(1)).alias("volume"),
-        F.count_distinct("run_id").alias("runs"),
-        F.count_distinct("vantage").alias("vantage_points"),
-        F.sum(c("is_anchor").cast("long")).alias("anchor_n"),
-        F.sum((c("is_anchor") & c("ok")).cast("long")).alias("anchor_ok"),
-        F.sum((~c("is_anchor")).cast("long")).alias("target_n"),
-        F.sum((~c("is_anchor") & c("ok")).cast("long")).alias("target_ok"),
-        *[F.sum(c(f"{layer}_{what}").cast("long")).alias(f"{layer}_{'n' if what == 'has' else 'fail'}")
-          for layer in ("dns", "tcp", "tls", "http") for what in ("has", "fail")],
-    )
-    return agg
+    sums = ", ".join(f"{expr} AS {k}" for k, expr in _SIGNAL_SUMS.items())
+    sql = (f"SELECT cc, asn, hour, run_id, vantage, {sums} FROM ({sig.measurement_facts_sql('batch')}) "
+           "WHERE role = 'probe' GROUP BY ALL")
+    partial = df.mapInArrow(_duckdb_batches(sql), _SIGNAL_PARTIAL_DDL)
+    summed = partial.groupBy("cc", "asn", "hour").agg(
+        F.count_distinct("run_id").alias("runs"), F.count_distinct("vantage").alias("vantage_points"),
+        *[F.sum(k).cast("long").alias(k) for k in _SIGNAL_SUMS])
+    missing = set(sig.COUNT_COLUMNS) - set(summed.columns)
+    if missing:  # signals.py counts something new: count it here too
+        raise SparkEngineError(f"no Spark sum for signal column(s) {', '.join(sorted(missing))}")
+    return summed.select("cc", "asn", "hour", *sig.COUNT_COLUMNS).toArrow()
 
 
-def network_hour_signals_spark(spark: SparkSession, paths: Sequence[Path | str]) -> pa.Table:
-    """``analysis.signals.network_hour_signals`` with the counts made by Spark: the same table
-    (dense in hours from each network's first measurement to the end of the data)."""
+def hourly_from_counts(counts: pa.Table) -> pa.Table:
+    """``signals.network_hour_signals``' table from per-(cc, asn, hour) counts summed elsewhere:
+    the statement's own steps after its aggregation (its hour grid), over ``counts``."""
     import duckdb
 
     from analysis import signals as sig
 
-    df = read_measurements(spark, paths)
-    counts = _signals_per_shard(df).toArrow()
+    head, sep, tail = sig.NETWORK_HOUR_SQL.partition("span AS")
+    if not sep or "WITH agg AS" not in head:
+        raise SparkEngineError("signals.NETWORK_HOUR_SQL no longer starts with its aggregation 'agg' then 'span'")
     con = duckdb.connect()
     try:
         con.register("agg_in", counts)
         cols = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in sig.COUNT_COLUMNS)
-        sql = sig.NETWORK_HOUR_SQL.format(counts=cols)
-        head, tail = sql.split("span AS", 1)
-        sql = "WITH agg AS (SELECT * FROM agg_in),\nspan AS" + tail
-        return con.sql(sql).to_arrow_table()
+        return con.sql(("WITH agg AS (SELECT * FROM agg_in),\nspan AS" + tail).format(counts=cols)).to_arrow_table()
     finally:
         con.close()
+
+
+def network_hour_signals_spark(spark: SparkSession, paths: Sequence[Path | str]) -> pa.Table:
+    """``analysis.signals.network_hour_signals`` with the counts made by Spark: the same table."""
+    return hourly_from_counts(signal_counts_spark(read_measurements(spark, paths)))
 
 
 def find_events_spark(datasets: Sequence[Path | str], cfg: Any = None, *, verdicts: pa.Table | None = None,
@@ -514,5 +588,5 @@ def find_events_spark(datasets: Sequence[Path | str], cfg: Any = None, *, verdic
 
 
 __all__ = ["DEFAULT_ROWS_PER_SHARD", "INSTALL_HINT", "ShardInvariantError", "SparkEngineError", "analyze_spark",
-           "check_shard", "find_events_spark", "network_hour_signals_spark", "read_measurements", "require_pyspark",
-           "run_stage_spark", "shard_rows", "spark_session", "verdicts_frame"]
+           "check_shard", "connectivity_spark", "find_events_spark", "hourly_from_counts", "network_hour_signals_spark", "read_measurements", "require_pyspark",
+           "run_stage_spark", "shard_rows", "signal_counts_spark", "spark_session", "verdicts_frame"]

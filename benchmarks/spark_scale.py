@@ -9,6 +9,10 @@ that matters: executor memory stays bounded (within 1.5x) when the data grows 5x
 have a fixed size (analysis/spark_engine.py: buckets grow with the busiest day).
 
     .venv/bin/python benchmarks/spark_scale.py [--rows 1000000 5000000] [--keep DIR] [--executor-memory 1g]
+
+With --keep DIR the datasets are generated once and reused, and each size's results are kept in
+DIR/results.json: a later run of other sizes (e.g. ``--rows 5000000 --skip-duckdb``) prints the
+earlier sizes' rows too, with when they were measured and the load average then, and the ratio.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Sampler(threading.Thread):
         self.driver_peak = 0.0
         self.executor_peak: dict[int, float] = {}
         self.done = threading.Event()
+        self.t0 = self.last = time.perf_counter()
 
     def run(self) -> None:
         while not self.done.is_set():
@@ -81,6 +86,11 @@ class Sampler(threading.Thread):
                 for executor in kids.get(w, []):  # the worker JVM forks one executor JVM per application
                     rss = sum(_rss_mb(p) for p in _tree(executor, kids))
                     self.executor_peak[executor] = max(self.executor_peak.get(executor, 0.0), rss)
+            if time.perf_counter() - self.last >= 60:  # progress: a run cut short still says what it measured
+                self.last = time.perf_counter()
+                print(f"  [{self.last - self.t0:.0f} s] driver peak {self.driver_peak:,.0f} MB, executors peak "
+                      f"{' / '.join(f'{m:,.0f}' for m in self.executor_peak.values() if m > 100) or '-'} MB",
+                      flush=True)
             self.done.wait(0.25)
 
 
@@ -88,10 +98,10 @@ def run_child(args: list[str], sampler_workers: list[int] | None = None) -> tupl
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     sampler = None
-    if sampler_workers is not None:
-        sampler = Sampler(proc.pid, sampler_workers)
-        sampler.start()
     try:
+        if sampler_workers is not None:
+            sampler = Sampler(proc.pid, sampler_workers)
+            sampler.start()
         out, _ = proc.communicate()
     finally:  # interrupted: the driver goes too (by its PID), before the cluster is stopped
         if proc.poll() is None:
@@ -134,6 +144,7 @@ def main() -> None:
     ap.add_argument("--executor-memory", default="1g")
     ap.add_argument("--rows-per-shard", type=int, default=100_000)
     ap.add_argument("--skip-duckdb", action="store_true", help="Spark only (e.g. DuckDB does not fit in memory)")
+    ap.add_argument("--skip-spark", action="store_true", help="DuckDB only (Spark's figures from an earlier run)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -151,7 +162,10 @@ def main() -> None:
     os.environ.update(loopback_env())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the cluster is stopped on the way out
     base = args.keep or Path(tempfile.mkdtemp(prefix="vantage-spark-bench-"))
-    results = []
+    results: list[dict] = []
+    saved: dict[str, dict] = {}
+    if args.keep is not None and (base / "results.json").is_file():
+        saved = json.loads((base / "results.json").read_text())
     print(f"machine: {os.cpu_count()} cores; cluster: master + 2 workers x 1 core, executor memory "
           f"{args.executor_memory}; shards of ~{args.rows_per_shard:,} rows", flush=True)
     try:
@@ -168,6 +182,13 @@ def main() -> None:
                 d, wall, _ = run_child(["--child", "duckdb", str(root), str(base / f"duck-{n}.parquet")])
                 row.update(duck_s=wall, duck_mb=d["peak_rss_mb"], verdicts=d["verdicts"])
                 print(f"{n:,}: DuckDB {wall:.0f} s, peak RSS {d['peak_rss_mb']:,.0f} MB", flush=True)
+            if args.skip_spark:  # DuckDB only; Spark's figures of an earlier run (results.json) stay
+                row["measured_at_duckdb"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                if args.keep is not None:
+                    saved[str(n)] = {**saved.get(str(n), {}), **row}
+                    (base / "results.json").write_text(json.dumps(saved, indent=1))
+                results.append(saved.get(str(n), row))
+                continue
             with LocalCluster(workers=2, worker_cores=1, worker_memory="2g") as cluster:
                 workers = cluster.pids()[1:]
                 s, wall, sampler = run_child(["--child", "spark", str(root), str(base / f"spark-{n}.parquet"),
@@ -181,19 +202,30 @@ def main() -> None:
                   f"executors peak {', '.join(f'{m:,.0f}' for m in execs)} MB", flush=True)
             if "verdicts" in row and row["verdicts"] != s["verdicts"]:
                 print(f"  VERDICT COUNT DIFFERS: DuckDB {row['verdicts']:,}, Spark {s['verdicts']:,}")
+            row["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            row["load"] = os.getloadavg()[0]
             results.append(row)
+            if args.keep is not None:  # a later run (other sizes) prints this one's row too
+                saved[str(n)] = {**saved.get(str(n), {}), **row}
+                (base / "results.json").write_text(json.dumps(saved, indent=1))
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
+    if args.keep is not None:  # sizes measured by earlier runs on the same datasets, for the ratio
+        results = sorted([*results, *(r for k, r in saved.items() if int(k) not in args.rows)], key=lambda r: r["rows"])
     print()
-    print(f"{'probe rows':>12} {'DuckDB s':>9} {'DuckDB MB':>10} {'Spark s':>8} {'driver MB':>10} {'executor MB (each)':>20}")
+    print(f"{'probe rows':>12} {'DuckDB s':>9} {'DuckDB MB':>10} {'Spark s':>8} {'driver MB':>10} "
+          f"{'executor MB (each)':>20}  measured (load average)")
+    results = [r for r in results if "spark_s" in r]  # sizes Spark never ran are left out of the table
     for r in results:
         print(f"{r['rows']:>12,} {r.get('duck_s', float('nan')):>9.0f} {r.get('duck_mb', float('nan')):>10,.0f} "
-              f"{r['spark_s']:>8.0f} {r['driver_mb']:>10,.0f} {' / '.join(f'{m:,.0f}' for m in r['executors_mb']):>20}")
+              f"{r['spark_s']:>8.0f} {r['driver_mb']:>10,.0f} {' / '.join(f'{m:,.0f}' for m in r['executors_mb']):>20}"
+              f"  {r.get('measured_at', '?')} ({r.get('load', float('nan')):.1f})")
     if len(results) >= 2 and results[0]["executors_mb"] and results[-1]["executors_mb"]:
         a, b = max(results[0]["executors_mb"]), max(results[-1]["executors_mb"])
         growth = results[-1]["rows"] / results[0]["rows"]
-        print(f"executor peak grew {b / a:.2f}x for {growth:.0f}x the data: "
+        print(f"executor peak memory at {results[-1]['rows']:,} / at {results[0]['rows']:,} probe rows: "
+              f"{b:,.0f} / {a:,.0f} MB = {b / a:.2f}x for {growth:.0f}x the data: "
               + ("BOUNDED (within 1.5x)" if b <= 1.5 * a else "NOT bounded (over 1.5x)"))
     elif len(results) < 2:
         print("only one size measured: the bound needs two")

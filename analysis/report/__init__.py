@@ -179,12 +179,14 @@ def _over_time(con: duckdb.DuckDBPyConnection, rows_sql: str, keys: str) -> tupl
 def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sources: Sequence[str] = (),
                       title: str | None = None, verdict_source: str = "computed from the datasets",
                       detector_config: DetectorConfig | None = None, min_blocked: int = 3,
-                      min_blocked_share: float = 0.1, max_event_charts: int = 12) -> ReportData:
+                      min_blocked_share: float = 0.1, max_event_charts: int = 12,
+                      counts: pa.Table | None = None) -> ReportData:
     """The report's content over the ``measurements`` view of ``con`` and the stage's verdicts.
 
-    Verdicts first: the change detector then also sees blockpages served with HTTP 200."""
+    Verdicts first: the change detector then also sees blockpages served with HTTP 200.
+    ``counts``: the hourly signals summed elsewhere (``shutdown.detect``'s), e.g. by Spark."""
     con.register("report_verdicts", verdicts.table)
-    detection = detect(con, detector_config, verdicts=con.table("report_verdicts"))
+    detection = detect(con, detector_config, verdicts=con.table("report_verdicts"), counts=counts)
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)).replace(tzinfo=None)}
              for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]
@@ -496,13 +498,19 @@ def write_report(paths: Sequence[Path | str], output: Path | str | None = None, 
     if verdicts is None:
         verdicts = run_stage(paths, options, written_by="vantage report")
     source = verdict_source or ("computed from the datasets by the verdict stage" if computed else "given verdicts")
+    counts = None
+    if options is not None and options.engine == "spark":  # the hourly signals summed on the cluster
+        from analysis.spark_engine import network_hour_signals_spark, spark_session
+
+        with spark_session(options.spark_master or "local[*]") as spark:
+            counts = network_hour_signals_spark(spark, paths)
     own = con is None
     try:
         con = open_measurements(paths, con)
         if not computed:
             check_verdicts_match(con, verdicts.table, source)
         data = build_report_data(con, verdicts, sources=[Path(p).name or str(p) for p in paths], title=title,
-                                 verdict_source=source, detector_config=detector_config)
+                                 verdict_source=source, detector_config=detector_config, counts=counts)
         site_data = site_mod.collect(con, verdicts, max_pages=max_pages) if site_dir is not None else None
     except (duckdb.Error, DatasetError, OSError) as exc:
         raise ReportError(f"cannot read the datasets: {str(exc).splitlines()[0]}") from exc

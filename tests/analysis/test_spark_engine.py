@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -219,6 +221,33 @@ def test_scenario_with_shutdowns(spark_master: str, tmp_path: Path) -> None:
     d = find_events(paths, verdicts=duck)
     assert any(e.kind == "shutdown" for e in d.events)
     assert assert_same_events(paths, duck, spark, spark_master) > 0
+    # connectivity: partial counts per batch summed by Spark, decided on the driver by the same SQL
+    disconnected = assert_same_connectivity(paths, spark_master)
+    assert disconnected > 0  # the shutdowns' hours
+
+
+def assert_same_connectivity(paths: list[Path], master: str) -> int:
+    """Spark's connectivity table and offline rows equal DuckDB's; the disconnected count."""
+    from analysis import connectivity
+    from analysis.db import open_datasets
+    from analysis.spark_engine import connectivity_spark, read_measurements, spark_session
+
+    con = open_datasets(paths)
+    try:
+        table, offline = connectivity.connectivity_table(con), connectivity.offline_table(con)
+    finally:
+        con.close()
+    with spark_session(master) as spark:
+        s_offline, s_table, facts = connectivity_spark(spark, read_measurements(spark, paths))
+        try:
+            s_offline_t = s_offline.toArrow().cast(connectivity.OFFLINE_SCHEMA).sort_by([("mid", "ascending"),
+                                                                                      ("role", "ascending")])
+        finally:
+            facts.unpersist()
+    assert s_table.schema.equals(connectivity.CONNECTIVITY_SCHEMA)
+    assert table.equals(s_table), "connectivity tables differ"
+    assert offline.equals(s_offline_t), f"{offline.num_rows} vs {s_offline_t.num_rows} offline rows"
+    return table.num_rows - pa.compute.sum(table.column("connected")).as_py()
 
 
 @pytest.mark.slow
@@ -233,6 +262,50 @@ def test_ooni_netem_import(spark_master: str, tmp_path: Path) -> None:
     paths = [tmp_path / "ds"]
     duck, spark = both(paths, AnalysisOptions(), spark_master, rows_per_shard=20)
     assert_same_verdicts(duck, spark)
+    assert_same_events(paths, duck, spark, spark_master)
+
+
+def _without_fields(t: pa.DataType, drop: set[str]) -> pa.DataType:
+    """``t`` as an older Vantage wrote it: nested struct fields in ``drop`` absent, DNS TTLs int32."""
+    if pa.types.is_list(t):
+        return pa.list_(_without_fields(t.value_type, drop))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, pa.int32() if f.name == "ttl" else _without_fields(f.type, drop))
+                          for f in t if f.name not in drop])
+    return t
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SPARK_TIMEOUT_S)
+@needs_spark
+def test_datasets_of_different_versions_analysed_together(spark_master: str, tmp_path: Path,
+                                                          fingerprints: Path) -> None:
+    """An old-shaped dataset (DnsAnswer without asn/as_org_name, observations without tag, int32
+    TTLs: fields later versions added) beside a current one whose tls and vpn lists are NULL in
+    every row: Spark's merged schema gives DuckDB's verdicts, connectivity and events."""
+    old = edge_cases(tmp_path / "old")
+    for f in (tmp_path / "old").rglob("*.parquet"):
+        t = pq.read_table(f)
+        schema = pa.schema([pa.field(x.name, _without_fields(x.type, {"asn", "as_org_name", "tag"})) for x in t.schema])
+        pq.write_table(pa.Table.from_pylist(t.to_pylist(), schema=schema), f)
+        answers = pq.read_schema(f).field("dns").type.value_type.field("answers").type.value_type
+        assert answers.get_field_index("asn") == -1  # really written old-shaped
+    new = midnight(tmp_path / "new")
+    for f in (tmp_path / "new").rglob("*.parquet"):
+        t = pq.read_table(f)
+        for col in ("tls", "vpn"):
+            i = t.schema.get_field_index(col)
+            t = t.set_column(i, col, pa.nulls(t.num_rows, t.schema.field(col).type))
+        pq.write_table(t, f)
+    paths = old + new
+    duck, spark = both(paths, AnalysisOptions(fingerprint_files=(fingerprints,)), spark_master, rows_per_shard=7)
+    assert_same_verdicts(duck, spark)
+    probes = sum(pa.compute.sum(pa.compute.equal(pq.read_table(f, columns=["role"]).column("role"), "probe")).as_py()
+                 for p in paths for f in p.rglob("*.parquet"))
+    assert duck.num_rows == probes  # every probe row of both versions judged once
+    # the old dataset's blocks are still found (a blockpage, a bogon answer) beside the new one's
+    assert {"blocked", "ok", "no_control"} <= set(duck.column("status").to_pylist())
+    assert_same_connectivity(paths, spark_master)
     assert_same_events(paths, duck, spark, spark_master)
 
 
@@ -270,6 +343,15 @@ def test_demo_datasets_through_the_cli(spark_master: str, tmp_path: Path) -> Non
     res = runner.invoke(main, ["report", *ds, *flags, "-o", str(tmp_path / "r.md"), "--engine", "spark",
                                "--spark-master", spark_master, "-q"])
     assert res.exit_code == 0, res.output
+    (tmp_path / "duck").mkdir()
+    res = runner.invoke(main, ["report", *ds, *flags, "-o", str(tmp_path / "duck" / "r.md"), "-q"])
+    assert res.exit_code == 0, res.output
+    # the same report (its events from the signals Spark summed) but for the line naming the
+    # engine, once the times the verdicts were made are set aside
+    spark_md, duck_md = ([re.sub(r" at \d{4}-\d\d-\d\dT[\d:]+Z", " at T", ln) for ln in p.read_text(encoding="utf-8").splitlines()]
+                         for p in (tmp_path / "r.md", tmp_path / "duck" / "r.md"))
+    differ = [ln for ln in difflib.ndiff(duck_md, spark_md) if ln.startswith(("- ", "+ "))]
+    assert differ and all(ln.startswith("+ ") and "Apache Spark" in ln for ln in differ), differ[:4]
     assert assert_same_events(paths, duck, spark, spark_master) >= 0
     # a second run replaces the verdicts dataset; any other directory is never replaced
     res = runner.invoke(main, ["analyze", *ds, "-o", str(tmp_path / "spark.parquet"), *flags,
