@@ -62,6 +62,33 @@ class Classifier:
         # columns as numpy once: classifying thousands of runs must not convert them each time
         self._np = {c: hourly.column(c).to_numpy(zero_copy_only=False)
                     for c in hourly.column_names if c not in ("cc", "asn", "hour")}
+        self._hours_h = self.hours.astype("datetime64[us]")
+        self._ranges: dict[tuple[str, str], tuple[int, int]] | None = None
+
+    def network_rows(self, cc: str, asn: str) -> slice:
+        """The rows of one network in ``hourly`` (sorted by cc, asn, hour): looked up, not
+        scanned, so that classifying a run costs the same with 10 or 1,000 networks."""
+        if self._ranges is None:
+            cc_col = self.hourly.column("cc").to_pylist()
+            asn_col = self.hourly.column("asn").to_pylist()
+            ranges: dict[tuple[str, str], tuple[int, int]] = {}
+            n = len(cc_col)
+            if n:
+                change = np.flatnonzero([a != b or c != d for a, b, c, d in
+                                         zip(cc_col[1:], cc_col[:-1], asn_col[1:], asn_col[:-1], strict=True)]) + 1
+                bounds = [0, *change.tolist(), n]
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                    ranges[(cc_col[lo], asn_col[lo])] = (lo, hi)
+            self._ranges = ranges
+        lo, hi = self._ranges.get((cc, asn), (0, 0))
+        return slice(lo, hi)
+
+    def hour_span(self, rows: slice, start: dt.datetime, end: dt.datetime | None) -> slice:
+        """The rows of ``rows`` (one network's) with start <= hour < end."""
+        hours = self._hours_h[rows]
+        a = int(np.searchsorted(hours, np.datetime64(_naive(start), "us")))
+        b = len(hours) if end is None else int(np.searchsorted(hours, np.datetime64(_naive(end), "us")))
+        return slice(rows.start + a, rows.start + b)
 
     # -- helpers over the facts table
     def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -263,14 +290,11 @@ class Classifier:
         evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
                                     "source": source}
         if self.con is None:  # hourly counts only
-            sel = ((self.hourly.column("cc").to_numpy(zero_copy_only=False) == cc)
-                   & (self.hourly.column("asn").to_numpy(zero_copy_only=False) == asn))
-            hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
-            inside = np.asarray([start <= h < end for h in hours], dtype=bool)
-            get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
-                                                                    "target_ok")}
+            inside = self.hour_span(self.network_rows(cc, asn), start, end)
+            get = {k: int(self._np[k][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
+                                                               "target_ok")}
             ev.measurements = get["volume"]
-            ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
+            ev.vantage_points = int(self._np["vantage_points"][inside].max(initial=0))
             evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
                             targets={"failed": get["target_n"] - get["target_ok"], "total": get["target_n"]})
             _apply(ev, decide_dark_signals_only(get["anchor_n"] - get["anchor_ok"], get["anchor_n"],
@@ -415,21 +439,14 @@ def connectivity_events(classifier: Classifier, dark: list[tuple[str, str, dt.da
     the run."""
     if not dark:
         return []
-    volume: dict[tuple[str, str], dict[dt.datetime, int]] = {}
-    nets = {(cc, asn) for cc, asn, _, _ in dark}
-    hourly = classifier.hourly
-    for cc, asn, h, v in zip(hourly.column("cc").to_pylist(), hourly.column("asn").to_pylist(),
-                             hourly.column("hour").to_pylist(),
-                             classifier._np["volume"].tolist(), strict=True):
-        if (cc, asn) in nets and v:
-            volume.setdefault((cc, asn), {})[_utc(h)] = int(v)
     runs: dict[tuple[str, str], list[list[dt.datetime]]] = {}
     for cc, asn, hour, _ in sorted(dark):
         seen = runs.setdefault((cc, asn), [])
         if seen:
             last = seen[-1][-1]
-            between = [h for h in volume.get((cc, asn), {}) if last < h < hour]
-            if not between:
+            # hours of this network with measurements strictly between the two dark hours
+            rows = classifier.hour_span(classifier.network_rows(cc, asn), last + HOUR, hour)
+            if not classifier._np["volume"][rows].any():
                 seen[-1].append(hour)
                 continue
         seen.append([hour])

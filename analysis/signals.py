@@ -73,6 +73,15 @@ def create_fact_views(con: duckdb.DuckDBPyConnection, source: str = "measurement
     con.execute(f"CREATE OR REPLACE TEMP TABLE shutdown_facts AS {measurement_facts_sql(source)}")
 
 
+COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
+                 "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
+
+# Counts per (cc, asn, hour) of the hours that have measurements: sparse in time. An hour of a
+# network without a row had no measurement at all; the detector reads it as a volume of zero
+# from the network's first hour to the end of the data (analysis/detector.py), so nothing here
+# depends on the time span. (analysis/spark_engine.py swaps the ``agg`` part for Spark's sums;
+# ``span`` stays for it.) The column names are this module's constants: identifiers cannot be
+# bound parameters.
 NETWORK_HOUR_SQL = """
 WITH agg AS (
     SELECT cc, asn, hour,
@@ -90,29 +99,18 @@ WITH agg AS (
     FROM shutdown_facts WHERE role = 'probe'
     GROUP BY ALL
 ),
-span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg),
-nets AS (SELECT cc, asn, min(hour) AS first_hour FROM agg GROUP BY ALL),
-grid AS (
-    -- every hour from a network's first measurement to the end of the data: an hour with no
-    -- measurement at all is a volume of zero, not a missing row
-    SELECT n.cc, n.asn, g.hour
-    FROM nets n, span s, LATERAL (SELECT unnest(range(n.first_hour, s.hi + INTERVAL 1 HOUR, INTERVAL 1 HOUR)) AS hour) g
-)
-SELECT g.cc, g.asn, g.hour,
-       {counts}
-FROM grid g LEFT JOIN agg a USING (cc, asn, hour)
-ORDER BY g.cc, g.asn, g.hour
+span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg)
+SELECT a.cc, a.asn, a.hour,
+       """ + ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS) + """
+FROM agg a
+ORDER BY a.cc, a.asn, a.hour
 """
-
-COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
-                 "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
 
 
 def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Counts per (cc, asn, hour), dense in hours; rates are derived by the detector."""
-    # column names are this module's constants (identifiers cannot be bound parameters)
-    counts = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS)
-    return con.sql(NETWORK_HOUR_SQL.format(counts=counts)).to_arrow_table()
+    """Counts per (cc, asn, hour) with measurements (sparse in hours); rates are derived by
+    the detector."""
+    return con.sql(NETWORK_HOUR_SQL).to_arrow_table()
 
 
 def input_hour_failures(con: duckdb.DuckDBPyConnection, *,

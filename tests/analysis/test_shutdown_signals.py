@@ -80,14 +80,17 @@ def test_network_hour_counts(con: duckdb.DuckDBPyConnection) -> None:
     assert row["http_n"] == 4 and row["http_fail"] == 1
 
 
-def test_hours_without_measurements_are_zero_volume() -> None:
+def test_signals_are_sparse_in_hours() -> None:
+    # Only hours with measurements get a row: the cost follows the data, not the time span
+    # (the detector reads the hours between as zero volume: tests/analysis/test_shutdown_sparse.py).
     recs = [_m("https://a.example/", start=T0 + dt.timedelta(hours=h), dns=[_dns()]) for h in (0, 3)]
     table = S.records_to_table(recs).append_column("probe_cc", pa.array(["IR", "IR"]))
     c = duckdb.connect()
     c.register("measurements", table)
     signals.create_fact_views(c)
     rows = signals.network_hour_signals(c).to_pylist()
-    assert [r["volume"] for r in rows] == [1, 0, 0, 1]
+    assert [r["volume"] for r in rows] == [1, 1]
+    assert [r["hour"] - rows[0]["hour"] for r in rows] == [dt.timedelta(0), dt.timedelta(hours=3)]
     c.close()
 
 
