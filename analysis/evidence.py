@@ -21,13 +21,17 @@ from duckdb import ConstantExpression as K
 from duckdb import FunctionExpression as F
 
 from analysis.classify import (
+    ChangeEvidence,
     DarkEvidence,
     Decision,
     RunSignals,
     TargetEvidence,
     Thresholds,
     VantageEvidence,
+    change_severity,
     controls_fine,
+    decide_change,
+    decide_change_signals_only,
     decide_dark,
     decide_dark_signals_only,
     decide_run,
@@ -342,14 +346,14 @@ class Classifier:
 
     # -- changes
     def classify_change(self, ch: Change, hour0: dt.datetime) -> Event:
+        """A CUSUM change: its evidence gathered in SQL, judged by ``classify.decide_change``."""
         start = hour0 + ch.start_h * HOUR
         end = None if ch.end_h is None else hour0 + ch.end_h * HOUR
-        rate = ch.failed / ch.n if ch.n else 0.0
-        ev = Event("service_blocking", "critical" if rate >= 0.5 else "warning", start, end, [ch.cc], [ch.asn],
-                   [ch.input], measurements=ch.n, confidence=0.6, rule="service_blocking.change",
+        ev = Event("service_blocking", change_severity(ch.failed, ch.n), start, end, [ch.cc], [ch.asn],
+                   [ch.input], measurements=ch.n,
                    evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
         if self.con is None:
-            ev.reason = "failed rate rose (CUSUM)"
+            _apply(ev, decide_change_signals_only())
             return ev
         methods = self.methods(ch.cc, ch.asn, [ch.input], start, end)
         ev.methods = [m for m, _ in methods.most_common(3)]
@@ -358,20 +362,11 @@ class Classifier:
         ev.vantage_points = len(vantages)
         ev.evidence.update(controls={"ok_rate": ctrl, "measurements": ctrl_n},
                            methods=dict(methods.most_common(5)))
-        failing = [v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"]]
-        if ctrl is not None and ctrl < self.cfg.critical:
-            ev.kind, ev.confidence, ev.reason = "site_outage", 0.8, f"controls failed too (ok rate {ctrl:.0%})"
-            ev.rule = "site_outage.change_controls_failed"
-        elif len(failing) == 1 and len(vantages) > 1:
-            ev.kind, ev.confidence, ev.reason = "probe_fault", 0.6, f"only {failing[0]} failed"
-            ev.rule = "probe_fault.change_one_vantage_point"
-        else:
-            top = methods.most_common(1)
-            share = top[0][1] / sum(methods.values()) if top else 0.0
-            ev.confidence = round(min(0.95, 0.5 + 0.4 * share + (0.05 if ctrl is not None else 0)), 2)
-            ev.reason = (f"failed rate {ch.baseline_rate:.0%} -> {rate:.0%}; "
-                         + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
-                         + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
+        failing = tuple(v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"])
+        _apply(ev, decide_change(ChangeEvidence(
+            failed=ch.failed, measurements=ch.n, baseline_rate=ch.baseline_rate,
+            methods=tuple(methods.most_common()), control_rate=ctrl, vantage_points=len(vantages),
+            failing=failing), self._thresholds))
         return ev
 
 
