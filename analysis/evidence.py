@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 from duckdb import ColumnExpression as C
 from duckdb import ConstantExpression as K
+from duckdb import Expression
 from duckdb import FunctionExpression as F
 
 from analysis.classify import (
@@ -41,6 +42,18 @@ from analysis.classify import (
 from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
 from analysis.events import HOUR, Event, _naive, _num, _utc
 
+_FAR = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def _window(start: dt.datetime, end: dt.datetime | None) -> Expression:
+    """start <= hour < end (None: no end), the values as bound constants."""
+    return (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end or _FAR)))
+
+
+def _network(cc: str, asn: str) -> Expression:
+    """Probe measurements of one network."""
+    return (C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
+
 
 def _apply(event: Event, decision: Decision) -> None:
     event.kind, event.rule = decision.kind, decision.rule
@@ -51,13 +64,17 @@ def _apply(event: Event, decision: Decision) -> None:
 
 
 class Classifier:
-    """Classifies alert runs and changes against the ``shutdown_facts`` table (or, without it,
-    from the signals alone)."""
+    """Classifies alert runs and changes against the measurement facts (the relation
+    ``signals.measurement_facts`` made) or, without them, from the signals alone.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
+    Every query filters the facts with expressions whose values are constants of the relation
+    API (bound, never pasted into SQL text), then aggregates with SQL text that holds no value.
+    """
+
+    def __init__(self, facts: duckdb.DuckDBPyRelation | None, hourly: pa.Table, cfg: DetectorConfig,
                  verdicts: duckdb.DuckDBPyRelation | None = None) -> None:
-        self.con = con
-        self.verdicts = verdicts  # compute_verdicts rows, a relation of con: its methods name blocks
+        self.facts = facts
+        self.verdicts = verdicts  # compute_verdicts rows, a relation of the facts' connection: its methods name blocks
         self.hourly = hourly
         self.cfg = cfg
         self._thresholds = Thresholds(warning=cfg.warning, critical=cfg.critical)
@@ -94,66 +111,58 @@ class Classifier:
         b = len(hours) if end is None else int(np.searchsorted(hours, np.datetime64(_naive(end), "us")))
         return slice(rows.start + a, rows.start + b)
 
-    # -- helpers over the facts table
-    def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        assert self.con is not None
-        return self.con.execute(sql, params).fetchall()
-
-    def _window(self, where: str, start: dt.datetime, end: dt.datetime | None) -> tuple[str, list[Any]]:
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
-        return f"{where} AND hour >= ? AND hour < ?", [_naive(start), _naive(end)]
+    # -- helpers over the facts
+    def _q(self, where: Expression, sql: str) -> list[tuple[Any, ...]]:
+        """``sql`` (no values in it; ``w`` names the filtered facts) over the facts matching ``where``."""
+        assert self.facts is not None
+        rel = self.facts.filter(where).query("w", sql)
+        assert rel is not None  # a SELECT always gives a relation
+        return rel.fetchall()
 
     def control_rate(self, inputs: list[str] | None, start: dt.datetime, end: dt.datetime | None) -> tuple[float | None, int]:
         """Share of control measurements (same targets, any network) that reached the target."""
-        where, params = self._window("role = 'control' AND NOT is_anchor", start, end)
+        where = (C("role") == K("control")) & ~C("is_anchor") & _window(start, end)
         if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        n, ok = self._q(f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", params)[0]
+            where = where & F("list_contains", K(inputs), C("input"))
+        n, ok = self._q(where, "SELECT count(*), count(*) FILTER (WHERE ok) FROM w")[0]
         return (ok / n if n else None), int(n)
 
     def vantage_breakdown(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None,
                           inputs: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per vantage point in the window: runs, failing runs, measurements, software version."""
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        params = [cc, asn, *params]
+        where = _network(cc, asn) & _window(start, end)
         if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        rows = self._q(f"""
+            where = where & F("list_contains", K(inputs), C("input"))
+        rows = self._q(where, """
             WITH r AS (
                 SELECT vantage, run_id, any_value(software_version) AS version, count(*) AS n,
                        count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE is_anchor) AS an,
                        count(*) FILTER (WHERE is_anchor AND ok) AS aok
-                FROM shutdown_facts WHERE {where} GROUP BY ALL)
+                FROM w GROUP BY ALL)
             SELECT vantage, any_value(version), count(*) AS runs,
                    count(*) FILTER (WHERE CASE WHEN an > 0 THEN aok < an * 0.5 ELSE ok < n * 0.5 END) AS failing,
                    sum(n)::BIGINT, sum(ok)::BIGINT
-            FROM r GROUP BY ALL ORDER BY ALL""", params)
+            FROM r GROUP BY ALL ORDER BY ALL""")
         return {v: {"version": ver, "runs": runs, "failing_runs": failing, "measurements": n, "ok": ok}
                 for v, ver, runs, failing, n, ok in rows}
 
     def versions_before(self, cc: str, asn: str, start: dt.datetime) -> set[str]:
-        rows = self._q("""SELECT DISTINCT software_version FROM shutdown_facts WHERE role = 'probe' AND cc = ?
-                          AND asn = ? AND hour < ? AND hour >= ? AND ok""",
-                       [cc, asn, _naive(start), _naive(start - dt.timedelta(days=self.cfg.baseline_days))])
+        where = (_network(cc, asn) & C("ok")
+                 & _window(start - dt.timedelta(days=self.cfg.baseline_days), start))
+        rows = self._q(where, "SELECT DISTINCT software_version FROM w")
         return {r[0] for r in rows if r[0] is not None}
 
     def failing_inputs(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None) -> list[tuple[str, float, str | None]]:
-        where, params = self._window("role = 'probe' AND NOT is_anchor AND cc = ? AND asn = ?", start, end)
-        return [(i, r, m) for i, r, m in self._q(f"""
+        where = _network(cc, asn) & ~C("is_anchor") & _window(start, end)
+        return [(i, r, m) for i, r, m in self._q(where, """
             SELECT input, avg(CASE WHEN ok THEN 0 ELSE 1 END) AS fail, mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where} GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""",
-            [cc, asn, *params])]
+            FROM w GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""")]
 
     def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
-        assert self.con is not None
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        assert self.facts is not None
         # values enter as constant expressions (the relation API's bound parameters)
-        where = ((C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
-                 & F("list_contains", K(inputs), C("input"))
-                 & (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end))))
-        facts = self.con.table("shutdown_facts")
+        where = _network(cc, asn) & F("list_contains", K(inputs), C("input")) & _window(start, end)
+        facts = self.facts
         if self.verdicts is not None:
             facts = facts.join(self.verdicts.select("measurement_id, status AS v_status, method AS v_method"),
                                "measurement_id", how="left")
@@ -200,7 +209,7 @@ class Classifier:
         base.rule = "unclassified.signals"
         signals = RunSignals(dark=dark, target_drop=target_drop, anchor_drop=anchor_drop, no_anchors=no_anchors,
                              rate_driven=rate_driven)
-        if self.con is None:  # signals only: no vantage points or controls to look at
+        if self.facts is None:  # signals only: no vantage points or controls to look at
             _apply(base, decide_signals_only(signals))
             base.vantage_points = int(self._np["vantage_points"][sl].max())
             return base
@@ -266,8 +275,7 @@ class Classifier:
         return bool(rate.max(initial=0) >= 2 or (rate > 0).sum() >= 2)
 
     def _silent_vantages(self, cc: str, asn: str, start: dt.datetime, now: dict[str, Any]) -> list[str]:
-        rows = self._q("""SELECT DISTINCT vantage FROM shutdown_facts WHERE role = 'probe' AND cc = ? AND asn = ?
-                          AND hour >= ? AND hour < ?""", [cc, asn, _naive(start - dt.timedelta(days=1)), _naive(start)])
+        rows = self._q(_network(cc, asn) & _window(start - dt.timedelta(days=1), start), "SELECT DISTINCT vantage FROM w")
         return sorted(r[0] for r in rows if r[0] not in now)
 
     def _signal_evidence(self, sl: slice) -> dict[str, Any]:
@@ -293,7 +301,7 @@ class Classifier:
         ev = Event("connectivity_lost", "critical", start, end, [cc], [asn], rule="connectivity.lost")
         evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
                                     "source": source}
-        if self.con is None:  # hourly counts only
+        if self.facts is None:  # hourly counts only
             inside = self.hour_span(self.network_rows(cc, asn), start, end)
             get = {k: int(self._np[k][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
                                                                "target_ok")}
@@ -305,21 +313,19 @@ class Classifier:
                                                 get["target_n"] - get["target_ok"], get["target_n"]))
             ev.evidence = evidence
             return ev
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(f"""
+        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(_network(cc, asn) & _window(start, end), """
             SELECT count(*), count(DISTINCT vantage), count(DISTINCT run_id),
                    count(*) FILTER (WHERE is_anchor), count(*) FILTER (WHERE is_anchor AND NOT ok),
                    count(*) FILTER (WHERE NOT is_anchor), count(*) FILTER (WHERE NOT is_anchor AND NOT ok),
                    count(DISTINCT input) FILTER (WHERE NOT is_anchor),
                    count(DISTINCT input) FILTER (WHERE NOT is_anchor AND ok),
                    mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where}""", [cc, asn, *params])
+            FROM w""")
         ev.measurements, ev.vantage_points = int(n), int(vps)
         ev.methods = [top] if top else []
         ctrl, ctrl_n = self.control_rate(None, start, end)
-        where, params = self._window("is_anchor AND NOT (role = 'probe' AND cc = ? AND asn = ?)", start, end)
-        (elsewhere_n, elsewhere_ok), = self._q(
-            f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", [cc, asn, *params])
+        (elsewhere_n, elsewhere_ok), = self._q(C("is_anchor") & ~_network(cc, asn) & _window(start, end),
+                                              "SELECT count(*), count(*) FILTER (WHERE ok) FROM w")
         fine = controls_fine(ctrl, self._thresholds)
         evidence.update(
             measurements=int(n), vantage_points=int(vps), runs=int(runs),
@@ -352,7 +358,7 @@ class Classifier:
         ev = Event("service_blocking", change_severity(ch.failed, ch.n), start, end, [ch.cc], [ch.asn],
                    [ch.input], measurements=ch.n,
                    evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
-        if self.con is None:
+        if self.facts is None:
             _apply(ev, decide_change_signals_only())
             return ev
         methods = self.methods(ch.cc, ch.asn, [ch.input], start, end)
@@ -394,9 +400,11 @@ ORDER BY ALL
 """
 
 
-def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, dt.datetime, int]]:
-    """(cc, asn, hour, measurements) of every dark hour in ``shutdown_facts`` (``--no-verdicts``)."""
-    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
+def dark_hours_from_facts(facts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of every dark hour of the measurement facts (``--no-verdicts``)."""
+    rel = facts.query("shutdown_facts", DARK_FACTS_SQL)  # the name holds inside this one query
+    assert rel is not None
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rel.fetchall()]
 
 
 def dark_hours_from_verdicts(verdicts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:

@@ -7,6 +7,8 @@ per-layer failure counts. Per (country, ASN, input, hour): failures, for the cha
 
 from __future__ import annotations
 
+import uuid
+
 import duckdb
 import pyarrow as pa
 
@@ -67,10 +69,23 @@ def measurement_facts_sql(source: str = "measurements") -> str:
     """
 
 
-def create_fact_views(con: duckdb.DuckDBPyConnection, source: str = "measurements") -> None:
-    """Materialize ``shutdown_facts`` (one row per measurement) so later queries reuse it."""
-    # the source is a relation name of the caller's SQL (a table or view; identifiers cannot be bound)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE shutdown_facts AS {measurement_facts_sql(source)}")
+def measurement_facts(con: duckdb.DuckDBPyConnection,
+                      source: duckdb.DuckDBPyRelation | None = None) -> duckdb.DuckDBPyRelation:
+    """One row per measurement (``measurement_facts_sql``), materialized once, as a relation of
+    ``con`` that the detector and classifier (and the report) are handed: no module names it.
+
+    ``source``: the measurements (a relation of ``con``); None: the ``measurements`` view that
+    ``analysis.db.open_datasets`` made.
+    """
+    if source is not None:
+        query = source.query("measurements", measurement_facts_sql())
+        assert query is not None  # a SELECT always gives a relation
+        return con.from_arrow(query.to_arrow_table())
+    # a private temporary table (a generated name nothing else knows): later queries reuse the
+    # facts instead of recomputing the list filters, and DuckDB may spill it
+    name = f'"_facts_{uuid.uuid4().hex}"'
+    con.execute(f"CREATE TEMP TABLE {name} AS {measurement_facts_sql()}")
+    return con.table(name)
 
 
 COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
@@ -107,13 +122,19 @@ ORDER BY a.cc, a.asn, a.hour
 """
 
 
-def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Counts per (cc, asn, hour) with measurements (sparse in hours); rates are derived by
-    the detector."""
-    return con.sql(NETWORK_HOUR_SQL).to_arrow_table()
+def network_hour_signals(facts: duckdb.DuckDBPyRelation | duckdb.DuckDBPyConnection) -> pa.Table:
+    """Counts per (cc, asn, hour) with measurements (sparse in hours) over the facts of
+    ``measurement_facts`` (or, given a connection, of its ``measurements``); rates are derived
+    by the detector."""
+    if isinstance(facts, duckdb.DuckDBPyConnection):
+        facts = measurement_facts(facts)
+    # "shutdown_facts" names the relation inside this one query only
+    counts = facts.query("shutdown_facts", NETWORK_HOUR_SQL)
+    assert counts is not None
+    return counts.to_arrow_table()
 
 
-def input_hour_failures(con: duckdb.DuckDBPyConnection, *,
+def input_hour_failures(facts: duckdb.DuckDBPyRelation, *,
                         verdicts: duckdb.DuckDBPyRelation | None = None) -> pa.Table:
     """(cc, asn, input, hour, n, failed) for probe target measurements.
 
@@ -122,7 +143,7 @@ def input_hour_failures(con: duckdb.DuckDBPyConnection, *,
     of ``con`` over ``compute_verdicts`` output) a verdict of blocked counts too, so blockpages
     served with HTTP 200 are seen.
     """
-    facts = con.table("shutdown_facts").filter("role = 'probe' AND NOT is_anchor")
+    facts = facts.filter("role = 'probe' AND NOT is_anchor")
     if verdicts is not None:
         facts = facts.join(verdicts.select("measurement_id, status AS v_status"), "measurement_id", how="left")
         # blocked by the verdict (blockpages look reachable) or not reached at all
