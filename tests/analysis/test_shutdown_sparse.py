@@ -100,6 +100,7 @@ def test_a_sparse_network_with_a_long_gap_adds_no_rows() -> None:
     assert not alert_runs(part)
 
 
+@pytest.mark.slow  # four dense walks of 60 days x 2 networks (the reference): ~3 s on an idle machine
 def test_silence_long_enough_becomes_the_new_normal_and_back() -> None:
     # 10 busy days, 4 silent weeks (critical for the hold-out, then learned as zeros), a short
     # return, silence again, and a second network measuring throughout: every hour of the dense
@@ -126,6 +127,7 @@ def test_one_hour_of_the_day_held_out_keeps_a_network_walked() -> None:
     assert part.num_rows > 24 * 8 + 1  # the held-out hours alert, day after day
 
 
+@pytest.mark.slow  # two dense walks of 40 days x 6 networks (the reference): ~3 s on an idle machine
 def test_random_gaps_match_the_dense_walk() -> None:
     rng = np.random.default_rng(4)
     nets = {}
