@@ -1,9 +1,10 @@
 """The event classifier's decisions, as pure functions over small evidence records.
 
-``analysis.evidence.Classifier`` gathers the evidence (hourly signals, and the ``shutdown_facts``
-table in SQL); the functions here decide what it was: shutdown, service_blocking, site_outage,
-probe_fault, connectivity_lost, and an event's scope (national or not). They touch no database,
-so every rule is tested on hand-made evidence (tests/analysis/test_classify.py).
+``analysis.evidence.Classifier`` gathers the evidence (hourly signals, and SQL over the
+measurement facts relation); the functions here decide what it was: shutdown, service_blocking,
+site_outage, probe_fault, connectivity_lost (alert runs, dark runs and CUSUM changes), and an
+event's scope (national or not). They touch no database, so every rule is tested on hand-made
+evidence (tests/analysis/test_classify.py, tests/analysis/test_classify_changes.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The classifier's evidence, gathered in SQL over the ``shutdown_facts`` table (or from the
-hourly signals alone), and handed to the pure decisions of ``analysis.classify``.
+"""The classifier's evidence, gathered in SQL over the measurement facts (the relation
+``analysis.signals.measurement_facts`` returns) or from the hourly signals alone, and handed to
+the pure decisions of ``analysis.classify``.
 
 Classification uses what only raw measurements can tell: which vantage points failed (a
 vantage point is its network name, platform and software version; runs tell vantage points
