@@ -252,6 +252,7 @@ def _require_chromium() -> None:
         pytest.skip("chromium is not installed (scripts/test.sh installs the Debian package `chromium`)")
 
 
+@pytest.mark.slow  # a headless chromium per page of three sites: ~3 s a site
 @pytest.mark.parametrize("built", SITES)
 def test_every_page_opens_in_chromium(built: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     _require_chromium()
