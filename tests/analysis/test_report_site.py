@@ -100,6 +100,7 @@ def _rows(verdicts: Verdicts) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- totals
 
 
+@pytest.mark.slow  # builds and reads three report sites: ~3-7 s a site
 @pytest.mark.parametrize("built", SITES)
 def test_every_count_matches_the_verdict_table(built: str, request: pytest.FixtureRequest) -> None:
     name, site, verdicts, result = request.getfixturevalue(built)
@@ -286,6 +287,7 @@ def test_every_page_opens_in_chromium(built: str, request: pytest.FixtureRequest
     print(f"{name}: {len(pages)} pages opened in Chromium, {charts} chart(s) drawn, no request left the files")
 
 
+@pytest.mark.slow  # a headless chromium run: ~8 s
 def test_the_browser_check_sees_a_page_that_fetches(tmp_path: Path) -> None:
     """Trap for the check above: a page with a remote image and a script error is caught (the
     browser resolves no name, so the attempt leaves nothing but a record)."""

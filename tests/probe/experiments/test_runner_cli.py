@@ -137,6 +137,7 @@ def test_max_runtime_then_resume_from_the_manifest(farm30: Farm, tmp_path: Path)
     assert query(out, "SELECT DISTINCT run_id FROM @M") == [(run_id,)]
 
 
+@pytest.mark.slow  # a CLI run interrupted with SIGINT: ~4.4 s
 def test_ctrl_c_flushes_what_was_measured(farm30: Farm, tmp_path: Path) -> None:
     lst = tmp_path / "list.csv"
     urls = write_list(lst, farm30, ("ok", "blackhole"))
