@@ -208,6 +208,7 @@ def test_no_internal_names_in_pages(built: str, request: pytest.FixtureRequest) 
     assert re.search(r"from [\w.-]+(, [\w.-]+)*</li>", method), "the datasets are not named on the methodology page"
 
 
+@pytest.mark.slow  # builds a report site twice: ~3.4 s
 def test_site_refuses_a_foreign_directory(tmp_path: Path, shutdown_site: Built) -> None:
     _, site, _, _ = shutdown_site
     other = tmp_path / "mine"
