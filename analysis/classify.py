@@ -1,9 +1,10 @@
 """The event classifier's decisions, as pure functions over small evidence records.
 
-``analysis.evidence.Classifier`` gathers the evidence (hourly signals, and the ``shutdown_facts``
-table in SQL); the functions here decide what it was: shutdown, service_blocking, site_outage,
-probe_fault, connectivity_lost, and an event's scope (national or not). They touch no database,
-so every rule is tested on hand-made evidence (tests/analysis/test_classify.py).
+``analysis.evidence.Classifier`` gathers the evidence (hourly signals, and SQL over the
+measurement facts relation); the functions here decide what it was: shutdown, service_blocking,
+site_outage, probe_fault, connectivity_lost (alert runs, dark runs and CUSUM changes), and an
+event's scope (national or not). They touch no database, so every rule is tested on hand-made
+evidence (tests/analysis/test_classify.py, tests/analysis/test_classify_changes.py).
 """
 
 from __future__ import annotations
@@ -195,6 +196,49 @@ def decide_dark_signals_only(anchors_failed: int, anchors_total: int, targets_fa
                     f"connectivity lost at this vantage point: {_frac(anchors_failed, anchors_total)} anchors and "
                     f"{_frac(targets_failed, targets_total)} target measurements failed; no controls to compare: "
                     "shutdown or local fault")
+
+
+@dataclass(frozen=True)
+class ChangeEvidence:
+    """A change the CUSUM found in one (country, network, input) series, and what the
+    measurements of its hours say: which layer failed, how controls and vantage points fared."""
+
+    failed: int  # failed (or verdict-blocked) measurements in the change's hours
+    measurements: int
+    baseline_rate: float  # the failed rate before the change
+    methods: tuple[tuple[str, int], ...] = ()  # failure methods and counts, most common first
+    control_rate: float | None = None  # controls (any network) on the same input; None: none
+    vantage_points: int = 0  # vantage points that measured the input in the change's hours
+    failing: tuple[str, ...] = ()  # those that mostly failed
+
+
+def change_severity(failed: int, measurements: int) -> str:
+    """Critical when at least half the change's measurements failed, else warning."""
+    rate = failed / measurements if measurements else 0.0
+    return "critical" if rate >= 0.5 else "warning"
+
+
+def decide_change_signals_only() -> Decision:
+    """A CUSUM change seen in hourly counts alone: a rise of the failed rate, nothing more."""
+    return Decision("service_blocking", "service_blocking.change", 0.6, "failed rate rose (CUSUM)")
+
+
+def decide_change(e: ChangeEvidence, t: Thresholds) -> Decision:
+    """A CUSUM change with its evidence: a site outage when controls elsewhere failed on the
+    same input; a probe fault when one vantage point alone failed while others measured it;
+    otherwise service blocking, surer the more one method dominates (a censor blocks one way)."""
+    rate = e.failed / e.measurements if e.measurements else 0.0
+    ctrl = e.control_rate
+    if ctrl is not None and ctrl < t.critical:
+        return Decision("site_outage", "site_outage.change_controls_failed", 0.8, f"controls failed too (ok rate {ctrl:.0%})")
+    if len(e.failing) == 1 and e.vantage_points > 1:
+        return Decision("probe_fault", "probe_fault.change_one_vantage_point", 0.6, f"only {e.failing[0]} failed")
+    top = e.methods[:1]
+    share = top[0][1] / sum(n for _, n in e.methods) if top else 0.0
+    confidence = round(min(0.95, 0.5 + 0.4 * share + (0.05 if ctrl is not None else 0)), 2)
+    reason = (f"failed rate {e.baseline_rate:.0%} -> {rate:.0%}; " + (f"{share:.0%} by {top[0][0]}" if top else "no method")
+              + "; controls " + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
+    return Decision("service_blocking", "service_blocking.change", confidence, reason)
 
 
 def scope_of(kind: str, regions: int, networks: int, vantage_points: int, country_networks: int | None) -> str:

@@ -108,6 +108,19 @@ def _median_rows(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _levels(table: pa.Table, cfg: DetectorConfig) -> pa.Table:
+    """Baselines and levels, hour by hour, over the hours that need it (sparse in time).
+
+    The rows of ``table`` are the hours that have measurements (or any rows a caller passes,
+    e.g. a dense grid); between a network's first row and the last hour of the data, an hour
+    without a row is an hour with no measurement: a volume of **zero** (the network measured
+    nothing), and no rate at all (nothing to divide). A zero volume alerts only against a volume
+    baseline of at least ``min_volume_baseline`` (a network that measured, then fell silent), so
+    a network whose every same-hour baseline is below that (or cannot reach it by learning more
+    zeros: medians only fall) is *quiet*: its empty hours give level 0 and only push zeros into
+    the volume baselines, which is applied in one step when its next row comes. Only networks
+    that are not quiet are walked hour by hour through their empty hours. The cost follows the
+    measured hours (plus the silent hours of networks that just went dark), not the time span.
+    """
     n_rows = table.num_rows
     if n_rows == 0:
         for name in SIGNALS:
@@ -115,62 +128,96 @@ def _levels(table: pa.Table, cfg: DetectorConfig) -> pa.Table:
                                 ("_level", pa.int8())):
                 table = table.append_column(f"{name}{suffix}", pa.array([], typ))
         return table.append_column("level", pa.array([], pa.int8()))
-    # rows are sorted by (cc, asn, hour) and dense in hours: lay them out as a network x hour grid
-    keys = np.asarray([f"{c}\x00{a}" for c, a in zip(table.column("cc").to_pylist(), table.column("asn").to_pylist(),
-                                                      strict=True)], dtype=object)
-    _, net = np.unique(keys, return_inverse=True)
+    # networks as integer codes (rows are sorted by cc, asn, hour)
+    keys = pc.binary_join_element_wise(pc.fill_null(table.column("cc"), ""), pc.fill_null(table.column("asn"), ""),
+                                       "\x00")
+    enc = pc.dictionary_encode(keys).combine_chunks()
+    net = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_net = len(enc.dictionary)
+    rep = np.zeros(n_net, dtype=np.int64)  # a row of each network (its cc and asn for added rows)
+    rep[net[::-1]] = np.arange(n_rows)[::-1]
     hour = table.column("hour").to_numpy().astype("datetime64[h]")
     h0 = hour.min()
     t_idx = (hour - h0).astype(np.int64)
-    n_net, n_h = int(net.max()) + 1, int(t_idx.max()) + 1
-    grid = np.full((n_net, n_h), -1, dtype=np.int64)
-    grid[net, t_idx] = np.arange(n_rows)
+    end_t = int(t_idx.max())
     hod0 = int((h0 - h0.astype("datetime64[D]")).astype(np.int64))
+    first = np.full(n_net, end_t + 1, dtype=np.int64)
+    np.minimum.at(first, net, t_idx)
 
-    def on_grid(values: np.ndarray) -> np.ndarray:
-        g = np.full((n_net, n_h), np.nan)
-        g[net, t_idx] = values
-        return g
-
-    vol = on_grid(_col(table, "volume"))
-    rate_k, rate_n = {}, {}
+    vol_row = _col(table, "volume")
+    k_row, n_row = {}, {}
     for name, (num, den) in RATE_SIGNALS.items():
         n = _col(table, den)
-        k = _col(table, num) if num.endswith("_ok") else n - _col(table, num)
-        rate_k[name], rate_n[name] = on_grid(k), on_grid(n)
+        k_row[name] = _col(table, num) if num.endswith("_ok") else n - _col(table, num)
+        n_row[name] = n
     days, window = cfg.baseline_days, 24 * cfg.baseline_days
-    out = {f"{s}_{x}": np.full((n_net, n_h), np.nan) for s in SIGNALS for x in ("base", "base_n", "ratio", "level")}
-    level_out = np.zeros((n_net, n_h), dtype=np.int8)
     vbuf = np.full((n_net, 24, days), np.nan)
     vptr = np.zeros((n_net, 24), dtype=np.int64)
     rbuf = {s: np.full((n_net, window), np.nan) for s in RATE_SIGNALS}
     rptr = {s: np.zeros(n_net, dtype=np.int64) for s in RATE_SIGNALS}
     streak = np.zeros(n_net, dtype=np.int64)
-    nets = np.arange(n_net)
+    last = first - 1  # the last hour processed per network
+    quiet = np.ones(n_net, dtype=bool)
+    can_alert = np.zeros((n_net, 24), dtype=bool)  # per hour of the day: could an empty hour alert?
     alone = LEVELS.index(cfg.volume_alone)
-    for t in range(n_h):
+    # the level an empty hour gets where the volume baseline can judge it (ratio 0)
+    empty_vl = int(_grade(np.zeros(1), cfg)[0])
+    empty_level = empty_vl if "volume" in cfg.alert_signals and empty_vl >= alone else 0
+
+    order = np.lexsort((net, t_idx))
+    t_sorted = t_idx[order]
+    cols = [f"{s}_{x}" for s in SIGNALS for x in ("base", "base_n", "ratio", "level")]
+    row_out = {c: np.full(n_rows, np.nan) for c in cols}
+    row_level = np.zeros(n_rows, dtype=np.int8)
+    extra: list[tuple[np.ndarray, int, dict[str, np.ndarray], np.ndarray]] = []  # (nets, t, values, level)
+    pos = 0
+    while True:
+        due = ~quiet & (last < end_t)
+        t_next = t_sorted[pos] if pos < n_rows else end_t + 1
+        if due.any():
+            t_next = min(t_next, int(last[due].min()) + 1)
+        if t_next > end_t:
+            break
+        t = int(t_next)
+        stop = int(np.searchsorted(t_sorted, t, side="right"))
+        rows = order[pos:stop]
+        pos = stop
+        sub = np.union1d(net[rows], np.flatnonzero(due))  # due networks are exactly at last + 1 == t
+        at = np.searchsorted(sub, net[rows])  # where each row's network sits in sub
+        m = len(sub)
+        ix = sub if m < n_net else slice(None)  # every network (dense data): views, not copies
+        gap = t - last[ix] - 1
+        if (gap > 0).any():
+            gone = sub[gap > 0]
+            _push_zeros(vbuf, vptr, gone, last[gone] + 1, gap[gap > 0], hod0, days)
+            streak[gone] = 0
+            if empty_level:
+                can_alert[gone] = _can_alert(vbuf[gone].reshape(len(gone) * 24, days), cfg).reshape(len(gone), 24)
         hod = (hod0 + t) % 24
+        v = np.zeros(m)
+        v[at] = vol_row[rows]
+        out: dict[str, np.ndarray] = {}
         levels: dict[str, np.ndarray] = {}
-        base, base_n = _median_rows(vbuf[:, hod, :])
-        v = vol[:, t]
-        ok = (base_n >= cfg.min_baseline_days) & (base >= cfg.min_volume_baseline) & ~np.isnan(v)
+        base, base_n = _median_rows(vbuf[ix, hod, :])
+        ok = (base_n >= cfg.min_baseline_days) & (base >= cfg.min_volume_baseline)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(ok, v / base, np.nan)
-        out["volume_base"][:, t], out["volume_base_n"][:, t], out["volume_ratio"][:, t] = base, base_n, ratio
+        out["volume_base"], out["volume_base_n"], out["volume_ratio"] = base, base_n.astype(float), ratio
         levels["volume"] = _grade(ratio, cfg)
         values = {}
         for name in RATE_SIGNALS:
-            k, n = rate_k[name][:, t], rate_n[name][:, t]
+            k, n = np.zeros(m), np.zeros(m)
+            k[at], n[at] = k_row[name][rows], n_row[name][rows]
             with np.errstate(invalid="ignore", divide="ignore"):
                 values[name] = np.where(n > 0, k / n, np.nan)
-            base, base_n = _median_rows(rbuf[name])
+            base, base_n = _median_rows(rbuf[name][ix])
             ok = (base_n >= cfg.min_baseline_hours) & (base >= cfg.min_rate_baseline) & (n > 0)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[f"{name}_ratio"][:, t] = np.where(ok, values[name] / base, np.nan)
+                out[f"{name}_ratio"] = np.where(ok, values[name] / base, np.nan)
                 judged = np.where(ok, _wilson_upper(k, n, cfg.z) / base, np.nan)
-            out[f"{name}_base"][:, t], out[f"{name}_base_n"][:, t] = base, base_n
+            out[f"{name}_base"], out[f"{name}_base_n"] = base, base_n.astype(float)
             levels[name] = _grade(judged, cfg)
-        rate_level = np.zeros(n_net, dtype=np.int8)
+        rate_level = np.zeros(m, dtype=np.int8)
         for name in cfg.alert_signals:
             if name != "volume":
                 rate_level = np.maximum(rate_level, levels[name])
@@ -178,28 +225,109 @@ def _levels(table: pa.Table, cfg: DetectorConfig) -> pa.Table:
         if "volume" in cfg.alert_signals:
             vl = levels["volume"]
             level = np.where(rate_level > 0, np.maximum(rate_level, vl), np.where(vl >= alone, vl, 0)).astype(np.int8)
-        level_out[:, t] = level
         for name, lv in levels.items():
-            out[f"{name}_level"][:, t] = lv
+            out[f"{name}_level"] = lv.astype(float)
         # learn from this hour unless it is critical (held out for at most hold_out_h in a row)
-        streak = np.where(level >= 2, streak + 1, 0)
-        learn = ~((level >= 2) & (streak <= cfg.hold_out_h))
-        sel = learn & ~np.isnan(v)
-        vbuf[nets[sel], hod, vptr[sel, hod] % days] = v[sel]
-        vptr[sel, hod] += 1
+        st = np.where(level >= 2, streak[ix] + 1, 0)
+        streak[ix] = st
+        learn = ~((level >= 2) & (st <= cfg.hold_out_h))
+        sel = learn
+        nets = sub[sel]
+        slot = vptr[nets, hod] % days
+        vbuf[nets, hod, slot] = v[sel]
+        vptr[nets, hod] += 1
         for name in RATE_SIGNALS:
             sel = learn & ~np.isnan(values[name])
-            rbuf[name][nets[sel], rptr[name][sel] % window] = values[name][sel]
-            rptr[name][sel] += 1
-    rows_net, rows_t = net, t_idx
+            nets = sub[sel]
+            rbuf[name][nets, rptr[name][nets] % window] = values[name][sel]
+            rptr[name][nets] += 1
+        last[ix] = t
+        if empty_level:  # only this hour of the day's baseline changed
+            can_alert[ix, hod] = _can_alert(vbuf[ix, hod, :], cfg)
+            quiet[ix] = ~can_alert[ix].any(axis=1)
+        # outputs: the rows of the table, and the empty hours that alert
+        for c in cols:
+            row_out[c][rows] = out[c][at]
+        row_level[rows] = level[at]
+        has_row = np.zeros(m, dtype=bool)
+        has_row[at] = True
+        alert = ~has_row & (level > 0)
+        if alert.any():
+            extra.append((sub[alert], t, {c: out[c][alert] for c in cols}, level[alert]))
     for name in SIGNALS:
-        table = table.append_column(f"{name}_base", pa.array(out[f"{name}_base"][rows_net, rows_t], pa.float64(),
-                                                             from_pandas=True))
-        table = table.append_column(f"{name}_base_n", pa.array(out[f"{name}_base_n"][rows_net, rows_t].astype(np.int64)))
-        table = table.append_column(f"{name}_ratio", pa.array(out[f"{name}_ratio"][rows_net, rows_t], pa.float64(),
-                                                              from_pandas=True))
-        table = table.append_column(f"{name}_level", pa.array(out[f"{name}_level"][rows_net, rows_t].astype(np.int8)))
-    return table.append_column("level", pa.array(level_out[rows_net, rows_t]))
+        table = table.append_column(f"{name}_base", pa.array(row_out[f"{name}_base"], pa.float64(), from_pandas=True))
+        table = table.append_column(f"{name}_base_n", pa.array(row_out[f"{name}_base_n"].astype(np.int64)))
+        table = table.append_column(f"{name}_ratio", pa.array(row_out[f"{name}_ratio"], pa.float64(), from_pandas=True))
+        table = table.append_column(f"{name}_level", pa.array(row_out[f"{name}_level"].astype(np.int8)))
+    table = table.append_column("level", pa.array(row_level))
+    if not extra:
+        return table
+    return _with_empty_alert_hours(table, extra, rep, h0)
+
+
+def _push_zeros(vbuf: np.ndarray, vptr: np.ndarray, nets: np.ndarray, t_from: np.ndarray, count: np.ndarray,
+                hod0: int, days: int) -> None:
+    """Learn ``count`` empty hours (volume 0) from hour ``t_from`` on, per network: each hour of
+    the day gets as many zeros as those hours hold it (the last ``days`` of them stay)."""
+    s = (hod0 + t_from) % 24  # hour of day of each stretch's first hour
+    hods = np.arange(24)
+    per_hod = count[:, None] // 24 + (((hods[None, :] - s[:, None]) % 24) < (count[:, None] % 24))
+    for j in range(days):
+        r, h = np.nonzero(per_hod > j)
+        if not len(r):
+            break
+        vbuf[nets[r], h, (vptr[nets[r], h] + j) % days] = 0.0
+    vptr[nets] += per_hod
+
+
+def _can_alert(rings: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    """Per same-hour volume ring (one per row): could an empty hour of that hour of the day
+    alert, now or after learning more zeros? Only once the ring holds ``min_baseline_days``
+    values, and learning zeros only lowers a median: so it is the median after padding the ring
+    with zeros up to that many values that decides (below ``min_volume_baseline``: never)."""
+    days = rings.shape[1]
+    if cfg.min_baseline_days > days:
+        return np.zeros(len(rings), dtype=bool)
+    flat = rings.copy()
+    have = (~np.isnan(flat)).sum(axis=1)
+    pad = np.maximum(cfg.min_baseline_days - have, 0)
+    # the ring fills its empty slots first: put the zeros there
+    for j in range(cfg.min_baseline_days):
+        r = np.flatnonzero(pad > j)
+        if not len(r):
+            break
+        flat[r, have[r] + j] = 0.0
+    med, n = _median_rows(flat)
+    result: np.ndarray = (n >= cfg.min_baseline_days) & (med >= cfg.min_volume_baseline)
+    return result
+
+
+def _with_empty_alert_hours(table: pa.Table, extra: list[tuple[np.ndarray, int, dict[str, np.ndarray], np.ndarray]],
+                            rep: np.ndarray, h0: np.datetime64) -> pa.Table:
+    """The table with a row for every empty hour that alerted (a network that fell silent):
+    zero counts, no rates, its baselines and levels; sorted by (cc, asn, hour) again."""
+    nets = np.concatenate([e[0] for e in extra])
+    hours = np.concatenate([np.full(len(e[0]), e[1], dtype=np.int64) for e in extra])
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {}
+    for f in table.schema:
+        if f.name in ("cc", "asn"):
+            cols[f.name] = table.column(f.name).take(pa.array(rep[nets]))
+        elif f.name == "hour":
+            cols[f.name] = pa.array((h0 + hours.astype("timedelta64[h]")).astype("datetime64[us]")).cast(f.type)
+        elif f.name == "level":
+            cols[f.name] = pa.array(np.concatenate([e[3] for e in extra]).astype(np.int8))
+        elif f.name.endswith("_level"):
+            cols[f.name] = pa.array(np.concatenate([e[2][f.name] for e in extra]).astype(np.int8))
+        elif f.name.endswith("_base_n"):
+            cols[f.name] = pa.array(np.concatenate([e[2][f.name] for e in extra]).astype(np.int64))
+        elif f.name.endswith(("_base", "_ratio")):
+            cols[f.name] = pa.array(np.concatenate([e[2][f.name] for e in extra]), pa.float64(), from_pandas=True)
+        elif pa.types.is_integer(f.type):
+            cols[f.name] = pa.array(np.zeros(len(nets), dtype=np.int64)).cast(f.type)
+        else:
+            cols[f.name] = pa.nulls(len(nets), f.type)
+    empty = pa.table(cols, schema=table.schema)
+    return pa.concat_tables([table, empty]).sort_by([("cc", "ascending"), ("asn", "ascending"), ("hour", "ascending")])
 
 
 def _grade(ratio: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
@@ -222,15 +350,19 @@ class AlertRun:
 
 
 def alert_runs(table: pa.Table, max_gap_h: int = 0) -> list[AlertRun]:
-    """Merge consecutive alert hours per network (rows sorted by cc, asn, hour; dense hours)."""
+    """Merge consecutive alert hours per network (rows sorted by cc, asn, hour). Rows are sparse
+    in hours (an hour without a row had no measurement and did not alert), so hours are
+    consecutive by their time, not by their row: up to ``max_gap_h`` hours between two alert
+    hours of a network join them."""
     level = table.column("level").to_numpy()
+    hour = table.column("hour").to_numpy().astype("datetime64[h]").astype(np.int64)
     cc = table.column("cc").to_pylist()
     asn = table.column("asn").to_pylist()
     runs: list[AlertRun] = []
     alert_idx = np.flatnonzero(level > 0)
     cur: AlertRun | None = None
     for i in alert_idx.tolist():
-        if cur and cc[i] == cur.cc and asn[i] == cur.asn and i - cur.end_idx <= max_gap_h:
+        if cur and cc[i] == cur.cc and asn[i] == cur.asn and hour[i] - hour[cur.end_idx - 1] - 1 <= max_gap_h:
             cur.end_idx = i + 1
             cur.level = max(cur.level, int(level[i]))
             continue
@@ -265,6 +397,12 @@ def cusum_changes(table: pa.Table, hour0: np.datetime64, n_hours: int, cfg: Dete
     Upward test: S = max(0, S + LLR) with LLR of "failure rate p1 = p0 + shift" against the
     trailing-week rate p0; the change starts the hour after S was last zero. While in alarm the
     baseline is frozen and a mirror test finds the return to p0, dating the end the same way.
+
+    Sparse in time: an hour without measurements adds nothing to S (its LLR is 0); what it can
+    change is whether the series is testable (measurements leave the trailing week) and the hour
+    S was last zero. So the test visits only the hours that have measurements, the hour after
+    each (it enters the trailing week) and the hour it leaves the week; the hours between two
+    visited ones behave like the first of them, and only move "last zero" along.
     """
     if table.num_rows == 0:
         return []
@@ -284,31 +422,46 @@ def cusum_changes(table: pa.Table, hour0: np.datetime64, n_hours: int, cfg: Dete
              .astype(np.int64))
     counts = table.column("n").to_numpy().astype(float)
     fails = table.column("failed").to_numpy().astype(float)
-    # series x hours arrays, a chunk of series at a time: a year of a thousand-URL list over
-    # hundreds of networks must not need gigabytes
-    order = np.argsort(inverse, kind="stable")
+    # series x visited-hours arrays, a chunk of series at a time: a year of a thousand-URL list
+    # over hundreds of networks must not need gigabytes
+    order = np.lexsort((hours, inverse))
     inverse, hours, counts, fails = inverse[order], hours[order], counts[order], fails[order]
-    chunk = max(1, _CUSUM_CELLS // max(n_hours, 1))
+    window = 24 * cfg.baseline_days
     changes: list[Change] = []
+    chunk = max(1, _CUSUM_CELLS // max(_visited(hours, window, n_hours).size, 1))
     for lo in range(0, len(uniq), chunk):
         hi = min(lo + chunk, len(uniq))
         a, b = np.searchsorted(inverse, [lo, hi])
-        n = np.zeros((hi - lo, n_hours))
-        f = np.zeros((hi - lo, n_hours))
-        np.add.at(n, (inverse[a:b] - lo, hours[a:b]), counts[a:b])
-        np.add.at(f, (inverse[a:b] - lo, hours[a:b]), fails[a:b])
-        changes.extend(_cusum_chunk(uniq[lo:hi], n, f, cfg))
+        visit = _visited(hours[a:b], window, n_hours)
+        n = np.zeros((hi - lo, len(visit)))
+        f = np.zeros((hi - lo, len(visit)))
+        col = np.searchsorted(visit, hours[a:b])
+        np.add.at(n, (inverse[a:b] - lo, col), counts[a:b])
+        np.add.at(f, (inverse[a:b] - lo, col), fails[a:b])
+        changes.extend(_cusum_chunk(uniq[lo:hi], visit, n_hours, n, f, cfg))
     return changes
 
 
-_CUSUM_CELLS = 4_000_000  # series x hours per chunk (4 float arrays of 32 MB)
+_CUSUM_CELLS = 4_000_000  # series x visited hours per chunk (4 float arrays of 32 MB)
 
 
-def _cusum_chunk(uniq: np.ndarray, n: np.ndarray, f: np.ndarray, cfg: DetectorConfig) -> list[Change]:
-    n_hours = n.shape[1]
+def _visited(hours: np.ndarray, window: int, n_hours: int) -> np.ndarray:
+    """The hours the CUSUM must visit: each measured hour, the hour after it (it joins the
+    trailing window) and the hour it leaves the window."""
+    h = np.unique(hours)
+    visit = np.unique(np.concatenate([h, h + 1, h + window + 1]))
+    out: np.ndarray = visit[visit < n_hours]
+    return out
+
+
+def _cusum_chunk(uniq: np.ndarray, visit: np.ndarray, n_hours: int, n: np.ndarray, f: np.ndarray,
+                 cfg: DetectorConfig) -> list[Change]:
+    """The CUSUM of ``uniq``'s series over the hours ``visit`` (columns of ``n`` and ``f``)."""
     window = 24 * cfg.baseline_days
     cn = np.concatenate([np.zeros((len(uniq), 1)), np.cumsum(n, axis=1)], axis=1)
     cf = np.concatenate([np.zeros((len(uniq), 1)), np.cumsum(f, axis=1)], axis=1)
+    # the column where each visited hour's trailing window [t - window, t) begins
+    lo_col = np.searchsorted(visit, np.maximum(visit - window, 0))
 
     m = len(uniq)
     s_up = np.zeros(m)
@@ -319,16 +472,23 @@ def _cusum_chunk(uniq: np.ndarray, n: np.ndarray, f: np.ndarray, cfg: DetectorCo
     start = np.full(m, -1)
     p0 = np.full(m, np.nan)
     changes: list[Change] = []
-    for t in range(n_hours):
-        lo = max(0, t - window)
-        hist_n = cn[:, t] - cn[:, lo]
-        trailing = np.where(hist_n > 0, (cf[:, t] - cf[:, lo]) / np.maximum(hist_n, 1), np.nan)
+    prev = -1
+    for j, t in enumerate(visit.tolist()):
+        if t > prev + 1:
+            # hours prev+1 .. t-1 had no measurements and the same trailing window as prev:
+            # S stays, and where it is zero, "last zero" moves to t - 1
+            last_zero_up = np.where(~alarm & (s_up == 0), t - 1, last_zero_up)
+            last_zero_down = np.where(alarm & (s_down == 0), t - 1, last_zero_down)
+        prev = t
+        lo = lo_col[j]
+        hist_n = cn[:, j] - cn[:, lo]
+        trailing = np.where(hist_n > 0, (cf[:, j] - cf[:, lo]) / np.maximum(hist_n, 1), np.nan)
         live_p0 = np.clip(trailing, cfg.cusum_floor, 0.99)
         testable = (hist_n >= cfg.cusum_min_history) & (trailing <= cfg.cusum_max_baseline)
         p0 = np.where(alarm, p0, live_p0)  # frozen during a change
         p1 = np.minimum(p0 + cfg.cusum_shift, 0.99)
         with np.errstate(invalid="ignore", divide="ignore"):
-            llr = f[:, t] * np.log(p1 / p0) + (n[:, t] - f[:, t]) * np.log((1 - p1) / (1 - p0))
+            llr = f[:, j] * np.log(p1 / p0) + (n[:, j] - f[:, j]) * np.log((1 - p1) / (1 - p0))
         llr = np.nan_to_num(llr)
         # upward test (series not in alarm)
         up = ~alarm & testable
@@ -346,21 +506,25 @@ def _cusum_chunk(uniq: np.ndarray, n: np.ndarray, f: np.ndarray, cfg: DetectorCo
         last_zero_down = np.where(down & (s_down == 0), t, last_zero_down)
         ended = down & (s_down > cfg.cusum_threshold)
         for i in np.flatnonzero(ended).tolist():
-            changes.append(_change(uniq[i], int(start[i]), int(last_zero_down[i]) + 1, float(p0[i]), n[i], f[i]))
+            changes.append(_change(uniq[i], int(start[i]), int(last_zero_down[i]) + 1, float(p0[i]), visit, n[i], f[i]))
         alarm = alarm & ~ended
         s_up = np.where(ended, 0.0, s_up)
         last_zero_up = np.where(ended, t, last_zero_up)
+    if n_hours - 1 > prev:  # the empty hours after the last visited one
+        last_zero_down = np.where(alarm & (s_down == 0), n_hours - 1, last_zero_down)
     for i in np.flatnonzero(alarm).tolist():
         # still in alarm at the end of the data: ended if the return test is at least half way
         # (hours of successes since the last failure), else ongoing
         ended_late = s_down[i] >= cfg.cusum_threshold / 2
         end = int(last_zero_down[i]) + 1 if ended_late else None
-        changes.append(_change(uniq[i], int(start[i]), end, float(p0[i]), n[i], f[i]))
+        changes.append(_change(uniq[i], int(start[i]), end, float(p0[i]), visit, n[i], f[i], n_hours))
     return changes
 
 
-def _change(key: str, start: int, end: int | None, p0: float, n: np.ndarray, f: np.ndarray) -> Change:
+def _change(key: str, start: int, end: int | None, p0: float, visit: np.ndarray, n: np.ndarray, f: np.ndarray,
+            n_hours: int | None = None) -> Change:
     cc, asn, inp = key.split("\x00")
-    stop = len(n) if end is None else end
+    stop = (n_hours or 0) if end is None else end
+    a, b = np.searchsorted(visit, [start, stop])
     return Change(cc, asn, inp, start, end, p0 if math.isfinite(p0) else 0.0,
-                  int(n[start:stop].sum()), int(f[start:stop].sum()))
+                  int(n[a:b].sum()), int(f[a:b].sum()))

@@ -1,5 +1,6 @@
-"""The classifier's evidence, gathered in SQL over the ``shutdown_facts`` table (or from the
-hourly signals alone), and handed to the pure decisions of ``analysis.classify``.
+"""The classifier's evidence, gathered in SQL over the measurement facts (the relation
+``analysis.signals.measurement_facts`` returns) or from the hourly signals alone, and handed to
+the pure decisions of ``analysis.classify``.
 
 Classification uses what only raw measurements can tell: which vantage points failed (a
 vantage point is its network name, platform and software version; runs tell vantage points
@@ -18,16 +19,21 @@ import numpy as np
 import pyarrow as pa
 from duckdb import ColumnExpression as C
 from duckdb import ConstantExpression as K
+from duckdb import Expression
 from duckdb import FunctionExpression as F
 
 from analysis.classify import (
+    ChangeEvidence,
     DarkEvidence,
     Decision,
     RunSignals,
     TargetEvidence,
     Thresholds,
     VantageEvidence,
+    change_severity,
     controls_fine,
+    decide_change,
+    decide_change_signals_only,
     decide_dark,
     decide_dark_signals_only,
     decide_run,
@@ -36,6 +42,18 @@ from analysis.classify import (
 )
 from analysis.detector import LEVELS, RATE_SIGNALS, AlertRun, Change, DetectorConfig, _grade, _wilson_upper
 from analysis.events import HOUR, Event, _naive, _num, _utc
+
+_FAR = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def _window(start: dt.datetime, end: dt.datetime | None) -> Expression:
+    """start <= hour < end (None: no end), the values as bound constants."""
+    return (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end or _FAR)))
+
+
+def _network(cc: str, asn: str) -> Expression:
+    """Probe measurements of one network."""
+    return (C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
 
 
 def _apply(event: Event, decision: Decision) -> None:
@@ -47,13 +65,17 @@ def _apply(event: Event, decision: Decision) -> None:
 
 
 class Classifier:
-    """Classifies alert runs and changes against the ``shutdown_facts`` table (or, without it,
-    from the signals alone)."""
+    """Classifies alert runs and changes against the measurement facts (the relation
+    ``signals.measurement_facts`` made) or, without them, from the signals alone.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection | None, hourly: pa.Table, cfg: DetectorConfig,
+    Every query filters the facts with expressions whose values are constants of the relation
+    API (bound, never pasted into SQL text), then aggregates with SQL text that holds no value.
+    """
+
+    def __init__(self, facts: duckdb.DuckDBPyRelation | None, hourly: pa.Table, cfg: DetectorConfig,
                  verdicts: duckdb.DuckDBPyRelation | None = None) -> None:
-        self.con = con
-        self.verdicts = verdicts  # compute_verdicts rows, a relation of con: its methods name blocks
+        self.facts = facts
+        self.verdicts = verdicts  # compute_verdicts rows, a relation of the facts' connection: its methods name blocks
         self.hourly = hourly
         self.cfg = cfg
         self._thresholds = Thresholds(warning=cfg.warning, critical=cfg.critical)
@@ -62,67 +84,86 @@ class Classifier:
         # columns as numpy once: classifying thousands of runs must not convert them each time
         self._np = {c: hourly.column(c).to_numpy(zero_copy_only=False)
                     for c in hourly.column_names if c not in ("cc", "asn", "hour")}
+        self._hours_h = self.hours.astype("datetime64[us]")
+        self._ranges: dict[tuple[str, str], tuple[int, int]] | None = None
 
-    # -- helpers over the facts table
-    def _q(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        assert self.con is not None
-        return self.con.execute(sql, params).fetchall()
+    def network_rows(self, cc: str, asn: str) -> slice:
+        """The rows of one network in ``hourly`` (sorted by cc, asn, hour): looked up, not
+        scanned, so that classifying a run costs the same with 10 or 1,000 networks."""
+        if self._ranges is None:
+            cc_col = self.hourly.column("cc").to_pylist()
+            asn_col = self.hourly.column("asn").to_pylist()
+            ranges: dict[tuple[str, str], tuple[int, int]] = {}
+            n = len(cc_col)
+            if n:
+                change = np.flatnonzero([a != b or c != d for a, b, c, d in
+                                         zip(cc_col[1:], cc_col[:-1], asn_col[1:], asn_col[:-1], strict=True)]) + 1
+                bounds = [0, *change.tolist(), n]
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                    ranges[(cc_col[lo], asn_col[lo])] = (lo, hi)
+            self._ranges = ranges
+        lo, hi = self._ranges.get((cc, asn), (0, 0))
+        return slice(lo, hi)
 
-    def _window(self, where: str, start: dt.datetime, end: dt.datetime | None) -> tuple[str, list[Any]]:
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
-        return f"{where} AND hour >= ? AND hour < ?", [_naive(start), _naive(end)]
+    def hour_span(self, rows: slice, start: dt.datetime, end: dt.datetime | None) -> slice:
+        """The rows of ``rows`` (one network's) with start <= hour < end."""
+        hours = self._hours_h[rows]
+        a = int(np.searchsorted(hours, np.datetime64(_naive(start), "us")))
+        b = len(hours) if end is None else int(np.searchsorted(hours, np.datetime64(_naive(end), "us")))
+        return slice(rows.start + a, rows.start + b)
+
+    # -- helpers over the facts
+    def _q(self, where: Expression, sql: str) -> list[tuple[Any, ...]]:
+        """``sql`` (no values in it; ``w`` names the filtered facts) over the facts matching ``where``."""
+        assert self.facts is not None
+        rel = self.facts.filter(where).query("w", sql)
+        assert rel is not None  # a SELECT always gives a relation
+        return rel.fetchall()
 
     def control_rate(self, inputs: list[str] | None, start: dt.datetime, end: dt.datetime | None) -> tuple[float | None, int]:
         """Share of control measurements (same targets, any network) that reached the target."""
-        where, params = self._window("role = 'control' AND NOT is_anchor", start, end)
+        where = (C("role") == K("control")) & ~C("is_anchor") & _window(start, end)
         if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        n, ok = self._q(f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", params)[0]
+            where = where & F("list_contains", K(inputs), C("input"))
+        n, ok = self._q(where, "SELECT count(*), count(*) FILTER (WHERE ok) FROM w")[0]
         return (ok / n if n else None), int(n)
 
     def vantage_breakdown(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None,
                           inputs: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """Per vantage point in the window: runs, failing runs, measurements, software version."""
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        params = [cc, asn, *params]
+        where = _network(cc, asn) & _window(start, end)
         if inputs is not None:
-            where += " AND list_contains(?, input)"
-            params.append(inputs)
-        rows = self._q(f"""
+            where = where & F("list_contains", K(inputs), C("input"))
+        rows = self._q(where, """
             WITH r AS (
                 SELECT vantage, run_id, any_value(software_version) AS version, count(*) AS n,
                        count(*) FILTER (WHERE ok) AS ok, count(*) FILTER (WHERE is_anchor) AS an,
                        count(*) FILTER (WHERE is_anchor AND ok) AS aok
-                FROM shutdown_facts WHERE {where} GROUP BY ALL)
+                FROM w GROUP BY ALL)
             SELECT vantage, any_value(version), count(*) AS runs,
                    count(*) FILTER (WHERE CASE WHEN an > 0 THEN aok < an * 0.5 ELSE ok < n * 0.5 END) AS failing,
                    sum(n)::BIGINT, sum(ok)::BIGINT
-            FROM r GROUP BY ALL ORDER BY ALL""", params)
+            FROM r GROUP BY ALL ORDER BY ALL""")
         return {v: {"version": ver, "runs": runs, "failing_runs": failing, "measurements": n, "ok": ok}
                 for v, ver, runs, failing, n, ok in rows}
 
     def versions_before(self, cc: str, asn: str, start: dt.datetime) -> set[str]:
-        rows = self._q("""SELECT DISTINCT software_version FROM shutdown_facts WHERE role = 'probe' AND cc = ?
-                          AND asn = ? AND hour < ? AND hour >= ? AND ok""",
-                       [cc, asn, _naive(start), _naive(start - dt.timedelta(days=self.cfg.baseline_days))])
+        where = (_network(cc, asn) & C("ok")
+                 & _window(start - dt.timedelta(days=self.cfg.baseline_days), start))
+        rows = self._q(where, "SELECT DISTINCT software_version FROM w")
         return {r[0] for r in rows if r[0] is not None}
 
     def failing_inputs(self, cc: str, asn: str, start: dt.datetime, end: dt.datetime | None) -> list[tuple[str, float, str | None]]:
-        where, params = self._window("role = 'probe' AND NOT is_anchor AND cc = ? AND asn = ?", start, end)
-        return [(i, r, m) for i, r, m in self._q(f"""
+        where = _network(cc, asn) & ~C("is_anchor") & _window(start, end)
+        return [(i, r, m) for i, r, m in self._q(where, """
             SELECT input, avg(CASE WHEN ok THEN 0 ELSE 1 END) AS fail, mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where} GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""",
-            [cc, asn, *params])]
+            FROM w GROUP BY ALL HAVING fail >= 0.5 ORDER BY fail DESC, input""")]
 
     def methods(self, cc: str, asn: str, inputs: list[str], start: dt.datetime, end: dt.datetime | None) -> Counter[str]:
-        assert self.con is not None
-        end = end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+        assert self.facts is not None
         # values enter as constant expressions (the relation API's bound parameters)
-        where = ((C("role") == K("probe")) & (C("cc") == K(cc)) & (C("asn") == K(asn))
-                 & F("list_contains", K(inputs), C("input"))
-                 & (C("hour") >= K(_naive(start))) & (C("hour") < K(_naive(end))))
-        facts = self.con.table("shutdown_facts")
+        where = _network(cc, asn) & F("list_contains", K(inputs), C("input")) & _window(start, end)
+        facts = self.facts
         if self.verdicts is not None:
             facts = facts.join(self.verdicts.select("measurement_id, status AS v_status, method AS v_method"),
                                "measurement_id", how="left")
@@ -169,7 +210,7 @@ class Classifier:
         base.rule = "unclassified.signals"
         signals = RunSignals(dark=dark, target_drop=target_drop, anchor_drop=anchor_drop, no_anchors=no_anchors,
                              rate_driven=rate_driven)
-        if self.con is None:  # signals only: no vantage points or controls to look at
+        if self.facts is None:  # signals only: no vantage points or controls to look at
             _apply(base, decide_signals_only(signals))
             base.vantage_points = int(self._np["vantage_points"][sl].max())
             return base
@@ -235,8 +276,7 @@ class Classifier:
         return bool(rate.max(initial=0) >= 2 or (rate > 0).sum() >= 2)
 
     def _silent_vantages(self, cc: str, asn: str, start: dt.datetime, now: dict[str, Any]) -> list[str]:
-        rows = self._q("""SELECT DISTINCT vantage FROM shutdown_facts WHERE role = 'probe' AND cc = ? AND asn = ?
-                          AND hour >= ? AND hour < ?""", [cc, asn, _naive(start - dt.timedelta(days=1)), _naive(start)])
+        rows = self._q(_network(cc, asn) & _window(start - dt.timedelta(days=1), start), "SELECT DISTINCT vantage FROM w")
         return sorted(r[0] for r in rows if r[0] not in now)
 
     def _signal_evidence(self, sl: slice) -> dict[str, Any]:
@@ -262,36 +302,31 @@ class Classifier:
         ev = Event("connectivity_lost", "critical", start, end, [cc], [asn], rule="connectivity.lost")
         evidence: dict[str, Any] = {"span": [start.isoformat(), end.isoformat()], "dark_hours": dark_hours,
                                     "source": source}
-        if self.con is None:  # hourly counts only
-            sel = ((self.hourly.column("cc").to_numpy(zero_copy_only=False) == cc)
-                   & (self.hourly.column("asn").to_numpy(zero_copy_only=False) == asn))
-            hours = np.asarray([_utc(h) for h in self.hours[sel]], dtype=object)
-            inside = np.asarray([start <= h < end for h in hours], dtype=bool)
-            get = {k: int(self._np[k][sel][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
-                                                                    "target_ok")}
+        if self.facts is None:  # hourly counts only
+            inside = self.hour_span(self.network_rows(cc, asn), start, end)
+            get = {k: int(self._np[k][inside].sum()) for k in ("volume", "anchor_n", "anchor_ok", "target_n",
+                                                               "target_ok")}
             ev.measurements = get["volume"]
-            ev.vantage_points = int(self._np["vantage_points"][sel][inside].max(initial=0))
+            ev.vantage_points = int(self._np["vantage_points"][inside].max(initial=0))
             evidence.update(anchors={"failed": get["anchor_n"] - get["anchor_ok"], "total": get["anchor_n"]},
                             targets={"failed": get["target_n"] - get["target_ok"], "total": get["target_n"]})
             _apply(ev, decide_dark_signals_only(get["anchor_n"] - get["anchor_ok"], get["anchor_n"],
                                                 get["target_n"] - get["target_ok"], get["target_n"]))
             ev.evidence = evidence
             return ev
-        where, params = self._window("role = 'probe' AND cc = ? AND asn = ?", start, end)
-        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(f"""
+        (n, vps, runs, an, afail, tn, tfail, inputs, inputs_ok, top), = self._q(_network(cc, asn) & _window(start, end), """
             SELECT count(*), count(DISTINCT vantage), count(DISTINCT run_id),
                    count(*) FILTER (WHERE is_anchor), count(*) FILTER (WHERE is_anchor AND NOT ok),
                    count(*) FILTER (WHERE NOT is_anchor), count(*) FILTER (WHERE NOT is_anchor AND NOT ok),
                    count(DISTINCT input) FILTER (WHERE NOT is_anchor),
                    count(DISTINCT input) FILTER (WHERE NOT is_anchor AND ok),
                    mode(method) FILTER (WHERE NOT ok)
-            FROM shutdown_facts WHERE {where}""", [cc, asn, *params])
+            FROM w""")
         ev.measurements, ev.vantage_points = int(n), int(vps)
         ev.methods = [top] if top else []
         ctrl, ctrl_n = self.control_rate(None, start, end)
-        where, params = self._window("is_anchor AND NOT (role = 'probe' AND cc = ? AND asn = ?)", start, end)
-        (elsewhere_n, elsewhere_ok), = self._q(
-            f"SELECT count(*), count(*) FILTER (WHERE ok) FROM shutdown_facts WHERE {where}", [cc, asn, *params])
+        (elsewhere_n, elsewhere_ok), = self._q(C("is_anchor") & ~_network(cc, asn) & _window(start, end),
+                                              "SELECT count(*), count(*) FILTER (WHERE ok) FROM w")
         fine = controls_fine(ctrl, self._thresholds)
         evidence.update(
             measurements=int(n), vantage_points=int(vps), runs=int(runs),
@@ -318,14 +353,14 @@ class Classifier:
 
     # -- changes
     def classify_change(self, ch: Change, hour0: dt.datetime) -> Event:
+        """A CUSUM change: its evidence gathered in SQL, judged by ``classify.decide_change``."""
         start = hour0 + ch.start_h * HOUR
         end = None if ch.end_h is None else hour0 + ch.end_h * HOUR
-        rate = ch.failed / ch.n if ch.n else 0.0
-        ev = Event("service_blocking", "critical" if rate >= 0.5 else "warning", start, end, [ch.cc], [ch.asn],
-                   [ch.input], measurements=ch.n, confidence=0.6, rule="service_blocking.change",
+        ev = Event("service_blocking", change_severity(ch.failed, ch.n), start, end, [ch.cc], [ch.asn],
+                   [ch.input], measurements=ch.n,
                    evidence={"failed": ch.failed, "measurements": ch.n, "baseline_failed_rate": round(ch.baseline_rate, 4)})
-        if self.con is None:
-            ev.reason = "failed rate rose (CUSUM)"
+        if self.facts is None:
+            _apply(ev, decide_change_signals_only())
             return ev
         methods = self.methods(ch.cc, ch.asn, [ch.input], start, end)
         ev.methods = [m for m, _ in methods.most_common(3)]
@@ -334,20 +369,11 @@ class Classifier:
         ev.vantage_points = len(vantages)
         ev.evidence.update(controls={"ok_rate": ctrl, "measurements": ctrl_n},
                            methods=dict(methods.most_common(5)))
-        failing = [v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"]]
-        if ctrl is not None and ctrl < self.cfg.critical:
-            ev.kind, ev.confidence, ev.reason = "site_outage", 0.8, f"controls failed too (ok rate {ctrl:.0%})"
-            ev.rule = "site_outage.change_controls_failed"
-        elif len(failing) == 1 and len(vantages) > 1:
-            ev.kind, ev.confidence, ev.reason = "probe_fault", 0.6, f"only {failing[0]} failed"
-            ev.rule = "probe_fault.change_one_vantage_point"
-        else:
-            top = methods.most_common(1)
-            share = top[0][1] / sum(methods.values()) if top else 0.0
-            ev.confidence = round(min(0.95, 0.5 + 0.4 * share + (0.05 if ctrl is not None else 0)), 2)
-            ev.reason = (f"failed rate {ch.baseline_rate:.0%} -> {rate:.0%}; "
-                         + (f"{share:.0%} by {top[0][0]}" if top else "no method") + "; controls "
-                         + (f"ok {ctrl:.0%}" if ctrl is not None else "absent"))
+        failing = tuple(v for v, d in vantages.items() if d["ok"] * 2 < d["measurements"])
+        _apply(ev, decide_change(ChangeEvidence(
+            failed=ch.failed, measurements=ch.n, baseline_rate=ch.baseline_rate,
+            methods=tuple(methods.most_common()), control_rate=ctrl, vantage_points=len(vantages),
+            failing=failing), self._thresholds))
         return ev
 
 
@@ -375,9 +401,11 @@ ORDER BY ALL
 """
 
 
-def dark_hours_from_facts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, dt.datetime, int]]:
-    """(cc, asn, hour, measurements) of every dark hour in ``shutdown_facts`` (``--no-verdicts``)."""
-    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in con.execute(DARK_FACTS_SQL).fetchall()]
+def dark_hours_from_facts(facts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
+    """(cc, asn, hour, measurements) of every dark hour of the measurement facts (``--no-verdicts``)."""
+    rel = facts.query("shutdown_facts", DARK_FACTS_SQL)  # the name holds inside this one query
+    assert rel is not None
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rel.fetchall()]
 
 
 def dark_hours_from_verdicts(verdicts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
@@ -415,21 +443,14 @@ def connectivity_events(classifier: Classifier, dark: list[tuple[str, str, dt.da
     the run."""
     if not dark:
         return []
-    volume: dict[tuple[str, str], dict[dt.datetime, int]] = {}
-    nets = {(cc, asn) for cc, asn, _, _ in dark}
-    hourly = classifier.hourly
-    for cc, asn, h, v in zip(hourly.column("cc").to_pylist(), hourly.column("asn").to_pylist(),
-                             hourly.column("hour").to_pylist(),
-                             classifier._np["volume"].tolist(), strict=True):
-        if (cc, asn) in nets and v:
-            volume.setdefault((cc, asn), {})[_utc(h)] = int(v)
     runs: dict[tuple[str, str], list[list[dt.datetime]]] = {}
     for cc, asn, hour, _ in sorted(dark):
         seen = runs.setdefault((cc, asn), [])
         if seen:
             last = seen[-1][-1]
-            between = [h for h in volume.get((cc, asn), {}) if last < h < hour]
-            if not between:
+            # hours of this network with measurements strictly between the two dark hours
+            rows = classifier.hour_span(classifier.network_rows(cc, asn), last + HOUR, hour)
+            if not classifier._np["volume"][rows].any():
                 seen[-1].append(hour)
                 continue
         seen.append([hour])

@@ -42,6 +42,9 @@ class Detection:
     changes: list[Change] = field(default_factory=list)
     hour0: dt.datetime | None = None
     input_failures: pa.Table | None = None  # per (cc, asn, input, hour): n, failed (CUSUM input)
+    # one row per measurement (signals.measurement_facts), a relation of the connection ``detect``
+    # was given: the report joins it to the verdicts; None from signals alone
+    facts: duckdb.DuckDBPyRelation | None = None
 
     def table(self) -> pa.Table:
         return events_to_table(self.events)
@@ -78,25 +81,25 @@ def detect(con: duckdb.DuckDBPyConnection, cfg: DetectorConfig | None = None, *,
         rel = con.from_arrow(verdicts)
     elif isinstance(verdicts, duckdb.DuckDBPyRelation):
         rel = verdicts
-    sig.create_fact_views(con)
+    facts = sig.measurement_facts(con)
     if counts is None:
-        counts = sig.network_hour_signals(con)
+        counts = sig.network_hour_signals(facts)
     if counts.num_rows == 0:
-        return Detection([], counts)
+        return Detection([], counts, facts=facts)
     hourly = baselined_signals(con, counts, cfg)
-    classifier = Classifier(con, hourly, cfg, rel)
+    classifier = Classifier(facts, hourly, cfg, rel)
     network_events = [e for r in alert_runs(hourly) if (e := classifier.classify_run(r)) is not None]
     if rel is not None:
         dark = connectivity_events(classifier, dark_hours_from_verdicts(rel), "verdicts")
     else:
-        dark = connectivity_events(classifier, dark_hours_from_facts(con), "signals")
+        dark = connectivity_events(classifier, dark_hours_from_facts(facts), "signals")
     hour0, n_hours = _hour0(hourly)
-    failures = sig.input_hour_failures(con, verdicts=rel)
+    failures = sig.input_hour_failures(facts, verdicts=rel)
     changes = cusum_changes(failures, np.datetime64(hour0.replace(tzinfo=None)), n_hours, cfg)
     change_events = [classifier.classify_change(c, hour0) for c in changes]
     events = merge_events(network_events, change_events, cfg, dark)
     annotate_scope(events, hourly)
-    return Detection(events, hourly, changes, hour0, failures)
+    return Detection(events, hourly, changes, hour0, failures, facts)
 
 
 def detect_from_signals(con: duckdb.DuckDBPyConnection, counts: pa.Table, cfg: DetectorConfig | None = None) -> Detection:

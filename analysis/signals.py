@@ -7,6 +7,8 @@ per-layer failure counts. Per (country, ASN, input, hour): failures, for the cha
 
 from __future__ import annotations
 
+import uuid
+
 import duckdb
 import pyarrow as pa
 
@@ -67,12 +69,34 @@ def measurement_facts_sql(source: str = "measurements") -> str:
     """
 
 
-def create_fact_views(con: duckdb.DuckDBPyConnection, source: str = "measurements") -> None:
-    """Materialize ``shutdown_facts`` (one row per measurement) so later queries reuse it."""
-    # the source is a relation name of the caller's SQL (a table or view; identifiers cannot be bound)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE shutdown_facts AS {measurement_facts_sql(source)}")
+def measurement_facts(con: duckdb.DuckDBPyConnection,
+                      source: duckdb.DuckDBPyRelation | None = None) -> duckdb.DuckDBPyRelation:
+    """One row per measurement (``measurement_facts_sql``), materialized once, as a relation of
+    ``con`` that the detector and classifier (and the report) are handed: no module names it.
+
+    ``source``: the measurements (a relation of ``con``); None: the ``measurements`` view that
+    ``analysis.db.open_datasets`` made.
+    """
+    if source is not None:
+        query = source.query("measurements", measurement_facts_sql())
+        assert query is not None  # a SELECT always gives a relation
+        return con.from_arrow(query.to_arrow_table())
+    # a private temporary table (a generated name nothing else knows): later queries reuse the
+    # facts instead of recomputing the list filters, and DuckDB may spill it
+    name = f'"_facts_{uuid.uuid4().hex}"'
+    con.execute(f"CREATE TEMP TABLE {name} AS {measurement_facts_sql()}")
+    return con.table(name)
 
 
+COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
+                 "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
+
+# Counts per (cc, asn, hour) of the hours that have measurements: sparse in time. An hour of a
+# network without a row had no measurement at all; the detector reads it as a volume of zero
+# from the network's first hour to the end of the data (analysis/detector.py), so nothing here
+# depends on the time span. (analysis/spark_engine.py swaps the ``agg`` part for Spark's sums;
+# ``span`` stays for it.) The column names are this module's constants: identifiers cannot be
+# bound parameters.
 NETWORK_HOUR_SQL = """
 WITH agg AS (
     SELECT cc, asn, hour,
@@ -90,32 +114,27 @@ WITH agg AS (
     FROM shutdown_facts WHERE role = 'probe'
     GROUP BY ALL
 ),
-span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg),
-nets AS (SELECT cc, asn, min(hour) AS first_hour FROM agg GROUP BY ALL),
-grid AS (
-    -- every hour from a network's first measurement to the end of the data: an hour with no
-    -- measurement at all is a volume of zero, not a missing row
-    SELECT n.cc, n.asn, g.hour
-    FROM nets n, span s, LATERAL (SELECT unnest(range(n.first_hour, s.hi + INTERVAL 1 HOUR, INTERVAL 1 HOUR)) AS hour) g
-)
-SELECT g.cc, g.asn, g.hour,
-       {counts}
-FROM grid g LEFT JOIN agg a USING (cc, asn, hour)
-ORDER BY g.cc, g.asn, g.hour
+span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg)
+SELECT a.cc, a.asn, a.hour,
+       """ + ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS) + """
+FROM agg a
+ORDER BY a.cc, a.asn, a.hour
 """
 
-COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
-                 "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
+
+def network_hour_signals(facts: duckdb.DuckDBPyRelation | duckdb.DuckDBPyConnection) -> pa.Table:
+    """Counts per (cc, asn, hour) with measurements (sparse in hours) over the facts of
+    ``measurement_facts`` (or, given a connection, of its ``measurements``); rates are derived
+    by the detector."""
+    if isinstance(facts, duckdb.DuckDBPyConnection):
+        facts = measurement_facts(facts)
+    # "shutdown_facts" names the relation inside this one query only
+    counts = facts.query("shutdown_facts", NETWORK_HOUR_SQL)
+    assert counts is not None
+    return counts.to_arrow_table()
 
 
-def network_hour_signals(con: duckdb.DuckDBPyConnection) -> pa.Table:
-    """Counts per (cc, asn, hour), dense in hours; rates are derived by the detector."""
-    # column names are this module's constants (identifiers cannot be bound parameters)
-    counts = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS)
-    return con.sql(NETWORK_HOUR_SQL.format(counts=counts)).to_arrow_table()
-
-
-def input_hour_failures(con: duckdb.DuckDBPyConnection, *,
+def input_hour_failures(facts: duckdb.DuckDBPyRelation, *,
                         verdicts: duckdb.DuckDBPyRelation | None = None) -> pa.Table:
     """(cc, asn, input, hour, n, failed) for probe target measurements.
 
@@ -124,7 +143,7 @@ def input_hour_failures(con: duckdb.DuckDBPyConnection, *,
     of ``con`` over ``compute_verdicts`` output) a verdict of blocked counts too, so blockpages
     served with HTTP 200 are seen.
     """
-    facts = con.table("shutdown_facts").filter("role = 'probe' AND NOT is_anchor")
+    facts = facts.filter("role = 'probe' AND NOT is_anchor")
     if verdicts is not None:
         facts = facts.join(verdicts.select("measurement_id, status AS v_status"), "measurement_id", how="left")
         # blocked by the verdict (blockpages look reachable) or not reached at all

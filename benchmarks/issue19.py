@@ -11,8 +11,9 @@ outputs differ says so.
     .venv/bin/python benchmarks/issue19.py --dataset DIR            # an analyze_throughput.py --keep dataset
 
 Rows: OONI import (vs a bare ``json.loads`` loop and DuckDB's ``read_json`` of the same file),
-analyze peak RSS and time at one or more sizes. The probe rows of the issue (DNS late-response
-window) and the events rows are not measured here (not addressed in this change).
+analyze peak RSS and time at one or more sizes; events over OONI samples spread over 9 years vs
+one day, and the shutdown detector at 200 and 400 networks (old: ``--events-old``). The probe
+rows of the issue (DNS late-response window) are not measured here.
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ elif job == "read_json":
     con.execute(f"CREATE TABLE t AS SELECT * FROM read_json('{args[0]}', format='newline_delimited', "
                 "maximum_object_size=100000000)")
     out = {"rows": con.sql("SELECT count(*) FROM t").fetchall()[0][0]}
+elif job in ("events", "detector"):
+    # events rows (the shutdown stack): a digest of the events table, so old = new can be checked
+    import hashlib
+    if job == "events":
+        from analysis.shutdown import find_events
+        d = find_events([Path(args[0])])
+    else:
+        import duckdb
+        from analysis.shutdown import detect_from_signals
+        from tests.support import scenario as sc
+        signals = sc.generate_signals(int(args[0]), int(args[1]), n_shutdowns=int(args[0]) // 5)
+        t, cpu = time.perf_counter(), time.process_time()  # the detector alone, not the generator
+        d = detect_from_signals(duckdb.connect(), signals.table)
+    rows = d.table().to_pylist()
+    out = {"events": len(rows), "digest": hashlib.sha256(repr(rows).encode()).hexdigest()[:16]}
 out.update(seconds=time.perf_counter() - t, cpu=time.process_time() - cpu,
            rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, module=sys.modules["analysis"].__file__
            if "analysis" in sys.modules else None)
@@ -149,6 +165,40 @@ def bench_analyze(old: Path, new: Path, tmp: Path, dataset: Path, label: str) ->
         print("!! the verdicts differ between old and new")
 
 
+# -- events rows (issue 19: "events cost follows the data"; the shutdown stack)
+EVENTS_OLD_COMMIT = "e26351a"  # main before the sparse signals
+
+
+def ooni_events_datasets(tmp: Path) -> tuple[Path, Path]:
+    """The public OONI samples imported twice: all of them (about 100 probe measurements over
+    2015-2024) and the netem file alone (50 of one day)."""
+    from analysis.ingest.ooni import import_ooni
+
+    ooni = REPO.parent / "shared" / "data" / "ooni"
+    years, day = tmp / "ooni-9-years", tmp / "ooni-one-day"
+    import_ooni([ooni / "fixtures", ooni / "spec-examples", ooni / "netem"], years, on_error=lambda _: None)
+    import_ooni([ooni / "netem"], day, on_error=lambda _: None)
+    return years, day
+
+
+def bench_events(old: Path, new: Path, tmp: Path, networks: list[int], days: int) -> None:
+    years, day = ooni_events_datasets(tmp)
+    print(f"\nevents (find_events, no verdicts) and the detector (detect_from_signals over {days} days of "
+          f"generated signals); old = {EVENTS_OLD_COMMIT}")
+    print("| what | old | new | new/old | events old = new |\n|---|---|---|---|---|")
+    for label, job, args in (("events, ~100 OONI measurements over 9 years", "events", [years]),
+                             ("events, 50 OONI measurements of one day", "events", [day]),
+                             *((f"detector, {n} networks", "detector", [n, days]) for n in networks)):
+        r_old, r_new = run(old, job, *args), run(new, job, *args)
+        same = (r_old["events"], r_old["digest"]) == (r_new["events"], r_new["digest"])
+        note = f"{same} ({r_new['events']} events)"
+        row(f"{label}, wall s", r_old["seconds"], r_new["seconds"], "s", note)
+        row(f"{label}, CPU s", r_old["cpu"], r_new["cpu"], "s", note)  # less sensitive to a busy machine
+        row(f"{label}, peak RSS", r_old["rss_mib"], r_new["rss_mib"], "MiB", note)
+        if not same:
+            print(f"!! {label}: the events differ between old and new")
+
+
 def generate_dataset(rows: int, where: Path) -> Path:
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "analyze_throughput.py"), "--rows", str(rows),
                     "--keep", str(where), "--generate-only"], check=True, capture_output=True)
@@ -163,6 +213,10 @@ def main() -> None:
                     help="probe rows of generated analyze datasets (several sizes: the memory bound per size)")
     ap.add_argument("--dataset", type=Path, action="append", default=[],
                     help="an existing analyze_throughput.py --keep dataset to analyze as well")
+    ap.add_argument("--events", action=argparse.BooleanOptionalAction, default=True,
+                    help="the events rows (OONI samples over 9 years vs one day; the detector at --networks)")
+    ap.add_argument("--networks", type=int, nargs="*", default=[200, 400])
+    ap.add_argument("--events-old", default=EVENTS_OLD_COMMIT, help="old code of the events rows")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="issue19-"))
     old = old_checkout(args.old, tmp / "old")
@@ -175,6 +229,9 @@ def main() -> None:
             bench_analyze(old, REPO, tmp, generate_dataset(n, tmp / f"ds-{n}"), f"{n:,}")
         for d in args.dataset:
             bench_analyze(old, REPO, tmp, d, d.name)
+        if args.events:
+            events_old = old if args.events_old == args.old else old_checkout(args.events_old, tmp / "old-events")
+            bench_events(events_old, REPO, tmp, args.networks, 30)
         print(f"\n({time.perf_counter() - t:.0f} s in all)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

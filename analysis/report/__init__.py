@@ -127,13 +127,13 @@ _TUNNEL_MESSAGING = ("('openvpn', 'wireguard', 'ikev2', 'tor', 'vanilla_tor', 't
 
 # Blocked verdicts inside a shutdown, probe fault or lost connectivity of their network.
 _SET_ASIDE_SQL = """
-SELECT count(*) FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
+SELECT count(*) FROM report_verdicts v LEFT JOIN report_facts f USING (measurement_id)
 WHERE v.status = 'blocked' AND EXISTS (SELECT 1 FROM report_quiet q WHERE q.cc = f.cc AND q.asn = f.asn
                                        AND f.hour >= q.start_h AND f.hour < q.end_h)
 """
 
 _BLOCKED_SQL = """
-WITH v AS (SELECT v.*, f.vantage FROM report_verdicts v LEFT JOIN shutdown_facts f USING (measurement_id)
+WITH v AS (SELECT v.*, f.vantage FROM report_verdicts v LEFT JOIN report_facts f USING (measurement_id)
            -- measurements inside a shutdown, probe fault or connectivity loss of their network say nothing
            -- about blocking
            WHERE NOT EXISTS (SELECT 1 FROM report_quiet q WHERE q.cc = f.cc AND q.asn = f.asn
@@ -187,6 +187,8 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     ``counts``: the hourly signals summed elsewhere (``shutdown.detect``'s), e.g. by Spark."""
     con.register("report_verdicts", verdicts.table)
     detection = detect(con, detector_config, verdicts=con.table("report_verdicts"), counts=counts)
+    assert detection.facts is not None  # detect over measurements always has them
+    detection.facts.create_view("report_facts")  # the detector's facts, under the report's own name
     quiet = [{"cc": r, "asn": n, "start_h": e.start.replace(tzinfo=None),
               "end_h": (e.end or dt.datetime(9999, 1, 1, tzinfo=dt.UTC)).replace(tzinfo=None)}
              for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]
@@ -221,7 +223,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
                count(DISTINCT cc || asn) FILTER (WHERE role = 'probe') AS networks,
                count(DISTINCT cc || asn || vantage) FILTER (WHERE role = 'probe') AS vantage_points,
                strftime(min(hour), '%Y-%m-%d %H:%M') AS first_hour, strftime(max(hour), '%Y-%m-%d %H:%M') AS last_hour
-        FROM shutdown_facts""").to_arrow_table().to_pylist()[0]
+        FROM report_facts""").to_arrow_table().to_pylist()[0]
     overview["verdicts"] = verdicts.table.num_rows
     statuses = verdicts.table.column("status").to_pylist()
     overview["blocked_verdicts"] = sum(1 for s in statuses if s == "blocked")

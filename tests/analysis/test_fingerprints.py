@@ -8,11 +8,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import http.server
 import json
 import re
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from analysis.fingerprints import (
 from analysis.verdicts import compute_verdicts
 from probe.dataset import write_records
 from probe.schema import DnsAnswer, DnsQuery, HttpHeader, HttpRequest, Measurement, TcpConnect, new_uuid7
+from tests.support.loopback_site import LoopbackServer
 from tests.support.paths import REPO
 from vantage.cli import main
 
@@ -335,40 +334,10 @@ def test_lab_blockpages_survive_the_full_default_set() -> None:
 # --------------------------------------------------------------------------- update, from loopback
 
 
-class _Server:
-    def __init__(self, files: dict[str, bytes | int]) -> None:
-        self.files = files
-        self.hits: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                name = self.path.rsplit("/", 1)[-1]
-                outer.hits.append(self.path)
-                body = outer.files.get(name, 404)
-                code = body if isinstance(body, int) else 200
-                data = b"" if isinstance(body, int) else body
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fp"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
-def upstream() -> Iterator[_Server]:
-    server = _Server({name: path.read_bytes() for name, path in UPSTREAM_FILES.items()})
+def upstream() -> Iterator[LoopbackServer]:
+    server = LoopbackServer(prefix="/fp", files={name: path.read_bytes() for name, path in UPSTREAM_FILES.items()})
     yield server
     server.close()
 
@@ -386,7 +355,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_update_then_default_set_names_its_sources(upstream: _Server, data_home: Path) -> None:
+def test_update_then_default_set_names_its_sources(upstream: LoopbackServer, data_home: Path) -> None:
     before = load_default_fingerprints()
     assert [s.origin for s in before.sources] == ["built-in"] and before.false_positives == []
     result = update_fingerprints(url_base=upstream.url)
@@ -417,7 +386,7 @@ def test_update_then_default_set_names_its_sources(upstream: _Server, data_home:
     assert len(again) == len(fps)
 
 
-def test_indonesian_blockpage_matches_with_the_default_set(upstream: _Server, data_home: Path) -> None:
+def test_indonesian_blockpage_matches_with_the_default_set(upstream: LoopbackServer, data_home: Path) -> None:
     assert load_default_fingerprints().http_matcher.match_body(ID_BLOCKPAGE) is None  # built-in only: labs
     update_fingerprints(url_base=upstream.url)
     m = load_default_fingerprints().http_matcher
@@ -443,7 +412,7 @@ def web(url: str, body: str, *, role: str, title: str, control_for: str | None =
     return m
 
 
-def test_indonesian_blockpage_is_confirmed_by_compute_verdicts(upstream: _Server, data_home: Path,
+def test_indonesian_blockpage_is_confirmed_by_compute_verdicts(upstream: LoopbackServer, data_home: Path,
                                                                tmp_path: Path) -> None:
     update_fingerprints(url_base=upstream.url)
     site = "<html><head><title>Queer Net</title></head><body>" + "<p>community news and resources</p>" * 60 + "</body></html>"
@@ -477,7 +446,7 @@ def test_indonesian_blockpage_is_confirmed_by_compute_verdicts(upstream: _Server
     assert plain["confirmed"] is False and plain["method"] != "http.blockpage:ooni.id_6"
 
 
-def test_offline_update_keeps_the_old_copy(upstream: _Server, data_home: Path) -> None:
+def test_offline_update_keeps_the_old_copy(upstream: LoopbackServer, data_home: Path) -> None:
     update_fingerprints(url_base=upstream.url)
     before = {p.name: p.read_bytes() for p in data_home.iterdir()}
     res = CliRunner().invoke(main, ["fingerprints", "update", "--url-base", f"http://127.0.0.1:{closed_port()}/x",
@@ -495,7 +464,7 @@ def test_offline_update_keeps_the_old_copy(upstream: _Server, data_home: Path) -
     ("fingerprints_http.csv", b"<html><body>Please log in to the Wi-Fi</body></html>", "not a blocking-fingerprints CSV"),
     ("blockpage_signatures.json", b"<html>portal</html>\n", "not a Censored Planet signatures file"),
 ])
-def test_failed_or_foreign_download_replaces_nothing(upstream: _Server, data_home: Path, broken: str,
+def test_failed_or_foreign_download_replaces_nothing(upstream: LoopbackServer, data_home: Path, broken: str,
                                                     served: bytes | int, expect: str) -> None:
     update_fingerprints(url_base=upstream.url)
     before = {p.name: p.read_bytes() for p in data_home.iterdir()}
@@ -506,7 +475,7 @@ def test_failed_or_foreign_download_replaces_nothing(upstream: _Server, data_hom
     assert {p.name: p.read_bytes() for p in data_home.iterdir()} == before
 
 
-def test_cli_update_and_show(upstream: _Server, data_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_update_and_show(upstream: LoopbackServer, data_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VANTAGE_FINGERPRINTS_URL_BASE", upstream.url)  # the env var, as documented
     res = CliRunner().invoke(main, ["fingerprints", "update"])
     assert res.exit_code == 0, res.output
@@ -523,7 +492,7 @@ def test_cli_update_and_show(upstream: _Server, data_home: Path, monkeypatch: py
     assert str(data_home / "fingerprints_dns.csv") in res.output
 
 
-def test_the_users_own_file_names_the_match_before_generic_downloaded_ones(upstream: _Server, data_home: Path,
+def test_the_users_own_file_names_the_match_before_generic_downloaded_ones(upstream: LoopbackServer, data_home: Path,
                                                                         tmp_path: Path) -> None:
     update_fingerprints(url_base=upstream.url)
     own = tmp_path / "mine.csv"

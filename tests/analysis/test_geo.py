@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import http.server
 import json
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from analysis.geo import (
     update_geo,
 )
 from analysis.verdicts import maxmind_asn_lookup
+from tests.support.loopback_site import LoopbackServer
 from vantage.cli import main
 
 # Documentation networks (RFC 5737 / RFC 3849) stand in for real ones.
@@ -112,31 +111,6 @@ def test_corrupt_or_foreign_file_is_one_error_naming_it(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- update, from loopback
 
 
-class _Server:
-    def __init__(self, files: dict[str, bytes | int]) -> None:
-        self.files = files
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                body = outer.files.get(self.path.rsplit("/", 1)[-1], 404)
-                data = b"" if isinstance(body, int) else body
-                self.send_response(body if isinstance(body, int) else 200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/free"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 THIS_MONTH = dt.datetime.now(dt.UTC).date().strftime("%Y-%m")
 
@@ -148,8 +122,8 @@ def mmdb(tmp_path: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def upstream(mmdb: dict[str, bytes]) -> Iterator[_Server]:
-    server = _Server({f"dbip-asn-lite-{THIS_MONTH}.mmdb.gz": mmdb["asn"],
+def upstream(mmdb: dict[str, bytes]) -> Iterator[LoopbackServer]:
+    server = LoopbackServer(prefix="/free", files={f"dbip-asn-lite-{THIS_MONTH}.mmdb.gz": mmdb["asn"],
                       f"dbip-country-lite-{THIS_MONTH}.mmdb.gz": mmdb["country"]})
     yield server
     server.close()
@@ -162,7 +136,7 @@ def geo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "xdg" / "vantage" / "geo"
 
 
-def test_update_then_defaults(upstream: _Server, geo_home: Path) -> None:
+def test_update_then_defaults(upstream: LoopbackServer, geo_home: Path) -> None:
     assert default_asn_db() is None and default_country_db() is None and GeoLookup.default() is None
     result = update_geo(url_base=upstream.url)
     assert result.dest == geo_home
@@ -180,7 +154,7 @@ def test_update_then_defaults(upstream: _Server, geo_home: Path) -> None:
 
 
 def test_last_month_when_this_month_is_not_out(mmdb: dict[str, bytes], geo_home: Path) -> None:
-    server = _Server({"dbip-asn-lite-2026-02.mmdb.gz": mmdb["asn"], "dbip-country-lite-2026-02.mmdb.gz": mmdb["country"]})
+    server = LoopbackServer(prefix="/free", files={"dbip-asn-lite-2026-02.mmdb.gz": mmdb["asn"], "dbip-country-lite-2026-02.mmdb.gz": mmdb["country"]})
     try:
         result = update_geo(url_base=server.url, today=dt.date(2026, 3, 1))
         assert [url.rsplit("/", 1)[1] for _, url, _ in result.files] == [
@@ -192,7 +166,7 @@ def test_last_month_when_this_month_is_not_out(mmdb: dict[str, bytes], geo_home:
         server.close()
 
 
-def test_offline_update_is_one_line_and_keeps_the_old_copy(upstream: _Server, geo_home: Path) -> None:
+def test_offline_update_is_one_line_and_keeps_the_old_copy(upstream: LoopbackServer, geo_home: Path) -> None:
     update_geo(url_base=upstream.url)
     before = {p.name: p.read_bytes() for p in geo_home.iterdir()}
     with socket.socket() as s:
@@ -211,7 +185,7 @@ def test_offline_update_is_one_line_and_keeps_the_old_copy(upstream: _Server, ge
     ("country", "an IP-to-country database, not an IP-to-ASN one"),
     (500, "HTTP 500"),
 ])
-def test_bad_download_replaces_nothing(upstream: _Server, geo_home: Path, mmdb: dict[str, bytes],
+def test_bad_download_replaces_nothing(upstream: LoopbackServer, geo_home: Path, mmdb: dict[str, bytes],
                                        asn_body: bytes | int | str, expect: str) -> None:
     update_geo(url_base=upstream.url)
     before = {p.name: p.read_bytes() for p in geo_home.iterdir()}
@@ -223,7 +197,7 @@ def test_bad_download_replaces_nothing(upstream: _Server, geo_home: Path, mmdb: 
     assert {p.name: p.read_bytes() for p in geo_home.iterdir()} == before
 
 
-def test_cli_update_and_lookup(upstream: _Server, geo_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_cli_update_and_lookup(upstream: LoopbackServer, geo_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["geo", "lookup", "203.0.113.5"])
     assert res.exit_code == 1 and "vantage geo update" in res.output
     monkeypatch.setenv("VANTAGE_GEO_URL_BASE", upstream.url)

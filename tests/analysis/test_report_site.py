@@ -100,6 +100,7 @@ def _rows(verdicts: Verdicts) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- totals
 
 
+@pytest.mark.slow  # builds and reads three report sites: ~3-7 s a site
 @pytest.mark.parametrize("built", SITES)
 def test_every_count_matches_the_verdict_table(built: str, request: pytest.FixtureRequest) -> None:
     name, site, verdicts, result = request.getfixturevalue(built)
@@ -207,6 +208,7 @@ def test_no_internal_names_in_pages(built: str, request: pytest.FixtureRequest) 
     assert re.search(r"from [\w.-]+(, [\w.-]+)*</li>", method), "the datasets are not named on the methodology page"
 
 
+@pytest.mark.slow  # builds a report site twice: ~3.4 s
 def test_site_refuses_a_foreign_directory(tmp_path: Path, shutdown_site: Built) -> None:
     _, site, _, _ = shutdown_site
     other = tmp_path / "mine"
@@ -252,6 +254,7 @@ def _require_chromium() -> None:
         pytest.skip("chromium is not installed (scripts/test.sh installs the Debian package `chromium`)")
 
 
+@pytest.mark.slow  # a headless chromium per page of three sites: ~3 s a site
 @pytest.mark.parametrize("built", SITES)
 def test_every_page_opens_in_chromium(built: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     _require_chromium()
@@ -285,6 +288,7 @@ def test_every_page_opens_in_chromium(built: str, request: pytest.FixtureRequest
     print(f"{name}: {len(pages)} pages opened in Chromium, {charts} chart(s) drawn, no request left the files")
 
 
+@pytest.mark.slow  # a headless chromium run: ~8 s
 def test_the_browser_check_sees_a_page_that_fetches(tmp_path: Path) -> None:
     """Trap for the check above: a page with a remote image and a script error is caught (the
     browser resolves no name, so the attempt leaves nothing but a record)."""

@@ -80,9 +80,10 @@ def test_offline_measurements_keep_real_times_and_survive_restart(tmp_path: Path
     expected = [int((OUTAGE_START + dt.timedelta(minutes=i)).timestamp()) for i in range(180)]
     assert [t for (t,) in rows] == expected  # the real measurement times, not the write times
     # the analyzer puts them in the outage hours: anchors 0 % in each of the three hours
-    detect(con)  # builds shutdown_facts over the re-read data
-    per_hour = con.sql("""SELECT strftime(hour, '%d %H') AS h, count(*), count(*) FILTER (WHERE ok)
-                          FROM shutdown_facts GROUP BY ALL ORDER BY 1""").fetchall()
+    facts = detect(con).facts  # one row per measurement of the re-read data
+    assert facts is not None
+    per_hour = facts.aggregate("strftime(hour, '%d %H') AS h, count(*), count(*) FILTER (WHERE ok)",
+                               "h").order("h").fetchall()
     assert per_hour == [("20 22", 60, 0), ("20 23", 60, 0), ("21 00", 60, 0)]
     con.close()
 

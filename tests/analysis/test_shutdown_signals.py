@@ -57,37 +57,38 @@ CASES = {
 
 
 @pytest.fixture()
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
+def facts() -> Iterator[duckdb.DuckDBPyRelation]:
     c = duckdb.connect()
     table = S.records_to_table([c_[0] for c_ in CASES.values()]).append_column("probe_cc", pa.array(["IR"] * len(CASES)))
     c.register("measurements", table)
-    signals.create_fact_views(c)
-    yield c
+    yield signals.measurement_facts(c)
     c.close()
 
 
-def test_reached_and_method_per_measurement(con: duckdb.DuckDBPyConnection) -> None:
-    got = {i: (ok, method) for i, ok, method in con.sql("SELECT input, ok, method FROM shutdown_facts").fetchall()}
+def test_reached_and_method_per_measurement(facts: duckdb.DuckDBPyRelation) -> None:
+    got = {i: (ok, method) for i, ok, method in facts.select("input, ok, method").fetchall()}
     for name, (m, ok, method) in CASES.items():
         assert got[m.input] == (ok, method), name
 
 
-def test_network_hour_counts(con: duckdb.DuckDBPyConnection) -> None:
-    (row,) = signals.network_hour_signals(con).to_pylist()
+def test_network_hour_counts(facts: duckdb.DuckDBPyRelation) -> None:
+    (row,) = signals.network_hour_signals(facts).to_pylist()
     assert row["volume"] == len(CASES) and row["anchor_n"] == 1 and row["anchor_ok"] == 1
     assert row["target_n"] == len(CASES) - 1 and row["target_ok"] == 3
     assert row["dns_n"] == 6 and row["dns_fail"] == 1  # the injection check does not count
     assert row["http_n"] == 4 and row["http_fail"] == 1
 
 
-def test_hours_without_measurements_are_zero_volume() -> None:
+def test_signals_are_sparse_in_hours() -> None:
+    # Only hours with measurements get a row: the cost follows the data, not the time span
+    # (the detector reads the hours between as zero volume: tests/analysis/test_shutdown_sparse.py).
     recs = [_m("https://a.example/", start=T0 + dt.timedelta(hours=h), dns=[_dns()]) for h in (0, 3)]
     table = S.records_to_table(recs).append_column("probe_cc", pa.array(["IR", "IR"]))
     c = duckdb.connect()
     c.register("measurements", table)
-    signals.create_fact_views(c)
-    rows = signals.network_hour_signals(c).to_pylist()
-    assert [r["volume"] for r in rows] == [1, 0, 0, 1]
+    rows = signals.network_hour_signals(signals.measurement_facts(c)).to_pylist()
+    assert [r["volume"] for r in rows] == [1, 1]
+    assert [r["hour"] - rows[0]["hour"] for r in rows] == [dt.timedelta(0), dt.timedelta(hours=3)]
     c.close()
 
 
@@ -222,9 +223,9 @@ def test_real_anchor_records_on_loopback() -> None:
     table = S.records_to_table(records).append_column("probe_cc", pa.array(["IR", "IR"]))
     c = duckdb.connect()
     c.register("measurements", table)
-    signals.create_fact_views(c)
-    rows = c.sql("SELECT is_anchor, ok, method FROM shutdown_facts ORDER BY measurement_start_time").fetchall()
+    facts = signals.measurement_facts(c)
+    rows = facts.order("measurement_start_time").select("is_anchor, ok, method").fetchall()
     assert rows == [(True, True, None), (True, False, "tcp.connection_refused")]
-    hours = signals.network_hour_signals(c).to_pylist()  # one hour (two if run at hh:59:59)
+    hours = signals.network_hour_signals(facts).to_pylist()  # one hour (two if run at hh:59:59)
     assert (sum(h["anchor_n"] for h in hours), sum(h["anchor_ok"] for h in hours)) == (2, 1)
     c.close()

@@ -239,6 +239,7 @@ def test_slow_but_honest_trap(coll: CollectorProcess) -> None:
     assert resp.status_code == 200 and resp.json()["accepted"] == 3
 
 
+@pytest.mark.slow  # 500 submissions through a real collector process: ~5 s
 def test_500_concurrent_submissions(coll: CollectorProcess) -> None:
     """500 submissions at once: at most MAX_CONCURRENT are handled at a time, the rest are told
     to come back (503), every request ends by itself, and what was accepted is stored once."""

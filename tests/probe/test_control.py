@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +23,7 @@ from probe.dataset import write_records
 from probe.experiments.base import Settings, Target, Timeouts, Vantage, measure
 from probe.experiments.registry import get as get_experiment
 from probe.runner import run_targets
+from tests.support.loopback_site import loopback_site
 from tests.support.paths import DOCS
 from vantage.cli import main
 
@@ -40,27 +39,8 @@ def lab_settings(**kw: Any) -> Settings:
 @pytest.fixture
 def site() -> Iterator[str]:
     """A local HTTP site on 127.0.0.1; its URL."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with loopback_site(PAGE) as url:
+        yield url
 
 
 def with_helper(config: ServerConfig, scenario: Callable[[str], Awaitable[T]]) -> T:

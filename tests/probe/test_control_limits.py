@@ -6,11 +6,9 @@ and a real probe is still answered in its normal time. All on loopback, bounded 
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -21,6 +19,7 @@ import pytest
 from probe import control
 from probe.control_server import ControlServer, Limits, ServerConfig, json_depth_exceeds
 from probe.experiments.base import Settings, Timeouts
+from tests.support.loopback_site import loopback_site
 
 T = TypeVar("T")
 PAGE = b"<html><head><title>lab page</title></head><body>hi</body></html>"
@@ -32,24 +31,8 @@ def lab_settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_site(PAGE) as url:
+        yield url
 
 
 def with_helper(config: ServerConfig, scenario: Callable[[ControlServer, str], Awaitable[T]]) -> T:

@@ -141,6 +141,7 @@ def test_run_with_stun_scrubs_the_public_address(stun_server: str, tmp_path: Pat
     assert "127.0.0.1" in text  # the target is kept
 
 
+@pytest.mark.slow  # waits out STUN timeouts: ~3.6 s
 def test_run_with_a_silent_stun_server_goes_paranoid(silent_stun_server: str, tmp_path: Path) -> None:
     with socket.socket() as s:  # nothing listens here: the run is quick, only the opening lines matter
         s.bind(("127.0.0.1", 0))

@@ -123,6 +123,7 @@ def test_without_a_terminal_and_consent_run_refuses_in_one_line(site: str, tmp_p
     assert CliRunner().invoke(main, ["run", "--url", site, "--output", str(out)]).exit_code == 1
 
 
+@pytest.mark.slow  # runs the whole demo pipeline: ~6 s
 def test_the_demo_needs_no_consent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_lab: LoopbackLab) -> None:
     """The demo measures only its own loopback lab: no consent asked, none recorded."""
     from vantage.demo import run_demo

@@ -75,6 +75,7 @@ def test_fifty_targets_with_five_black_holes_take_about_one_timeout(farm50: Farm
     assert elapsed < 5 * step, f"took {elapsed:.1f}s"
 
 
+@pytest.mark.slow  # waits out a max runtime, then resumes: ~6 s
 def test_max_runtime_stops_and_resume_measures_only_the_rest(farm50: Farm, vantage: Vantage, output: Path) -> None:
     # concurrency 1: the first black hole (4th site) is in flight when the budget runs out.
     targets = [Target(s.url) for s in farm50.sites]

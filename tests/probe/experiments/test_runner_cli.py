@@ -115,6 +115,7 @@ def test_wrong_input_is_one_clear_error(args: list[str], message: str, tmp_path:
     assert len([ln for ln in text.splitlines() if ln.startswith("Error")]) == 1
 
 
+@pytest.mark.slow  # waits out a max runtime, then resumes: ~3.3 s
 def test_max_runtime_then_resume_from_the_manifest(farm30: Farm, tmp_path: Path) -> None:
     lst = tmp_path / "list.csv"
     urls = write_list(lst, farm30, ("ok", "blackhole"))
@@ -137,6 +138,7 @@ def test_max_runtime_then_resume_from_the_manifest(farm30: Farm, tmp_path: Path)
     assert query(out, "SELECT DISTINCT run_id FROM @M") == [(run_id,)]
 
 
+@pytest.mark.slow  # a CLI run interrupted with SIGINT: ~4.4 s
 def test_ctrl_c_flushes_what_was_measured(farm30: Farm, tmp_path: Path) -> None:
     lst = tmp_path / "list.csv"
     urls = write_list(lst, farm30, ("ok", "blackhole"))

@@ -229,6 +229,7 @@ def test_resume_remembers_concurrency_and_per_host_unless_overridden(farm400: Fa
     assert counts(out) == (6, 6, 6)
 
 
+@pytest.mark.slow  # two probe processes racing: ~4.5 s
 def test_two_runs_racing_on_one_dataset_each_write_every_input_once(farm400: Farm, tmp_path: Path) -> None:
     lst = tmp_path / "list.txt"
     urls = write_list(lst, farm400)[:150]
