@@ -91,12 +91,21 @@ def measurement_facts(con: duckdb.DuckDBPyConnection,
 COUNT_COLUMNS = ("volume", "runs", "vantage_points", "anchor_n", "anchor_ok", "target_n", "target_ok",
                  "dns_n", "dns_fail", "tcp_n", "tcp_fail", "tls_n", "tls_fail", "http_n", "http_fail")
 
+
+def hourly_sql(source: str) -> str:
+    """The hourly signals' table from additive per-(cc, asn, hour) counts in ``source`` (a CTE or
+    a registered table): sparse, one row per measured hour. The Spark engine applies it to counts
+    summed over shards (analysis/spark_engine.py), so both engines give the same table."""
+    cols = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS)
+    return f"SELECT a.cc, a.asn, a.hour, {cols} FROM {source} a ORDER BY a.cc, a.asn, a.hour"
+
+
 # Counts per (cc, asn, hour) of the hours that have measurements: sparse in time. An hour of a
 # network without a row had no measurement at all; the detector reads it as a volume of zero
 # from the network's first hour to the end of the data (analysis/detector.py), so nothing here
-# depends on the time span. (analysis/spark_engine.py swaps the ``agg`` part for Spark's sums;
-# ``span`` stays for it.) The column names are this module's constants: identifiers cannot be
-# bound parameters.
+# depends on the time span. (analysis/spark_engine.py applies ``hourly_sql`` to Spark's sums of
+# the same counts.) The column names are this module's constants: identifiers cannot be bound
+# parameters.
 NETWORK_HOUR_SQL = """
 WITH agg AS (
     SELECT cc, asn, hour,
@@ -113,13 +122,9 @@ WITH agg AS (
            count(*) FILTER (WHERE http_has) AS http_n, count(*) FILTER (WHERE http_fail) AS http_fail
     FROM shutdown_facts WHERE role = 'probe'
     GROUP BY ALL
-),
-span AS (SELECT min(hour) AS lo, max(hour) AS hi FROM agg)
-SELECT a.cc, a.asn, a.hour,
-       """ + ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in COUNT_COLUMNS) + """
-FROM agg a
-ORDER BY a.cc, a.asn, a.hour
+)
 """
+NETWORK_HOUR_SQL += hourly_sql("agg")
 
 
 def network_hour_signals(facts: duckdb.DuckDBPyRelation | duckdb.DuckDBPyConnection) -> pa.Table:

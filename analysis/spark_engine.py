@@ -549,19 +549,15 @@ def signal_counts_spark(df: DataFrame) -> pa.Table:
 
 def hourly_from_counts(counts: pa.Table) -> pa.Table:
     """``signals.network_hour_signals``' table from per-(cc, asn, hour) counts summed elsewhere:
-    the statement's own steps after its aggregation (its hour grid), over ``counts``."""
+    the same statement (``signals.hourly_sql``) over ``counts``."""
     import duckdb
 
     from analysis import signals as sig
 
-    head, sep, tail = sig.NETWORK_HOUR_SQL.partition("span AS")
-    if not sep or "WITH agg AS" not in head:
-        raise SparkEngineError("signals.NETWORK_HOUR_SQL no longer starts with its aggregation 'agg' then 'span'")
     con = duckdb.connect()
     try:
         con.register("agg_in", counts)
-        cols = ", ".join(f"coalesce(a.{c}, 0)::BIGINT AS {c}" for c in sig.COUNT_COLUMNS)
-        return con.sql(("WITH agg AS (SELECT * FROM agg_in),\nspan AS" + tail).format(counts=cols)).to_arrow_table()
+        return con.sql(sig.hourly_sql("agg_in")).to_arrow_table()
     finally:
         con.close()
 

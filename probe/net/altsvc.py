@@ -32,7 +32,9 @@ class AltService:
 
 def _split(value: str, sep: str) -> list[str]:
     """``value`` split at ``sep`` outside quoted strings (a quoted-string may hold commas)."""
-    parts, cur, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = escaped = False
     for ch in value:
         if escaped:
             escaped = False
