@@ -68,7 +68,7 @@ SELECT m.measurement_id AS mid, m.role, m.input, m.probe_cc, m.probe_asn, m.meas
        d.failure IS NULL AND coalesce(d.status_code, 200) BETWEEN 200 AND 299
          AND d.bytes >= {REF_MIN_BYTES} AND d.duration > 0 AS ref_ok
 FROM (SELECT measurement_id, role, input, probe_cc, probe_asn, measurement_start_time, downloads[-1] AS d
-      FROM measurements WHERE len(downloads) > 0) m
+      FROM _vt_m WHERE len(downloads) > 0) m
 """
 
 FEATURES = f"""
@@ -117,30 +117,12 @@ SELECT f.*,
 FROM f
 """
 
-EMPTY = """
-CREATE OR REPLACE TEMP TABLE _vt_tp AS
-SELECT NULL::VARCHAR AS mid, 0 AS tp_n, false AS tp_failed, false AS tp_interrupted, false AS tp_enough,
-  NULL::DOUBLE AS tp_rate, NULL::DOUBLE AS tp_ttfb, false AS tp_c_n, false AS tp_c_ok, false AS tp_c_ran,
-  NULL::DOUBLE AS tp_c_factor, NULL::DOUBLE AS tp_link_factor, NULL::DOUBLE AS tp_link_ttfb,
-  NULL::BIGINT AS tp_link_hosts, NULL::DOUBLE AS tp_hist_factor, NULL::DOUBLE AS tp_factor, false AS tp_far
-WHERE false
-"""
-
-
-def has_downloads(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the ``measurements`` view has the ``downloads`` column (datasets written before the
-    throughput experiment existed do not)."""
-    return "downloads" in con.sql("SELECT * FROM measurements LIMIT 0").columns
-
-
 def create_throughput_table(con: duckdb.DuckDBPyConnection) -> None:
     """``_vt_tp``: the throughput evidence of every probe measurement with a download (needs
-    ``_vt_pair`` from rules.PAIRING)."""
-    if has_downloads(con):
-        con.execute(_DOWNLOADS)
-        con.execute(FEATURES)
-    else:
-        con.execute(EMPTY)
+    ``_vt_pair`` from rules.PAIRING, and ``_vt_m``, rules.measurements_view_sql: the measurements
+    with every optional column, ``downloads`` NULL in datasets written before it)."""
+    con.execute(_DOWNLOADS)
+    con.execute(FEATURES)
 
 
 def drop_throughput_tables(con: duckdb.DuckDBPyConnection) -> None:

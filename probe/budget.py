@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from probe.dataset import MEASUREMENTS_DIR, atomic_write_text, iter_dataset_files
+from probe.schema import OBSERVATION_COLUMNS
 
 BUDGET_DIR = "budget"
 UPLOADS_DIR = "uploads"
@@ -69,7 +70,7 @@ def estimate_bytes(files: Iterable[Path]) -> int:
     for path in files:
         try:
             names = set(pq.read_schema(path).names)  # files from before an optional column lack it
-            columns = [c for c in ("dns", "tcp", "tls", "http", "vpn", "quic", "downloads", "traces") if c in names]
+            columns = [c for c in OBSERVATION_COLUMNS if c in names]
             table = pq.read_table(path, columns=columns, partitioning=None)
         except (OSError, ValueError, KeyError):
             continue

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from probe.budget import uploaded_files
 from probe.dataset import MANIFEST_DIR, MEASUREMENTS_DIR, iter_dataset_files, read_manifest
+from probe.schema import OBSERVATION_COLUMNS
 
 _PART_RE = re.compile(r"^part-(?P<run_id>.+)-(?P<n>\d+)\.parquet$")
 
@@ -66,7 +67,7 @@ def run_ids(output: Path | str) -> list[str]:
 def _first_failure(row: dict[str, Any]) -> str | None:
     if row.get("failure"):
         return str(row["failure"])
-    for kind in ("dns", "tcp", "tls", "http", "vpn", "quic", "downloads", "traces"):
+    for kind in OBSERVATION_COLUMNS:
         for obs in row.get(kind) or ():
             if obs.get("failure"):
                 return f"{kind}: {obs['failure']}"

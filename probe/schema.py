@@ -557,6 +557,11 @@ MEASUREMENT_SCHEMA = pa.schema(
     metadata={b"vantage.schema_version": str(SCHEMA_VERSION).encode()},
 )
 
+# The observation lists of a record (dns, tcp, tls, http, vpn and those added since), in schema
+# order: every place that walks a record's steps takes them from here.
+OBSERVATION_COLUMNS = tuple(f.name for f in MEASUREMENT_SCHEMA
+                            if pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type))
+
 # Columns added after schema version 1 was first written: files written before them lack
 # them, and readers fill them with NULL (probe.dataset accepts such files; analysis.db adds
 # the column to the view when no file has it).
@@ -576,9 +581,8 @@ def validate(record: Measurement) -> None:
     if not (len(record.probe_cc) == 2 and record.probe_cc.isalpha() and record.probe_cc.isupper()):
         raise ValueError(f"probe_cc must be two upper-case letters, got {record.probe_cc!r}")
     failures = [record.failure]
-    for obs_list in (record.dns, record.tcp, record.tls, record.http, record.vpn, record.quic, record.traces,
-                     record.downloads):
-        failures.extend(o.failure for o in obs_list)
+    for name in OBSERVATION_COLUMNS:
+        failures.extend(o.failure for o in getattr(record, name))
     for dq in record.dns:
         if dq.engine not in DNS_ENGINES:
             raise ValueError(f"dns engine must be one of {DNS_ENGINES}, got {dq.engine!r}")

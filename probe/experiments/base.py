@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from probe import __version__
 from probe.errors import VantageError
 from probe.schema import (
+    OBSERVATION_COLUMNS,
     DnsQuery,
     Download,
     HttpRequest,
@@ -169,7 +170,7 @@ class Experiment:
         """
         if m.failure is not None:
             return False
-        observations: list[Any] = [*m.dns, *m.tcp, *m.tls, *m.http, *m.vpn, *m.quic, *m.traces, *m.downloads]
+        observations: list[Any] = [o for name in OBSERVATION_COLUMNS for o in getattr(m, name)]
         return bool(observations) and all(o.failure is None for o in observations)
 
 
