@@ -121,9 +121,9 @@ def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, sou
 
 
 # Tunnels and messaging apps (the probe's and OONI's names): reachability, not web blocking.
-_TUNNEL_MESSAGING = ("('openvpn', 'wireguard', 'ikev2', 'tor', 'vanilla_tor', 'torsf', 'tor_snowflake', 'riseupvpn', "
-                     "'psiphon', 'meek_fronted_requests_test', 'signal', 'whatsapp', 'telegram', 'facebook_messenger', "
-                     "'stunreachability')")
+_TUNNEL_MESSAGING = ["openvpn", "wireguard", "ikev2", "tor", "vanilla_tor", "torsf", "tor_snowflake", "riseupvpn",
+                     "psiphon", "meek_fronted_requests_test", "signal", "whatsapp", "telegram", "facebook_messenger",
+                     "stunreachability"]
 
 # Blocked verdicts inside a shutdown, probe fault or lost connectivity of their network.
 _SET_ASIDE_SQL = """
@@ -157,7 +157,7 @@ SELECT b.probe_cc, coalesce(b.probe_asn, '?') AS probe_asn, b.input, ms.methods,
        epoch_us(t.first_measured) AS first_measured_us, t.last_status
 FROM blk b JOIN tot t USING (probe_cc, probe_asn, input) JOIN ms USING (probe_cc, probe_asn, input)
 -- candidates; build_report_data keeps those blocked often enough not to be noise
-WHERE b.confirmed > 0 OR b.blocked >= {min_blocked} OR b.blocked * 2 > t.n
+WHERE b.confirmed > 0 OR b.blocked >= $min_blocked OR b.blocked * 2 > t.n
 ORDER BY b.probe_cc, probe_asn, b.blocked DESC, b.input
 """
 
@@ -166,13 +166,14 @@ def _ts(us: int | None) -> dt.datetime | None:
     return None if us is None else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
 
-def _over_time(con: duckdb.DuckDBPyConnection, rows_sql: str, keys: str) -> tuple[pa.Table, str]:
-    """Counts per hour while the rows span three days or less (one daily point says nothing),
-    per day beyond; (table of t, keys..., n; the bucket)."""
-    span_h = con.sql(f"SELECT (epoch(max(t)) - epoch(min(t))) / 3600 FROM ({rows_sql})").fetchall()[0][0] or 0
+def _over_time(rows: duckdb.DuckDBPyRelation, keys: str) -> tuple[pa.Table, str]:
+    """Counts per hour while the rows (a relation with ``t`` and ``keys``) span three days or
+    less (one daily point says nothing), per day beyond; (table of t, keys..., n; the bucket)."""
+    span_h = rows.aggregate("(epoch(max(t)) - epoch(min(t))) / 3600").fetchall()[0][0] or 0
     bucket = "hour" if span_h <= 72 else "day"
-    table = con.sql(f"SELECT date_trunc('{bucket}', t AT TIME ZONE 'UTC') AS t, {keys}, count(*) AS n FROM ({rows_sql}) "
-                    "GROUP BY ALL ORDER BY ALL").to_arrow_table()
+    # the bucket is one of two words of this function: a fixed text per branch, not a value pasted
+    trunc = "date_trunc('hour', t AT TIME ZONE 'UTC')" if bucket == "hour" else "date_trunc('day', t AT TIME ZONE 'UTC')"
+    table = rows.aggregate(f"{trunc} AS t, {keys}, count(*) AS n", f"{trunc}, {keys}").order("ALL").to_arrow_table()
     return table, bucket
 
 
@@ -194,7 +195,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
              for e in detection.events if e.kind in QUIET_KINDS for r in e.regions for n in e.networks]
     con.register("report_quiet", pa.Table.from_pylist(quiet, schema=pa.schema(
         [("cc", pa.string()), ("asn", pa.string()), ("start_h", pa.timestamp("us")), ("end_h", pa.timestamp("us"))])))
-    rows = con.sql(_BLOCKED_SQL.format(min_blocked=int(min_blocked))).to_arrow_table().to_pylist()
+    rows = con.sql(_BLOCKED_SQL, params={"min_blocked": int(min_blocked)}).to_arrow_table().to_pylist()
     blocking_events = [e for e in detection.events if e.kind == "service_blocking"]
 
     def change_for(r: dict[str, Any]) -> Event | None:
@@ -228,13 +229,14 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
     statuses = verdicts.table.column("status").to_pylist()
     overview["blocked_verdicts"] = sum(1 for s in statuses if s == "blocked")
     overview["no_connectivity_verdicts"] = sum(1 for s in statuses if s == "no_connectivity")
-    series = _over_time(con, """SELECT measurement_start_time AS t, probe_cc, status FROM report_verdicts
-                                 WHERE status IN ('blocked', 'down')""", "probe_cc, status")
-    reach = _over_time(con, f"""SELECT measurement_start_time AS t, experiment,
-                                       CASE WHEN status = 'ok' THEN 'reachable' WHEN status IN ('blocked', 'down')
-                                            THEN 'not reachable' ELSE 'not judged' END AS outcome
-                                FROM report_verdicts WHERE experiment IN {_TUNNEL_MESSAGING}
-                                  OR method LIKE 'vpn.%' OR method LIKE '%.vpn%'""", "experiment, outcome")
+    series = _over_time(con.sql("""SELECT measurement_start_time AS t, probe_cc, status FROM report_verdicts
+                                    WHERE status IN ('blocked', 'down')"""), "probe_cc, status")
+    reach = _over_time(con.sql("""SELECT measurement_start_time AS t, experiment,
+                                         CASE WHEN status = 'ok' THEN 'reachable' WHEN status IN ('blocked', 'down')
+                                              THEN 'not reachable' ELSE 'not judged' END AS outcome
+                                  FROM report_verdicts WHERE list_contains($tunnels, experiment)
+                                    OR method LIKE 'vpn.%' OR method LIKE '%.vpn%'""",
+                               params={"tunnels": _TUNNEL_MESSAGING}), "experiment, outcome")
     methods = con.sql("""SELECT coalesce(method, '?') AS method, probe_cc, count(*) AS n FROM report_verdicts
                          WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
     overview["blocked_set_aside"] = con.sql(_SET_ASIDE_SQL).fetchall()[0][0]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from analysis.fingerprints import Fingerprint
 
@@ -34,8 +33,14 @@ SELECT p.measurement_id, coalesce(d.cid, n.cid) AS control_id FROM p
 LEFT JOIN direct d ON d.pid = p.measurement_id LEFT JOIN near n ON n.pid = p.measurement_id
 """
 
-_COLUMNS = ("measurement_id, role, input, experiment, probe_cc, probe_asn, probe_network, measurement_start_time, "
-            "failure, dns, tcp, tls, http, vpn")
+# The rows of the wanted measurements (either role), one per (measurement, role). Every column is
+# there whatever the dataset's age: analysis.db.open_datasets fills the optional ones (quic).
+_ROWS_SQL = """
+SELECT measurement_id, role, input, experiment, probe_cc, probe_asn, probe_network, measurement_start_time,
+       failure, dns, tcp, tls, http, vpn, quic
+FROM measurements SEMI JOIN (SELECT unnest($ids::VARCHAR[]) AS measurement_id) USING (measurement_id)
+QUALIFY row_number() OVER (PARTITION BY measurement_id, role) = 1
+"""
 
 
 @dataclass
@@ -48,22 +53,21 @@ def load_evidence(con: duckdb.DuckDBPyConnection, ids: Sequence[str], window_h: 
     """Probe rows of ``ids`` and their controls, from the ``measurements`` view."""
     if not ids:
         return {}
-    pairs = con.execute(_EVIDENCE_SQL.replace("$window_s", repr(float(window_h) * 3600.0)),
-                        {"ids": list(ids)}).fetchall()
+    pairs = con.execute(_EVIDENCE_SQL, {"ids": list(ids), "window_s": float(window_h) * 3600.0}).fetchall()
     wanted = sorted({i for pair in pairs for i in pair if i is not None})
-    con.register("_report_evidence_ids", pa.table({"measurement_id": wanted}))
-    columns = _COLUMNS
-    if "quic" in con.sql("SELECT * FROM measurements LIMIT 0").columns:
-        columns += ", quic"  # -- quic (absent from datasets written before it, when not opened by analysis.db)
-    try:
-        rows = con.sql(f"""SELECT {columns} FROM measurements JOIN _report_evidence_ids USING (measurement_id)
-                           QUALIFY row_number() OVER (PARTITION BY measurement_id, role) = 1""").to_arrow_table().to_pylist()
-    finally:
-        con.unregister("_report_evidence_ids")
+    rows = con.sql(_ROWS_SQL, params={"ids": wanted}).to_arrow_table().to_pylist()
     probes = {r["measurement_id"]: r for r in rows if r["role"] == "probe"}
     controls = {r["measurement_id"]: r for r in rows if r["role"] == "control"}
     _attach_path_traces(con, list(probes.values()))
     return {pid: Evidence(probes[pid], controls.get(cid) if cid else None) for pid, cid in pairs if pid in probes}
+
+
+_TRACE_COLUMNS = ("input", "probe_cc", "probe_asn", "protocol", "interference_ttl", "interference", "hop_before", "basis")
+_TRACES_SQL = f"""
+    SELECT {", ".join(_TRACE_COLUMNS)}
+    FROM path_traces WHERE interference_ttl IS NOT NULL AND list_contains($inputs, input)
+    QUALIFY row_number() OVER (PARTITION BY input, protocol, probe_cc, probe_asn
+                               ORDER BY measurement_start_time DESC) = 1"""
 
 
 def _attach_path_traces(con: duckdb.DuckDBPyConnection, probes: list[dict[str, Any]]) -> None:
@@ -71,14 +75,8 @@ def _attach_path_traces(con: duckdb.DuckDBPyConnection, probes: list[dict[str, A
     input from the same network, when one was found (the path_traces view, docs/data-model.md)."""
     if not probes or "path_traces" not in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}:
         return
-    cols = ("input", "probe_cc", "probe_asn", "protocol", "interference_ttl", "interference", "hop_before", "basis")
-    found_rows = con.execute(f"""
-        SELECT {", ".join(cols)}
-        FROM path_traces WHERE interference_ttl IS NOT NULL AND list_contains($inputs, input)
-        QUALIFY row_number() OVER (PARTITION BY input, protocol, probe_cc, probe_asn
-                                   ORDER BY measurement_start_time DESC) = 1""",
-                             {"inputs": sorted({p["input"] for p in probes})}).fetchall()
-    rows = [dict(zip(cols, r, strict=True)) for r in found_rows]
+    found_rows = con.execute(_TRACES_SQL, {"inputs": sorted({p["input"] for p in probes})}).fetchall()
+    rows = [dict(zip(_TRACE_COLUMNS, r, strict=True)) for r in found_rows]
     for p in probes:
         found = [r for r in rows if r["input"] == p["input"] and r["probe_cc"] == p["probe_cc"]
                  and r["probe_asn"] == p["probe_asn"]]
