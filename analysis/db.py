@@ -32,7 +32,8 @@ class SkippedFileWarning(UserWarning):
 
 def quote_literal(value: str) -> str:
     """``value`` as an SQL string literal, for the places DuckDB takes no bound parameter
-    (view definitions, COMMENT ON)."""
+    (view definitions, COMMENT ON: "This type of statement can't be prepared"). Everywhere
+    else a value is bound (``con.execute(sql, params)``, ``con.sql(sql, params=...)``)."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -42,11 +43,13 @@ def quote_ident(name: str) -> str:
 
 
 def _follow_ups() -> str:
+    # written into view definitions (measurements, path_traces), which take no parameter
     return "(" + ", ".join(quote_literal(e) for e in FOLLOW_UP_EXPERIMENTS) + ")"
 
 
 def _file_list(files: Sequence[Path]) -> str:
-    # spliced, not bound: a view's definition cannot hold parameters
+    # written into the view's definition, which takes no parameter (the view outlives this
+    # call: `vantage analyze --db` stores it in the analyst's DuckDB file)
     return "[" + ", ".join(quote_literal(str(f)) for f in files) + "]"
 
 
@@ -90,8 +93,8 @@ def open_datasets(
     con.execute(f"CREATE OR REPLACE VIEW measurements AS SELECT * FROM all_measurements "
                 f"WHERE experiment NOT IN {_follow_ups()}")
     create_views(con)
-    if "traces" in con.sql("SELECT * FROM all_measurements LIMIT 0").columns:
-        con.execute(f"CREATE OR REPLACE VIEW path_traces AS {PATH_TRACES_VIEW}")
+    # every optional column is there now (filled above), `traces` too
+    con.execute(f"CREATE OR REPLACE VIEW path_traces AS {PATH_TRACES_VIEW}")
     return con
 
 
@@ -104,12 +107,13 @@ def missing_columns_sql(con: duckdb.DuckDBPyConnection, relation: str) -> str:
 
     from probe.schema import MEASUREMENT_SCHEMA, OPTIONAL_COLUMNS
 
-    have = {row[0] for row in con.execute(f"DESCRIBE {quote_ident(relation)}").fetchall()}
+    have = set(con.table(relation).columns)
     missing = [n for n in MEASUREMENT_SCHEMA.names if n in OPTIONAL_COLUMNS and n not in have]
     if not missing:
         return ""
-    empty = pa.schema([MEASUREMENT_SCHEMA.field(n) for n in missing]).empty_table()  # noqa: F841 (read by DuckDB)
-    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM empty)").fetchall())
+    # DuckDB's name of each column's type (a type, not a value: it cannot be a parameter)
+    empty = con.from_arrow(pa.schema([MEASUREMENT_SCHEMA.field(n) for n in missing]).empty_table())
+    types = dict(zip(empty.columns, (str(t) for t in empty.types), strict=True))
     return ", ".join(f"CAST(NULL AS {types[n]}) AS {quote_ident(n)}" for n in missing)
 
 
@@ -142,7 +146,7 @@ VIEWS = {
 }
 
 
-# One row per trace of a path_trace measurement (only when some file has the `traces` column).
+# One row per trace of a path_trace measurement (empty when no file has the `traces` column).
 PATH_TRACES_VIEW = f"""
     SELECT {_KEYS}, probe_network, experiment, t.protocol, t.ip, t.port, t.hostname, t.failure,
            t.interference_ttl, t.interference, t.hop_before, t.basis, t.target_ttl, t.hops
@@ -152,7 +156,7 @@ PATH_TRACES_VIEW = f"""
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
     for name, sql in VIEWS.items():
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+        con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS {sql}")
 
 
 __all__ = [

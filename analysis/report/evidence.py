@@ -72,8 +72,9 @@ _TRACES_SQL = f"""
 
 def _attach_path_traces(con: duckdb.DuckDBPyConnection, probes: list[dict[str, Any]]) -> None:
     """Each probe row gets ``path_trace``: the latest censor location (`vantage locate`) of its
-    input from the same network, when one was found (the path_traces view, docs/data-model.md)."""
-    if not probes or "path_traces" not in {r[0] for r in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}:
+    input from the same network, when one was found (the path_traces view of
+    analysis.db.open_datasets, always there, empty without traces; docs/data-model.md)."""
+    if not probes:
         return
     found_rows = con.execute(_TRACES_SQL, {"inputs": sorted({p["input"] for p in probes})}).fetchall()
     rows = [dict(zip(_TRACE_COLUMNS, r, strict=True)) for r in found_rows]
