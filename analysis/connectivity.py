@@ -11,6 +11,9 @@ connectivity that reached nothing gets the rule ``connectivity.lost`` (status
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 import duckdb
 import pyarrow as pa
 
@@ -52,9 +55,13 @@ MIN_ANCHORS = 2
 
 _TAG_OK = "(o.tag IS NULL OR o.tag <> 'injection_check')"
 
-
-def _in(values: tuple[str, ...]) -> str:
-    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+# The values the SQL below binds (never pasted into its text): the failure names of
+# network_failed_sql and the thresholds of decision_sql. The shares are exact decimals, as the
+# literals 0.5 and 0.8 were, so a count exactly at the threshold compares the same.
+FAILED_PARAMS: dict[str, Any] = {"no_route": list(NO_ROUTE), "timeout": TIMEOUT, "dns_answers": list(DNS_ANSWERS),
+                                 "dns_not_an_answer": list(DNS_NOT_AN_ANSWER)}
+DECISION_PARAMS: dict[str, Any] = {"min_anchors": MIN_ANCHORS, "anchors_down_share": Decimal(str(ANCHORS_DOWN_SHARE)),
+                                   "min_inputs": MIN_INPUTS, "lost_share": Decimal(str(LOST_SHARE))}
 
 
 # One row per measurement: did it reach anything beyond the probe, did it fail at the network
@@ -98,24 +105,26 @@ SIDE_SQL = "SELECT role, k, bool_or(reached) AS reached, bool_or(dns_answered) A
 
 def network_failed_sql(other_reached: str = "c.reached", other_resolved: str = "c.resolved") -> str:
     """Did measurement ``m`` (a row of ``facts_sql``) fail at the network level, given what the
-    other side saw of the same input (NULL: the other side never measured it)."""
+    other side saw of the same input (NULL: the other side never measured it). ``other_*``:
+    column expressions of the caller's query; the values are bound (FAILED_PARAMS)."""
     return f"""NOT m.reached AND len(m.fails) > 0 AND (
     -- no route: the local stack says so, whatever the target
-    list_has_any(m.fails, {list(NO_ROUTE)})
+    list_has_any(m.fails, $no_route)
     -- every step that failed timed out (a silent network), while the other side got through. A
     -- DNS answer about the name (no AAAA record beside the A that resolved, say) is no failed
     -- step: a dead uplink with a working local resolver times out on every connect all the same.
-    OR (coalesce({other_reached}, true) AND list_contains(m.fails, '{TIMEOUT}')
-        AND len(list_filter(m.fails, lambda f: f <> '{TIMEOUT}' AND f NOT IN {_in(DNS_ANSWERS)})) = 0)
+    OR (coalesce({other_reached}, true) AND list_contains(m.fails, $timeout)
+        AND len(list_filter(m.fails, lambda f: f <> $timeout AND NOT list_contains($dns_answers, f))) = 0)
     -- nothing resolved, without an answer about the name, while the other side resolved it
     OR (NOT m.dns_answered AND coalesce({other_resolved}, false)
-        AND len(list_filter(m.fails, lambda f: f IN {_in(DNS_ANSWERS)}
-                                    OR NOT (f LIKE 'dns\\_%' ESCAPE '\\' OR f IN {_in(DNS_NOT_AN_ANSWER)}))) = 0)
+        AND len(list_filter(m.fails, lambda f: list_contains($dns_answers, f)
+                                    OR NOT (f LIKE 'dns\\_%' ESCAPE '\\' OR list_contains($dns_not_an_answer, f)))) = 0)
   )"""
 
 
+FACTS_SQL = f"CREATE OR REPLACE TEMP TABLE _vt_conn_m AS {facts_sql()}"
+# binds FAILED_PARAMS
 ROWS_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _vt_conn_m AS {facts_sql()};
 CREATE OR REPLACE TEMP TABLE _vt_conn_rows AS
 WITH m AS (SELECT * FROM _vt_conn_m), side AS (
   -- A target that times out from the other side too is down, not evidence about this side's
@@ -124,8 +133,7 @@ WITH m AS (SELECT * FROM _vt_conn_m), side AS (
 )
 SELECT m.measurement_id, m.role, m.probe_cc, m.probe_asn, m.run_id, m.hour, m.is_anchor, m.reached,
   {network_failed_sql()} AS network_failed
-FROM m LEFT JOIN side c ON c.k = m.k AND c.role <> m.role;
-DROP TABLE _vt_conn_m;
+FROM m LEFT JOIN side c ON c.k = m.k AND c.role <> m.role
 """
 
 # Per vantage point (role, probe_cc, probe_asn, run_id) and hour: counts that add up over any
@@ -142,18 +150,19 @@ FROM {rows} GROUP BY ALL"""
 
 def decision_sql(counts: str) -> str:
     """The decision per vantage point and hour over a relation of summed counts (COUNTS_SQL's
-    columns): the one place it is made, whoever counted."""
+    columns): the one place it is made, whoever counted. The thresholds are bound
+    (DECISION_PARAMS)."""
     return f"""
 WITH g AS (SELECT * FROM {counts}), d AS (
   SELECT g.*, CASE WHEN inputs_n > 0 THEN network_failed_n / inputs_n END AS share,
     CASE
-      WHEN anchors_n >= {MIN_ANCHORS} AND anchors_ok = 0
-           AND (inputs_n = 0 OR network_failed_n >= {ANCHORS_DOWN_SHARE} * inputs_n)
+      WHEN anchors_n >= $min_anchors AND anchors_ok = 0
+           AND (inputs_n = 0 OR network_failed_n >= $anchors_down_share * inputs_n)
         THEN {{'ok': false, 'why': 'anchors down and inputs failing at the network level'}}
       WHEN anchors_n > 0 AND 2 * anchors_ok >= anchors_n THEN {{'ok': true, 'why': 'anchors answered'}}
-      WHEN inputs_n >= {MIN_INPUTS} AND network_failed_n >= {LOST_SHARE} * inputs_n
+      WHEN inputs_n >= $min_inputs AND network_failed_n >= $lost_share * inputs_n
         THEN {{'ok': false, 'why': 'nearly every input failed at the network level'}}
-      WHEN inputs_n < {MIN_INPUTS} AND anchors_n < {MIN_ANCHORS} THEN {{'ok': true, 'why': 'too little evidence to call the network down'}}
+      WHEN inputs_n < $min_inputs AND anchors_n < $min_anchors THEN {{'ok': true, 'why': 'too little evidence to call the network down'}}
       ELSE {{'ok': true, 'why': 'inputs reached their targets'}}
     END AS c
   FROM g
@@ -187,8 +196,10 @@ CONNECTIVITY_SCHEMA = pa.schema(
 def create_connectivity_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Temp tables ``_vt_conn_rows`` (per measurement), ``_vt_conn`` (per vantage point and
     hour) and ``_vt_offline`` (measurements taken without connectivity) over ``measurements``."""
-    con.execute(ROWS_SQL)
-    con.execute(TABLE_SQL)
+    con.execute(FACTS_SQL)
+    con.execute(ROWS_SQL, FAILED_PARAMS)
+    con.execute("DROP TABLE _vt_conn_m")
+    con.execute(TABLE_SQL, DECISION_PARAMS)
     con.execute(OFFLINE_SQL)
 
 
@@ -225,9 +236,11 @@ def decide(con: duckdb.DuckDBPyConnection, counts: pa.Table) -> pa.Table:
     """The connectivity table (CONNECTIVITY_SCHEMA) from counts per vantage point and hour
     summed elsewhere (COUNTS_SQL's columns, ``hour`` a UTC timestamp): the same decision
     ``connectivity_table`` makes over the rows of one DuckDB."""
+    # the Arrow table is named for this one query only (decision_sql binds its thresholds, which
+    # a relation's query() cannot)
     name = "_vt_conn_counts_in"
     con.register(name, counts)
     try:
-        return con.sql(decision_sql(name)).to_arrow_table().cast(CONNECTIVITY_SCHEMA)
+        return con.sql(decision_sql(name), params=DECISION_PARAMS).to_arrow_table().cast(CONNECTIVITY_SCHEMA)
     finally:
         con.unregister(name)

@@ -42,6 +42,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def ident_list(names: Sequence[str]) -> str:
+    """``names`` as a comma-separated list of quoted identifiers (a SELECT list of columns)."""
+    return ", ".join(quote_ident(n) for n in names)
+
+
 def _follow_ups() -> str:
     # written into view definitions (measurements, path_traces), which take no parameter
     return "(" + ", ".join(quote_literal(e) for e in FOLLOW_UP_EXPERIMENTS) + ")"

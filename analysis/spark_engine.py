@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from analysis.db import ident_list
 from analysis.verdicts import VERDICT_SCHEMA, VerdictError
 
 if TYPE_CHECKING:
@@ -322,9 +323,9 @@ _CONN_COUNTS_DDL = ("role string, probe_cc string, probe_asn string, run_id stri
                     "anchors_n bigint, anchors_ok bigint, inputs_n bigint, network_failed_n bigint")
 
 
-def _duckdb_batches(sql: str) -> Any:
-    """A mapInArrow function: ``sql`` (over the relation ``batch``) on each Arrow batch in an
-    in-process DuckDB of one thread."""
+def _duckdb_batches(sql: str, params: dict[str, Any] | None = None) -> Any:
+    """A mapInArrow function: ``sql`` (over the relation ``batch``, with ``params`` bound) on
+    each Arrow batch in an in-process DuckDB of one thread."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import duckdb
@@ -332,8 +333,9 @@ def _duckdb_batches(sql: str) -> Any:
         con = duckdb.connect(config={"threads": 1})
         try:
             for b in batches:
+                # the batch is named for this one query (a relation's query() binds no parameter)
                 con.register("batch", pa.Table.from_batches([b]))
-                yield from con.sql(sql).to_arrow_table().to_batches()
+                yield from con.sql(sql, params=params).to_arrow_table().to_batches()
                 con.unregister("batch")
         finally:
             con.close()
@@ -362,7 +364,7 @@ def connectivity_spark(spark: SparkSession, df: DataFrame) -> tuple[DataFrame, p
     c = F.col
     facts_cols = [x.split()[0] for x in _CONN_FACTS_DDL.split(", ")]
     facts_sql = (f"SELECT * EXCLUDE (hour), epoch_us(hour) AS hour_us FROM ({conn.facts_sql('batch', key='input')})")
-    facts = df.mapInArrow(_duckdb_batches(f"SELECT {', '.join(facts_cols)} FROM ({facts_sql})"), _CONN_FACTS_DDL) \
+    facts = df.mapInArrow(_duckdb_batches(f"SELECT {ident_list(facts_cols)} FROM ({facts_sql})"), _CONN_FACTS_DDL) \
         .persist(StorageLevel.DISK_ONLY)  # read twice (counts, offline rows); never held in memory
     try:
         side = facts.groupBy("role", "k").agg(F.bool_or("reached").alias("c_reached"),
@@ -373,19 +375,18 @@ def connectivity_spark(spark: SparkSession, df: DataFrame) -> tuple[DataFrame, p
             .drop("c_k", "c_role")
         failed = (f"SELECT * EXCLUDE (hour_us), hour_us AS hour, "
                   f"{conn.network_failed_sql('m.c_reached', 'm.c_resolved')} AS network_failed FROM batch m")
-        counts_sql = (f"SELECT role, probe_cc, probe_asn, run_id, hour AS hour_us, {', '.join(conn.COUNT_COLUMNS)} "
+        counts_sql = (f"SELECT role, probe_cc, probe_asn, run_id, hour AS hour_us, {ident_list(conn.COUNT_COLUMNS)} "
                       f"FROM ({conn.COUNTS_SQL.format(rows=f'({failed})')})")
-        partial = joined.mapInArrow(_duckdb_batches(counts_sql), _CONN_COUNTS_DDL)
+        partial = joined.mapInArrow(_duckdb_batches(counts_sql, conn.FAILED_PARAMS), _CONN_COUNTS_DDL)
         summed = partial.groupBy(*_CONN_KEYS).agg(*[F.sum(x).cast("long").alias(x) for x in conn.COUNT_COLUMNS]).toArrow()
         con = duckdb.connect()
         try:
-            con.register("summed", summed)
-            counts = con.sql(f"SELECT role, probe_cc, probe_asn, run_id, make_timestamp(hour_us) AT TIME ZONE 'UTC' AS hour, "
-                             f"{', '.join(conn.COUNT_COLUMNS)} FROM summed").to_arrow_table()
+            counts = con.from_arrow(summed).project(
+                "role, probe_cc, probe_asn, run_id, make_timestamp(hour_us) AT TIME ZONE 'UTC' AS hour, "
+                + ident_list(conn.COUNT_COLUMNS)).to_arrow_table()
             table = conn.decide(con, counts)
-            con.register("decided", table)
-            down = con.sql("SELECT role, probe_cc, probe_asn, run_id, epoch_us(hour) AS hour_us FROM decided "
-                           "WHERE NOT connected").to_arrow_table()
+            down = con.from_arrow(table).filter("NOT connected") \
+                .project("role, probe_cc, probe_asn, run_id, epoch_us(hour) AS hour_us").to_arrow_table()
         finally:
             con.close()
         down_df = spark.createDataFrame(down, schema=", ".join(
@@ -556,8 +557,10 @@ def hourly_from_counts(counts: pa.Table) -> pa.Table:
 
     con = duckdb.connect()
     try:
-        con.register("agg_in", counts)
-        return con.sql(sig.hourly_sql("agg_in")).to_arrow_table()
+        # "agg_in" names the Arrow table inside this one query only
+        rel = con.from_arrow(counts).query("agg_in", sig.hourly_sql("agg_in"))
+        assert rel is not None  # a SELECT always gives a relation
+        return rel.to_arrow_table()
     finally:
         con.close()
 
