@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -389,23 +390,27 @@ DARK_MIN_MEASUREMENTS = 3
 DARK_MAX_TARGET_OK = 0.05
 DARK_MIN_NETWORK_FAILED = 0.9  # share of the hour's measurements that failed at the network level
 
-DARK_FACTS_SQL = f"""
-SELECT cc, asn, hour, count(*) AS n
-FROM shutdown_facts WHERE role = 'probe' GROUP BY ALL
-HAVING count(*) >= {DARK_MIN_MEASUREMENTS}
-   AND count(*) FILTER (WHERE is_anchor) > 0 AND count(*) FILTER (WHERE is_anchor AND ok) = 0
-   AND count(*) FILTER (WHERE NOT is_anchor AND ok) <= {DARK_MAX_TARGET_OK} * count(*) FILTER (WHERE NOT is_anchor)
-   AND count(*) FILTER (WHERE NOT ok AND coalesce(method, '') NOT LIKE 'measurement.unknown_failure%')
-       >= {DARK_MIN_NETWORK_FAILED} * count(*)
-ORDER BY ALL
-"""
+# Per (cc, asn, hour) of the probe's measurements, the counts the dark-hour test compares with
+# the thresholds above (SQL text without a value; the thresholds are constant expressions of
+# the filter, the shares exact decimals as the literals they replace).
+DARK_COUNTS = ("count(*) AS n, count(*) FILTER (WHERE is_anchor) AS anchor_n, "
+               "count(*) FILTER (WHERE is_anchor AND ok) AS anchor_ok, "
+               "count(*) FILTER (WHERE NOT is_anchor AND ok) AS target_ok, count(*) FILTER (WHERE NOT is_anchor) AS target_n, "
+               "count(*) FILTER (WHERE NOT ok AND coalesce(method, '') NOT LIKE 'measurement.unknown_failure%') AS failed")
+
+
+def _dark(facts: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """(cc, asn, hour, n) of the dark hours of the facts, ordered."""
+    counts = facts.filter(C("role") == K("probe")).aggregate(f"cc, asn, hour, {DARK_COUNTS}", "cc, asn, hour")
+    dark = ((C("n") >= K(DARK_MIN_MEASUREMENTS)) & (C("anchor_n") > K(0)) & (C("anchor_ok") == K(0))
+            & (C("target_ok") <= K(Decimal(str(DARK_MAX_TARGET_OK))) * C("target_n"))
+            & (C("failed") >= K(Decimal(str(DARK_MIN_NETWORK_FAILED))) * C("n")))
+    return counts.filter(dark).select("cc, asn, hour, n").order("cc, asn, hour, n")
 
 
 def dark_hours_from_facts(facts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:
     """(cc, asn, hour, measurements) of every dark hour of the measurement facts (``--no-verdicts``)."""
-    rel = facts.query("shutdown_facts", DARK_FACTS_SQL)  # the name holds inside this one query
-    assert rel is not None
-    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in rel.fetchall()]
+    return [(cc, asn, _utc(h), int(n)) for cc, asn, h, n in _dark(facts).fetchall()]
 
 
 def dark_hours_from_verdicts(verdicts: duckdb.DuckDBPyRelation) -> list[tuple[str, str, dt.datetime, int]]:

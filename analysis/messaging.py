@@ -299,14 +299,13 @@ _OBS_NO_ASN = _OBS.replace(", 'asn': a.asn", "")
 def messaging_table(con: duckdb.DuckDBPyConnection, load: Callable[[str, pa.Table], None]) -> None:
     """Temp table ``_vt_msg`` (mid, msg_status, msg_layer, functions) for the probe rows of the
     messaging experiments, over ``_vt_pair`` (the verdict stage's pairing)."""
-    apps = ", ".join(f"'{a}'" for a in APPS)
     dns_type = str(con.sql("SELECT dns FROM measurements LIMIT 0").types[0]).lower()
     obs = _OBS if "asn" in dns_type else _OBS_NO_ASN  # datasets written before DnsAnswer.asn
     rows = con.sql(f"""
         SELECT p.mid, p.experiment, p.cid, {obs}
         FROM _vt_pair p JOIN measurements m ON m.measurement_id = p.mid
-        WHERE p.experiment IN ({apps}) AND m.role = 'probe'
-    """).fetchall()
+        WHERE list_contains($apps, p.experiment) AND m.role = 'probe'
+    """, params={"apps": list(APPS)}).fetchall()
     cids = sorted({r[2] for r in rows if r[2] is not None})
     # A control that could not run (its failure set) is no control: OONI's rule alone then.
     controls: dict[str, dict[str, Any] | None] = {}

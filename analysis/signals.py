@@ -12,16 +12,14 @@ import uuid
 import duckdb
 import pyarrow as pa
 
-from analysis.db import DatasetError, open_datasets  # noqa: F401  (DatasetError: re-exported for analysis/report.py)
-
-# Observations taken to check the path rather than the target (a DNS query sent where no
-# resolver runs must time out) say nothing about reachability.
-_CHECK_TAGS = "('injection_check')"
+from analysis.db import DatasetError, open_datasets, quote_ident  # noqa: F401  (DatasetError: re-exported for analysis/report.py)
 
 
 def _layer(col: str) -> tuple[str, str, str]:
-    """SQL for (observations counted, any success, first failure) of one layer."""
-    obs = f"list_filter(coalesce({col}, []), lambda o: o.tag IS NULL OR o.tag NOT IN {_CHECK_TAGS})"
+    """SQL for (observations counted, any success, first failure) of one layer. Observations
+    taken to check the path rather than the target (a DNS query sent where no resolver runs
+    must time out, tag injection_check) say nothing about reachability."""
+    obs = f"list_filter(coalesce({col}, []), lambda o: o.tag IS NULL OR o.tag NOT IN ('injection_check'))"
     ok = f"len(list_filter({obs}, lambda o: o.failure IS NULL)) > 0"
     first = f"list_filter({obs}, lambda o: o.failure IS NOT NULL)[1].failure"
     return obs, ok, first
@@ -83,7 +81,7 @@ def measurement_facts(con: duckdb.DuckDBPyConnection,
         return con.from_arrow(query.to_arrow_table())
     # a private temporary table (a generated name nothing else knows): later queries reuse the
     # facts instead of recomputing the list filters, and DuckDB may spill it
-    name = f'"_facts_{uuid.uuid4().hex}"'
+    name = quote_ident(f"_facts_{uuid.uuid4().hex}")
     con.execute(f"CREATE TEMP TABLE {name} AS {measurement_facts_sql()}")
     return con.table(name)
 

@@ -59,6 +59,11 @@ LATENCY_SLACK_S = 0.05
 
 _HOST = "lower(regexp_extract(d.url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/]*@)?(\\[[^\\]]*\\]|[^:/?#]*)', 1))"
 
+# The values the SQL below binds (never pasted into its text).
+_DOWNLOADS_PARAMS = {"ref_min_bytes": REF_MIN_BYTES}
+FEATURES_PARAMS = {"link_window_s": LINK_WINDOW_S, "history_days": HISTORY_DAYS, "min_transfer_s": MIN_TRANSFER_S,
+                   "min_bytes": MIN_BYTES, "latency_slack_s": LATENCY_SLACK_S, "latency_share": LATENCY_SHARE}
+
 # One row per download of every measurement: its network, time, host and rate.
 _DOWNLOADS = f"""
 CREATE OR REPLACE TEMP TABLE _vt_dl AS
@@ -66,12 +71,12 @@ SELECT m.measurement_id AS mid, m.role, m.input, m.probe_cc, m.probe_asn, m.meas
        d.failure, d.bytes, d.duration, d.ttfb, d.status_code, {_HOST} AS host,
        CASE WHEN d.duration > 0 AND d.bytes > 0 THEN d.bytes / d.duration END AS rate,
        d.failure IS NULL AND coalesce(d.status_code, 200) BETWEEN 200 AND 299
-         AND d.bytes >= {REF_MIN_BYTES} AND d.duration > 0 AS ref_ok
+         AND d.bytes >= $ref_min_bytes AND d.duration > 0 AS ref_ok
 FROM (SELECT measurement_id, role, input, probe_cc, probe_asn, measurement_start_time, downloads[-1] AS d
       FROM _vt_m WHERE len(downloads) > 0) m
 """
 
-FEATURES = f"""
+FEATURES = """
 CREATE OR REPLACE TEMP TABLE _vt_tp AS
 WITH p AS (
   SELECT x.*, pr.cid FROM _vt_dl x JOIN _vt_pair pr ON pr.mid = x.mid WHERE x.role = 'probe'
@@ -81,7 +86,7 @@ WITH p AS (
   FROM p JOIN _vt_dl o
     ON o.role = 'probe' AND o.probe_cc IS NOT DISTINCT FROM p.probe_cc
    AND o.probe_asn IS NOT DISTINCT FROM p.probe_asn AND o.host <> p.host AND o.ref_ok
-   AND abs(epoch(o.t) - epoch(p.t)) <= {LINK_WINDOW_S}
+   AND abs(epoch(o.t) - epoch(p.t)) <= $link_window_s
   GROUP BY p.mid
 ), hist AS (
   -- The same target from the same network in earlier hours.
@@ -89,7 +94,7 @@ WITH p AS (
   FROM p JOIN _vt_dl o
     ON o.role = 'probe' AND o.probe_cc IS NOT DISTINCT FROM p.probe_cc
    AND o.probe_asn IS NOT DISTINCT FROM p.probe_asn AND o.input = p.input AND o.ref_ok
-   AND epoch(p.t) - epoch(o.t) > {LINK_WINDOW_S} AND epoch(p.t) - epoch(o.t) <= {HISTORY_DAYS} * 86400
+   AND epoch(p.t) - epoch(o.t) > $link_window_s AND epoch(p.t) - epoch(o.t) <= $history_days * 86400
   GROUP BY p.mid
 ), f AS (
   SELECT p.mid,
@@ -97,7 +102,7 @@ WITH p AS (
     p.failure IS NOT NULL AND p.failure <> 'interrupted' AS tp_failed,
     p.failure = 'interrupted' AS tp_interrupted,
     p.failure IS NULL AND coalesce(p.status_code, 200) BETWEEN 200 AND 299
-      AND p.duration >= {MIN_TRANSFER_S} AND p.bytes >= {MIN_BYTES} AS tp_enough,
+      AND p.duration >= $min_transfer_s AND p.bytes >= $min_bytes AS tp_enough,
     p.rate AS tp_rate, p.ttfb AS tp_ttfb,
     c.mid IS NOT NULL AS tp_c_n,
     coalesce(c.ref_ok, false) AS tp_c_ok,
@@ -112,8 +117,8 @@ WITH p AS (
 )
 SELECT f.*,
   least(tp_c_factor, coalesce(tp_link_factor, tp_c_factor)) AS tp_factor,
-  coalesce(tp_ttfb - tp_link_ttfb >= {LATENCY_SLACK_S}
-           AND tp_ttfb >= {LATENCY_SHARE} * tp_link_factor * tp_link_ttfb, false) AS tp_far
+  coalesce(tp_ttfb - tp_link_ttfb >= $latency_slack_s
+           AND tp_ttfb >= $latency_share * tp_link_factor * tp_link_ttfb, false) AS tp_far
 FROM f
 """
 
@@ -121,8 +126,8 @@ def create_throughput_table(con: duckdb.DuckDBPyConnection) -> None:
     """``_vt_tp``: the throughput evidence of every probe measurement with a download (needs
     ``_vt_pair`` from rules.PAIRING, and ``_vt_m``, rules.measurements_view_sql: the measurements
     with every optional column, ``downloads`` NULL in datasets written before it)."""
-    con.execute(_DOWNLOADS)
-    con.execute(FEATURES)
+    con.execute(_DOWNLOADS, _DOWNLOADS_PARAMS)
+    con.execute(FEATURES, FEATURES_PARAMS)
 
 
 def drop_throughput_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 
+from analysis.db import ident_list
 from analysis.fingerprints import Fingerprint
 
 # The control paired with a probe measurement: the helper row made for it (control_for), else the
@@ -64,7 +65,7 @@ def load_evidence(con: duckdb.DuckDBPyConnection, ids: Sequence[str], window_h: 
 
 _TRACE_COLUMNS = ("input", "probe_cc", "probe_asn", "protocol", "interference_ttl", "interference", "hop_before", "basis")
 _TRACES_SQL = f"""
-    SELECT {", ".join(_TRACE_COLUMNS)}
+    SELECT {ident_list(_TRACE_COLUMNS)}
     FROM path_traces WHERE interference_ttl IS NOT NULL AND list_contains($inputs, input)
     QUALIFY row_number() OVER (PARTITION BY input, protocol, probe_cc, probe_asn
                                ORDER BY measurement_start_time DESC) = 1"""
