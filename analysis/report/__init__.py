@@ -98,19 +98,18 @@ class VerdictsMismatchWarning(UserWarning):
     """Probe measurements of the datasets have no verdict (the datasets grew since `analyze`)."""
 
 
+def _count(rel: duckdb.DuckDBPyRelation) -> int:
+    return int(rel.aggregate("count(*)").fetchall()[0][0])
+
+
 def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, source: str) -> None:
     """The verdicts belong to these datasets: a verdict naming a measurement that is not there
     stops the report (they were made from other data); probe measurements without a verdict
     (added since) are a warning naming the count."""
-    con.register("_report_check", verdicts.select(["measurement_id"]))
-    try:
-        foreign, missing = con.sql("""
-            WITH p AS (SELECT DISTINCT measurement_id FROM measurements WHERE role = 'probe'),
-                 v AS (SELECT DISTINCT measurement_id FROM _report_check)
-            SELECT (SELECT count(*) FROM v ANTI JOIN p USING (measurement_id)),
-                   (SELECT count(*) FROM p ANTI JOIN v USING (measurement_id))""").fetchall()[0]
-    finally:
-        con.unregister("_report_check")
+    probes = con.table("measurements").filter("role = 'probe'").select("measurement_id")
+    given = con.from_arrow(verdicts.select(["measurement_id"]))
+    foreign = _count(given.join(probes, "measurement_id", how="anti").distinct())
+    missing = _count(probes.join(given, "measurement_id", how="anti").distinct())
     if foreign:
         raise ReportError(f"{source}: {foreign:,} of {verdicts.num_rows:,} verdicts name measurements that are not in "
                           "the datasets (made from other data?); run `vantage analyze` on these datasets")
