@@ -120,9 +120,9 @@ def check_verdicts_match(con: duckdb.DuckDBPyConnection, verdicts: pa.Table, sou
 
 
 # Tunnels and messaging apps (the probe's and OONI's names): reachability, not web blocking.
-_TUNNEL_MESSAGING = ["openvpn", "wireguard", "ikev2", "tor", "vanilla_tor", "torsf", "tor_snowflake", "riseupvpn",
+_TUNNEL_MESSAGING = ("openvpn", "wireguard", "ikev2", "tor", "vanilla_tor", "torsf", "tor_snowflake", "riseupvpn",
                      "psiphon", "meek_fronted_requests_test", "signal", "whatsapp", "telegram", "facebook_messenger",
-                     "stunreachability"]
+                     "stunreachability")
 
 # Blocked verdicts inside a shutdown, probe fault or lost connectivity of their network.
 _SET_ASIDE_SQL = """
@@ -235,7 +235,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, verdicts: Verdicts, *, sou
                                               THEN 'not reachable' ELSE 'not judged' END AS outcome
                                   FROM report_verdicts WHERE list_contains($tunnels, experiment)
                                     OR method LIKE 'vpn.%' OR method LIKE '%.vpn%'""",
-                               params={"tunnels": _TUNNEL_MESSAGING}), "experiment, outcome")
+                               params={"tunnels": list(_TUNNEL_MESSAGING)}), "experiment, outcome")
     methods = con.sql("""SELECT coalesce(method, '?') AS method, probe_cc, count(*) AS n FROM report_verdicts
                          WHERE status = 'blocked' GROUP BY ALL""").to_arrow_table()
     overview["blocked_set_aside"] = con.sql(_SET_ASIDE_SQL).fetchall()[0][0]
