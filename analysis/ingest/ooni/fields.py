@@ -179,6 +179,10 @@ def as_float(value: Any, default: float = 0.0) -> float:
 
 
 def as_int(value: Any) -> int | None:
+    if value is None:  # the common cases without raising
+        return None
+    if type(value) is int:
+        return value
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):
@@ -430,6 +434,8 @@ def decode_binary(value: Any, *, default_base64: bool = False) -> bytes | None:
     """OONI MaybeBinaryValue: a plain string, or {"format": "base64", "data": ...}."""
     if value is None:
         return None
+    if type(value) is str and not default_base64:  # the common case first
+        return value.encode("utf-8", "surrogatepass") if value else b""
     if isinstance(value, dict):
         data = value.get("data")
         if value.get("format") == "base64" and isinstance(data, str):
@@ -470,9 +476,13 @@ def http_headers(resp: dict[str, Any]) -> list[HttpHeader]:
             continue  # legacy reports contain empty pairs
         name, value = item
         values = value if isinstance(value, list) else [value]
+        name = str(name)
         for v in values:
+            if type(v) is str and v.isascii():  # what the round trip below gives, faster
+                out.append(HttpHeader(name=name, value=v))
+                continue
             text = decode_binary(v)
-            out.append(HttpHeader(name=str(name), value=(text or b"").decode("utf-8", "replace")))
+            out.append(HttpHeader(name=name, value=(text or b"").decode("utf-8", "replace")))
     return out
 
 

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +139,9 @@ def _gather(lines: list[_Line]) -> pa.Table:
     return (pa.concat_tables(parts) if len(parts) > 1 else parts[0]).combine_chunks()
 
 
+_WRITES_IN_FLIGHT = 8
+
+
 class _Batches:
     """Converted lines, written per (date, probe_cc) partition in batches like
     probe.dataset.DatasetWriter. A line whose rows do not fit the schema (found when its chunk
@@ -150,6 +153,31 @@ class _Batches:
         self.buffered = 0
         self.parts = itertools.count()  # the run id is new: no earlier part to continue after
         self.files_written: list[Path] = []
+        # Files are written (compressed, fsynced) on a thread, which Arrow and fsync let run
+        # beside the conversion; at most _WRITES_IN_FLIGHT tables wait for it.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ooni-write")
+        self._writes: deque[tuple[Path, Future[None]]] = deque()
+
+    def _write(self, table: pa.Table, path: Path) -> None:
+        while len(self._writes) >= _WRITES_IN_FLIGHT:
+            self._wait_one()
+        self._writes.append((path, self._io.submit(write_table_atomic, table, path)))
+
+    def _wait_one(self) -> None:
+        path, done = self._writes.popleft()
+        try:
+            done.result()
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self.files_written.append(path)
+
+    def close(self) -> None:
+        """Wait for every file queued (raises StoreError for the first that failed)."""
+        try:
+            while self._writes:
+                self._wait_one()
+        finally:
+            self._io.shutdown(wait=True)
 
     def add(self, line: _Line) -> bool:
         """Queue a line; True when the batch is full and should be flushed."""
@@ -170,11 +198,7 @@ class _Batches:
                 continue
             table = _gather(lines)
             path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self.parts):05d}.parquet"
-            try:
-                write_table_atomic(table, path)
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            self.files_written.append(path)
+            self._write(table, path)
         return ([ln for ln in pending if ln.out.unfit is None],
                 [(ln, ln.out.unfit) for ln in pending if ln.out.unfit is not None])
 
@@ -379,7 +403,10 @@ def import_ooni(
                         continue
                     queue(_Line(where, out.key, out, table, start))
         finally:
-            flush()  # what was converted is written, also when the import stops early
+            try:
+                flush()  # what was converted is written, also when the import stops early
+            finally:
+                writer.close()
     except StoreError as exc:
         raise OoniImportError(str(exc)) from exc
     summary.base64_bodies = stats.base64_bodies
