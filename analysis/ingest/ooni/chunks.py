@@ -59,13 +59,14 @@ class LineOut:
     base64_bodies: int = 0
     odd_encodings: int = 0
     unfit: str | None = None
+    start: int = 0  # its first row in the chunk's table
 
 
 @dataclass(slots=True)
 class Chunk:
     path: Path
     lines: list[LineOut]
-    table: pa.Table | None  # the rows of the values that fit, in line order
+    table: pa.Table  # the rows of the values that fit, by partition, in line order within one
 
 
 def _reason(exc: Exception) -> str:
@@ -122,8 +123,27 @@ def convert_docs(path: Path, docs: list[tuple[int, Any, str | None]]) -> Chunk:
     except ARROW_ERRORS:
         for lo, recs in converted_lines:
             lo.unfit = _fits(recs)
-        table = records_table([r for lo, recs in converted_lines if lo.unfit is None for r in recs], MEASUREMENT_SCHEMA)
-    return Chunk(path, out, table)
+        converted_lines = [(lo, recs) for lo, recs in converted_lines if lo.unfit is None]
+        table = records_table([r for _, recs in converted_lines for r in recs], MEASUREMENT_SCHEMA)
+    return Chunk(path, out, _by_partition(table, [lo for lo, _ in converted_lines]))
+
+
+def _by_partition(table: pa.Table, lines: list[LineOut]) -> pa.Table:
+    """The table's rows grouped by partition (line order kept within one), and each line's
+    ``start`` set: the importer then takes a partition's rows of a chunk as one slice."""
+    row = 0
+    for lo in lines:
+        lo.start, row = row, row + lo.nrows
+    order = sorted(range(len(lines)), key=lambda i: lines[i].partition)  # stable
+    if all(i == k for k, i in enumerate(order)):
+        return table
+    indices: list[int] = []
+    for i in order:
+        lo = lines[i]
+        first = lo.start
+        lo.start = len(indices)
+        indices.extend(range(first, first + lo.nrows))
+    return table.take(pa.array(indices, type=pa.int64()))
 
 
 def convert_lines(path: Path, lines: list[tuple[int, bytes | str]]) -> Chunk:

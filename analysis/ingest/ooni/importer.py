@@ -102,13 +102,12 @@ def _existing_keys(output: Path) -> set[str]:
 @dataclass(slots=True)
 class _Line:
     """One converted measurement waiting in a batch: its rows are ``out.nrows`` rows of its
-    chunk's table from ``start`` (none when it does not fit the schema: ``out.unfit``)."""
+    chunk's table from ``out.start`` (none when it does not fit the schema: ``out.unfit``)."""
 
     where: str
     key: str
     out: LineOut
-    table: pa.Table | None
-    start: int
+    table: pa.Table
 
     @property
     def partition(self) -> tuple[str, str]:
@@ -116,27 +115,22 @@ class _Line:
 
 
 def _gather(lines: list[_Line]) -> pa.Table:
-    """The rows of these lines, in their order, as one table (one chunk per column)."""
+    """The rows of these lines (of one partition), in their order, as one table: a chunk's
+    table holds a partition's rows together in line order (chunks._by_partition), so the rows
+    of consecutive lines of one chunk are one zero-copy slice. The table keeps the slices as
+    its chunks: Parquet's row groups do not follow them, the file holds the same values."""
     parts: list[pa.Table] = []
     table: pa.Table | None = None
-    indices: list[int] = []
-
-    def take() -> None:
-        if table is None or not indices:
-            return
-        first, n = indices[0], len(indices)
-        if indices[-1] - first == n - 1:  # one run of rows: a zero-copy slice
-            parts.append(table.slice(first, n))
-        else:
-            parts.append(table.take(pa.array(indices, type=pa.int64())))
-
+    first = end = 0
     for line in lines:
-        if line.table is not table:
-            take()
-            table, indices = line.table, []
-        indices.extend(range(line.start, line.start + line.out.nrows))
-    take()
-    return (pa.concat_tables(parts) if len(parts) > 1 else parts[0]).combine_chunks()
+        if line.table is not table or line.out.start != end:
+            if table is not None:
+                parts.append(table.slice(first, end - first))
+            table, first, end = line.table, line.out.start, line.out.start
+        end += line.out.nrows
+    if table is not None:
+        parts.append(table.slice(first, end - first))
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 _WRITES_IN_FLIGHT = 8
@@ -389,19 +383,16 @@ def import_ooni(
                 if isinstance(chunk, tuple):  # a file that cannot be read at all
                     skip(str(chunk[0]), chunk[1])
                     continue
-                prefix, table, row = f"{chunk.path}:", chunk.table, 0
+                prefix, table = f"{chunk.path}:", chunk.table
                 for out in chunk.lines:
                     where = f"{prefix}{out.line}"
                     if out.error is not None:
                         skip(where, out.error)
                         continue
-                    start = row
-                    if out.unfit is None:
-                        row += out.nrows
                     if out.key in existing:
                         summary.already_present += 1
                         continue
-                    queue(_Line(where, out.key, out, table, start))
+                    queue(_Line(where, out.key, out, table))
         finally:
             try:
                 flush()  # what was converted is written, also when the import stops early
