@@ -162,7 +162,7 @@ def is_lines_only(path: Path) -> bool:
     return path.name.lower().endswith(LINES_ONLY)
 
 
-def iter_line_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[list[tuple[int, bytes | str]]]:
+def iter_line_chunks(path: Path, chunk_lines: int | None = None) -> Iterator[list[tuple[int, bytes | str]]]:
     """A JSON-lines file's non-blank lines in chunks, undecoded (read.iter_documents' JSON-lines
     path, minus the decoding: lines end at \\n only, blank lines are skipped, line numbers are
     1-based). A read error (a truncated gzip stream) ends the file with one item whose text is
@@ -172,6 +172,7 @@ def iter_line_chunks(path: Path, chunk_lines: int = CHUNK_LINES) -> Iterator[lis
         fh = _open_binary(path)
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror or exc}") from exc
+    chunk_lines = chunk_lines or CHUNK_LINES
     chunk: list[tuple[int, bytes | str]] = []
     size = 0
     with fh:

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from analysis.ingest.ooni import chunks as _chunking
 from analysis.ingest.ooni.chunks import (
-    CHUNK_LINES,
     Chunk,
     LineOut,
     convert_docs,
@@ -233,7 +233,7 @@ def _jobs(files: list[Path]) -> Iterator[_Job | tuple[Path, str]]:
             docs: list[tuple[int, Any, str | None]] = []
             for raw in iter_documents(path):
                 docs.append((raw.line, raw.doc, raw.error))
-                if len(docs) >= CHUNK_LINES:
+                if len(docs) >= _chunking.CHUNK_LINES:
                     yield path, docs, False
                     docs = []
             if docs:
