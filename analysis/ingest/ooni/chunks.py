@@ -119,31 +119,22 @@ def convert_docs(path: Path, docs: list[tuple[int, Any, str | None]]) -> Chunk:
         out.append(lo)
         converted_lines.append((lo, records))
     try:
-        table = records_table([r for _, recs in converted_lines for r in recs], MEASUREMENT_SCHEMA)
+        table = _table_by_partition(converted_lines)
     except ARROW_ERRORS:
         for lo, recs in converted_lines:
             lo.unfit = _fits(recs)
-        converted_lines = [(lo, recs) for lo, recs in converted_lines if lo.unfit is None]
-        table = records_table([r for _, recs in converted_lines for r in recs], MEASUREMENT_SCHEMA)
-    return Chunk(path, out, _by_partition(table, [lo for lo, _ in converted_lines]))
+        table = _table_by_partition([(lo, recs) for lo, recs in converted_lines if lo.unfit is None])
+    return Chunk(path, out, table)
 
 
-def _by_partition(table: pa.Table, lines: list[LineOut]) -> pa.Table:
-    """The table's rows grouped by partition (line order kept within one), and each line's
-    ``start`` set: the importer then takes a partition's rows of a chunk as one slice."""
+def _table_by_partition(lines: list[tuple[LineOut, list[Any]]]) -> pa.Table:
+    """The lines' rows grouped by partition (line order kept within one), each line's ``start``
+    set: the importer then takes a partition's rows of a chunk as one slice."""
+    ordered = sorted(lines, key=lambda item: item[0].partition)  # stable
     row = 0
-    for lo in lines:
+    for lo, _ in ordered:
         lo.start, row = row, row + lo.nrows
-    order = sorted(range(len(lines)), key=lambda i: lines[i].partition)  # stable
-    if all(i == k for k, i in enumerate(order)):
-        return table
-    indices: list[int] = []
-    for i in order:
-        lo = lines[i]
-        first = lo.start
-        lo.start = len(indices)
-        indices.extend(range(first, first + lo.nrows))
-    return table.take(pa.array(indices, type=pa.int64()))
+    return records_table([r for _, recs in ordered for r in recs], MEASUREMENT_SCHEMA)
 
 
 def convert_lines(path: Path, lines: list[tuple[int, bytes | str]]) -> Chunk:

@@ -263,6 +263,24 @@ def _rcode_for(failure: str | None) -> str | None:
     }.get(failure)
 
 
+@functools.cache
+def _init_fields(cls: type) -> tuple[str, ...] | None:
+    fields = dataclasses.fields(cls)
+    return None if any(not f.init for f in fields) else tuple(f.name for f in fields)
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """dataclasses.replace for the records here, about twice as fast (it is per line, several
+    times): the record's fields read once per class, no per-call checks. A class with a field
+    outside __init__ goes through dataclasses.replace itself."""
+    names = _init_fields(type(obj))
+    if names is None:
+        return dataclasses.replace(obj, **changes)
+    values = {n: getattr(obj, n) for n in names}
+    values.update(changes)
+    return type(obj)(**values)
+
+
 def dns_answers(answers: Any) -> list[DnsAnswer]:
     out = []
     for a in as_list(answers):
@@ -289,7 +307,7 @@ def dns_queries(q: dict[str, Any]) -> list[DnsQuery]:
         if version == 4:  # CNAMEs and other names stay with the first record
             answers += [a for a in query.answers if _ip_version(a.value) is None]
         failure = query.failure or (None if any(_ip_version(a.value) == version for a in answers) else "dns_no_answer")
-        out.append(dataclasses.replace(query, query_type=qtype, answers=answers if query.failure is None else [],
+        out.append(replace(query, query_type=qtype, answers=answers if query.failure is None else [],
                                        failure=failure, rcode=None))
     return out
 

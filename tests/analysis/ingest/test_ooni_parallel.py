@@ -123,3 +123,20 @@ def test_workers_by_input_size(tmp_path: Path) -> None:
         fh.truncate(PARALLEL_MIN_BYTES)  # sparse: only the size is read
     assert default_workers([small, big]) >= 1
     assert default_workers([big]) == max(1, len(__import__("os").sched_getaffinity(0)))
+
+
+def test_cli_workers_option(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vantage.cli import main
+
+    counts = {}
+    for workers in ("1", "2"):
+        result = CliRunner().invoke(main, ["ooni", "import", str(OONI / "netem"), "-o", str(tmp_path / workers),
+                                           "--workers", workers, "--json"])
+        assert result.exit_code == 0, result.output
+        d = json.loads(result.output)
+        counts[workers] = (d["measurements"], d["controls"], d["malformed"], len(d["parquet_files"]))
+    assert counts["1"] == counts["2"] and counts["1"][0] > 0, counts
+    bad = CliRunner().invoke(main, ["ooni", "import", str(OONI / "netem"), "-o", str(tmp_path / "x"), "--workers", "-1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
