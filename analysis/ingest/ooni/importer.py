@@ -26,10 +26,13 @@ from analysis.ingest.ooni import chunks as _chunking
 from analysis.ingest.ooni.chunks import (
     Chunk,
     LineOut,
+    Packed,
     convert_docs,
     convert_lines,
+    convert_lines_packed,
     is_lines_only,
     iter_line_chunks,
+    unpack,
 )
 from analysis.ingest.ooni.convert import convert
 from analysis.ingest.ooni.fields import BodyStats, map_failure
@@ -261,13 +264,13 @@ def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    window: deque[Future[Chunk] | Chunk | tuple[Path, str]] = deque()
+    window: deque[Future[Packed] | Chunk | tuple[Path, str]] = deque()
     try:
         for job in jobs:
             if len(job) == 2:
                 window.append(job)  # type: ignore[arg-type]
             elif job[2]:  # lines: decoded and converted by a worker
-                window.append(pool.submit(convert_lines, job[0], job[1]))
+                window.append(pool.submit(convert_lines_packed, job[0], job[1]))
             else:  # decoded values: converted here (sending the dicts would cost as much)
                 window.append(_run(job))  # type: ignore[arg-type]
             while len(window) > 2 * workers:
@@ -278,10 +281,10 @@ def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _result(item: Future[Chunk] | Chunk | tuple[Path, str]) -> Chunk | tuple[Path, str]:
+def _result(item: Future[Packed] | Chunk | tuple[Path, str]) -> Chunk | tuple[Path, str]:
     if isinstance(item, Future):
         try:
-            return item.result()
+            return unpack(item.result())
         except BrokenProcessPool as exc:
             raise OoniImportError(f"a worker process died ({exc}); what was converted before is written") from exc
     return item
