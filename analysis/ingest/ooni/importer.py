@@ -264,6 +264,11 @@ def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # Every worker is forked now, before this import starts its writer thread (a fork while
+    # another thread holds an allocator's lock could hang the child): the pool forks one
+    # process per job submitted while none is idle.
+    for started in [pool.submit(os.getpid) for _ in range(workers)]:
+        started.result()
     window: deque[Future[Packed] | Chunk | tuple[Path, str]] = deque()
     try:
         for job in jobs:
