@@ -9,6 +9,7 @@ outputs differ says so.
     .venv/bin/python benchmarks/issue19.py                          # small sizes, a few minutes
     .venv/bin/python benchmarks/issue19.py --import-lines 100000 --analyze-rows 1000000
     .venv/bin/python benchmarks/issue19.py --dataset DIR            # an analyze_throughput.py --keep dataset
+    .venv/bin/python benchmarks/issue19.py --import-lines 100000 --analyze-rows --no-events   # the import alone
 
 Rows: OONI import (vs a bare ``json.loads`` loop and DuckDB's ``read_json`` of the same file),
 analyze peak RSS and time at one or more sizes; events over OONI samples spread over 9 years vs
@@ -45,7 +46,8 @@ cpu, t = time.process_time(), time.perf_counter()
 out = {}
 if job == "import":
     from analysis.ingest.ooni import import_ooni
-    s = import_ooni([Path(args[0])], Path(args[1]))
+    kw = {"workers": int(args[2])} if len(args) > 2 else {}  # the old code has no workers
+    s = import_ooni([Path(args[0])], Path(args[1]), **kw)
     out = {"measurements": s.measurements, "controls": s.controls, "malformed": s.malformed}
 elif job == "analyze":
     import pyarrow.parquet as pq
@@ -83,8 +85,10 @@ elif job in ("events", "detector"):
         d = detect_from_signals(duckdb.connect(), signals.table)
     rows = d.table().to_pylist()
     out = {"events": len(rows), "digest": hashlib.sha256(repr(rows).encode()).hexdigest()[:16]}
-out.update(seconds=time.perf_counter() - t, cpu=time.process_time() - cpu,
-           rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, module=sys.modules["analysis"].__file__
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (the OONI import's pool)
+out.update(seconds=time.perf_counter() - t, cpu=time.process_time() - cpu + kids.ru_utime + kids.ru_stime,
+           rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, worker_rss_mib=kids.ru_maxrss / 1024,
+           module=sys.modules["analysis"].__file__
            if "analysis" in sys.modules else None)
 print(json.dumps(out))
 """
@@ -120,28 +124,42 @@ def row(what: str, old: float, new: float, unit: str, note: str = "") -> None:
     print(f"| {what} | {old:,.1f} {unit} | {new:,.1f} {unit} | {ratio:.2f} | {note} |", flush=True)
 
 
-def bench_import(old: Path, new: Path, tmp: Path, lines: int) -> None:
+IMPORT_OLD_COMMIT = "d44a5c1"  # main before the chunked, parallel import
+
+
+def bench_import(old: Path, new: Path, tmp: Path, lines: int, old_commit: str) -> None:
     src = tmp / "ooni.jsonl"
     generate_ooni(src, 0, lines)
     bare = run(new, "json", src)
     duck = run(new, "read_json", src)
     r_old = run(old, "import", src, tmp / "import-old")
-    r_new = run(new, "import", src, tmp / "import-new")
-    same = sorted_table(tmp / "import-old").equals(sorted_table(tmp / "import-new"))
-    assert r_old["measurements"] == r_new["measurements"] == lines, (r_old, r_new)
-    print(f"\nOONI import, {lines:,} web_connectivity lines (one .jsonl file); imported rows old = new: {same}")
-    print("| what | old | new | new/old | bound or peer |\n|---|---|---|---|---|")
-    row("import, wall s", r_old["seconds"], r_new["seconds"], "s")
-    row("import, CPU s", r_old["cpu"], r_new["cpu"], "s")
-    row("import, measurements/s (wall)", lines / r_old["seconds"], lines / r_new["seconds"], "/s")
-    row("import, peak RSS", r_old["rss_mib"], r_new["rss_mib"], "MiB")
+    r_one = run(new, "import", src, tmp / "import-new-1", 1)
+    r_new = run(new, "import", src, tmp / "import-new", os.cpu_count() or 1)
+    old_table = sorted_table(tmp / "import-old")
+    same = old_table.equals(sorted_table(tmp / "import-new"))
+    same_one = old_table.equals(sorted_table(tmp / "import-new-1"))
+    assert r_old["measurements"] == r_new["measurements"] == r_one["measurements"] == lines, (r_old, r_new)
+    workers = os.cpu_count() or 1
+    print(f"\nOONI import, {lines:,} web_connectivity lines ({src.stat().st_size / 2**20:,.0f} MiB .jsonl); "
+          f"old = {old_commit}; new = this checkout with {workers} workers (and 1: in-process)")
+    print(f"imported rows old = new: {same}; old = new with 1 worker: {same_one}")
+    print("| what | old | new | new/old | new, 1 worker |\n|---|---|---|---|---|")
+    row("import, wall s", r_old["seconds"], r_new["seconds"], "s", f"{r_one['seconds']:,.1f} s")
+    row("import, CPU s (workers included)", r_old["cpu"], r_new["cpu"], "s", f"{r_one['cpu']:,.1f} s")
+    row("import, measurements/s (wall)", lines / r_old["seconds"], lines / r_new["seconds"], "/s",
+        f"{lines / r_one['seconds']:,.0f} /s")
+    row("import, peak RSS (main process)", r_old["rss_mib"], r_new["rss_mib"], "MiB", f"{r_one['rss_mib']:,.0f} MiB")
+    print(f"| import, peak RSS of one worker | | {r_new['worker_rss_mib']:,.1f} MiB | | |")
+    print("\n| peer | rate | CPU s | import/peer wall: old, new (1 worker) | import/peer CPU: old, new (1 worker) |")
+    print("|---|---|---|---|---|")
     # On a shared machine wall time follows the load; CPU time much less: both ratios are given.
-    for name, short, peer, unit in (("bare json.loads loop", "json.loads", bare, "lines"),
-                                    ("DuckDB read_json", "read_json", duck, "rows")):
-        print(f"| {name} | {lines / peer['seconds']:,.0f} {unit}/s ({peer['cpu']:.2f} CPU s) | | | import/{short} "
-              f"wall: old {r_old['seconds'] / peer['seconds']:.1f}x, new {r_new['seconds'] / peer['seconds']:.1f}x; "
-              f"CPU: old {r_old['cpu'] / peer['cpu']:.1f}x, new {r_new['cpu'] / peer['cpu']:.1f}x |")
-    if not same:
+    for name, peer, unit in (("bare json.loads loop", bare, "lines"), ("DuckDB read_json", duck, "rows")):
+        w, c = peer["seconds"], peer["cpu"]
+        print(f"| {name} | {lines / w:,.0f} {unit}/s ({w:.2f} s) | {c:.2f} | "
+              f"{r_old['seconds'] / w:.2f}x, **{r_new['seconds'] / w:.2f}x** ({r_one['seconds'] / w:.2f}x) | "
+              f"{r_old['cpu'] / c:.2f}x, {r_new['cpu'] / c:.2f}x ({r_one['cpu'] / c:.2f}x) |")
+    print(f"(load average after: {os.getloadavg()[0]:.1f} on {workers} cores)")
+    if not (same and same_one):
         print("!! the imported rows differ between old and new")
 
 
@@ -209,6 +227,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", default=OLD_COMMIT, help=f"commit of the old code (default {OLD_COMMIT})")
     ap.add_argument("--import-lines", type=int, default=20_000)
+    ap.add_argument("--import-old", default=IMPORT_OLD_COMMIT,
+                    help=f"old code of the import rows (default {IMPORT_OLD_COMMIT})")
     ap.add_argument("--analyze-rows", type=int, nargs="*", default=[100_000],
                     help="probe rows of generated analyze datasets (several sizes: the memory bound per size)")
     ap.add_argument("--dataset", type=Path, action="append", default=[],
@@ -224,7 +244,8 @@ def main() -> None:
         print(f"old: {args.old} ({old}); new: {REPO}; {os.cpu_count()} cores; load before: {os.getloadavg()[0]:.1f}")
         t = time.perf_counter()
         if args.import_lines:
-            bench_import(old, REPO, tmp, args.import_lines)
+            import_old = old if args.import_old == args.old else old_checkout(args.import_old, tmp / "old-import")
+            bench_import(import_old, REPO, tmp, args.import_lines, args.import_old)
         for n in args.analyze_rows:
             bench_analyze(old, REPO, tmp, generate_dataset(n, tmp / f"ds-{n}"), f"{n:,}")
         for d in args.dataset:

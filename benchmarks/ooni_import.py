@@ -2,8 +2,9 @@
 
 Generates web_connectivity measurements (with test-helper controls, base64 bodies every
 tenth line) as .jsonl and .jsonl.gz in a temporary directory, then imports each size in a
-fresh child process and prints measurements per second and the child's peak RSS. Flat memory
-means the peak RSS does not grow with the number of lines.
+fresh child process and prints measurements per second, the child's peak RSS and its largest
+worker's (the import converts on one worker per core). Flat memory means the peak RSS does not
+grow with the number of lines.
 
     .venv/bin/python benchmarks/ooni_import.py                 # 100k and 300k lines
     .venv/bin/python benchmarks/ooni_import.py --sizes 20000 60000
@@ -89,8 +90,10 @@ def child(sources: list[str], output: str) -> None:
     summary = import_ooni([Path(s) for s in sources], Path(output))
     elapsed = time.perf_counter() - t
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    worker_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest worker process
     print(json.dumps({"measurements": summary.measurements, "controls": summary.controls,
                       "base64": summary.base64_bodies, "seconds": elapsed, "peak_rss_mib": peak_kib / 1024,
+                      "worker_rss_mib": worker_kib / 1024,
                       "files_written": len(summary.output_files)}))
 
 
@@ -103,7 +106,8 @@ def main() -> None:
         child(args.child[:-1], args.child[-1])
         return
     with tempfile.TemporaryDirectory(prefix="ooni-bench-") as tmp:
-        print(f"{'lines':>8} {'files':>22} {'import s':>9} {'meas/s':>8} {'rows/s':>8} {'peak RSS MiB':>13}")
+        print(f"{'lines':>8} {'files':>22} {'import s':>9} {'meas/s':>8} {'rows/s':>8} {'peak RSS MiB':>13} "
+              f"{'worker MiB':>11}")
         for n in args.sizes:
             # Half plain JSON-lines, half gzip, so both readers are measured.
             src = Path(tmp) / f"src-{n}"
@@ -118,7 +122,7 @@ def main() -> None:
             assert r["measurements"] == n, r
             rows = r["measurements"] + r["controls"]
             print(f"{n:>8} {'.jsonl + .jsonl.gz':>22} {r['seconds']:>9.1f} {n / r['seconds']:>8.0f} "
-                  f"{rows / r['seconds']:>8.0f} {r['peak_rss_mib']:>13.1f}", flush=True)
+                  f"{rows / r['seconds']:>8.0f} {r['peak_rss_mib']:>13.1f} {r['worker_rss_mib']:>11.1f}", flush=True)
 
 
 if __name__ == "__main__":

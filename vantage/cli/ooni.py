@@ -23,9 +23,14 @@ def ooni() -> None:
     "-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
     help="Dataset directory to write (created if missing; existing data is kept).",
 )
+@click.option(
+    "-j", "--workers", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Processes converting JSON-lines files (0: one per core for inputs of 16 MiB or more, "
+    "else 1; 1: all in this process). The output is the same for any number.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the summary, no progress line.")
 @json_option("Print the summary as one JSON object instead of the table (no progress line).")
-def import_(sources: tuple[Path, ...], output: Path, quiet: bool, as_json: bool) -> None:
+def import_(sources: tuple[Path, ...], output: Path, workers: int, quiet: bool, as_json: bool) -> None:
     """Import OONI measurements (.json, .jsonl, .jsonl.gz files or directories of them).
 
     Files are streamed; a JSON file may hold one measurement, an array of them or one per
@@ -45,7 +50,7 @@ def import_(sources: tuple[Path, ...], output: Path, quiet: bool, as_json: bool)
         err.print(f"skipped {line}", markup=False, highlight=False, soft_wrap=True)
 
     try:
-        summary = import_ooni(sources, output, on_progress=progress, on_error=skipped)
+        summary = import_ooni(sources, output, workers=workers or None, on_progress=progress, on_error=skipped)
     except OoniImportError as exc:
         raise click.ClickException(one_line(str(exc))) from exc
     if as_json:

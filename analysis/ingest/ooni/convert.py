@@ -10,7 +10,6 @@ generic DNS/TCP/TLS/HTTP observations.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from analysis.ingest.ooni.common import (
 from analysis.ingest.ooni.fields import (
     BodyStats,
     is_public_ip,
+    replace,
 )
 from analysis.ingest.ooni.messaging import TEST_NAMES as MESSAGING_TESTS
 from analysis.ingest.ooni.messaging import convert_messaging
@@ -85,7 +85,7 @@ def convert(doc: Any, raw: str, stats: BodyStats) -> Converted:
             probe.http.append(missing)
         if has_control(tk):
             # Same input, run and time as the probe row; nothing of the probe's network.
-            control = dataclasses.replace(
+            control = replace(
                 probe, measurement_id=str(uuid.uuid5(ID_NAMESPACE, probe.measurement_id + ":control")),
                 role="control", control_for=probe.measurement_id, runtime_s=None, platform=None,
                 software_version="ooni-test-helper", probe_asn=None, probe_network=None, resolver_asn=None,

@@ -8,24 +8,38 @@ analysis/ingest/ooni/fields.py (shared data formats) and analysis/ingest/ooni/co
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+import multiprocessing
+import os
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from analysis.ingest.ooni.columns import records_table
-from analysis.ingest.ooni.convert import Converted, NotAMeasurement, convert
+from analysis.ingest.ooni import chunks as _chunking
+from analysis.ingest.ooni.chunks import (
+    Chunk,
+    LineOut,
+    Packed,
+    convert_docs,
+    convert_lines,
+    convert_lines_packed,
+    is_lines_only,
+    iter_line_chunks,
+    unpack,
+)
+from analysis.ingest.ooni.convert import convert
 from analysis.ingest.ooni.fields import BodyStats, map_failure
 from analysis.ingest.ooni.read import SourceError, discover, iter_documents
 from probe.dataset import StoreError, iter_dataset_files, partition_dir, write_table_atomic
 from probe.errors import VantageError
-from probe.schema import MEASUREMENT_SCHEMA, new_run_id, validate
-from probe.scrub import scrub_probe_ip
+from probe.schema import new_run_id
 
 __all__ = ["ImportSummary", "OoniImportError", "import_ooni", "map_failure", "convert", "one_line"]
 
@@ -88,55 +102,47 @@ def _existing_keys(output: Path) -> set[str]:
     return keys
 
 
-class _Unfit(ValueError):
-    """A converted measurement that the dataset's Arrow schema cannot hold."""
-
-
-# Arrow's errors when a value does not fit its column (an int beyond int64, a lone surrogate,
-# a record where a leaf belongs, ...).
-_ARROW_ERRORS = (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError, AttributeError)
-_UTC = dt.UTC
-
-
 @dataclass(slots=True)
 class _Line:
-    """One converted measurement waiting in a batch: its records are turned into Arrow columns
-    with the batch, and only when the batch fails, on their own, to find the line that does not fit."""
+    """One converted measurement waiting in a batch: its rows are ``out.nrows`` rows of its
+    chunk's table from ``out.start`` (none when it does not fit the schema: ``out.unfit``)."""
 
     where: str
     key: str
-    converted: Converted
-    stats: BodyStats
-    partition: tuple[str, str]
+    out: LineOut
+    table: pa.Table
+
+    @property
+    def partition(self) -> tuple[str, str]:
+        return self.out.partition
 
 
-def _partition(converted: Converted) -> tuple[str, str]:
-    """The record contract checked; the (date, probe_cc) partition (a control row has its probe
-    row's time and country: convert)."""
-    for record in converted.records:
-        validate(record)
-    probe = converted.records[0]
-    return probe.measurement_start_time.astimezone(_UTC).date().isoformat(), probe.probe_cc
+def _gather(lines: list[_Line]) -> pa.Table:
+    """The rows of these lines (of one partition), in their order, as one table: a chunk's
+    table holds a partition's rows together in line order (chunks._by_partition), so the rows
+    of consecutive lines of one chunk are one zero-copy slice. The table keeps the slices as
+    its chunks: Parquet's row groups do not follow them, the file holds the same values."""
+    parts: list[pa.Table] = []
+    table: pa.Table | None = None
+    first = end = 0
+    for line in lines:
+        if line.table is not table or line.out.start != end:
+            if table is not None:
+                parts.append(table.slice(first, end - first))
+            table, first, end = line.table, line.out.start, line.out.start
+        end += line.out.nrows
+    if table is not None:
+        parts.append(table.slice(first, end - first))
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
-def _table(lines: list[_Line]) -> pa.Table:
-    return records_table([r for ln in lines for r in ln.converted.records], MEASUREMENT_SCHEMA)
-
-
-def _fits(line: _Line) -> str | None:
-    """None, or why this line's rows do not fit the dataset schema."""
-    try:
-        _table([line])
-    except _ARROW_ERRORS as exc:
-        return f"does not fit the dataset schema ({type(exc).__name__}: {exc})"
-    return None
+_WRITES_IN_FLIGHT = 8
 
 
 class _Batches:
     """Converted lines, written per (date, probe_cc) partition in batches like
-    probe.dataset.DatasetWriter. Each partition's rows are coerced to Arrow once; when that
-    fails, each line is coerced on its own, the lines that do not fit come back as bad, and
-    every other line is written."""
+    probe.dataset.DatasetWriter. A line whose rows do not fit the schema (found when its chunk
+    was converted) comes back as bad when its batch is written; every other line is written."""
 
     def __init__(self, root: Path, run_id: str, batch_size: int) -> None:
         self.root, self.run_id, self.batch_size = root, run_id, batch_size
@@ -144,11 +150,36 @@ class _Batches:
         self.buffered = 0
         self.parts = itertools.count()  # the run id is new: no earlier part to continue after
         self.files_written: list[Path] = []
+        # Files are written (compressed, fsynced) on a thread, which Arrow and fsync let run
+        # beside the conversion; at most _WRITES_IN_FLIGHT tables wait for it.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ooni-write")
+        self._writes: deque[tuple[Path, Future[None]]] = deque()
+
+    def _write(self, table: pa.Table, path: Path) -> None:
+        while len(self._writes) >= _WRITES_IN_FLIGHT:
+            self._wait_one()
+        self._writes.append((path, self._io.submit(write_table_atomic, table, path)))
+
+    def _wait_one(self) -> None:
+        path, done = self._writes.popleft()
+        try:
+            done.result()
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self.files_written.append(path)
+
+    def close(self) -> None:
+        """Wait for every file queued (raises StoreError for the first that failed)."""
+        try:
+            while self._writes:
+                self._wait_one()
+        finally:
+            self._io.shutdown(wait=True)
 
     def add(self, line: _Line) -> bool:
         """Queue a line; True when the batch is full and should be flushed."""
         self.pending.append(line)
-        self.buffered += len(line.converted.records)
+        self.buffered += line.out.nrows
         return self.buffered >= self.batch_size
 
     def flush(self) -> tuple[list[_Line], list[tuple[_Line, str]]]:
@@ -158,32 +189,110 @@ class _Batches:
         for line in pending:
             groups[line.partition].append(line)
         self.pending, self.buffered = [], 0
-        bad: dict[int, str] = {}
         for (date, cc), lines in sorted(groups.items()):
-            try:
-                table = _table(lines)
-            except _ARROW_ERRORS:
-                for ln in lines:
-                    reason = _fits(ln)
-                    if reason is not None:
-                        bad[id(ln)] = reason
-                lines = [ln for ln in lines if id(ln) not in bad]
-                if not lines:
-                    continue
-                table = _table(lines)
+            lines = [ln for ln in lines if ln.out.unfit is None]
+            if not lines:
+                continue
+            table = _gather(lines)
             path = partition_dir(self.root, date, cc) / f"part-{self.run_id}-{next(self.parts):05d}.parquet"
-            try:
-                write_table_atomic(table, path)
-            except OSError as exc:
-                raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            self.files_written.append(path)
-        return ([ln for ln in pending if id(ln) not in bad], [(ln, bad[id(ln)]) for ln in pending if id(ln) in bad])
+            self._write(table, path)
+        return ([ln for ln in pending if ln.out.unfit is None],
+                [(ln, ln.out.unfit) for ln in pending if ln.out.unfit is not None])
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, (NotAMeasurement, _Unfit)):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+# Inputs smaller than this are converted in-process: starting workers (each imports pyarrow)
+# costs more than a second core saves on a few thousand lines.
+PARALLEL_MIN_BYTES = 16 << 20
+
+
+def default_workers(files: list[Path]) -> int:
+    """Worker processes for these files: one per usable core for a large input, else 1."""
+    try:
+        size = sum(p.stat().st_size for p in files)
+    except OSError:
+        size = 0
+    if size < PARALLEL_MIN_BYTES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores)
+
+
+_Job = tuple[Path, list[Any], bool]  # (file, lines or decoded values, lines?)
+
+
+def _jobs(files: list[Path]) -> Iterator[_Job | tuple[Path, str]]:
+    """The files' values in chunks, in input order: JSON-lines files as undecoded lines (the
+    workers decode them), other files decoded here (arrays, pretty-printed objects). A file that
+    cannot be opened comes back as (path, reason)."""
+    for path in files:
+        try:
+            if is_lines_only(path):
+                for lines in iter_line_chunks(path):
+                    yield path, lines, True
+                continue
+            docs: list[tuple[int, Any, str | None]] = []
+            for raw in iter_documents(path):
+                docs.append((raw.line, raw.doc, raw.error))
+                if len(docs) >= _chunking.CHUNK_LINES:
+                    yield path, docs, False
+                    docs = []
+            if docs:
+                yield path, docs, False
+        except SourceError as exc:
+            yield path, str(exc)
+
+
+def _run(job: _Job) -> Chunk:
+    path, items, lines = job
+    return convert_lines(path, items) if lines else convert_docs(path, items)
+
+
+def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str]]:
+    """Every chunk converted, in input order; with ``workers`` > 1 on that many processes, at
+    most two chunks per worker in flight (memory stays flat however large the input)."""
+    jobs = _jobs(files)
+    if workers <= 1:
+        for job in jobs:
+            yield job if len(job) == 2 else _run(job)  # type: ignore[arg-type]
+        return
+    # fork: the workers start at once with the converter already imported, and nothing
+    # re-runs the caller's main module (spawn and forkserver do: a script without a main guard
+    # would fail). They use no thread the parent started: they decode, convert and build arrays.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # Every worker is forked now, before this import starts its writer thread (a fork while
+    # another thread holds an allocator's lock could hang the child): the pool forks one
+    # process per job submitted while none is idle.
+    for started in [pool.submit(os.getpid) for _ in range(workers)]:
+        started.result()
+    window: deque[Future[Packed] | Chunk | tuple[Path, str]] = deque()
+    try:
+        for job in jobs:
+            if len(job) == 2:
+                window.append(job)  # type: ignore[arg-type]
+            elif job[2]:  # lines: decoded and converted by a worker
+                window.append(pool.submit(convert_lines_packed, job[0], job[1]))
+            else:  # decoded values: converted here (sending the dicts would cost as much)
+                window.append(_run(job))  # type: ignore[arg-type]
+            while len(window) > 2 * workers:
+                yield _result(window.popleft())
+        while window:
+            yield _result(window.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(item: Future[Packed] | Chunk | tuple[Path, str]) -> Chunk | tuple[Path, str]:
+    if isinstance(item, Future):
+        try:
+            return unpack(item.result())
+        except BrokenProcessPool as exc:
+            raise OoniImportError(f"a worker process died ({exc}); what was converted before is written") from exc
+    return item
 
 
 def import_ooni(
@@ -191,6 +300,7 @@ def import_ooni(
     output: Path | str,
     *,
     batch_size: int = 5000,
+    workers: int | None = None,
     on_progress: Callable[[ImportSummary], None] | None = None,
     on_error: Callable[[str], None] | None = None,
 ) -> ImportSummary:
@@ -200,6 +310,10 @@ def import_ooni(
     joins a batch: one that cannot be is reported (``FILE:LINE: reason``, to ``on_error``) and
     skipped, and costs nothing else. A measurement already written (by this import, or found
     in ``output`` at the start) is skipped and counted.
+
+    ``workers``: processes that decode and convert JSON-lines files in chunks (None: one per
+    core for inputs of 16 MiB or more, else 1 = in this process). The output does not depend on
+    it: chunks are taken in input order, and dedupe and batching happen here.
     """
     paths = [Path(s) for s in sources]
     try:
@@ -235,14 +349,14 @@ def import_ooni(
 
     def commit(line: _Line) -> None:
         written.add(line.key)
-        converted = line.converted
-        stats.base64_bodies += line.stats.base64_bodies
-        stats.odd_encodings += line.stats.odd_encodings
+        out = line.out
+        stats.base64_bodies += out.base64_bodies
+        stats.odd_encodings += out.odd_encodings
         summary.measurements += 1
-        summary.controls += len(converted.records) - 1
-        summary.by_test[converted.test_name] += 1
-        summary.missing_test_keys += converted.missing_test_keys
-        summary.null_controls += converted.null_control
+        summary.controls += out.nrows - 1
+        summary.by_test[out.test_name] += 1
+        summary.missing_test_keys += out.missing_test_keys
+        summary.null_controls += out.null_control
         if on_progress is not None and summary.measurements % 1000 == 0:
             on_progress(summary)
 
@@ -269,32 +383,29 @@ def import_ooni(
             for line in waiting:  # a duplicate of a line that did not fit is imported after all
                 queue(line)
 
+    if workers is None:
+        workers = default_workers(files)
     try:
         try:
-            for path in files:
-                try:
-                    for raw in iter_documents(path):
-                        where = f"{path}:{raw.line}"
-                        if raw.error:
-                            skip(where, raw.error)
-                            continue
-                        line_stats = BodyStats()
-                        try:
-                            converted = convert(raw.doc, "", line_stats)  # the text is unused
-                            scrub_probe_ip(converted.records, raw.doc.get("probe_ip"))
-                            partition = _partition(converted)
-                        except Exception as exc:  # noqa: BLE001 - one bad value costs its own line only
-                            skip(where, _reason(exc))
-                            continue
-                        key = converted.records[0].origin_uid or ""  # always set by convert
-                        if key in existing:
-                            summary.already_present += 1
-                            continue
-                        queue(_Line(where, key, converted, line_stats, partition))
-                except SourceError as exc:
-                    skip(str(path), str(exc))
+            for chunk in _chunks(files, workers):
+                if isinstance(chunk, tuple):  # a file that cannot be read at all
+                    skip(str(chunk[0]), chunk[1])
+                    continue
+                prefix, table = f"{chunk.path}:", chunk.table
+                for out in chunk.lines:
+                    where = f"{prefix}{out.line}"
+                    if out.error is not None:
+                        skip(where, out.error)
+                        continue
+                    if out.key in existing:
+                        summary.already_present += 1
+                        continue
+                    queue(_Line(where, out.key, out, table))
         finally:
-            flush()  # what was converted is written, also when the import stops early
+            try:
+                flush()  # what was converted is written, also when the import stops early
+            finally:
+                writer.close()
     except StoreError as exc:
         raise OoniImportError(str(exc)) from exc
     summary.base64_bodies = stats.base64_bodies

@@ -61,12 +61,13 @@ def control_observations(control: dict[str, Any], url: str, probe_dns: list[DnsQ
         if failure is None and not addrs:
             failure = "dns_no_answer"  # the helper reports "no addresses" as an empty success
         # The helper resolves with getaddrinfo too: one A and one AAAA record, like the probe's.
+        host = _host(url)
         for qtype, version in (("A", 4), ("AAAA", 6)):
             answers = [DnsAnswer(qtype, a, None, *networks.get(a, (None, None))) for a in addrs if _version(a) == version]
             f = failure or (None if answers else "dns_no_answer")
             obs.dns.append(
                 DnsQuery(t0=0.0, t=0.0, failure=f, resolver="system", engine="system", query_type=qtype,
-                         hostname=_host(url), answers=answers if failure is None else [], tag="ooni_test_helper")
+                         hostname=host, answers=answers if failure is None else [], tag="ooni_test_helper")
             )
     for endpoint, st in as_dict(control.get("tcp_connect")).items():
         if not isinstance(st, dict):
