@@ -53,10 +53,18 @@ _Decide = Callable[[tuple[IPAddress, ...]], bool]
 
 
 def _parse(text: str) -> IPAddress | None:
+    # The same few addresses (resolvers, targets, answers) are parsed again and again.
+    return _parse_cached(text) if len(text) <= 64 else _parse_address(text)
+
+
+def _parse_address(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.split("%", 1)[0].strip("[]"))
     except ValueError:
         return None
+
+
+_parse_cached = functools.lru_cache(maxsize=4096)(_parse_address)
 
 
 def parse_address(text: str) -> IPAddress | None:

@@ -9,6 +9,7 @@ step need not wait): a second answer to the same query is a sign of injection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import struct
@@ -46,6 +47,7 @@ _ADDRESS_TYPES = {"A": dns.rdatatype.A, "AAAA": dns.rdatatype.AAAA}
 _SYSTEM_EXECUTOR = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vantage-gai")
 
 
+@functools.lru_cache(maxsize=256)  # once per query, and a run has a handful of resolvers
 def parse_resolver(resolver: str, default_port: int = 53) -> tuple[str, int]:
     """``"IP"``, ``"IP:PORT"``, ``"[IPv6]:PORT"`` or a bare IPv6 -> (ip, port). ValueError if bad."""
     text = resolver.strip()
