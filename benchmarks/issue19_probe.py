@@ -10,43 +10,42 @@ and the goal is wall time <= 1.15 x bound with peak RSS < 150 MB. Every other si
 once, so what a run spends beyond the bound is the probe's own overhead (before issue 19: the
 0.4 s DNS late-response window held inside every slot).
 
-"old" is the code at a commit (default: where this work started) unpacked with ``git archive``
-(benchmarks/issue19.py's mechanism) and put first on the child's PYTHONPATH; "new" is this
-checkout. Both run the same list against the same farm (tests/probe/experiments/loopfarm.py, a
-process of its own, serving 127.X.0.0/16 and the only resolver the probe is given: nothing
-leaves loopback), old then new, each as a fresh `vantage run` process with default settings.
-Wall time is the runner's own figure (``... records) in X s``; the process figure, with
-interpreter start-up, is printed beside it); peak RSS is that `vantage run` process's alone
-(os.wait4). The rows written and pages fetched are compared, old vs new.
+"old" is the code at a commit (default d44a5c1, where the CPU-per-URL work started) unpacked
+with ``git archive`` (benchmarks/issue19.py's mechanism) and put first on the child's
+PYTHONPATH; "new" is this checkout. Both run the same list against the same farm
+(tests/probe/experiments/loopfarm.py, a process of its own, serving 127.X.0.0/16 and the only
+resolver the probe is given: nothing leaves loopback), old then new (``--rounds 2``: ABBA), each
+as a fresh `vantage run` process with default settings. Printed per size, old and new: CPU ms
+per URL inside ``run_targets`` (the child's ``time.process_time``, every thread, no start-up:
+the figure a busy machine does not distort much), the whole process's CPU (os.wait4), wall
+time (the runner's own ``... records) in X s``) and its ratio to the bound, peak RSS of that
+`vantage run` process alone, rows written and pages fetched (old and new must agree).
 
-    .venv/bin/python benchmarks/issue19_probe.py --urls 1000
-    .venv/bin/python benchmarks/issue19_probe.py --urls 10000
+    .venv/bin/python benchmarks/issue19_probe.py                  # 1,000 and 10,000 URLs
+    .venv/bin/python benchmarks/issue19_probe.py --urls 1000 --rounds 2
 
-What else bounds a run: the probe's CPU. The silent sites are spread through the list, so the
-last of them starts only once nearly every answering site has been measured, and the run
-lasts about (CPU time of the answering sites) + timeout. At 1k that CPU (about 4-6 ms per URL
-here: two dnspython queries, httpx, the paranoid scrub of every record, Parquet) is what keeps
-a run above 1.15x the 10 s bound even on an idle core; at 10k it overlaps the ten 10 s waves.
+What bounds a run besides the timeout: the probe's CPU. The silent sites are spread through
+the list, so the last of them starts only once nearly every answering site has been measured,
+and a 1k run lasts about (CPU of the answering sites) + timeout: 1.15x of 10 s needs about
+1.6 ms of CPU per URL on a free core. At 10k the answering sites' CPU (about 30 s at 3.5 ms
+per URL) overlaps the ten 10 s waves of silent ones, and the ratio follows how much of a core
+the process gets.
 
-Measured 2026-12-01 on this 2-core machine shared with other engineers' work (load average
-7 to 18 during the runs: every figure is CPU-starved, the ratios to the bound with it), one
-run each, old = e26351a:
+Measured 2026-12-01 on this 2-core machine shared with four other engineers' work (load 12 to
+17: the process got 0.15 to 0.25 of a core, so the walls are CPU-starved and the ratios to the
+bound with them; the CPU per URL is the evidence), one run each, old = d44a5c1:
 
-| URLs | old wall / ratio to bound | new wall / ratio to bound | peak RSS old / new | CPU s old / new |
-|---|---|---|---|---|
-| 1,000 (bound 10 s) | 24.0 s / 2.40 | 30.2 s / 3.02 | 134 / 137 MB | 6.0 / 5.4 |
-| 10,000 (bound 100 s) | 255.5 s / 2.56 | 310.2 s / 3.10 | 138 / 140 MB | 52.9 / 68.0 |
-
-| 1,000, --rounds 2 (ABBA means) | 41.6 s / 4.16 | 36.6 s / 3.66 | 133 / 134 MB | 4.8 / 4.8 |
-| 10,000, --rounds 2 (ABBA means; runs 318, 292, 314, 231 s as the load fell 20 -> 11) | 274.4 s / 2.74 | 303.1 s / 3.03 | 138 / 139 MB | 49.5 / 51.7 |
-| 1,000, --concurrency 20 (bound 50 s) | 81.5 s / 1.63 | 64.6 s / 1.29 | 132 / 133 MB | 6.9 / 5.4 |
+| URLs | bound | wall s | ratio to bound | CPU ms/URL in the run | whole-process CPU s | peak RSS MB |
+|---|---|---|---|---|---|---|
+| 1,000 | 10 s | 31.0 -> 28.5 | 3.10 -> 2.85 | 3.97 -> 3.15 (0.79x) | 4.9 -> 4.2 | 180 -> 142 |
+| 10,000 | 100 s | 165.6 -> 152.3 | 1.66 -> 1.52 | 4.06 -> 3.45 (0.85x) | 42.2 -> 36.2 | 184 -> 148 |
 
 Every run wrote every row (1,000 / 10,000) and fetched every answering page (900 / 9,000).
-The first two rows ran old then new while the load climbed (10 to 18 at 10k), so they favour
-old; the ABBA row weighs the drift on both sides. With fewer slots (--concurrency 20) the slot
-time, not the CPU, dominates and the late window's cost shows: 1.63 -> 1.29 of the bound. At
-the default 100 slots the runs were starved (about 0.1-0.3 of a core), so the 1.15x goal
-could not be shown on this machine; it needs a quiet core and, at 1k, less CPU per URL.
+Where the CPU went (cProfile of a 1k run, before): dnspython building and parsing two queries
+per URL (~15 %), the httpx / httpcore / anyio / h11 stack (~20 %), asyncio itself, socket
+system calls, the paranoid scrub of every record (~10 %, now ~3 %), Parquet in the writer
+thread; and pyarrow's first array imported pandas (installed with the spark extra): 55 MB of
+the RSS. Earlier figures (old = e26351a, the late window inside the slot) are in git history.
 """
 
 from __future__ import annotations
