@@ -64,7 +64,7 @@ def _parse_address(text: str) -> IPAddress | None:
         return None
 
 
-_parse_cached = functools.lru_cache(maxsize=4096)(_parse_address)
+_parse_cached = functools.lru_cache(maxsize=1024)(_parse_address)
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -203,7 +203,7 @@ def literals_in(text: str, *, base64_too: bool = False) -> set[IPAddress]:
 # values): their literals are looked up once. Longer ones (bodies) are read every time, so the
 # cache stays small (at most _LITERALS_CACHED x _LITERALS_CACHE_MAX characters).
 _LITERALS_CACHE_MAX = 256
-_LITERALS_CACHED = 4096
+_LITERALS_CACHED = 1024
 
 
 def _literals(text: str) -> tuple[frozenset[IPAddress], frozenset[IPAddress]]:
