@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import ipaddress
 import re
 import threading
@@ -52,10 +53,18 @@ _Decide = Callable[[tuple[IPAddress, ...]], bool]
 
 
 def _parse(text: str) -> IPAddress | None:
+    # The same few addresses (resolvers, targets, answers) are parsed again and again.
+    return _parse_cached(text) if len(text) <= 64 else _parse_address(text)
+
+
+def _parse_address(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text.split("%", 1)[0].strip("[]"))
     except ValueError:
         return None
+
+
+_parse_cached = functools.lru_cache(maxsize=1024)(_parse_address)
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -186,6 +195,25 @@ _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{12,}")
 def literals_in(text: str, *, base64_too: bool = False) -> set[IPAddress]:
     """Every IP address written in ``text`` in a textual form (both orders of a 4-part form);
     with ``base64_too`` also those inside base64 runs (a cookie may carry only that form)."""
+    plain, encoded = _literals(text)
+    return set(plain | encoded) if base64_too else set(plain)
+
+
+# Short strings repeat from record to record (experiment names, statuses, resolvers, header
+# values): their literals are looked up once. Longer ones (bodies) are read every time, so the
+# cache stays small (at most _LITERALS_CACHED x _LITERALS_CACHE_MAX characters).
+_LITERALS_CACHE_MAX = 256
+_LITERALS_CACHED = 1024
+
+
+def _literals(text: str) -> tuple[frozenset[IPAddress], frozenset[IPAddress]]:
+    """(the literals of ``text``, those only inside its base64 runs): pure, so cached."""
+    if len(text) <= _LITERALS_CACHE_MAX:
+        return _literals_cached(text)
+    return _read_literals(text)
+
+
+def _read_literals(text: str) -> tuple[frozenset[IPAddress], frozenset[IPAddress]]:
     found: set[IPAddress] = set()
 
     def collect(readings: tuple[IPAddress, ...]) -> bool:
@@ -194,19 +222,23 @@ def literals_in(text: str, *, base64_too: bool = False) -> set[IPAddress]:
 
     _sub_v4(text, collect)
     _sub_v6(text, collect)
-    if base64_too:
-        for m in _BASE64_RUN.finditer(text):
-            run = m.group(0).replace("-", "+").replace("_", "/")
-            for start in range(4):  # the encoded data may start at any byte before the address
-                chunk = run[start:]
-                chunk = chunk[: len(chunk) - len(chunk) % 4]
-                try:
-                    decoded = base64.b64decode(chunk, validate=True).decode("latin-1")
-                except ValueError:
-                    continue
-                _sub_v4(decoded, collect)
-                _sub_v6(decoded, collect)
-    return found
+    plain = frozenset(found)
+    found = set()
+    for m in _BASE64_RUN.finditer(text):
+        run = m.group(0).replace("-", "+").replace("_", "/")
+        for start in range(4):  # the encoded data may start at any byte before the address
+            chunk = run[start:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            try:
+                decoded = base64.b64decode(chunk, validate=True).decode("latin-1")
+            except ValueError:
+                continue
+            _sub_v4(decoded, collect)
+            _sub_v6(decoded, collect)
+    return plain, frozenset(found)
+
+
+_literals_cached = functools.lru_cache(maxsize=_LITERALS_CACHED)(_read_literals)
 
 
 def scrub_all_addresses(text: str) -> str:
@@ -265,6 +297,7 @@ class Scrubber:
         self._base64 = tuple(sorted({n for a in expanded for n in _base64_needles(a)}, key=len, reverse=True))
         self._needles = _needles(expanded)
         self._addresses = frozenset(expanded)
+        self._quiet_texts: dict[str, bool] = {}  # short text -> _quiet(text), for these addresses
         self._log_scrubber = None  # rebuilt with the new addresses on the next paranoid log line
 
     def add(self, address: str) -> None:
@@ -304,7 +337,7 @@ class Scrubber:
     def scrub(self, text: None) -> None: ...
     def scrub(self, text: str | None) -> str | None:
         """``text`` with every own address, in any encoding, replaced by ``[scrubbed]``."""
-        if not text or not self._addresses:
+        if not text or not self._addresses or self._quiet(text):
             return text
         return self._replace(text, self._own_reading)
 
@@ -337,10 +370,14 @@ class Scrubber:
 
     def with_suspects(self, suspects: Iterable[IPAddress]) -> Scrubber:
         """A scrubber that treats ``suspects`` (literals seen where the public address might
-        be) as own addresses too, so their hex, decimal and base64 forms go with them."""
+        be) as own addresses too, so their hex, decimal and base64 forms go with them; this
+        one when none of them may be public (it would scrub exactly what this one does)."""
+        public = {a for a in suspects if self.may_be_public(a)}
+        if public <= self._addresses:
+            return self
         derived = Scrubber(paranoid=self.paranoid)
         derived.public_nets = self.public_nets
-        derived._set(set(self._addresses) | {a for a in suspects if self.may_be_public(a)})
+        derived._set(set(self._addresses) | public)
         derived._v6_nets = self._v6_nets  # a suspect is one address, not its /64 (a target may share it)
         return derived
 
@@ -353,6 +390,22 @@ class Scrubber:
         text = data.decode("latin-1")
         out = self.scrub_literals(text) if self.paranoid else self._replace(text, self._own_reading)
         return data if out is text or out == text else out.encode("latin-1")
+
+    def _quiet(self, text: str) -> bool:
+        """Whether ``text`` holds no trace of an own address: no base64 needle and none of the
+        needles of ``_may_contain``. Then :meth:`scrub` leaves it as it is, and so does
+        :meth:`scrub_literals` when ``text`` also holds no IP literal (``_literals(text)[0]``
+        empty), for only an own address written as base64 or as a number could go.
+        Remembered for short texts (they repeat from record to record)."""
+        if len(text) > _LITERALS_CACHE_MAX:
+            return not any(n in text for n in self._base64) and not self._may_contain(text)
+        quiet = self._quiet_texts.get(text)
+        if quiet is None:
+            quiet = not any(n in text for n in self._base64) and not self._may_contain(text)
+            if len(self._quiet_texts) >= _LITERALS_CACHED:
+                self._quiet_texts.clear()
+            self._quiet_texts[text] = quiet
+        return quiet
 
     def _may_contain(self, text: str) -> bool:
         low = text.lower()
@@ -420,43 +473,70 @@ def scrub_record(m: Any, scrubber: Scrubber) -> None:
     """
     if scrubber.paranoid:
         keep = target_addresses(m)
+        places = _strings(m)
         # Literals of this record that are not its targets may be the public address: their
         # other encodings (hex, decimal, base64) in the same record go too.
         seen: set[IPAddress] = set()
-
-        def collect(text: str) -> str:
-            seen.update(literals_in(text, base64_too=True))
-            return text
-
-        _walk(m, collect)
+        plain: dict[str, bool] = {}  # text -> holds an IP literal
+        for _, _, text in places:
+            if text not in plain:
+                literals, encoded = _literals(text)
+                seen |= literals
+                seen |= encoded
+                plain[text] = bool(literals)
         derived = scrubber.with_suspects(a for a in seen if a not in keep and _reversed(a) not in keep)
 
         def fn(text: str) -> str:
+            if not plain[text] and derived._quiet(text):
+                return text  # what scrub_literals would return, without its four regex passes
             return derived.scrub_literals(text, keep)
     elif scrubber.addresses:
+        places = _strings(m)
         fn = scrubber.scrub
     else:
         return
-    _walk(m, fn)
+    for owner, key, text in places:
+        new = fn(text)
+        if new != text:
+            if isinstance(owner, list):
+                owner[key] = new  # type: ignore[index]
+            else:
+                setattr(owner, key, new)  # type: ignore[arg-type]
 
 
-def _walk(obj: Any, fn: Callable[[str], str]) -> None:
-    for f in dataclasses.fields(obj):
-        if f.name in _NOT_CAPTURED:
-            continue
-        value = getattr(obj, f.name)
+# Per record class: the names of its fields that may hold captured text (str, list or record).
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _captured_fields(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_CAPTURED)
+        _FIELDS[cls] = names
+    return names
+
+
+def _strings(obj: Any) -> list[tuple[Any, str | int, str]]:
+    """Every string of ``obj`` (a record), with where it sits: (record, field name, text) or
+    (list, index, text); nested records and lists of them included, identifiers not."""
+    out: list[tuple[Any, str | int, str]] = []
+    _collect(obj, out)
+    return out
+
+
+def _collect(obj: Any, out: list[tuple[Any, str | int, str]]) -> None:
+    for name in _captured_fields(type(obj)):
+        value = getattr(obj, name)
         if isinstance(value, str):
-            new = fn(value)
-            if new != value:
-                setattr(obj, f.name, new)
+            out.append((obj, name, value))
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, str):
-                    value[i] = fn(item)
-                elif dataclasses.is_dataclass(item):
-                    _walk(item, fn)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            _walk(value, fn)
+                    out.append((value, i, item))
+                elif type(item) in _FIELDS or (dataclasses.is_dataclass(item) and not isinstance(item, type)):
+                    _collect(item, out)
+        elif type(value) in _FIELDS or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            _collect(value, out)
 
 
 def scrub_probe_ip(records: Iterable[Any], probe_ip: Any) -> None:

@@ -255,7 +255,8 @@ async def measure(
     try:
         try:
             with net.guarded():
-                observations = await asyncio.wait_for(experiment.run(target, net), settings.measurement_timeout)
+                async with asyncio.timeout(settings.measurement_timeout):  # no extra task, unlike wait_for
+                    observations = await experiment.run(target, net)
             if steps_done is not None:
                 steps_done()
             # Late DNS replies are collected in the background while the steps went on; the

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
 from probe.experiments.base import InputError
 from probe.schema import DnsQuery
+
+if TYPE_CHECKING:
+    from probe.experiments.context import MeasurementContext
 
 # A hostile resolver may answer with hundreds of addresses; measuring each one would turn a
 # single target into a scan, so only the first few distinct addresses are contacted.
@@ -65,6 +68,18 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def host_addresses(net: MeasurementContext, host: str, observations: list[Any]) -> tuple[str | None, list[str]]:
+    """(the address if ``host`` is an IP literal, the addresses to measure): a literal is its
+    own one address; a name is looked up with the run's resolvers (``net.dns_lookup``), its
+    DNS records appended to ``observations``, and its answers are the addresses."""
+    literal = ip_literal(host)
+    if literal is not None:
+        return literal, [literal]
+    queries = await net.dns_lookup(host)
+    observations.extend(queries)
+    return None, resolved_addresses(queries)
 
 
 def resolved_addresses(queries: Iterable[DnsQuery], limit: int = MAX_ADDRESSES) -> list[str]:

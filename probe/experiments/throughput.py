@@ -19,7 +19,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urljoin, urlsplit, urlunsplit
 
 from probe.experiments.base import Experiment, InputError, Observation, Target
-from probe.experiments.common import ip_literal, parse_web_url, resolved_addresses
+from probe.experiments.common import host_addresses, parse_web_url
 from probe.experiments.context import MeasurementContext
 from probe.net.download import DEFAULT_BYTE_CAP, DEFAULT_TIME_CAP
 from probe.schema import Measurement
@@ -63,13 +63,7 @@ class Throughput(Experiment):
         byte_cap = int(extra.get("download_byte_cap") or DEFAULT_BYTE_CAP)
         time_cap = float(extra.get("download_time_cap") or DEFAULT_TIME_CAP)
         observations: list[Observation] = []
-        literal = ip_literal(host)
-        if literal is not None:
-            addresses = [literal]
-        else:
-            queries = await net.dns_lookup(host)
-            observations.extend(queries)
-            addresses = resolved_addresses(queries)
+        _, addresses = await host_addresses(net, host, observations)
         if not addresses:
             return observations  # the DNS observations say why; the analyzer's DNS rules judge them
         observations.append(

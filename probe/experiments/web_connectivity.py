@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from probe.experiments.base import Experiment, Observation, Target
-from probe.experiments.common import gather_all, ip_literal, parse_web_url, resolved_addresses, url_port
+from probe.experiments.common import gather_all, host_addresses, parse_web_url, url_port
 from probe.experiments.context import MeasurementContext
 from probe.net.altsvc import advertises_h3
 from probe.net.http import HEADER_VALUE_MAX, MAX_HEADERS
@@ -33,13 +33,7 @@ class WebConnectivity(Experiment):
         host = parts.hostname or ""
         observations: list[Observation] = []
 
-        literal = ip_literal(host)
-        if literal is not None:
-            addresses = [literal]
-        else:
-            queries = await net.dns_lookup(host)
-            observations.extend(queries)
-            addresses = resolved_addresses(queries)
+        literal, addresses = await host_addresses(net, host, observations)
         if not addresses:
             return observations
 

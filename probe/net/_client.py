@@ -78,6 +78,7 @@ def host_key(host: str) -> str:
         return host
 
 
+@functools.lru_cache(maxsize=1024)  # per request and per hop: the same hosts again and again
 def ip_literal(host: str) -> str | None:
     try:
         return str(ipaddress.ip_address(host.strip("[]")))

@@ -94,6 +94,16 @@ class _Body:
     content_type: str = ""
     seen: bool = False  # a response (status line) arrived
 
+    def feed(self, inflater: _Inflater, chunk: bytes, cap: int) -> bool:
+        """Append what ``chunk`` decodes to, up to ``cap`` bytes in all; True (and
+        ``truncated``) when there was more than that."""
+        room = cap - len(self.data)
+        out = inflater.feed(chunk, room + 1)
+        self.data += out[:room]
+        if len(out) > room:
+            self.truncated = True
+        return self.truncated
+
 
 def _charset(content_type: str, head: bytes) -> str:
     for part in content_type.split(";")[1:]:
@@ -179,10 +189,7 @@ async def _hop(
         raw = 0
         async for chunk in resp.aiter_raw():
             raw += len(chunk)
-            room = body_cap - len(body.data)
-            out = inflater.feed(chunk, room + 1)
-            body.data += out[:room]
-            if len(out) > room or raw > body_cap * RAW_FACTOR:
+            if body.feed(inflater, chunk, body_cap) or raw > body_cap * RAW_FACTOR:
                 body.truncated = True  # more than the cap: stop reading, close the connection
                 break
         location = resp.headers.get("location")
@@ -273,9 +280,9 @@ async def http_get(
                     elif remaining <= 0:
                         rec.failure = "generic_timeout"
                     else:
-                        nxt = await asyncio.wait_for(
-                            _hop(client, backend, rec, body, current, body_cap, remaining), remaining
-                        )
+                        # asyncio.timeout, not wait_for: no extra task per hop (3.12's wait_for is this)
+                        async with asyncio.timeout(remaining):
+                            nxt = await _hop(client, backend, rec, body, current, body_cap, remaining)
                 except Exception as exc:
                     rec.failure = classify(exc)
                 if rec.ip is None and current.host:

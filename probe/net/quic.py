@@ -12,7 +12,6 @@ so the two responses compare as they are.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
@@ -49,7 +48,7 @@ from probe.net.http import (
 )
 from probe.net.scrub import Scrubber
 from probe.net.tcp import family_of
-from probe.net.tls import cert_names
+from probe.net.tls import fill_certificate
 from probe.schema import HttpHeader, HttpRequest, QuicHandshake
 
 # aioquic logs every failed handshake at ERROR on its "quic" logger; here a failure is data on
@@ -180,11 +179,7 @@ class _Client(QuicConnectionProtocol):
             resp.body.content_type = next((v for n, v in resp.headers if n == "content-type"), "")
             resp.inflater = _Inflater(next((v for n, v in resp.headers if n == "content-encoding"), "identity"))
         elif isinstance(event, DataReceived) and resp.inflater is not None and not resp.body.truncated:
-            room = self.body_cap - len(resp.body.data)
-            out = resp.inflater.feed(event.data, room + 1)
-            resp.body.data += out[:room]
-            if len(out) > room:
-                resp.body.truncated = True
+            resp.body.feed(resp.inflater, event.data, self.body_cap)
         if getattr(event, "stream_ended", False):
             resp.ended = True
 
@@ -235,16 +230,7 @@ def _fill(rec: QuicHandshake, client: _Client, scrubber: Scrubber | None) -> Non
     rec.cipher_suite = f"TLS_{suite.name}" if suite is not None else None
     cert = getattr(quic.tls, "_peer_certificate", None)  # aioquic keeps it only here
     if cert is not None:
-        der = cert.public_bytes(Encoding.DER)
-        rec.peer_cert_sha256 = hashlib.sha256(der).hexdigest()
-        try:
-            names, issuer = cert_names(der)
-        except Exception:  # a malformed certificate is data too
-            names, issuer = [], None
-        if scrubber is not None:
-            names = [scrubber.scrub(n) or "" for n in names]
-            issuer = scrubber.scrub(issuer)
-        rec.peer_cert_names, rec.peer_cert_issuer = names, issuer
+        fill_certificate(rec, cert.public_bytes(Encoding.DER), scrubber)
 
 
 class _Connection:

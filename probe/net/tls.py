@@ -20,7 +20,7 @@ from probe.net.clock import Clock
 from probe.net.errors import classify, unknown
 from probe.net.scrub import Scrubber
 from probe.net.tcp import open_socket
-from probe.schema import TlsHandshake
+from probe.schema import QuicHandshake, TlsHandshake
 
 MAX_NAMES = 100  # SAN lists of CDN certificates run into the hundreds
 
@@ -64,6 +64,20 @@ async def _handshake(
     return obj  # type: ignore[no-any-return]
 
 
+def fill_certificate(rec: TlsHandshake | QuicHandshake, der: bytes, scrubber: Scrubber | None) -> None:
+    """The peer certificate's hash, names and issuer on a TLS or QUIC handshake record (the
+    names and issuer scrubbed: a certificate may be issued for the client's address)."""
+    rec.peer_cert_sha256 = hashlib.sha256(der).hexdigest()
+    try:
+        names, issuer = cert_names(der)
+    except Exception:  # a malformed certificate is data too
+        names, issuer = [], None
+    if scrubber is not None:
+        names = [scrubber.scrub(n) or "" for n in names]
+        issuer = scrubber.scrub(issuer)
+    rec.peer_cert_names, rec.peer_cert_issuer = names, issuer
+
+
 def _fill(rec: TlsHandshake, obj: ssl.SSLObject, scrubber: Scrubber | None) -> None:
     rec.tls_version = obj.version()
     cipher = obj.cipher()
@@ -71,15 +85,7 @@ def _fill(rec: TlsHandshake, obj: ssl.SSLObject, scrubber: Scrubber | None) -> N
     rec.alpn = obj.selected_alpn_protocol()
     der = obj.getpeercert(binary_form=True)
     if der:
-        rec.peer_cert_sha256 = hashlib.sha256(der).hexdigest()
-        try:
-            names, issuer = cert_names(der)
-        except Exception:  # a malformed certificate is data too
-            names, issuer = [], None
-        if scrubber is not None:
-            names = [scrubber.scrub(n) or "" for n in names]
-            issuer = scrubber.scrub(issuer)
-        rec.peer_cert_names, rec.peer_cert_issuer = names, issuer
+        fill_certificate(rec, der, scrubber)
 
 
 async def tls_handshake(

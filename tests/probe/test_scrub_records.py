@@ -280,3 +280,54 @@ def test_paranoid_base64_only_echo_is_scrubbed_other_base64_stays() -> None:
     scrub_record(m, Scrubber(paranoid=True))
     assert find(m.http[1].headers[0].value, ["8.8.4.4"]) == [] and REPLACEMENT in m.http[1].headers[0].value
     assert m.http[1].headers[1].value == session
+
+
+# -- issue 19: scrub_record's shortcuts (literals looked up once per short text, a text with no
+# trace of an own address skipped, no derived scrubber when no suspect may be public). Each test
+# scrubs through warm caches: the same strings were scrubbed before, clean or not.
+
+
+@pytest.mark.parametrize("form", sorted(forms(OWN)))
+def test_paranoid_every_field_loses_our_address_through_warm_caches(form: str) -> None:
+    text = f"seen {forms(OWN)[form]} here"
+    for _ in range(2):  # the second record meets every text in the caches
+        m = filled(S.Measurement, text)
+        scrub_record(m, Scrubber([OWN], paranoid=True))
+        checked = 0
+        for where, value in strings(m):
+            if where.rsplit(".", 1)[-1] in IDS:
+                continue
+            checked += 1
+            assert find(value, [OWN]) == [] and REPLACEMENT in value, (form, where, value)
+        assert checked > 40
+
+
+@pytest.mark.parametrize("paranoid", [False, True])
+@pytest.mark.parametrize("form", ["hex", "decimal", "base64", "dotted"])
+def test_an_address_learned_later_is_scrubbed_in_texts_seen_clean_before(paranoid: bool, form: str) -> None:
+    """The per-scrubber memory of clean texts is for its addresses of the moment: a text that
+    was clean before the public address was learned is read again after."""
+    scrubber = Scrubber(["192.0.2.2"], paranoid=paranoid)
+    text = f"you are {forms(OWN)[form]}"
+    before = filled(S.Measurement, text)
+    scrub_record(before, scrubber)
+    if not paranoid or form != "dotted":  # a paranoid record loses any public literal anyway
+        assert before.http[0].title == text  # OWN is not known yet: kept (the trap)
+    scrubber.add(OWN)
+    after = filled(S.Measurement, text)
+    scrub_record(after, scrubber)
+    for where, value in strings(after):
+        if where.rsplit(".", 1)[-1] not in IDS:
+            assert find(value, [OWN]) == [] and REPLACEMENT in value, (where, value)
+
+
+def test_paranoid_without_public_suspects_scrubs_with_the_scrubber_itself() -> None:
+    s = Scrubber([OWN], paranoid=True)
+    assert s.with_suspects([ipaddress.ip_address("10.1.2.3"), ipaddress.ip_address(OWN)]) is s
+    derived = s.with_suspects([ipaddress.ip_address("8.8.4.4")])
+    assert derived is not s and ipaddress.ip_address("8.8.4.4") in derived.addresses
+    assert ipaddress.ip_address("8.8.4.4") not in s.addresses  # the run's scrubber is not widened
+    # a private literal (read both ways) in a paranoid record is kept, a public one goes
+    m = web_record("blockpage at 10.0.0.10, client 8.8.4.4")
+    scrub_record(m, s)
+    assert m.http[1].body_sample == "blockpage at 10.0.0.10, client [scrubbed]"
