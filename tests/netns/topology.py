@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 # --------------------------------------------------------------------------- address plan
 
@@ -273,6 +274,40 @@ class Topology:
     def pids(self) -> Iterator[int]:
         for proc in self.processes.values():
             yield proc.popen.pid
+
+
+class TopologyLab:
+    """A lab built on a Topology, and the one owner of its lifecycle: entering brings the
+    namespaces up, then ``build()`` adds what the lab needs (servers, censors, shaping); any
+    failure there tears everything down before it propagates; leaving (or ``close()``, which is
+    idempotent, as Topology's is) tears it down. The fixtures also register ``close`` as a
+    finalizer, and Topology's atexit hook covers an interrupted interpreter.
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+
+    def build(self) -> None:
+        """What the lab adds once the namespaces are up (nothing here)."""
+
+    def __enter__(self) -> Self:
+        self.topo.__enter__()
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.topo.close()
+
+    @property
+    def workdir(self) -> Path:
+        return self.topo.workdir
 
 
 STALE_NAME = re.compile(r"^vt(\d+)[a-z]?-(probe|censor|internet|control|r\d|target)$")  # r1..r4, target: pathloc_lab
