@@ -16,6 +16,21 @@ import pytest
 from vantage.lab import LoopbackLab
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, scripts/test.sh), every test marked netns
+    runs on one worker, one after the other, as in a serial run: a session's lab is built once
+    for all its tests (a session fixture is per worker), and no two labs run at once, whose
+    servers answer against step timeouts and whose throttling lab measures rates (their
+    namespace names carry the worker's pid, and their addresses live inside the namespaces, so
+    it is time, not names, that they would share). Everything else is spread over the workers,
+    each with its own temporary and user directories (``isolated_user_dirs``)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("netns") is not None:
+            item.add_marker(pytest.mark.xdist_group("netns"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The user's data, config and cache directories point into the session's temporary
