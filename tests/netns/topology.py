@@ -97,6 +97,16 @@ class LabProcess:
             return ""
 
 
+def start_or_close(start: Callable[[], None], close: Callable[[], None]) -> None:
+    """Run ``start``; when it fails (or is interrupted), run ``close`` before the error propagates:
+    a half-built lab is torn down like a whole one."""
+    try:
+        start()
+    except BaseException:
+        close()
+        raise
+
+
 _LIVE: set[Topology] = set()
 
 
@@ -126,11 +136,7 @@ class Topology:
     # ----------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> Topology:
-        try:
-            self.up()
-        except BaseException:
-            self.close()
-            raise
+        start_or_close(self.up, self.close)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -291,13 +297,12 @@ class TopologyLab:
         """What the lab adds once the namespaces are up (nothing here)."""
 
     def __enter__(self) -> Self:
-        self.topo.__enter__()
-        try:
-            self.build()
-        except BaseException:
-            self.close()
-            raise
+        start_or_close(self._start, self.close)
         return self
+
+    def _start(self) -> None:
+        self.topo.up()
+        self.build()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
