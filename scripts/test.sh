@@ -6,8 +6,8 @@
 #            (pytest -m "not slow and not netns"); CI runs everything.
 # pytest runs on VANTAGE_TEST_WORKERS pytest-xdist workers (default 2, the cores of CI and of the
 # developers' machines; 0 runs in one process, which `pytest -s` needs to show the labs' tables).
-# --dist loadgroup: the tests marked netns form one group (tests/conftest.py), run one after
-# the other on one worker while the other worker takes the rest.
+# --dist loadgroup: a test module is one group (its module fixtures are built once), and the
+# tests marked netns are one group, run one after the other on one worker (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
