@@ -4,6 +4,10 @@
 # Usage: bash scripts/test.sh [--quick] [pytest args...]
 #   --quick: leave out the tests marked slow and the network-namespace labs
 #            (pytest -m "not slow and not netns"); CI runs everything.
+# pytest runs on VANTAGE_TEST_WORKERS pytest-xdist workers (default 2, the cores of CI and of the
+# developers' machines; 0 runs in one process, which `pytest -s` needs to show the labs' tables).
+# --dist loadgroup: a test module is one group (its module fixtures are built once), and the
+# tests marked netns are one group, run one after the other on one worker (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +54,9 @@ echo "== mypy --strict"
 .venv/bin/mypy probe analysis vantage collector
 types=$?
 
-echo "== pytest"
-.venv/bin/python -m pytest ${QUICK[@]+"${QUICK[@]}"} "$@"
+WORKERS=${VANTAGE_TEST_WORKERS:-2}
+echo "== pytest (-n $WORKERS)"
+.venv/bin/python -m pytest -n "$WORKERS" --dist loadgroup ${QUICK[@]+"${QUICK[@]}"} "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then

@@ -16,6 +16,22 @@ import pytest
 from vantage.lab import LoopbackLab
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, scripts/test.sh) a test module runs on one
+    worker, so its module fixtures (a Spark cluster, report sites, seeded shutdown datasets) are
+    built once, not once per worker; and every test marked netns runs on one worker, one after
+    the other, as in a serial run: a session's lab is built once for all its tests (a session
+    fixture is per worker), and no two labs run at once, whose servers answer against step
+    timeouts and whose throttling lab measures rates (their namespace names carry the worker's
+    pid, and their addresses live inside the namespaces, so it is time, not names, that they
+    would share). Each worker has its own temporary and user directories (``isolated_user_dirs``)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        netns = item.get_closest_marker("netns") is not None
+        item.add_marker(pytest.mark.xdist_group("netns" if netns else item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The user's data, config and cache directories point into the session's temporary

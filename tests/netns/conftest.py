@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from .lab import VENV_BIN, LabRun, NetnsLab, cli_options
-from .topology import missing_programs, netns_unusable_reason
+from .topology import TopologyLab, missing_programs, netns_unusable_reason
 from .vpn_lab import CHARON, VpnLab, VpnRun
 
 SERVER_PROGRAMS = ("ip", "nft", "ss", "sysctl", "dnsmasq", "nginx")
@@ -36,14 +37,22 @@ def require_lab(programs: tuple[str, ...] = SERVER_PROGRAMS) -> None:
         pytest.skip(reason)
 
 
+L = TypeVar("L", bound=TopologyLab)
+
+
+def entered(request: pytest.FixtureRequest, lab: L) -> Iterator[L]:
+    """A fixture's lab: built on entry, torn down at the fixture's end, and by a finalizer as
+    well, so a failing test or an interrupted run leaves no namespace behind
+    (``yield from entered(request, SomeLab())``)."""
+    request.addfinalizer(lab.close)
+    with lab:
+        yield lab
+
+
 @pytest.fixture(scope="session")
 def netns_lab(request: pytest.FixtureRequest) -> Iterator[NetnsLab]:
     require_lab()
-    lab = NetnsLab()
-    request.addfinalizer(lab.close)
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, NetnsLab())
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +73,7 @@ def netns_vpn_lab(request: pytest.FixtureRequest) -> Iterator[VpnLab]:
     require_lab(VPN_PROGRAMS)
     if not Path(CHARON).exists():
         pytest.skip(f"strongswan's charon is not installed ({CHARON})")
-    lab = VpnLab()
-    request.addfinalizer(lab.close)
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, VpnLab())
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,16 @@ import socketserver
 import struct
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 from address_forms import forms  # type: ignore[import-not-found]  # run as a script
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support
+from tests.support.loopback_site import LoopbackServer, Reply, Request  # noqa: E402
 
 LISTEN, ZONE, EXTRA = sys.argv[1], sys.argv[2].rstrip("."), sys.argv[3]
 
@@ -42,41 +45,25 @@ def echo_body(addrs: list[str]) -> str:
     )
 
 
-class Echo(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet: the lab log stays small
-        pass
-
-    def do_GET(self) -> None:
-        seen = self.client_address[0]
-        path = self.path.split("?", 1)[0]
-        print(f"GET {path} from {seen}", flush=True)  # the lab's log: shows the masquerade works
-        if path == "/go":
-            self._send(302, b"", [("Location", f"/page?ip={seen}&hex={forms(seen)['hex']}")])
-        elif path == "/literal":
-            self._send(302, b"", [("Location", f"http://{seen}/")])
-        elif path == "/named":
-            self._send(302, b"", [("Location", f"http://ip-{seen.replace('.', '-')}.{ZONE}/")])
-        else:
-            f = forms(seen)
-            body = echo_body([seen, EXTRA]).encode()
-            self._send(200, body, [
-                ("Content-Type", "text/html; charset=utf-8"),
-                ("X-Client-IP", seen),
-                ("X-Forwarded-For", f"{EXTRA}, {seen}"),
-                ("Set-Cookie", f"client={f['base64']}; seen={seen}; Path=/"),
-                ("X-Client-Hex", f["0xhex"]),
-                ("Server", f"echo/1.0 ({f['hostname']})"),
-            ])
-
-    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def echo(request: Request) -> Reply:
+    seen = request.client
+    path = request.path.split("?", 1)[0]
+    print(f"GET {path} from {seen}", flush=True)  # the lab's log: shows the masquerade works
+    if path == "/go":
+        return Reply(302, b"", [("Location", f"/page?ip={seen}&hex={forms(seen)['hex']}")])
+    if path == "/literal":
+        return Reply(302, b"", [("Location", f"http://{seen}/")])
+    if path == "/named":
+        return Reply(302, b"", [("Location", f"http://ip-{seen.replace('.', '-')}.{ZONE}/")])
+    f = forms(seen)
+    return Reply(200, echo_body([seen, EXTRA]).encode(), [
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("X-Client-IP", seen),
+        ("X-Forwarded-For", f"{EXTRA}, {seen}"),
+        ("Set-Cookie", f"client={f['base64']}; seen={seen}; Path=/"),
+        ("X-Client-Hex", f["0xhex"]),
+        ("Server", f"echo/1.0 ({f['hostname']})"),
+    ])
 
 
 def dns_answer(wire: bytes, client: str) -> bytes:
@@ -129,8 +116,9 @@ class Tcp(socketserver.BaseRequestHandler):
 def main() -> None:
     socketserver.ThreadingUDPServer.allow_reuse_address = True
     socketserver.ThreadingTCPServer.allow_reuse_address = True
+    # HTTP: the suite's one test server (tests.support.loopback_site), on the lab's address.
+    LoopbackServer(respond=echo, host=LISTEN, port=80, protocol_version="HTTP/1.1")
     servers: list[socketserver.BaseServer] = [
-        ThreadingHTTPServer((LISTEN, 80), Echo),
         socketserver.ThreadingUDPServer((LISTEN, 53), Udp),
         socketserver.ThreadingTCPServer((LISTEN, 53), Tcp),
     ]

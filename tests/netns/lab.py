@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .scenarios import SCENARIOS, Scenario
 from .scoring import Score, Truth, score
@@ -25,6 +25,7 @@ from .topology import (
     PUBLIC_RESOLVER,
     LabError,
     Topology,
+    TopologyLab,
 )
 
 VENV_BIN = Path(sys.executable).parent
@@ -47,40 +48,28 @@ class LabRun:
     seconds: dict[str, float]
 
 
-class NetnsLab:
+class NetnsLab(TopologyLab):
     """Context manager: build the lab (always torn down on exit), then ``run()`` the pipeline."""
 
     def __init__(self, scenarios: tuple[Scenario, ...] = SCENARIOS, *, keep_workdir: bool = False,
                  prefix: str | None = None):
+        super().__init__(Topology(prefix=prefix, keep_workdir=keep_workdir))
         self.scenarios = scenarios
-        self.topo = Topology(prefix=prefix, keep_workdir=keep_workdir)
         self.servers: LabServers | None = None
         self.build_seconds = 0.0
 
-    def __enter__(self) -> NetnsLab:
+    def __enter__(self) -> Self:
         started = time.monotonic()
-        self.topo.__enter__()
-        try:
-            self.servers = LabServers(self.topo, self.scenarios)
-            self.servers.start_internet()
-            self.servers.start_censor()
-            # Where the dns_consistency injection check asks: a lab address with no resolver.
-            self.topo.add_address("internet", f"{NO_RESOLVER_ADDR}/32")
-        except BaseException:
-            self.topo.close()
-            raise
+        super().__enter__()
         self.build_seconds = time.monotonic() - started
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.topo.close()
-
-    def close(self) -> None:
-        self.topo.close()
-
-    @property
-    def workdir(self) -> Path:
-        return self.topo.workdir
+    def build(self) -> None:
+        self.servers = LabServers(self.topo, self.scenarios)
+        self.servers.start_internet()
+        self.servers.start_censor()
+        # Where the dns_consistency injection check asks: a lab address with no resolver.
+        self.topo.add_address("internet", f"{NO_RESOLVER_ADDR}/32")
 
     @property
     def ca_bundle(self) -> Path:

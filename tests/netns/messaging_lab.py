@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .lab import CONTROL_ASN, LAB_CC, PROBE_ASN, analyze_datasets, lab_env
 from .servers import DPI_MARK, DPI_TABLE, DPI_TUN, HERE, LabCA, _nginx_base, _qname, _wait_log
-from .topology import IP, LAB_NET, LabError, Topology, which
+from .topology import IP, LAB_NET, LabError, Topology, TopologyLab, which
 
 NET = "10.77.11."
 RESOLVER = NET + "53"
@@ -110,32 +110,17 @@ def write_endpoints(path: Path) -> Path:
     return path
 
 
-class MessagingLab:
+class MessagingLab(TopologyLab):
     """Context manager: the topology, the app servers, the resolver and the DPI box; ``run()``
     measures and analyzes the three phases."""
 
     def __init__(self, *, prefix: str | None = None, keep_workdir: bool = False) -> None:
-        self.topo = Topology(prefix=prefix or f"vt{os.getpid()}m", keep_workdir=keep_workdir)
+        super().__init__(Topology(prefix=prefix or f"vt{os.getpid()}m", keep_workdir=keep_workdir))
         self.ca: LabCA | None = None
-
-    def __enter__(self) -> MessagingLab:
-        self.topo.__enter__()
-        try:
-            self._start()
-        except BaseException:
-            self.topo.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.topo.close()
-
-    def close(self) -> None:
-        self.topo.close()
 
     # ----------------------------------------------------------------- servers
 
-    def _start(self) -> None:
+    def build(self) -> None:
         wd = self.topo.workdir
         for address in sorted({e.address for e in ENDPOINTS} | {RESOLVER}):
             self.topo.add_address("internet", f"{address}/32")

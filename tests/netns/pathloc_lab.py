@@ -8,7 +8,7 @@ from it; `vantage locate` runs in the probe namespace and must name the censor's
 Hop k answers time-exceeded from 10.78.k.2 (its probe-facing side). The target runs a TLS and
 an HTTP server (path_target.py) and dnsmasq (every name -> the target); 10.78.9.9 is routed to
 the target host, where nothing listens (the "down" traps). Built on Topology's primitives
-(exec, spawn, close): the same teardown (context manager, atexit, fixture finalizer).
+(exec, spawn, close) and TopologyLab: the same teardown (context manager, atexit, fixture finalizer).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .lab import VENV_BIN
 from .servers import _wait_log
-from .topology import IP, Topology, which
+from .topology import IP, Topology, TopologyLab, which
 
 HERE = Path(__file__).resolve().parent
 ROUTERS = ("r1", "r2", "r3", "r4")
@@ -171,26 +171,11 @@ class Located:
         return self.interference_ttl == sc.censor_hop and self.hop_before == sc.hop_before
 
 
-class PathLab:
+class PathLab(TopologyLab):
     def __init__(self) -> None:
-        self.topo = ChainTopology()
+        super().__init__(ChainTopology())
 
-    def __enter__(self) -> PathLab:
-        self.topo.__enter__()
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.topo.close()
-
-    def start(self) -> None:
+    def build(self) -> None:
         wd = self.topo.workdir
         proc = self.topo.spawn("target", "dnsmasq", [
             which("dnsmasq"), "--keep-in-foreground", "--user=root", "--no-resolv", "--no-hosts",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .servers import LabCA, _nginx_base, _wait_log
-from .topology import IP, LAB_NET, PUBLIC_RESOLVER, LabError, Topology, which
+from .topology import IP, LAB_NET, PUBLIC_RESOLVER, LabError, Topology, TopologyLab, which
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -202,32 +202,20 @@ class QuicRun:
     seconds: dict[str, float]
 
 
-class QuicLab:
+class QuicLab(TopologyLab):
     """Context manager: a topology with the QUIC sites and the censor (always torn down on exit);
     ``run()`` measures every scenario as probe and control and analyzes."""
 
     def __init__(self, scenarios: tuple[QuicScenario, ...] = QUIC_SCENARIOS, *, prefix: str | None = None,
                  keep_workdir: bool = False):
+        super().__init__(Topology(prefix=prefix or f"vt{os.getpid()}q", keep_workdir=keep_workdir))
         self.scenarios = scenarios
-        self.topo = Topology(prefix=prefix or f"vt{os.getpid()}q", keep_workdir=keep_workdir)
         self.servers: QuicServers | None = None
 
-    def __enter__(self) -> QuicLab:
-        self.topo.__enter__()
-        try:
-            self.servers = QuicServers(self.topo, self.scenarios)
-            self.servers.start()
-            self.servers.start_censor()
-        except BaseException:
-            self.topo.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.topo.close()
-
-    def close(self) -> None:
-        self.topo.close()
+    def build(self) -> None:
+        self.servers = QuicServers(self.topo, self.scenarios)
+        self.servers.start()
+        self.servers.start_censor()
 
     def measure(self) -> list[Path]:
         """`vantage run` as probe and as control at the same time, each in its namespace."""

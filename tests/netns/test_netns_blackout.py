@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import require_lab
+from .conftest import entered, require_lab
 from .lab import VENV_BIN, NetnsLab, analyze_datasets, cli_options, lab_env
 from .scenarios import SCENARIOS, addresses
 from .topology import CENSOR_PROBE_SIDE, IP, LAB_NET, PUBLIC_RESOLVER
@@ -60,11 +60,7 @@ def blackout_lab(request: pytest.FixtureRequest) -> Iterator[NetnsLab]:
     require_lab()
     if cli_options("run") is None:
         pytest.skip("`vantage run` is not available in this build")
-    lab = NetnsLab(prefix=f"vt{os.getpid()}bo")
-    request.addfinalizer(lab.close)
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, NetnsLab(prefix=f"vt{os.getpid()}bo"))
 
 
 def _measure_both(lab: NetnsLab, out: Path) -> tuple[Path, Path]:

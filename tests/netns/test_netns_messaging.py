@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import SERVER_PROGRAMS, require_lab
+from .conftest import SERVER_PROGRAMS, entered, require_lab
 from .lab import VENV_BIN, cli_options
 from .messaging_lab import APPS, PHASES, TRUTH, MessagingLab, app_truth
 
@@ -23,11 +23,7 @@ def messaging_lab(request: pytest.FixtureRequest) -> Iterator[MessagingLab]:
     if cli_options("run") is None or "--messaging-endpoints" not in (cli_options("run") or set()):
         pytest.skip("`vantage run --messaging-endpoints` is not available in this build")
     assert (VENV_BIN / "vantage").exists(), f"no vantage entry point in {VENV_BIN}"
-    lab = MessagingLab()
-    request.addfinalizer(lab.close)  # torn down even when a test fails
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, MessagingLab())
 
 
 @pytest.fixture(scope="module")

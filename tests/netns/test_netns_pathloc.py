@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import require_lab
+from .conftest import entered, require_lab
 from .pathloc_lab import SCENARIOS, Located, PathLab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -18,11 +18,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def path_lab(request: pytest.FixtureRequest) -> Iterator[PathLab]:
     require_lab(("ip", "ss", "sysctl", "dnsmasq"))
-    lab = PathLab()
-    request.addfinalizer(lab.close)
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, PathLab())
 
 
 def _score(results: list[Located]) -> tuple[int, int, int]:

@@ -64,15 +64,11 @@ def test_the_filter_drops_the_blocked_sni_and_its_flow_only() -> None:
 
 @pytest.fixture(scope="module")
 def quic_lab(request: pytest.FixtureRequest) -> Iterator[object]:
-    from .conftest import require_lab
+    from .conftest import entered, require_lab
     from .quic_lab import QuicLab
 
     require_lab(("ip", "nft", "ss", "sysctl", "dnsmasq", "nginx"))
-    lab = QuicLab()
-    request.addfinalizer(lab.close)
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, QuicLab())
 
 
 @pytest.mark.netns

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import require_lab
+from .conftest import entered, require_lab
 from .lab import cli_options
 from .throttle_lab import CASES, REPEATS, ThrottleLab, ThrottleRun, precision_recall, render, score
 
@@ -23,11 +23,7 @@ PROGRAMS = ("ip", "tc", "ss", "sysctl", "nginx")
 @pytest.fixture(scope="module")
 def throttle_lab(request: pytest.FixtureRequest) -> Iterator[ThrottleLab]:
     require_lab(PROGRAMS)
-    lab = ThrottleLab()
-    request.addfinalizer(lab.close)  # torn down even when a test fails or the run is interrupted
-    lab.__enter__()
-    yield lab
-    lab.close()
+    yield from entered(request, ThrottleLab())
 
 
 @pytest.fixture(scope="module")

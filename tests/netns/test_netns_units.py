@@ -1,5 +1,6 @@
 """Parts of the netns lab that need no root: scoring against the ground truth, the DPI box's
-ClientHello/HTTP parsing and the resets it forges, and the censor's nftables ruleset text.
+ClientHello/HTTP parsing and the resets it forges, the censor's nftables ruleset text, and
+TopologyLab's lifecycle (over a topology that creates nothing).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 from .dpi_inline import Dpi, parse_http, parse_sni
 from .scenarios import SCENARIOS, addresses, by_url
 from .scoring import MISSING, Truth, render, score
+from .topology import Topology, TopologyLab
 
 TRUTHS = [
     Truth("a", "https://a.lab.test/", "blocked", "dns"),
@@ -116,3 +118,49 @@ def test_censor_rulesets_are_scenario_specific() -> None:
     for sc in VPN_SCENARIOS:
         assert (f"ip daddr {sc.address} " in text) == (sc.mode in ("drop", "reset", "dpi")), sc.name
     assert "ct original packets > 1 drop" in text  # OpenVPN/UDP: the flow-tracking DPI
+
+
+class _NoNamespaces(Topology):
+    """A Topology whose bring-up creates nothing: counts what the lab's lifecycle calls."""
+
+    def __init__(self) -> None:
+        super().__init__(prefix="vt0unit")
+        self.ups = self.closes = 0
+
+    def up(self) -> None:
+        self.ups += 1
+
+    def close(self) -> None:
+        self.closes += 1
+        super().close()
+
+
+class _Lab(TopologyLab):
+    def __init__(self, fail: bool) -> None:
+        super().__init__(_NoNamespaces())
+        self.fail = fail
+        self.built = False
+
+    def build(self) -> None:
+        if self.fail:
+            raise RuntimeError("a server did not start")
+        self.built = True
+
+
+def test_topology_lab_tears_down_when_its_build_fails() -> None:
+    lab = _Lab(fail=True)
+    with pytest.raises(RuntimeError, match="did not start"):
+        lab.__enter__()
+    assert isinstance(lab.topo, _NoNamespaces)
+    assert (lab.topo.ups, lab.topo.closes) == (1, 1) and not lab.workdir.exists()
+
+
+def test_topology_lab_builds_then_tears_down_on_exit_even_when_the_body_fails() -> None:
+    lab = _Lab(fail=False)
+    with pytest.raises(ValueError), lab as entered:
+        assert entered is lab and lab.built and lab.workdir.is_dir()
+        raise ValueError("a test failed")
+    assert isinstance(lab.topo, _NoNamespaces)
+    assert (lab.topo.ups, lab.topo.closes) == (1, 1) and not lab.workdir.exists()
+    lab.close()  # idempotent: the fixture's finalizer calls it again
+    assert not lab.topo._created

@@ -39,29 +39,31 @@ def _run(experiment, url: str) -> Measurement:  # type: ignore[no-untyped-def]
 # --------------------------------------------------------------------------- endpoint rows
 
 
-@pytest.mark.parametrize(
-    ("experiment", "url", "message"),
-    [
-        (OpenVpn(), "openvpn://198.51.100.7/", "missing port"),
-        (OpenVpn(), "openvpn://vpn.example.org:1194/", "must be an IP address"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?transport=sctp", "transport must be udp or tcp"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?tls_auth=%%%", "not base64url"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?tls_auth=AAAA", "tls_auth: not an OpenVPN static key"),
-        (OpenVpn(), f"openvpn://198.51.100.7:1194/?tls_auth={KEY}&key_direction=2", "key_direction must be 0 or 1"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?key_direction=1", "need tls_auth"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?cipher=AES", "unknown parameter 'cipher'"),
-        (OpenVpn(), "openvpn://198.51.100.7:1194/?transport=udp&transport=tcp", "given 2 times"),
-        (OpenVpn(), "wireguard://198.51.100.7:51820/", "expected an endpoint URL openvpn://..., got scheme 'wireguard'"),
-        (WireGuard(), "wireguard://198.51.100.7:51820/?private_key=" + encode_key(WG_CLIENT), "missing parameter 'public_key'"),
-        (WireGuard(), "wireguard://198.51.100.7:51820/?public_key=AAAA&private_key=" + encode_key(WG_CLIENT), "must be 32 bytes"),
-        (WireGuard(), "wireguard://198.51.100.7:51820/?transport=tcp&public_key=x", "transport must be udp"),
-        (Tor(), "tor://198.51.100.7:9001/?cert=abc", "takes no parameters"),
-        (Tor(), "obfs4://198.51.100.7:443/?iat_mode=0", "missing parameter 'cert'"),
-        (Tor(), "obfs4://198.51.100.7:443/?cert=" + encode_key(os.urandom(52)) + "&iat_mode=7", "iat_mode must be"),
-        (Ikev2(), "ikev2://198.51.100.7:500/?psk=x", "unknown parameter 'psk'"),
-        (Ikev2(), "ikev2://198.51.100.7:99999/", "malformed endpoint url"),
-    ],
-)
+MALFORMED = [
+    (OpenVpn(), "openvpn://198.51.100.7/", "missing port"),
+    (OpenVpn(), "openvpn://vpn.example.org:1194/", "must be an IP address"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?transport=sctp", "transport must be udp or tcp"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?tls_auth=%%%", "not base64url"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?tls_auth=AAAA", "tls_auth: not an OpenVPN static key"),
+    (OpenVpn(), f"openvpn://198.51.100.7:1194/?tls_auth={KEY}&key_direction=2", "key_direction must be 0 or 1"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?key_direction=1", "need tls_auth"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?cipher=AES", "unknown parameter 'cipher'"),
+    (OpenVpn(), "openvpn://198.51.100.7:1194/?transport=udp&transport=tcp", "given 2 times"),
+    (OpenVpn(), "wireguard://198.51.100.7:51820/", "expected an endpoint URL openvpn://..., got scheme 'wireguard'"),
+    (WireGuard(), "wireguard://198.51.100.7:51820/?private_key=" + encode_key(WG_CLIENT), "missing parameter 'public_key'"),
+    (WireGuard(), "wireguard://198.51.100.7:51820/?public_key=AAAA&private_key=" + encode_key(WG_CLIENT), "must be 32 bytes"),
+    (WireGuard(), "wireguard://198.51.100.7:51820/?transport=tcp&public_key=x", "transport must be udp"),
+    (Tor(), "tor://198.51.100.7:9001/?cert=abc", "takes no parameters"),
+    (Tor(), "obfs4://198.51.100.7:443/?iat_mode=0", "missing parameter 'cert'"),
+    (Tor(), "obfs4://198.51.100.7:443/?cert=" + encode_key(os.urandom(52)) + "&iat_mode=7", "iat_mode must be"),
+    (Ikev2(), "ikev2://198.51.100.7:500/?psk=x", "unknown parameter 'psk'"),
+    (Ikev2(), "ikev2://198.51.100.7:99999/", "malformed endpoint url"),
+]
+
+
+# Named by the message: the URLs hold random keys, and pytest-xdist's workers must collect the
+# same test ids.
+@pytest.mark.parametrize(("experiment", "url", "message"), MALFORMED, ids=[f"{type(e).__name__}: {m}" for e, _, m in MALFORMED])
 def test_a_malformed_row_is_named_with_what_is_wrong(experiment, url: str, message: str) -> None:  # type: ignore[no-untyped-def]
     problem = experiment.input_problem(url)
     assert problem is not None and message in problem and url.split("?")[0][:20] in problem, problem

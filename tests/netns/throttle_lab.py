@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .servers import _nginx_base
-from .topology import LabError, Topology, which
+from .topology import LabError, Topology, TopologyLab, which
 
 THROTTLE_NET_PREFIX = "10.77.5."
 LINK_RATE = "40mbit"  # the volunteer's link (and the control's)
@@ -142,31 +142,19 @@ class ThrottleRun:
     seconds: dict[str, float]
 
 
-class ThrottleLab:
+class ThrottleLab(TopologyLab):
     """Context manager: the topology, nginx with the files, the shaped links; ``run()`` measures
     every phase as probe (and the control once), and analyzes."""
 
     def __init__(self, *, prefix: str | None = None, keep_workdir: bool = False, repeats: int = REPEATS):
-        self.topo = Topology(prefix=prefix or f"vt{os.getpid()}t", keep_workdir=keep_workdir)
+        super().__init__(Topology(prefix=prefix or f"vt{os.getpid()}t", keep_workdir=keep_workdir))
         self.repeats = repeats
 
-    def __enter__(self) -> ThrottleLab:
-        self.topo.__enter__()
-        try:
-            self._servers()
-            self.shape_fast()
-            # The control's link: as fast as the probe's, so the control's rates are the link's too.
-            _htb(self.topo, "internet", "eth1", LINK_RATE, {})
-        except BaseException:
-            self.topo.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.topo.close()
-
-    def close(self) -> None:
-        self.topo.close()
+    def build(self) -> None:
+        self._servers()
+        self.shape_fast()
+        # The control's link: as fast as the probe's, so the control's rates are the link's too.
+        _htb(self.topo, "internet", "eth1", LINK_RATE, {})
 
     def _servers(self) -> None:
         wd = self.topo.workdir

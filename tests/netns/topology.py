@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 # --------------------------------------------------------------------------- address plan
 
@@ -96,6 +97,16 @@ class LabProcess:
             return ""
 
 
+def start_or_close(start: Callable[[], None], close: Callable[[], None]) -> None:
+    """Run ``start``; when it fails (or is interrupted), run ``close`` before the error propagates:
+    a half-built lab is torn down like a whole one."""
+    try:
+        start()
+    except BaseException:
+        close()
+        raise
+
+
 _LIVE: set[Topology] = set()
 
 
@@ -125,11 +136,7 @@ class Topology:
     # ----------------------------------------------------------------- lifecycle
 
     def __enter__(self) -> Topology:
-        try:
-            self.up()
-        except BaseException:
-            self.close()
-            raise
+        start_or_close(self.up, self.close)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,6 +280,39 @@ class Topology:
     def pids(self) -> Iterator[int]:
         for proc in self.processes.values():
             yield proc.popen.pid
+
+
+class TopologyLab:
+    """A lab built on a Topology, and the one owner of its lifecycle: entering brings the
+    namespaces up, then ``build()`` adds what the lab needs (servers, censors, shaping); any
+    failure there tears everything down before it propagates; leaving (or ``close()``, which is
+    idempotent, as Topology's is) tears it down. The fixtures also register ``close`` as a
+    finalizer, and Topology's atexit hook covers an interrupted interpreter.
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+
+    def build(self) -> None:
+        """What the lab adds once the namespaces are up (nothing here)."""
+
+    def __enter__(self) -> Self:
+        start_or_close(self._start, self.close)
+        return self
+
+    def _start(self) -> None:
+        self.topo.up()
+        self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.topo.close()
+
+    @property
+    def workdir(self) -> Path:
+        return self.topo.workdir
 
 
 STALE_NAME = re.compile(r"^vt(\d+)[a-z]?-(probe|censor|internet|control|r\d|target)$")  # r1..r4, target: pathloc_lab

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from .servers import LabCA
-from .topology import IP, LabError, LabProcess, Topology, which
+from .topology import IP, LabError, LabProcess, Topology, TopologyLab, which
 
 VPN_NET_PREFIX = "10.77.6."
 TUNNEL_POOL = "10.77.9."  # openvpn's tun pools and the wireguard peer address
@@ -377,35 +377,23 @@ class VpnRun:
     seconds: dict[str, float]
 
 
-class VpnLab:
+class VpnLab(TopologyLab):
     """Context manager: a topology with the tunnel servers and the tunnel censor; ``run()``
     measures every scenario as probe and control, stops the servers, measures the down
     scenarios, and analyzes."""
 
     def __init__(self, scenarios: tuple[VpnScenario, ...] = VPN_SCENARIOS, *, prefix: str | None = None,
                  keep_workdir: bool = False):
+        super().__init__(Topology(prefix=prefix or f"vt{os.getpid()}v", keep_workdir=keep_workdir))
         self.scenarios = scenarios
-        self.topo = Topology(prefix=prefix or f"vt{os.getpid()}v", keep_workdir=keep_workdir)
         self.servers: VpnServers | None = None
 
-    def __enter__(self) -> VpnLab:
-        self.topo.__enter__()
-        try:
-            self.servers = VpnServers(self.topo, self.scenarios)
-            self.servers.start()
-            # Per-flow packet counters for the flow-tracking DPI ("ct original packets").
-            self.topo.exec("censor", ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"])
-            self.topo.nft("censor", vpn_censor_ruleset(self.scenarios))
-        except BaseException:
-            self.topo.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.topo.close()
-
-    def close(self) -> None:
-        self.topo.close()
+    def build(self) -> None:
+        self.servers = VpnServers(self.topo, self.scenarios)
+        self.servers.start()
+        # Per-flow packet counters for the flow-tracking DPI ("ct original packets").
+        self.topo.exec("censor", ["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_acct=1"])
+        self.topo.nft("censor", vpn_censor_ruleset(self.scenarios))
 
     def measure_all(self, scenarios: list[VpnScenario], tag: str) -> list[Path]:
         """Every experiment as probe and as control: one `vantage run` per experiment, the

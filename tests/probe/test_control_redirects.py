@@ -9,9 +9,8 @@ title, body and headers, and counts the requests it gets. Nothing of it may reac
 from __future__ import annotations
 
 import asyncio
-import http.server
+import contextlib
 import socket
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pytest
 from probe import control, control_server
 from probe.control_server import ControlServer, ServerConfig
 from probe.experiments.base import Settings, Timeouts
+from tests.support.loopback_site import LoopbackServer, Reply, Request
 from vantage.lab.dns_server import DnsServer, LabZone
 from vantage.lab.lab import bind_same_port
 
@@ -46,76 +46,31 @@ class Site:
         return f"http://{host}:{self.port}{path}"
 
 
-def _serve(host: str, handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.HTTPServer, int]:
-    class Server(http.server.ThreadingHTTPServer):
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-    server = Server((host, 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return server, int(server.server_address[1])
+INTERNAL_HEADERS = (("Content-Type", "text/html"), ("Server", SECRET), ("Set-Cookie", f"{SECRET}=1"))
 
 
-def _internal_handler(site_hits: list[str]) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            site_hits.append(self.path)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Server", SECRET)
-            self.send_header("Set-Cookie", f"{SECRET}=1")
-            self.send_header("Content-Length", str(len(INTERNAL_PAGE)))
-            self.end_headers()
-            self.wfile.write(INTERNAL_PAGE)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    return Handler
-
-
-class _PublicHandler(http.server.BaseHTTPRequestHandler):
+def _public(request: Request) -> Reply:
     """``/?to=URL`` redirects there (302); any other path is a plain public page."""
-
-    def do_GET(self) -> None:
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        if "to" in query:
-            self.send_response(302)
-            self.send_header("Location", query["to"][0])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(PUBLIC_PAGE)))
-        self.end_headers()
-        self.wfile.write(PUBLIC_PAGE)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+    if "to" in query:
+        return Reply(302, b"", [("Location", query["to"][0])])
+    return Reply(200, PUBLIC_PAGE, [("Content-Type", "text/html")])
 
 
 @pytest.fixture(scope="module")
 def sites() -> Iterator[dict[str, Site]]:
-    servers = []
-    out: dict[str, Site] = {}
-    for name, host in (("internal", "127.0.0.1"), ("internal6", "::1")):
-        site = Site(host, 0)
-        try:
-            server, site.port = _serve(host, _internal_handler(site.hits))
-        except OSError as exc:
-            print(f"no {host} on this machine ({exc}); the IPv6 cases are skipped")
-            continue
-        servers.append(server)
-        out[name] = site
-    server, port = _serve("127.0.0.2", _PublicHandler)
-    servers.append(server)
-    out["public"] = Site("127.0.0.2", port)
-    try:
+    with contextlib.ExitStack() as stack:
+        out: dict[str, Site] = {}
+        for name, host in (("internal", "127.0.0.1"), ("internal6", "::1")):
+            try:
+                server = stack.enter_context(LoopbackServer(page=INTERNAL_PAGE, headers=INTERNAL_HEADERS, host=host))
+            except OSError as exc:
+                print(f"no {host} on this machine ({exc}); the IPv6 cases are skipped")
+                continue
+            out[name] = Site(host, server.port, server.hits)
+        public = stack.enter_context(LoopbackServer(respond=_public, host="127.0.0.2"))
+        out["public"] = Site("127.0.0.2", public.port, public.hits)
         yield out
-    finally:
-        for server in servers:
-            server.shutdown()
-            server.server_close()
 
 
 _REAL_GETADDRINFO = socket.getaddrinfo

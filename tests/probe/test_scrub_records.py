@@ -10,11 +10,9 @@ import io
 import ipaddress
 import json
 import logging
-import threading
 import types
 import typing
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from probe.experiments.context import MeasurementContext
 from probe.net.scrub import LogScrubFilter
 from probe.net.scrub import Scrubber as NetScrubber
 from probe.scrub import REPLACEMENT, Scrubber, scrub_probe_ip, scrub_record
+from tests.support.loopback_site import LoopbackServer
 
 OWN = "198.51.100.23"
 OWN_V6 = "2001:db8:aa:bb::77"
@@ -163,25 +162,11 @@ def test_measure_scrubs_the_finished_record() -> None:
 # --------------------------------------------------------------------------- logs
 
 
-class _EchoHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("X-Client", OWN)
-        self.send_header("Set-Cookie", f"ip={forms(OWN)['base64']}")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.mark.parametrize("paranoid", [False, True])
 def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    # A site that echoes the client's address in a header and a cookie.
+    server = LoopbackServer(page=b"", headers=[("X-Client", OWN), ("Set-Cookie", f"ip={forms(OWN)['base64']}")],
+                            protocol_version="HTTP/1.1")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     scrubber = Scrubber([] if paranoid else [OWN], paranoid=paranoid, public_nets=["198.51.100.0/24"])
@@ -194,7 +179,7 @@ def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
     root.handlers = [handler]
     root.setLevel(logging.DEBUG)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/?ip={OWN}&hex={forms(OWN)['hex']}"
+        url = f"{server.url}?ip={OWN}&hex={forms(OWN)['hex']}"
         httpx.get(url, headers={"X-Forwarded-For": OWN})
         logging.getLogger("probe.test").warning("failed %s: %r", OWN, ValueError(f"at {forms(OWN)['dashed']}"))
         try:
@@ -204,8 +189,7 @@ def test_log_filter_scrubs_httpx_lines_at_vv(paranoid: bool) -> None:
     finally:
         root.handlers = old_handlers
         root.setLevel(old_level)
-        server.shutdown()
-        server.server_close()
+        server.close()
     text = stream.getvalue()
     assert "HTTP Request: GET" in text and "receive_response_headers.complete" in text  # -v and -vv lines
     assert "Traceback" in text

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,11 +18,15 @@ from aioice import stun
 from netns.address_forms import find, forms
 
 from probe.net.stun import StunError, parse_server, public_address
+from tests.support.loopback_site import LoopbackServer
 
 NAT_ADDR = "198.51.100.99"  # what the "router" makes of us
 
 
 class _StunServer(asyncio.DatagramProtocol):
+    """A STUN binding responder on UDP (not tests.support.loopback_site, which is HTTP over TCP):
+    aioice builds and parses the messages; no STUN server library is a dependency."""
+
     def __init__(self, *, junk_first: bool = False, answer: bool = True) -> None:
         self.junk_first = junk_first
         self.answer = answer
@@ -102,36 +105,19 @@ def test_server_forms() -> None:
             parse_server(bad)
 
 
-class _EchoPage(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        # What a site behind the NAT would echo: the public address, in a few encodings.
-        f = forms(NAT_ADDR)
-        body = f"<title>You are {NAT_ADDR}</title><p>{f['hex']} {f['base64']} {f['hostname']}</p>".encode()
-        self.send_response(200)
-        self.send_header("X-Client-IP", NAT_ADDR)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _echo_page() -> bytes:
+    """What a site behind the NAT would echo: the public address, in a few encodings."""
+    f = forms(NAT_ADDR)
+    return f"<title>You are {NAT_ADDR}</title><p>{f['hex']} {f['base64']} {f['hostname']}</p>".encode()
 
 
 def test_run_with_stun_scrubs_the_public_address(stun_server: str, tmp_path: Path) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoPage)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
+    with LoopbackServer(page=_echo_page(), headers=[("X-Client-IP", NAT_ADDR)], protocol_version="HTTP/1.1") as site:
         out = subprocess.run(
-            [sys.executable, "-c", "from vantage.cli import main; main()", "-vv", "run", "--url", url,
+            [sys.executable, "-c", "from vantage.cli import main; main()", "-vv", "run", "--url", site.url,
              "--stun", stun_server, "--output", str(tmp_path / "ds"), "--no-progress", "--timeout", "5"],
             capture_output=True, text=True, timeout=120,
         )
-    finally:
-        server.shutdown()
-        server.server_close()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "privacy: this network's public address" in out.stderr
     rows = [r for p in (tmp_path / "ds").rglob("*.parquet") for r in pq.read_table(p).to_pylist()]

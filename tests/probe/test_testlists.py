@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from probe import testlists
+from tests.support.loopback_site import LoopbackServer, closed_port_url
 from tests.support.paths import REPO, SHARED_DATA
 from vantage.cli import main
 
@@ -191,14 +188,8 @@ def test_lists_show_cli(tmp_path: Path) -> None:
     assert missing.output.count("\n") == 1 and missing.output.startswith("Error: no such list")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 def test_lists_update_offline_is_one_line(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/lists/"
+    url = closed_port_url() + "lists/"
     result = CliRunner().invoke(
         main, ["lists", "update", "--dest", str(tmp_path), "--country", "ir"], env={testlists.BASE_URL_ENV: url}
     )
@@ -211,25 +202,13 @@ def test_lists_update_offline_is_one_line(tmp_path: Path) -> None:
 @pytest.fixture
 def list_server(tmp_path: Path) -> Iterator[str]:
     """A local HTTP server with a global list, an IR list and a captive-portal-like page."""
-    root = tmp_path / "upstream"
-    root.mkdir()
-    (root / "global.csv").write_bytes((SHARED_LISTS / "global.csv").read_bytes())
-    (root / "ir.csv").write_bytes((SHARED_LISTS / "ir.csv").read_bytes())
-    (root / "xx.csv").write_text("<html>please log in</html>\n", encoding="utf-8")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    files: dict[str, bytes | int] = {
+        "global.csv": (SHARED_LISTS / "global.csv").read_bytes(),
+        "ir.csv": (SHARED_LISTS / "ir.csv").read_bytes(),
+        "xx.csv": b"<html>please log in</html>\n",
+    }
+    with LoopbackServer(files) as server:
+        yield server.url
 
 
 def test_lists_update_downloads_atomically(list_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
