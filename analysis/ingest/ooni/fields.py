@@ -263,10 +263,15 @@ def _rcode_for(failure: str | None) -> str | None:
     }.get(failure)
 
 
-@functools.cache
+_INIT_FIELDS: dict[type, tuple[str, ...] | None] = {}
+
+
 def _init_fields(cls: type) -> tuple[str, ...] | None:
-    fields = dataclasses.fields(cls)
-    return None if any(not f.init for f in fields) else tuple(f.name for f in fields)
+    """The names of ``cls``'s fields when all are set by ``__init__``, else None (read once per class)."""
+    if cls not in _INIT_FIELDS:
+        fields = dataclasses.fields(cls)
+        _INIT_FIELDS[cls] = None if any(not f.init for f in fields) else tuple(f.name for f in fields)
+    return _INIT_FIELDS[cls]
 
 
 def replace(obj: Any, **changes: Any) -> Any:

@@ -256,7 +256,7 @@ def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str
     jobs = _jobs(files)
     if workers <= 1:
         for job in jobs:
-            yield job if len(job) == 2 else _run(job)  # type: ignore[arg-type]
+            yield job if len(job) == 2 else _run(job)
         return
     # fork: the workers start at once with the converter already imported, and nothing
     # re-runs the caller's main module (spawn and forkserver do: a script without a main guard
@@ -273,11 +273,11 @@ def _chunks(files: list[Path], workers: int) -> Iterator[Chunk | tuple[Path, str
     try:
         for job in jobs:
             if len(job) == 2:
-                window.append(job)  # type: ignore[arg-type]
+                window.append(job)
             elif job[2]:  # lines: decoded and converted by a worker
                 window.append(pool.submit(convert_lines_packed, job[0], job[1]))
             else:  # decoded values: converted here (sending the dicts would cost as much)
-                window.append(_run(job))  # type: ignore[arg-type]
+                window.append(_run(job))
             while len(window) > 2 * workers:
                 yield _result(window.popleft())
         while window:
