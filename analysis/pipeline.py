@@ -254,7 +254,8 @@ def analysis_connection(memory_limit: int | None = None, spill_under: Path | Non
     with tempfile.TemporaryDirectory(prefix=".vantage-spill-" if spill_under else "vantage-duckdb-",
                                      dir=spill_under) as spill:
         con = duckdb.connect(config={"memory_limit": f"{limit // (1 << 20)}MiB", "temp_directory": spill,
-                                     "preserve_insertion_order": False, "enable_progress_bar": False})
+                                     "preserve_insertion_order": False})
+        con.execute("SET enable_progress_bar = false")  # a library writes nothing to the terminal
         try:
             yield con
         finally:
@@ -413,7 +414,7 @@ def _summary(output: Path, db: Path | None, metadata: dict[str, Any], skipped: l
     scan of three columns, whatever the file's size), and the messaging apps' rows."""
     import duckdb
 
-    con = duckdb.connect(config={"memory_limit": f"{_MIN_MEMORY >> 20}MiB", "threads": 1, "enable_progress_bar": False})
+    con = duckdb.connect(config={"memory_limit": f"{_MIN_MEMORY >> 20}MiB", "threads": 1})
     try:
         rel = con.read_parquet(str(output))
         tally = [(s, layer, int(n)) for s, layer, n in rel.aggregate("status, layer, count(*)", "status, layer").fetchall()]

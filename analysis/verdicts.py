@@ -214,7 +214,7 @@ SELECT a.value AS v, any_value(a.asn) AS asn
 FROM (SELECT unnest(flatten(list_transform(dns, lambda q: q.answers))) AS a FROM measurements
       WHERE measurement_id IN (SELECT mid FROM _vt_v WHERE len(odd_vals) > 0
                                UNION ALL SELECT cid FROM _vt_v WHERE len(odd_vals) > 0))
-WHERE a.asn IS NOT NULL AND a.value IN (SELECT v FROM _vt_pending_values)
+WHERE a.asn IS NOT NULL AND a.value IN (SELECT unnest($values))  -- bound: the pending answer values
 GROUP BY a.value
 """
 
@@ -225,13 +225,11 @@ def _answer_asns(con: duckdb.DuckDBPyConnection, values: list[str]) -> dict[str,
     dns_type = str(con.sql("SELECT dns FROM measurements LIMIT 0").types[0])
     if "asn" not in dns_type.lower():  # datasets written before DnsAnswer.asn existed
         return {}
-    _load(con, "_vt_pending_values", pa.table({"v": pa.array(values, pa.string())}))
     out: dict[str, str] = {}
-    for v, asn in con.sql(_ANSWER_ASNS).fetchall():
+    for v, asn in con.execute(_ANSWER_ASNS, {"values": values}).fetchall():
         n = normalize_asn(asn)
         if n is not None:
             out[v] = n
-    con.execute("DROP TABLE IF EXISTS _vt_pending_values")
     return out
 
 
@@ -331,7 +329,7 @@ def verdict_batches(con: duckdb.DuckDBPyConnection, *, batch_size: int = 122_880
 # Every scratch table and view the stage makes (its own and its evidence modules'): dropped when
 # the verdicts have been read, whatever happened.
 _SCRATCH_TABLES = ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
-                   "_vt_ipinfo", "_vt_httpfp", "_vt_msg", "_vt_pending_values")
+                   "_vt_ipinfo", "_vt_httpfp", "_vt_msg")
 
 
 @contextmanager
