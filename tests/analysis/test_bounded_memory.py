@@ -135,7 +135,7 @@ def test_verdicts_streamed_to_the_file_in_row_groups(datasets: dict[str, Path], 
 
     monkeypatch.setattr(pipeline, "ROW_GROUP_ROWS", 500)  # several row groups from 3,000 verdicts
     real = pipeline.verdict_batches
-    monkeypatch.setattr(pipeline, "verdict_batches", lambda con, **kw: real(con, batch_size=700, **kw))
+    monkeypatch.setattr(pipeline, "verdict_batches", lambda con, **kw: real(con, **{**kw, "batch_size": 700}))
     out = tmp_path / "v.parquet"
     result = pipeline.analyze([datasets["bench"]], out)
     table, metadata = pipeline.read_verdicts(out)
@@ -149,14 +149,14 @@ def test_verdicts_streamed_to_the_file_in_row_groups(datasets: dict[str, Path], 
     assert not list(tmp_path.glob(".vantage-spill-*")), "the spill directory beside the output is removed"
 
 
-@pytest.mark.slow  # about 10 s: enough rows to spill at DuckDB's smallest workable limit
+@pytest.mark.slow  # 10-30 s: enough rows (100k) to spill about 27 MiB at a 128 MiB limit
 def test_verdicts_when_duckdb_spills_equal_those_in_memory(tmp_path: Path) -> None:
     """With a memory limit far below what the stage's tables and joins take, DuckDB spills them to
     the temporary directory (measured: the spill files' size while the verdicts stream out), and
     the verdicts are those of an unbounded connection, row for row and in the same order."""
     from analysis.verdicts import verdict_batches
 
-    generate(tmp_path / "big", rows=150_000, inputs=3000, days=2)
+    generate(tmp_path / "big", rows=100_000, inputs=300, days=2)
     plain = _verdicts_plain([tmp_path / "big"])
     spilled = 0
     batches = []
@@ -170,5 +170,5 @@ def test_verdicts_when_duckdb_spills_equal_those_in_memory(tmp_path: Path) -> No
     bounded = pa.Table.from_batches(batches)
     print(f"spilled {spilled / 2**20:.0f} MiB at a 128 MiB limit; {bounded.num_rows:,} verdicts")
     assert spilled > 0, "nothing spilled: the test does not test spilling"
-    assert bounded.num_rows == plain.num_rows == 150_000
+    assert bounded.num_rows == plain.num_rows == 100_000
     assert bounded.equals(plain)
