@@ -15,22 +15,23 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.fingerprints import FingerprintSet, load_default_fingerprints, load_fingerprints
 from analysis.geo import default_asn_db
-from analysis.verdicts import ADDED_VERDICT_COLUMNS, VERDICT_SCHEMA, VerdictError, compute_verdicts
+from analysis.verdicts import ADDED_VERDICT_COLUMNS, VERDICT_SCHEMA, VerdictError, verdict_batches
 from probe.dataset import atomic_path
 from probe.errors import VantageError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 METADATA_KEY = b"vantage.verdicts"
 # A verdicts Parquet dataset (a directory of parts, as --engine spark writes): the provenance
@@ -90,18 +91,43 @@ class Verdicts:
 
 @dataclass
 class AnalyzeResult:
+    """What :func:`analyze` wrote and what `vantage analyze` prints of it.
+
+    ``verdicts``: the rows the terminal summary reads one by one. From DuckDB, the messaging
+    apps' verdicts only (those with per-function verdicts), with the counts in ``tally``,
+    ``n_verdicts`` and ``n_confirmed``, so that a large output is never read back whole; from
+    Spark, every row's summary columns. The whole table is the file at ``output``."""
+
     output: Path
     db: Path | None
     verdicts: pa.Table
     metadata: dict[str, Any] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     fingerprint_problems: list[str] = field(default_factory=list)
+    tally: list[tuple[str, str | None, int]] | None = None
+    n_verdicts: int | None = None
+    n_confirmed: int | None = None
+
+    @property
+    def num_verdicts(self) -> int:
+        return self.verdicts.num_rows if self.n_verdicts is None else self.n_verdicts
+
+    @property
+    def confirmed(self) -> int:
+        """Verdicts confirmed by a blockpage fingerprint."""
+        if self.n_confirmed is not None:
+            return self.n_confirmed
+        return sum(1 for c in self.verdicts.column("confirmed").to_pylist() if c)
 
     def counts(self) -> list[tuple[str, str | None, int]]:
         """(status, layer, count), most frequent first."""
         tally: dict[tuple[str, str | None], int] = {}
-        for s, layer in zip(self.verdicts.column("status").to_pylist(), self.verdicts.column("layer").to_pylist(), strict=True):
-            tally[(s, layer)] = tally.get((s, layer), 0) + 1
+        if self.tally is not None:
+            tally = {(s, layer): n for s, layer, n in self.tally}
+        else:
+            for s, layer in zip(self.verdicts.column("status").to_pylist(), self.verdicts.column("layer").to_pylist(),
+                                strict=True):
+                tally[(s, layer)] = tally.get((s, layer), 0) + 1
         return sorted(((s, layer, n) for (s, layer), n in tally.items()), key=lambda x: (-x[2], x[0], x[1] or ""))
 
 
@@ -213,18 +239,23 @@ def default_memory_limit() -> int:
 
 
 @contextmanager
-def analysis_connection(memory_limit: int | None = None) -> Iterator[Any]:
+def analysis_connection(memory_limit: int | None = None, spill_under: Path | None = None) -> Iterator[Any]:
     """A DuckDB connection in bounded memory: ``memory_limit`` bytes (default
-    :func:`default_memory_limit`), spilling to a temporary directory removed afterwards, without
-    insertion-order preservation (every result the stage reads is ordered or keyed)."""
+    :func:`default_memory_limit`), spilling to a temporary directory removed afterwards (under
+    ``spill_under``, e.g. the output's directory, else the system's temporary directory),
+    without insertion-order preservation (every result the stage reads is ordered or keyed)."""
     import tempfile
 
     import duckdb
 
     limit = max(_MIN_MEMORY, memory_limit or default_memory_limit())
-    with tempfile.TemporaryDirectory(prefix="vantage-duckdb-") as spill:
+    if spill_under is not None:
+        spill_under.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vantage-spill-" if spill_under else "vantage-duckdb-",
+                                     dir=spill_under) as spill:
         con = duckdb.connect(config={"memory_limit": f"{limit // (1 << 20)}MiB", "temp_directory": spill,
                                      "preserve_insertion_order": False})
+        con.execute("SET enable_progress_bar = false")  # a library writes nothing to the terminal
         try:
             yield con
         finally:
@@ -284,37 +315,53 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
               written_by: str = "vantage analyze") -> Verdicts:
     """Open the datasets, compute one verdict per probe measurement, describe how.
 
-    Every command that needs verdicts and has no verdicts file calls this one function.
+    Every command that needs verdicts and has no verdicts file calls this one function; it
+    returns the whole table (:func:`analyze` streams it to a file instead).
     Raises DatasetError, FingerprintError or VerdictError with a one-line message."""
-    from analysis.db import SkippedFileWarning, open_datasets
-
     options = options or AnalysisOptions()
     if options.engine == "spark":
         from analysis.spark_engine import run_stage_spark
 
         return run_stage_spark(paths, options, written_by=written_by)
+    fps, skipped = check_stage_options(paths, options)
+
+    def collect(batches: Iterator[pa.RecordBatch], n_probe: int) -> tuple[pa.Table, int]:
+        return pa.Table.from_batches(list(batches), schema=VERDICT_SCHEMA), n_probe
+
+    table, n_probe = _run_duckdb_stage(paths, options, fps, collect)
+    metadata = stage_metadata(paths, options, fps, skipped, table.num_rows, n_probe, written_by)
+    return Verdicts(table, metadata, skipped, list(fps.problems))
+
+
+def _run_duckdb_stage(paths: Sequence[Path | str], options: AnalysisOptions, fps: FingerprintSet,
+                      consume: Callable[[Iterator[pa.RecordBatch], int], _T], spill_under: Path | None = None) -> _T:
+    """The verdict stage on DuckDB: ``consume`` gets the verdicts, batch by batch in their
+    order, and the number of distinct probe measurements, while the connection is open."""
     import duckdb
 
-    fps, skipped = check_stage_options(paths, options)
+    from analysis.db import SkippedFileWarning, open_datasets
+
     asn_db = resolve_asn_db(options)
     limit = max(_MIN_MEMORY, options.memory_limit or default_memory_limit())
     while True:
         try:
-            with analysis_connection(limit) as con:
+            with analysis_connection(limit, spill_under) as con:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", SkippedFileWarning)  # reported through Verdicts.skipped
                     open_datasets(paths, con=con)
-                table = compute_verdicts(con, public_nets=options.public_nets, fingerprints=fps,
-                                         control_window_h=options.control_window_h, asn_db=asn_db)
+                # Checking the files read their pages through pyarrow, whose allocator keeps the
+                # freed memory (120 MB at 1M rows): given back before DuckDB takes its share.
+                pa.default_memory_pool().release_unused()
                 n_probe = con.sql("SELECT count(DISTINCT measurement_id) FROM measurements "
                                   "WHERE role = 'probe'").fetchall()[0][0]
-            break
+                return consume(verdict_batches(con, batch_size=ROW_GROUP_ROWS, public_nets=options.public_nets,
+                                               fingerprints=fps, control_window_h=options.control_window_h,
+                                               asn_db=asn_db), int(n_probe))
         except duckdb.OutOfMemoryException:
-            # DuckDB spills joins and sorts, but some of its working memory cannot be spilled
-            # (measured: the feature join of 1M probe rows failed at 512 MiB in one run of
-            # four on a loaded machine). The default limit is a target, not a promise the user
-            # made: it is doubled, up to the machine's memory, and the stage runs again. A
-            # limit the user gave is theirs to raise.
+            # DuckDB spills joins and sorts, but some of its working memory cannot be spilled.
+            # The default limit is a target, not a promise the user made: it is doubled, up to
+            # the machine's memory, and the stage runs again. A limit the user gave is theirs
+            # to raise.
             total = machine_memory() or 0
             if options.memory_limit is not None or limit * 2 > total:
                 raise VerdictError(f"the analysis ran out of memory at {limit >> 20} MiB; "
@@ -322,18 +369,21 @@ def run_stage(paths: Sequence[Path | str], options: AnalysisOptions | None = Non
             log.warning("DuckDB ran out of memory at %d MiB; running the stage again with %d MiB",
                         limit >> 20, (limit * 2) >> 20)
             limit *= 2
-    metadata = stage_metadata(paths, options, fps, skipped, table.num_rows, int(n_probe), written_by)
-    return Verdicts(table, metadata, skipped, list(fps.problems))
 
 
 def analyze(paths: Sequence[Path | str], output: Path | str, db: Path | str | None = None, *,
             options: AnalysisOptions | None = None, written_by: str = "vantage analyze") -> AnalyzeResult:
     """Run the stage and write the verdicts (Parquet with provenance) to ``output`` and, with
-    ``db``, a DuckDB database holding the views, the verdicts and the aggregates."""
+    ``db``, a DuckDB database holding the views, the verdicts and the aggregates.
+
+    The verdicts go from DuckDB to the file in row groups (:func:`write_verdict_batches`),
+    never whole in memory, and DuckDB spills beside ``output``; the summary is counted over
+    the file (see :class:`AnalyzeResult`)."""
     from analysis import aggregates
 
     output = Path(output)
-    if options is not None and options.engine == "spark":
+    options = options or AnalysisOptions()
+    if options.engine == "spark":
         if db is not None:
             raise VerdictError("--db is not available with --engine spark; open the verdicts with DuckDB: "
                                f"read_parquet('{output}/*.parquet')")
@@ -344,14 +394,37 @@ def analyze(paths: Sequence[Path | str], output: Path | str, db: Path | str | No
     if db is not None:
         check_output(Path(db))
         aggregates.check_database(Path(db))  # before any work: the analyst's tables are never replaced
-    verdicts = run_stage(paths, options, written_by=written_by)
-    write_verdicts(verdicts, output)
+    fps, skipped = check_stage_options(paths, options)
+
+    def write(batches: Iterator[pa.RecordBatch], n_probe: int) -> dict[str, Any]:
+        return write_verdict_batches(
+            batches, output, lambda n: stage_metadata(paths, options, fps, skipped, n, n_probe, written_by))
+
+    metadata = _run_duckdb_stage(paths, options, fps, write, spill_under=output.resolve().parent)
     db_path = None
-    if db is not None:
+    if db is not None:  # the database holds the whole table: read back whole
         db_path = Path(db)
-        aggregates.write_database(db_path, paths, verdicts.table, verdicts.metadata)
-    return AnalyzeResult(output=output, db=db_path, verdicts=verdicts.table, metadata=verdicts.metadata,
-                         skipped=verdicts.skipped, fingerprint_problems=verdicts.fingerprint_problems)
+        aggregates.write_database(db_path, paths, read_verdicts(output)[0], metadata)
+    return _summary(output, db_path, metadata, skipped, fps)
+
+
+def _summary(output: Path, db: Path | None, metadata: dict[str, Any], skipped: list[tuple[Path, str]],
+             fps: FingerprintSet) -> AnalyzeResult:
+    """What `vantage analyze` prints, computed by DuckDB over the verdicts file it wrote (a
+    scan of three columns, whatever the file's size), and the messaging apps' rows."""
+    import duckdb
+
+    con = duckdb.connect(config={"memory_limit": f"{_MIN_MEMORY >> 20}MiB", "threads": 1})
+    try:
+        rel = con.read_parquet(str(output))
+        tally = [(s, layer, int(n)) for s, layer, n in rel.aggregate("status, layer, count(*)", "status, layer").fetchall()]
+        n, confirmed = rel.aggregate("count(*), count(*) FILTER (WHERE confirmed)").fetchall()[0]
+        messaging = rel.filter("functions IS NOT NULL").order("measurement_start_time, measurement_id").to_arrow_table()
+    finally:
+        con.close()
+    return AnalyzeResult(output=output, db=db, verdicts=messaging.cast(VERDICT_SCHEMA), metadata=metadata,
+                         skipped=skipped, fingerprint_problems=list(fps.problems), tally=tally, n_verdicts=int(n),
+                         n_confirmed=int(confirmed))
 
 
 # --------------------------------------------------------------------------- the verdicts file
@@ -363,7 +436,31 @@ def write_verdicts(verdicts: Verdicts, path: Path | str) -> None:
     meta[METADATA_KEY] = json.dumps(verdicts.metadata, sort_keys=True).encode("utf-8")
     table = verdicts.table.replace_schema_metadata(meta)
     with atomic_output(Path(path)) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+# Rows per row group of a verdicts file written in batches: 32,768 verdicts are about 6 MB
+# before compression, and each is in memory two or three times over while it is converted and
+# written (measured at 1M rows: 122,880-row batches put the stage's peak 50-60 MB higher).
+ROW_GROUP_ROWS = 32_768
+
+
+def write_verdict_batches(batches: Iterable[pa.RecordBatch], path: Path | str,
+                          provenance: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    """The verdicts file :func:`write_verdicts` writes, from VERDICT_SCHEMA record batches, one
+    row group each, atomically; ``provenance(number of rows)`` gives the metadata once the
+    last batch is written (the file's key-value metadata lives in its footer). Returns it."""
+    n = 0
+    with atomic_output(Path(path)) as tmp:
+        with pq.ParquetWriter(tmp, VERDICT_SCHEMA, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+                n += batch.num_rows
+                del batch
+                pa.default_memory_pool().release_unused()  # the freed batch, back to the system
+            metadata = provenance(n)
+            writer.add_key_value_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode("utf-8")})
+    return metadata
 
 
 def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
@@ -378,9 +475,11 @@ def read_verdicts(path: Path | str) -> tuple[pa.Table, dict[str, Any]]:
         raise VerdictsFileError(f"{path}: no such verdicts file")
     try:
         table = pq.read_table(path)
+        # The file's key-value metadata: where write_verdict_batches puts the provenance (at the
+        # end of the stream) and write_verdicts' schema metadata lands too.
+        raw = (pq.read_metadata(path).metadata or {}).get(METADATA_KEY)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise VerdictsFileError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:120]})") from None
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise VerdictsFileError(f"{path}: not a Vantage verdicts file (no provenance metadata; "
                                 "write one with `vantage analyze`)")
@@ -518,4 +617,4 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 __all__ = ["METADATA_KEY", "PROVENANCE_FILE", "check_stage_options", "stage_metadata", "AnalysisOptions", "AnalyzeResult", "OutputError", "Verdicts", "VerdictsFileError",
            "analyze", "atomic_output", "check_output", "dataset_paths", "describe", "load_fingerprint_set",
-           "load_verdicts", "read_verdicts", "resolve_asn_db", "run_stage", "write_verdicts"]
+           "load_verdicts", "read_verdicts", "resolve_asn_db", "run_stage", "write_verdict_batches", "write_verdicts"]

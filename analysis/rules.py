@@ -395,11 +395,14 @@ WHERE m.role = 'control' AND m.measurement_id IN (SELECT cid FROM _vt_pair)
 # with the target's SNI) need nothing more; the rest ("pending") go to PENDING below.
 PROBE_FEATURES = f"""
 CREATE OR REPLACE TEMP TABLE _vt_v AS
-WITH f AS (
+WITH pm AS (
+  -- Each probe row's own features, computed in the scan of the measurements: only these
+  -- compact columns meet the pairing and the controls' features in the join below, never the
+  -- nested observations (body samples, headers, every answer). DuckDB otherwise built the
+  -- join's hash table over the measurements themselves, and ran out of memory at 512 MiB
+  -- (issue 19).
   SELECT
-    p.mid, m.run_id, p.input, p.experiment, m.probe_cc, m.probe_asn, p.t, p.cid, h.host,
-    m.failure, c.* EXCLUDE (cid),
-    coalesce(c.c_ips, []) AS cips,
+    m.measurement_id AS pmid, m.run_id, m.probe_cc, m.probe_asn, h.host, m.failure,
     list_transform(list_filter(m.dns, lambda q: vt_primary(q.tag)), lambda q: {{
         'qtype': q.query_type, 'failure': q.failure,
         'ips': list_transform(list_filter(q.answers, lambda a: a.answer_type IN ('A', 'AAAA')), lambda a: a.value)
@@ -456,10 +459,15 @@ WITH f AS (
         AND NOT (q.failure IN ('network_unreachable', 'host_unreachable') AND contains(q.ip, ':')))[1].failure
          END AS quic_failure
   FROM _vt_m m
-  JOIN _vt_pair p ON p.mid = m.measurement_id
   JOIN _vt_hosts h ON h.input = m.input
-  LEFT JOIN _vt_cf c ON c.cid = p.cid
   WHERE m.role = 'probe'
+), f AS (
+  SELECT p.mid, pm.run_id, p.input, p.experiment, pm.probe_cc, pm.probe_asn, p.t, p.cid, pm.host, pm.failure,
+    c.* EXCLUDE (cid), coalesce(c.c_ips, []) AS cips,
+    pm.* EXCLUDE (pmid, run_id, probe_cc, probe_asn, host, failure)
+  FROM pm
+  JOIN _vt_pair p ON p.mid = pm.pmid
+  LEFT JOIN _vt_cf c ON c.cid = p.cid
 ), k AS (
   SELECT f.* EXCLUDE (dq, tcp_fail, tls_fail, redirect_dns),
     coalesce(list_bool_or(list_transform(dq, lambda q: len(q.ips) > 0)), false) AS p_has_ips,

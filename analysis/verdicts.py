@@ -7,7 +7,8 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -213,7 +214,7 @@ SELECT a.value AS v, any_value(a.asn) AS asn
 FROM (SELECT unnest(flatten(list_transform(dns, lambda q: q.answers))) AS a FROM measurements
       WHERE measurement_id IN (SELECT mid FROM _vt_v WHERE len(odd_vals) > 0
                                UNION ALL SELECT cid FROM _vt_v WHERE len(odd_vals) > 0))
-WHERE a.asn IS NOT NULL AND a.value IN (SELECT v FROM _vt_pending_values)
+WHERE a.asn IS NOT NULL AND a.value IN (SELECT unnest($values))  -- bound: the pending answer values
 GROUP BY a.value
 """
 
@@ -224,13 +225,11 @@ def _answer_asns(con: duckdb.DuckDBPyConnection, values: list[str]) -> dict[str,
     dns_type = str(con.sql("SELECT dns FROM measurements LIMIT 0").types[0])
     if "asn" not in dns_type.lower():  # datasets written before DnsAnswer.asn existed
         return {}
-    _load(con, "_vt_pending_values", pa.table({"v": pa.array(values, pa.string())}))
     out: dict[str, str] = {}
-    for v, asn in con.sql(_ANSWER_ASNS).fetchall():
+    for v, asn in con.execute(_ANSWER_ASNS, {"values": values}).fetchall():
         n = normalize_asn(asn)
         if n is not None:
             out[v] = n
-    con.execute("DROP TABLE IF EXISTS _vt_pending_values")
     return out
 
 
@@ -305,40 +304,80 @@ def compute_verdicts(
     ``connectivity.offline_table`` computed over ALL rows, for a caller that hands this function
     a shard of the data (analysis/spark_engine.py): connectivity is a cross-input aggregate per
     vantage point and hour, which a shard cannot compute alone. None: computed here.
+
+    The whole table in memory; :func:`verdict_batches` streams the same rows in batches.
     """
+    with verdict_relation(con, public_nets=public_nets, fingerprints=fingerprints,
+                          control_window_h=control_window_h, asn_db=asn_db, offline=offline) as rel:
+        table = rel.to_arrow_table()
+    return table.cast(VERDICT_SCHEMA)
+
+
+def verdict_batches(con: duckdb.DuckDBPyConnection, *, batch_size: int = 122_880,
+                    **kwargs: Any) -> Iterator[pa.RecordBatch]:
+    """:func:`compute_verdicts`' rows, in its order, as VERDICT_SCHEMA record batches of at
+    most ``batch_size`` rows: the verdict table is never whole in memory (DuckDB sorts it,
+    spilling beyond its memory limit, and hands it over batch by batch). Same keyword
+    arguments as :func:`compute_verdicts`."""
+    with verdict_relation(con, **kwargs) as rel:
+        reader = rel.to_arrow_reader(batch_size=batch_size)
+        for batch in reader:
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch]).cast(VERDICT_SCHEMA).combine_chunks().to_batches()[0]
+
+
+# Every scratch table and view the stage makes (its own and its evidence modules'): dropped when
+# the verdicts have been read, whatever happened.
+_SCRATCH_TABLES = ("_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
+                   "_vt_ipinfo", "_vt_httpfp", "_vt_msg")
+
+
+@contextmanager
+def verdict_relation(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    public_nets: Sequence[str] = (),
+    fingerprints: FingerprintSet | Iterable[Path | str] | None = None,
+    control_window_h: float = 6,
+    asn_db: Path | str | None = None,
+    offline: pa.Table | None = None,
+) -> Iterator[duckdb.DuckDBPyRelation]:
+    """The evidence steps, then the decision as a DuckDB relation over the scratch tables
+    (VERDICT_SCHEMA's columns, before the cast): read it inside the ``with``; the scratch
+    tables are dropped on leaving it. Arguments as :func:`compute_verdicts`."""
     if control_window_h < 0:
         raise VerdictError("--control-window must be zero or more hours")
     fps = _as_fingerprint_set(fingerprints)
     bogon = BogonChecker(public_nets)
     asn_lookup = maxmind_asn_lookup(asn_db) if asn_db else None
-    for macro in rules.MACROS:
-        con.execute(macro)
-    con.execute(rules.measurements_view_sql(missing_columns_sql(con, "measurements")))
-    con.execute(rules.PAIRING, {"window_s": float(control_window_h) * 3600.0})
-    con.execute(rules.PAIRED_HOSTS)
-    _drop(con, "_vt_meta", "_vt_direct")  # scratch of the pairing: memory the next steps need
-    inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
-    hosts = pa.table({"input": inputs, "host": [host_of(i) for i in inputs]})
-    _load(con, "_vt_hosts", hosts)
-    con.execute(rules.CONTROL_FEATURES)
-    con.execute(rules.PROBE_FEATURES)
-    values = con.sql(rules.PENDING_VALUES).to_arrow_table().column(0).to_pylist()
-    ipinfo = classify_values(values, bogon=bogon, dns_fingerprints=fps.dns_lookup(), asn_lookup=asn_lookup,
-                             answer_asns=_answer_asns(con, values))
-    _load(con, "_vt_ipinfo", ipinfo)
-    con.execute(rules.PENDING)
-    _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
-    messaging.messaging_table(con, lambda name, table: _load(con, name, table))
-    if offline is None:
-        connectivity.create_connectivity_tables(con)
-    else:
-        _load(con, "_vt_offline", offline.select(["mid", "role"]))
-    throughput.create_throughput_table(con)
-    _drop(con, "_vt_pair")  # the messaging and throughput steps above read the pairing
-    table = con.sql(rules.decision_sql()).to_arrow_table()
-    throughput.drop_throughput_tables(con)
-    _drop(con, "_vt_cf", "_vt_v", "_vt_dns", "_vt_direct", "_vt_meta", "_vt_hosts", "_vt_pair",
-          "_vt_ipinfo", "_vt_httpfp", "_vt_msg")
-    con.execute("DROP VIEW IF EXISTS _vt_m")
-    connectivity.drop_connectivity_tables(con)
-    return table.cast(VERDICT_SCHEMA)
+    try:
+        for macro in rules.MACROS:
+            con.execute(macro)
+        con.execute(rules.measurements_view_sql(missing_columns_sql(con, "measurements")))
+        con.execute(rules.PAIRING, {"window_s": float(control_window_h) * 3600.0})
+        con.execute(rules.PAIRED_HOSTS)
+        _drop(con, "_vt_meta", "_vt_direct")  # scratch of the pairing: memory the next steps need
+        inputs = con.sql("SELECT input FROM _vt_hosts").to_arrow_table().column(0).to_pylist()
+        hosts = pa.table({"input": inputs, "host": [host_of(i) for i in inputs]})
+        _load(con, "_vt_hosts", hosts)
+        con.execute(rules.CONTROL_FEATURES)
+        con.execute(rules.PROBE_FEATURES)
+        values = con.sql(rules.PENDING_VALUES).to_arrow_table().column(0).to_pylist()
+        ipinfo = classify_values(values, bogon=bogon, dns_fingerprints=fps.dns_lookup(), asn_lookup=asn_lookup,
+                                 answer_asns=_answer_asns(con, values))
+        _load(con, "_vt_ipinfo", ipinfo)
+        con.execute(rules.PENDING)
+        _load(con, "_vt_httpfp", _match_http_fingerprints(con, fps))
+        messaging.messaging_table(con, lambda name, table: _load(con, name, table))
+        if offline is None:
+            connectivity.create_connectivity_tables(con)
+        else:
+            _load(con, "_vt_offline", offline.select(["mid", "role"]))
+        throughput.create_throughput_table(con)
+        _drop(con, "_vt_pair")  # the messaging and throughput steps above read the pairing
+        yield con.sql(rules.decision_sql())
+    finally:
+        throughput.drop_throughput_tables(con)
+        _drop(con, *_SCRATCH_TABLES)
+        con.execute("DROP VIEW IF EXISTS _vt_m")
+        connectivity.drop_connectivity_tables(con)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.ooni_import import generate as generate_ooni  # noqa: E402
 
-OLD_COMMIT = "11ec441"
+OLD_COMMIT = "d44a5c1"  # main before issue 19's streamed verdicts (11ec441: before any bound)
 
 # The child: run one job with the code at ROOT first on sys.path; print one JSON line.
 CHILD = r"""
@@ -50,11 +50,11 @@ if job == "import":
     s = import_ooni([Path(args[0])], Path(args[1]), **kw)
     out = {"measurements": s.measurements, "controls": s.controls, "malformed": s.malformed}
 elif job == "analyze":
+    # What `vantage analyze DATASET -o FILE` runs: the verdict stage and the verdicts file.
     import pyarrow.parquet as pq
-    from analysis.pipeline import AnalysisOptions, run_stage
-    v = run_stage([Path(args[0])], AnalysisOptions(fingerprint_files=tuple(Path(p) for p in args[2:])))
-    pq.write_table(v.table, args[1])
-    out = {"verdicts": v.table.num_rows}
+    from analysis.pipeline import AnalysisOptions, analyze
+    analyze([Path(args[0])], Path(args[1]), options=AnalysisOptions(fingerprint_files=tuple(Path(p) for p in args[2:])))
+    out = {"verdicts": pq.read_metadata(args[1]).num_rows}
 elif job == "json":
     import json as j
     n = 0
@@ -174,7 +174,7 @@ def bench_analyze(old: Path, new: Path, tmp: Path, dataset: Path, label: str) ->
     a = pq.read_table(v_old).sort_by("measurement_id")
     b = pq.read_table(v_new).sort_by("measurement_id")
     same = a.equals(b)
-    print(f"\nanalyze (run_stage: verdicts), {label} probe rows: verdicts old = new: {same} ({a.num_rows:,} rows)")
+    print(f"\nanalyze (pipeline.analyze: verdicts to a file), {label} probe rows: verdicts old = new: {same} ({a.num_rows:,} rows)")
     print("| what | old | new | new/old | goal |\n|---|---|---|---|---|")
     row("analyze, peak RSS", r_old["rss_mib"], r_new["rss_mib"], "MiB", "< 1 GB")
     row("analyze, wall s", r_old["seconds"], r_new["seconds"], "s", "<= 1.5x")

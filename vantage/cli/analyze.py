@@ -72,9 +72,9 @@ def as_dict(result: AnalyzeResult) -> dict[str, object]:
     from analysis.pipeline import describe
 
     return {
-        "measurements": result.verdicts.num_rows,
+        "measurements": result.num_verdicts,
         "counts": [{"status": s, "layer": layer, "measurements": n} for s, layer, n in result.counts()],
-        "confirmed": sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c),
+        "confirmed": result.confirmed,
         "messaging_functions": function_summary(result.verdicts),
         "verdicts": str(result.output),
         "database": str(result.db) if result.db is not None else None,
@@ -87,7 +87,7 @@ def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> N
     from analysis.messaging import function_summary
     from analysis.pipeline import describe
 
-    n = result.verdicts.num_rows
+    n = result.num_verdicts
     if not quiet:
         table = Table(title=f"{n:,} probe measurements")
         table.add_column("status")
@@ -107,7 +107,7 @@ def render(result: AnalyzeResult, console: Console, *, quiet: bool = False) -> N
                 apps.add_row(f"{g['probe_cc']} {g['probe_asn'] or ''}".strip(), g["app"], g["function"],
                              f"{g['blocked']}/{g['measurements']}", str(g["down"]), str(g["ok"]), ", ".join(g["layers"]))
             console.print(apps)
-        confirmed = sum(1 for c in result.verdicts.column("confirmed").to_pylist() if c)
+        confirmed = result.confirmed
         if confirmed:
             console.print(f"{confirmed:,} confirmed by a blockpage fingerprint", highlight=False)
         for line in describe(result.metadata)[1:]:  # the sets and options used (the first line is who/when)
